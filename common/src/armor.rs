@@ -1,0 +1,50 @@
+//! ASCII armour for signed documents stored in files or pasted in terminals.
+//!
+//! ```text
+//! -----BEGIN EDGEFLEET MANIFEST-----
+//! <base64 (standard alphabet, padded) of the postcard bytes, wrapped at 64 columns>
+//! -----END EDGEFLEET MANIFEST-----
+//! ```
+//! Files may also hold the raw postcard bytes; `decode` accepts both.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+
+use crate::encoding::MAX_DOCUMENT_BYTES;
+use crate::error::{Error, Result};
+
+pub fn encode(label: &str, bytes: &[u8]) -> String {
+    let b64 = STANDARD.encode(bytes);
+    let mut out = format!("-----BEGIN EDGEFLEET {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        // base64 output is ASCII, so every chunk is valid UTF-8.
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END EDGEFLEET {label}-----\n"));
+    out
+}
+
+/// Accepts an armoured text with the given label, or raw bytes.
+pub fn decode(label: &str, input: &[u8]) -> Result<Vec<u8>> {
+    if input.len() > MAX_DOCUMENT_BYTES * 2 {
+        return Err(Error::TooLarge { what: "armoured document", size: input.len(), limit: MAX_DOCUMENT_BYTES * 2 });
+    }
+    let begin = format!("-----BEGIN EDGEFLEET {label}-----");
+    let Ok(text) = std::str::from_utf8(input) else { return Ok(input.to_vec()) };
+    let text = text.trim();
+    if !text.starts_with("-----BEGIN") {
+        return Ok(input.to_vec());
+    }
+    let malformed = |detail: String| Error::Malformed { what: "armoured document", detail };
+    let Some(rest) = text.strip_prefix(&begin) else {
+        let first = text.lines().next().unwrap_or_default();
+        return Err(malformed(format!("expected {begin:?}, found {first:?}")));
+    };
+    let end = format!("-----END EDGEFLEET {label}-----");
+    let Some(body) = rest.trim_end().strip_suffix(&end) else {
+        return Err(malformed(format!("missing {end:?} line")));
+    };
+    let compact: String = body.split_whitespace().collect();
+    STANDARD.decode(compact).map_err(|e| malformed(format!("bad base64: {e}")))
+}

@@ -1,0 +1,109 @@
+//! Snapshot tests of the canonical bytes: a changed byte here must be a deliberate format change
+//! (bump `encoding::FORMAT_VERSION` and say so in docs/formats.md).
+
+use std::collections::BTreeMap;
+
+use edgefleet_common::encoding::{self, Document};
+use edgefleet_common::manifest::ModelFormat;
+use edgefleet_common::trust::RootRotation;
+use edgefleet_common::{
+    ArtifactRef, Assignment, DataType, Delegation, Digest, Lineage, ModelManifest, Permission,
+    SecretKey, Signed, SmokeTest, Target, Tensor, TensorData, TensorSpec,
+};
+use expect_test::expect;
+
+fn manifest() -> ModelManifest {
+    ModelManifest {
+        name: "demand".into(),
+        version: 2,
+        artifact: ArtifactRef { sha256: Digest([0xab; 32]), size: 1234, format: ModelFormat::Onnx },
+        inputs: vec![TensorSpec {
+            name: "x".into(),
+            datatype: DataType::Fp32,
+            shape: vec![-1, 2],
+            feature_names: vec!["fuel".into(), "temp".into()],
+        }],
+        outputs: vec![TensorSpec {
+            name: "y".into(),
+            datatype: DataType::Fp32,
+            shape: vec![-1, 1],
+            feature_names: vec![],
+        }],
+        smoke_tests: vec![SmokeTest {
+            inputs: vec![Tensor { name: "x".into(), shape: vec![1, 2], data: TensorData::Fp32(vec![1.0, -2.5]) }],
+            expected: vec![Tensor { name: "y".into(), shape: vec![1, 1], data: TensorData::Fp32(vec![0.5]) }],
+            tolerance: 1e-4,
+        }],
+        created_at: 1_700_000_000,
+        lineage: Lineage {
+            parent_version: Some(1),
+            training_data_digest: None,
+            code_revision: Some("abc".into()),
+            params: BTreeMap::from([("lr".into(), "0.1".into())]),
+            metrics: BTreeMap::from([("mae".into(), 1.5)]),
+        },
+        reference_profile: None,
+        description: "d".into(),
+    }
+}
+
+#[test]
+fn manifest_canonical_bytes() {
+    let body = encoding::to_bytes(&manifest()).expect("encode");
+    let bytes = encoding::signing_bytes(ModelManifest::KIND, &body);
+    expect![[r#"
+        45444745464c454554006d616e69666573740001066465
+        6d616e6402abababababababababababababababababab
+        ababababababababababababababd209000101780a0201
+        0402046675656c0474656d700101790a0201020001
+    "#]]
+    .assert_eq(&wrap(&hex::encode(&bytes[..90])));
+    assert_eq!(encoding::from_bytes::<ModelManifest>("m", &body).expect("decode"), manifest());
+}
+
+#[test]
+fn assignment_delegation_rotation_canonical_bytes() {
+    let a = Assignment {
+        target: Target::Tag("eu".into()),
+        model: "demand".into(),
+        version: 2,
+        manifest_digest: Digest([1; 32]),
+        serial: 300,
+        issued_at: 5,
+        expires_at: 6,
+    };
+    expect![[r#"
+        45444745464c4545540061737369676e6d656e74000101
+        026575066465...
+    "#]]
+    .assert_eq(&wrap(&format!("{}...", hex::encode(&encoding::signing_bytes(Assignment::KIND, &encoding::to_bytes(&a).expect("a"))[..29]))));
+    let key = SecretKey::from_seed([5; 32]);
+    let d = Delegation {
+        key: key.public(),
+        label: "hub".into(),
+        patterns: vec!["*".into()],
+        permissions: vec![Permission::Manifests, Permission::Assignments],
+        issued_at: 1,
+        expires_at: 2,
+    };
+    // ed25519 signatures are deterministic, so the whole signed document is stable.
+    let signed = Signed::sign(&d, &key, None).expect("sign");
+    expect![[r#"
+        e67f85718f390853d4ae968fa4d93300b917050a7ad15349bf61e0851b006ae9
+    "#]]
+    .assert_eq(&format!("{}\n", signed.digest().to_hex()));
+    let rot = RootRotation::create(&key, &SecretKey::from_seed([6; 32]), 2, 9).expect("rotation");
+    expect![[r#"
+        22
+    "#]]
+    .assert_eq(&format!("{:x}\n", rot.body.len()));
+}
+
+fn wrap(hex: &str) -> String {
+    let mut out = String::new();
+    for chunk in hex.as_bytes().chunks(46) {
+        out.push_str(std::str::from_utf8(chunk).expect("ascii"));
+        out.push('\n');
+    }
+    out
+}
