@@ -1,0 +1,89 @@
+//! `edgefleet-hub`: parse flags, set up tracing, load and validate the config, bind, run.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use edgefleet_hub::config::{HubConfig, Overrides};
+
+#[derive(Parser)]
+#[command(name = "edgefleet-hub", version, about = "The Edgefleet hub: model registry, devices and desired state")]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// TOML config file (every key can also be set as EDGEFLEET_HUB_<KEY>).
+    #[arg(long, env = "EDGEFLEET_HUB_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (overrides the config).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Listen address, e.g. 127.0.0.1:7700 (overrides the config).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the hub.
+    Serve(Common),
+    /// Validate the configuration and keys, then exit (0 if valid).
+    CheckConfig(Common),
+}
+
+fn load(c: &Common) -> anyhow::Result<edgefleet_hub::Loaded> {
+    HubConfig::load(c.config.as_deref(), &Overrides { data_dir: c.data_dir.clone(), listen: c.listen })?.validate()
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let result = match args.command {
+        Cmd::CheckConfig(c) => load(&c).map(|l| println!("configuration OK (data_dir {}, listen {})", l.config.data_dir.display(), l.config.listen)),
+        Cmd::Serve(c) => serve(c).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edgefleet-hub: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(c: Common) -> anyhow::Result<()> {
+    let loaded = load(&c)?;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EDGEFLEET_LOG").unwrap_or_else(|_| "info".into());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    if loaded.config.log_format == "json" {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_ansi(ansi).with_env_filter(filter).init();
+    }
+    let listener = tokio::net::TcpListener::bind(loaded.config.listen).await.with_context(|| {
+        format!("cannot listen on {} (is another hub running? choose another with --listen)", loaded.config.listen)
+    })?;
+    edgefleet_hub::run(loaded, listener, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

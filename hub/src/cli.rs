@@ -1,0 +1,381 @@
+//! The admin CLI `edgefleet`: keys, delegations and offline signing (no hub needed), and the
+//! hub's admin API (push, models, devices, approve, assign, status).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use edgefleet_common::manifest::ModelFormat;
+use edgefleet_common::trust::{Delegation, Permission, RootRotation};
+use edgefleet_common::{ArtifactRef, Digest, Lineage, ModelManifest, Signed, SmokeTest, TensorSpec, armor, name};
+use serde::Deserialize;
+
+use crate::keyfile;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "edgefleet",
+    version,
+    about = "Edgefleet admin CLI: keys, signing, and the hub's admin API",
+    long_about = "Edgefleet admin CLI.\n\nOffline (no hub): keygen, delegate, sign, rotate-root.\nAgainst a hub (--hub/EDGEFLEET_HUB, --token/EDGEFLEET_TOKEN): push, models, devices, approve, assign, status.\n\nTypical first run:\n  edgefleet keygen --role root --out keys/root.key\n  edgefleet keygen --role hub --out keys/hub.key\n  edgefleet delegate --root-key keys/root.key --to keys/hub.key.pub --out keys/hub.delegation\n  edgefleet sign --key keys/root.key --spec model.json --model model.onnx --out model.manifest\n  edgefleet push model.manifest model.onnx\n  edgefleet assign --device shop-1 demand 1"
+)]
+pub struct Cli {
+    /// Hub base URL.
+    #[arg(long, global = true, env = "EDGEFLEET_HUB", default_value = "http://127.0.0.1:7700")]
+    pub hub: String,
+    /// Admin token (printed by the hub on first start; in DATA_DIR/admin-token).
+    #[arg(long, global = true, env = "EDGEFLEET_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Role {
+    Root,
+    Hub,
+    Device,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create an ed25519 key pair: OUT (PKCS#8 PEM, mode 0600) and OUT.pub (SPKI PEM).
+    Keygen {
+        #[arg(long, value_enum)]
+        role: Role,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign, with the root key, a delegation letting another key sign for some models.
+    Delegate {
+        /// The root private key.
+        #[arg(long)]
+        root_key: PathBuf,
+        /// The delegated public key (PEM or hex), e.g. the hub's.
+        #[arg(long)]
+        to: PathBuf,
+        /// Model name patterns: exact names, `prefix*` or `*`. Repeatable.
+        #[arg(long = "models", default_value = "*")]
+        models: Vec<String>,
+        /// What the key may sign: manifests, assignments. Repeatable.
+        #[arg(long = "permission", default_values = ["manifests", "assignments"])]
+        permissions: Vec<String>,
+        /// Validity, e.g. 365d, 12h, 30m.
+        #[arg(long, default_value = "365d")]
+        expires_in: String,
+        #[arg(long, default_value = "hub")]
+        label: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a model manifest offline from a spec (JSON) and the ONNX file.
+    Sign {
+        /// Private key: root, or a delegated key together with --delegation.
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        delegation: Option<PathBuf>,
+        /// JSON spec: name, version, inputs, outputs, smoke_tests, lineage, description.
+        #[arg(long)]
+        spec: PathBuf,
+        /// The ONNX model file.
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Rotate the root key: a rotation signed by the old root and countersigned by the new.
+    RotateRoot {
+        #[arg(long)]
+        old_key: PathBuf,
+        #[arg(long)]
+        new_key: PathBuf,
+        /// The new root version (the first root is version 1).
+        #[arg(long)]
+        version: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Upload a signed manifest and its artifact to the hub.
+    Push { manifest: PathBuf, model: PathBuf },
+    /// List models and versions.
+    Models { name: Option<String> },
+    /// List devices.
+    Devices,
+    /// Approve a device that enrolled without a token.
+    Approve { device: String },
+    /// Set which model version a device, or every device with a tag, should serve.
+    Assign {
+        #[arg(long, conflicts_with = "tag", required_unless_present = "tag")]
+        device: Option<String>,
+        #[arg(long)]
+        tag: Option<String>,
+        model: String,
+        version: u64,
+    },
+    /// Show one device's status, or the fleet's.
+    Status { device: Option<String> },
+}
+
+/// The spec a data scientist writes next to the model; `sign` adds hash, size and time.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Spec {
+    name: String,
+    version: u64,
+    #[serde(default)]
+    description: String,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
+    #[serde(default)]
+    smoke_tests: Vec<SmokeTest>,
+    #[serde(default)]
+    lineage: Lineage,
+}
+
+pub fn parse_duration(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().with_context(|| format!("{s:?}: expected e.g. 365d, 12h, 30m, 90s"))?;
+    let mult = match unit {
+        "s" | "" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => bail!("{s:?}: unknown unit {unit:?} (use s, m, h or d)"),
+    };
+    n.checked_mul(mult).context("duration overflows")
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Keygen { role, out } => keygen(*role, out, cli.json),
+        Command::Delegate { root_key, to, models, permissions, expires_in, label, out } => {
+            let root = keyfile::load_secret_key(root_key)?;
+            let key = keyfile::load_public_key(to)?;
+            let permissions = permissions
+                .iter()
+                .map(|p| Permission::parse(p).with_context(|| format!("unknown permission {p:?} (manifests, assignments)")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let now = crate::now();
+            let d = Delegation {
+                key,
+                label: label.clone(),
+                patterns: models.clone(),
+                permissions,
+                issued_at: now.saturating_sub(300), // tolerate devices whose clock is a little behind
+                expires_at: now + parse_duration(expires_in)?,
+            };
+            d.validate()?;
+            let signed = Signed::sign(&d, &root, None)?;
+            keyfile::write_atomic(out, armor::encode("DELEGATION", &signed.to_bytes()?).as_bytes(), 0o644, true)?;
+            say(cli.json, &format!("wrote {} (key {} may sign {:?} until {})", out.display(), key.short(), d.patterns, d.expires_at),
+                serde_json::json!({"out": out, "key": key, "patterns": d.patterns, "expires_at": d.expires_at}));
+            Ok(())
+        }
+        Command::Sign { key, delegation, spec, model, out } => sign(key, delegation.as_deref(), spec, model, out, cli.json),
+        Command::RotateRoot { old_key, new_key, version, out } => {
+            let old = keyfile::load_secret_key(old_key)?;
+            let new = keyfile::load_secret_key(new_key)?;
+            let rot = RootRotation::create(&old, &new, *version, crate::now())?;
+            keyfile::write_atomic(out, armor::encode("ROOT ROTATION", &edgefleet_common::encoding::to_bytes(&rot)?).as_bytes(), 0o644, true)?;
+            say(cli.json, &format!("wrote {}: root version {version} is {}", out.display(), new.public().short()),
+                serde_json::json!({"out": out, "version": version, "new_root": new.public()}));
+            Ok(())
+        }
+        _ => remote(&cli).await,
+    }
+}
+
+fn say(json: bool, human: &str, value: serde_json::Value) {
+    if json {
+        println!("{value}");
+    } else {
+        println!("{human}");
+    }
+}
+
+fn keygen(role: Role, out: &Path, json: bool) -> anyhow::Result<()> {
+    let key = edgefleet_common::SecretKey::generate()?;
+    keyfile::write_atomic(out, key.to_pem()?.as_bytes(), 0o600, false)?;
+    let pub_path = PathBuf::from(format!("{}.pub", out.display()));
+    keyfile::write_atomic(&pub_path, key.public().to_pem()?.as_bytes(), 0o644, false)?;
+    say(
+        json,
+        &format!("{role:?} key written to {} (private, 0600) and {} (public {})", out.display(), pub_path.display(), key.public()),
+        serde_json::json!({"role": format!("{role:?}").to_lowercase(), "private": out, "public": pub_path, "public_key": key.public()}),
+    );
+    Ok(())
+}
+
+fn sign(key: &Path, delegation: Option<&Path>, spec: &Path, model: &Path, out: &Path, json: bool) -> anyhow::Result<()> {
+    let key = keyfile::load_secret_key(key)?;
+    let delegation = delegation
+        .map(|p| -> anyhow::Result<_> { Ok(Signed::<Delegation>::from_bytes(&keyfile::read_document(p, "DELEGATION")?)?) })
+        .transpose()?;
+    let spec_text = keyfile::read_bounded(spec)?;
+    let spec: Spec = serde_json::from_slice(&spec_text).with_context(|| format!("spec {} is not valid", spec.display()))?;
+    let (sha256, size) = hash_file(model)?;
+    let manifest = ModelManifest {
+        name: spec.name,
+        version: spec.version,
+        artifact: ArtifactRef { sha256, size, format: ModelFormat::Onnx },
+        inputs: spec.inputs,
+        outputs: spec.outputs,
+        smoke_tests: spec.smoke_tests,
+        created_at: crate::now(),
+        lineage: spec.lineage,
+        reference_profile: None,
+        description: spec.description,
+    };
+    manifest.validate()?;
+    let signed = Signed::sign(&manifest, &key, delegation)?;
+    keyfile::write_atomic(out, armor::encode("MANIFEST", &signed.to_bytes()?).as_bytes(), 0o644, true)?;
+    say(json, &format!("signed {} v{} (artifact {sha256}, {size} bytes) → {}", manifest.name, manifest.version, out.display()),
+        serde_json::json!({"name": manifest.name, "version": manifest.version, "manifest_digest": signed.digest(), "out": out}));
+    Ok(())
+}
+
+fn hash_file(path: &Path) -> anyhow::Result<(Digest, u64)> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut h = edgefleet_common::digest::Hasher::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok((h.finish(), size))
+}
+
+struct Remote {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Remote {
+    fn new(cli: &Cli) -> anyhow::Result<Self> {
+        let token = cli.token.clone().context("no admin token: pass --token or set EDGEFLEET_TOKEN (it is in the hub's DATA_DIR/admin-token)")?;
+        let base = cli.hub.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            bail!("--hub {base:?} must start with http:// or https://");
+        }
+        Ok(Self { http: reqwest::Client::new(), base, token })
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
+        let resp = req.bearer_auth(&self.token).send().await.with_context(|| format!("cannot reach the hub at {}", self.base))?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+        if !status.is_success() {
+            let msg = body.get("error").and_then(|e| e.as_str()).unwrap_or("no details");
+            bail!("hub answered {status}: {msg}");
+        }
+        Ok(body)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1/{path}", self.base)
+    }
+}
+
+async fn remote(cli: &Cli) -> anyhow::Result<()> {
+    let r = Remote::new(cli)?;
+    let value = match &cli.command {
+        Command::Push { manifest, model } => {
+            let bytes = keyfile::read_document(manifest, "MANIFEST")?;
+            let signed = Signed::<ModelManifest>::from_bytes(&bytes)?;
+            let m = signed.decode_unverified()?;
+            let (sha, size) = hash_file(model)?;
+            if sha != m.artifact.sha256 || size != m.artifact.size {
+                bail!("{} (sha256 {sha}, {size} bytes) is not the artifact the manifest signs ({}, {} bytes)", model.display(), m.artifact.sha256, m.artifact.size);
+            }
+            let file = tokio::fs::File::open(model).await?;
+            let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+            r.send(r.http.put(r.url(&format!("blobs/{sha}"))).body(body)).await?;
+            let v = r.send(r.http.post(r.url("models")).header("content-type", "application/octet-stream").body(bytes)).await?;
+            if !cli.json {
+                println!("pushed {} v{} (manifest {})", m.name, m.version, signed.digest());
+                return Ok(());
+            }
+            v
+        }
+        Command::Models { name: Some(n) } => {
+            name::validate(n)?;
+            r.send(r.http.get(r.url(&format!("models/{n}")))).await?
+        }
+        Command::Models { name: None } => {
+            let v = r.send(r.http.get(r.url("models"))).await?;
+            if !cli.json {
+                for m in v.as_array().into_iter().flatten() {
+                    let versions: Vec<String> = m["versions"].as_array().into_iter().flatten().map(|v| v["version"].to_string()).collect();
+                    println!("{:<24} versions {}", m["name"].as_str().unwrap_or("?"), versions.join(", "));
+                }
+                return Ok(());
+            }
+            v
+        }
+        Command::Devices => {
+            let v = r.send(r.http.get(r.url("devices"))).await?;
+            if !cli.json {
+                println!("{:<20} {:<9} {:<24} {:<12} LAST ERROR", "DEVICE", "APPROVED", "ACTIVE", "LAST SEEN");
+                for d in v.as_array().into_iter().flatten() {
+                    let active: Vec<String> = d["status"]["active"].as_array().into_iter().flatten()
+                        .map(|m| format!("{}@{}", m["name"].as_str().unwrap_or("?"), m["version"])).collect();
+                    println!("{:<20} {:<9} {:<24} {:<12} {}", d["id"].as_str().unwrap_or("?"), d["approved"], active.join(","),
+                        d["last_seen"].as_u64().map(|t| format!("{}s ago", crate::now().saturating_sub(t))).unwrap_or("never".into()),
+                        d["status"]["last_error"].as_str().unwrap_or("-"));
+                }
+                return Ok(());
+            }
+            v
+        }
+        Command::Approve { device } => {
+            name::validate(device)?;
+            r.send(r.http.post(r.url(&format!("devices/{device}/approve")))).await?
+        }
+        Command::Assign { device, tag, model, version } => {
+            let target = match (device, tag) {
+                (Some(d), _) => serde_json::json!({"device": d}),
+                (None, Some(t)) => serde_json::json!({"tag": t}),
+                (None, None) => bail!("give --device ID or --tag TAG"),
+            };
+            r.send(r.http.post(r.url("assignments")).json(&serde_json::json!({"target": target, "model": model, "version": version}))).await?
+        }
+        Command::Status { device: Some(d) } => {
+            name::validate(d)?;
+            r.send(r.http.get(r.url(&format!("devices/{d}")))).await?
+        }
+        Command::Status { device: None } => {
+            let devices = r.send(r.http.get(r.url("devices"))).await?;
+            let desired = r.send(r.http.get(r.url("assignments"))).await?;
+            serde_json::json!({"devices": devices, "desired": desired})
+        }
+        _ => unreachable!("offline commands are handled in run()"),
+    };
+    println!("{}", if cli.json { value.to_string() } else { serde_json::to_string_pretty(&value)? });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("365d").expect("d"), 365 * 86400);
+        assert_eq!(parse_duration("90").expect("s"), 90);
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("d").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+    }
+}

@@ -1,0 +1,220 @@
+//! Hub configuration: built-in defaults, then a TOML file, then `EDGEFLEET_HUB_*` environment
+//! variables, then command-line flags. Validated once at start-up; every bad key is reported.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use crate::keyfile;
+use edgefleet_common::trust::Delegation;
+use edgefleet_common::{SecretKey, Signed, TrustRoot};
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubConfig {
+    /// Where sled metadata, artifacts and the admin token live.
+    pub data_dir: PathBuf,
+    /// Address of the HTTP API.
+    pub listen: SocketAddr,
+    /// The admins' root public key (PEM or hex), pinned like on devices.
+    pub root_key: PathBuf,
+    /// The hub's online private key (PKCS#8 PEM, mode 0600).
+    pub signing_key: PathBuf,
+    /// Root's delegation to the hub key (`edgefleet delegate`), needed to sign assignments.
+    pub delegation: PathBuf,
+    /// A pre-shared token; devices that present it are approved at enrollment.
+    pub enrollment_token: Option<String>,
+    /// How long a signed assignment stays valid; devices polling get fresh ones.
+    pub assignment_ttl_secs: u64,
+    /// Largest artifact accepted on upload.
+    pub max_artifact_bytes: u64,
+    /// How long a device session token lives.
+    pub session_ttl_secs: u64,
+    /// Log format: "text" or "json".
+    pub log_format: String,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("/var/lib/edgefleet-hub"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            root_key: PathBuf::from("/etc/edgefleet/root.pub"),
+            signing_key: PathBuf::from("/etc/edgefleet/hub.key"),
+            delegation: PathBuf::from("/etc/edgefleet/hub.delegation"),
+            enrollment_token: None,
+            assignment_ttl_secs: 24 * 3600,
+            max_artifact_bytes: 1024 * 1024 * 1024,
+            session_ttl_secs: 3600,
+            log_format: "text".into(),
+        }
+    }
+}
+
+/// Values that override the file (from flags).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+}
+
+/// What the hub needs at run time, loaded and checked.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: HubConfig,
+    pub trust: TrustRoot,
+    pub signing_key: SecretKey,
+    pub delegation: Signed<Delegation>,
+}
+
+const ENV_PREFIX: &str = "EDGEFLEET_HUB_";
+
+impl HubConfig {
+    /// Defaults → file (if given) → environment → flags.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Self> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config {}", path.display()))?;
+                toml::from_str(&text).map_err(|e| {
+                    anyhow::anyhow!("config {}: {}", path.display(), e.message().trim())
+                })?
+            }
+            None => HubConfig::default(),
+        };
+        config.apply_env(std::env::vars())?;
+        if let Some(d) = &overrides.data_dir {
+            config.data_dir = d.clone();
+        }
+        if let Some(l) = overrides.listen {
+            config.listen = l;
+        }
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, vars: impl Iterator<Item = (String, String)>) -> anyhow::Result<()> {
+        let mut errors = Vec::new();
+        for (key, value) in vars {
+            let Some(name) = key.strip_prefix(ENV_PREFIX) else { continue };
+            let res: Result<(), String> = match name {
+                "DATA_DIR" => Ok(self.data_dir = value.clone().into()),
+                "LISTEN" => value.parse().map(|v| self.listen = v).map_err(|e| format!("{e}")),
+                "ROOT_KEY" => Ok(self.root_key = value.clone().into()),
+                "SIGNING_KEY" => Ok(self.signing_key = value.clone().into()),
+                "DELEGATION" => Ok(self.delegation = value.clone().into()),
+                "ENROLLMENT_TOKEN" => Ok(self.enrollment_token = Some(value.clone())),
+                "ASSIGNMENT_TTL_SECS" => {
+                    value.parse().map(|v| self.assignment_ttl_secs = v).map_err(|e| format!("{e}"))
+                }
+                "MAX_ARTIFACT_BYTES" => {
+                    value.parse().map(|v| self.max_artifact_bytes = v).map_err(|e| format!("{e}"))
+                }
+                "SESSION_TTL_SECS" => {
+                    value.parse().map(|v| self.session_ttl_secs = v).map_err(|e| format!("{e}"))
+                }
+                "LOG_FORMAT" => Ok(self.log_format = value.clone()),
+                "CONFIG" => Ok(()),
+                _ => Err("unknown variable".into()),
+            };
+            if let Err(e) = res {
+                errors.push(format!("{key}={value:?}: {e}"));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("bad environment: {}", errors.join("; "))
+        }
+    }
+
+    /// Checks every value and loads the keys; reports all problems at once.
+    pub fn validate(self) -> anyhow::Result<Loaded> {
+        let mut errors = Vec::new();
+        if self.assignment_ttl_secs < 60 {
+            errors.push("assignment_ttl_secs: must be at least 60".to_owned());
+        }
+        if self.session_ttl_secs < 60 {
+            errors.push("session_ttl_secs: must be at least 60".to_owned());
+        }
+        if self.max_artifact_bytes == 0 {
+            errors.push("max_artifact_bytes: must be positive".to_owned());
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            errors.push(format!("log_format: {:?} is neither \"text\" nor \"json\"", self.log_format));
+        }
+        if let Some(t) = &self.enrollment_token
+            && t.len() < 16
+        {
+            errors.push("enrollment_token: use at least 16 characters".to_owned());
+        }
+        let root = keyfile::load_public_key(&self.root_key)
+            .map_err(|e| errors.push(format!("root_key: {e:#} (create it with `edgefleet keygen --role root`)")))
+            .ok();
+        let signing_key = keyfile::load_secret_key(&self.signing_key)
+            .map_err(|e| errors.push(format!("signing_key: {e:#} (create it with `edgefleet keygen --role hub`)")))
+            .ok();
+        let delegation = keyfile::read_document(&self.delegation, "DELEGATION")
+            .and_then(|b| Ok(Signed::<Delegation>::from_bytes(&b)?))
+            .map_err(|e| errors.push(format!("delegation: {e:#} (create it with `edgefleet delegate`)")))
+            .ok();
+        if let (Some(root), Some(key), Some(d)) = (root, &signing_key, &delegation) {
+            match d.verify(&TrustRoot::new(root), crate::now()) {
+                Ok(body) if body.key != key.public() => errors.push(format!(
+                    "delegation: it delegates to key {}, but signing_key is {}",
+                    body.key.short(),
+                    key.public().short()
+                )),
+                Ok(_) => {}
+                Err(e) => errors.push(format!("delegation: {e}")),
+            }
+        }
+        match (errors.is_empty(), root, signing_key, delegation) {
+            (true, Some(root), Some(signing_key), Some(delegation)) => Ok(Loaded {
+                trust: TrustRoot::new(root),
+                signing_key,
+                delegation,
+                config: self,
+            }),
+            _ => anyhow::bail!("invalid configuration:\n  - {}", errors.join("\n  - ")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_and_bad_env_are_reported() {
+        let err = toml::from_str::<HubConfig>("data_dirr = \"x\"").expect_err("unknown key");
+        assert!(err.to_string().contains("data_dirr"), "{err}");
+        let mut c = HubConfig::default();
+        let err = c
+            .apply_env(
+                [
+                    ("EDGEFLEET_HUB_LISTEN".to_owned(), "nope".to_owned()),
+                    ("EDGEFLEET_HUB_BOGUS".to_owned(), "1".to_owned()),
+                ]
+                .into_iter(),
+            )
+            .expect_err("bad env");
+        let msg = err.to_string();
+        assert!(msg.contains("EDGEFLEET_HUB_LISTEN") && msg.contains("EDGEFLEET_HUB_BOGUS"), "{msg}");
+    }
+
+    #[test]
+    fn validation_reports_every_problem() {
+        let c = HubConfig {
+            root_key: "/nonexistent/root.pub".into(),
+            assignment_ttl_secs: 1,
+            log_format: "xml".into(),
+            ..HubConfig::default()
+        };
+        let msg = format!("{:#}", c.validate().expect_err("invalid"));
+        for key in ["assignment_ttl_secs", "log_format", "root_key", "signing_key", "delegation"] {
+            assert!(msg.contains(key), "{key} missing from {msg}");
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! The Edgefleet hub: model registry, device enrollment and desired state, over HTTP.
+//!
+//! `main` parses flags and loads the configuration, then calls [`run`] with a bound listener,
+//! so tests start a real hub on port 0.
+//!
+//! Architecture invariant: the hub never depends on the agent crate.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod keyfile;
+pub mod store;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use edgefleet_common::Digest;
+
+pub use config::{HubConfig, Loaded};
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Name of the admin token file in the data dir.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+/// Reads the admin token, creating it (0600) on first start. Returns the token and whether it
+/// was just created (the caller prints it once).
+pub fn admin_token(data_dir: &Path) -> anyhow::Result<(String, bool)> {
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    if path.exists() {
+        let t = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        return Ok((t.trim().to_owned(), false));
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let token = format!("efa_{}", hex::encode(bytes));
+    keyfile::write_atomic(&path, format!("{token}\n").as_bytes(), 0o600, false)?;
+    Ok((token, true))
+}
+
+/// Runs the hub until `shutdown` resolves. The listener is already bound (port 0 in tests).
+pub async fn run(
+    loaded: Loaded,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let data_dir = loaded.config.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let store = store::Store::open(&data_dir).context("cannot open the hub's store")?;
+    let (token, created) = admin_token(&data_dir)?;
+    if created {
+        // Printed once, on the first start; afterwards it is only in the 0600 file.
+        eprintln!("edgefleet-hub: admin token (also in {}): {token}", data_dir.join(ADMIN_TOKEN_FILE).display());
+    }
+    let (changes, _) = tokio::sync::watch::channel(0u64);
+    let state = Arc::new(api::AppState {
+        store: store.clone(),
+        loaded,
+        admin_token_hash: Digest::of(token.as_bytes()),
+        changes,
+    });
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %data_dir.display(), "hub listening");
+    axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown).await?;
+    store.flush().await?;
+    tracing::info!("hub stopped");
+    Ok(())
+}
