@@ -1,0 +1,174 @@
+//! Agent configuration: defaults → TOML file → `EDGEFLEET_AGENT_*` environment. Validated once
+//! at start-up; `edgefleet-agent check-config` prints every bad key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// This device's id (lowercase letters, digits, '.', '_', '-').
+    pub device_id: String,
+    /// Tags for tag-wide assignments, e.g. ["shops-eu"].
+    pub tags: Vec<String>,
+    /// The hub's base URL.
+    pub hub_url: String,
+    /// Models, staging area, state, and the device key (device.key) live here.
+    pub data_dir: PathBuf,
+    /// The pinned root public key (PEM or hex).
+    pub root_key: PathBuf,
+    /// Pre-shared enrollment token (auto-approval); without it an admin approves the device.
+    pub enrollment_token: Option<String>,
+    /// Where the Open Inference Protocol v2 server listens.
+    pub listen: SocketAddr,
+    /// Long-poll wait for assignment changes, seconds.
+    pub poll_interval_secs: u64,
+    /// Slow-retrieval defence: abort a download slower than this over any 10 s window.
+    pub download_min_bytes_per_sec: u64,
+    /// Slow-retrieval defence: abort a download that takes longer than this in total.
+    pub download_deadline_secs: u64,
+    /// Largest model this device accepts, whatever the manifest says.
+    pub max_model_bytes: u64,
+    /// Log format: "text" or "json".
+    pub log_format: String,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            device_id: String::new(),
+            tags: Vec::new(),
+            hub_url: "http://127.0.0.1:7700".into(),
+            data_dir: PathBuf::from("/var/lib/edgefleet-agent"),
+            root_key: PathBuf::from("/etc/edgefleet/root.pub"),
+            enrollment_token: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            poll_interval_secs: 30,
+            download_min_bytes_per_sec: 1024,
+            download_deadline_secs: 3600,
+            max_model_bytes: 1024 * 1024 * 1024,
+            log_format: "text".into(),
+        }
+    }
+}
+
+pub const ENV_PREFIX: &str = "EDGEFLEET_AGENT_";
+
+impl AgentConfig {
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config {}", path.display()))?;
+                toml::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("config {}: {}", path.display(), e.message().trim()))?
+            }
+            None => AgentConfig::default(),
+        };
+        config.apply_env(std::env::vars())?;
+        Ok(config)
+    }
+
+    pub fn apply_env(&mut self, vars: impl Iterator<Item = (String, String)>) -> anyhow::Result<()> {
+        let mut errors = Vec::new();
+        for (key, value) in vars {
+            let Some(name) = key.strip_prefix(ENV_PREFIX) else { continue };
+            let num = |v: &str| v.parse::<u64>().map_err(|e| e.to_string());
+            let res: Result<(), String> = match name {
+                "DEVICE_ID" => Ok(self.device_id = value.clone()),
+                "TAGS" => Ok(self.tags = value.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()),
+                "HUB_URL" => Ok(self.hub_url = value.clone()),
+                "DATA_DIR" => Ok(self.data_dir = value.clone().into()),
+                "ROOT_KEY" => Ok(self.root_key = value.clone().into()),
+                "ENROLLMENT_TOKEN" => Ok(self.enrollment_token = Some(value.clone())),
+                "LISTEN" => value.parse().map(|v| self.listen = v).map_err(|e| format!("{e}")),
+                "POLL_INTERVAL_SECS" => num(&value).map(|v| self.poll_interval_secs = v),
+                "DOWNLOAD_MIN_BYTES_PER_SEC" => num(&value).map(|v| self.download_min_bytes_per_sec = v),
+                "DOWNLOAD_DEADLINE_SECS" => num(&value).map(|v| self.download_deadline_secs = v),
+                "MAX_MODEL_BYTES" => num(&value).map(|v| self.max_model_bytes = v),
+                "LOG_FORMAT" => Ok(self.log_format = value.clone()),
+                // Not config keys: the config path itself and the test-only fault switch.
+                "CONFIG" | "FAULT" => Ok(()),
+                _ => Err("unknown variable".into()),
+            };
+            if let Err(e) = res {
+                errors.push(format!("{key}={value:?}: {e}"));
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { anyhow::bail!("bad environment: {}", errors.join("; ")) }
+    }
+
+    /// Checks every key; reports all problems at once.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut errors = Vec::new();
+        if let Err(e) = edgefleet_common::name::validate(&self.device_id) {
+            errors.push(format!("device_id: {e}"));
+        }
+        for t in &self.tags {
+            if let Err(e) = edgefleet_common::name::validate(t) {
+                errors.push(format!("tags: {e}"));
+            }
+        }
+        match reqwest::Url::parse(&self.hub_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            Ok(u) => errors.push(format!("hub_url: scheme {:?} is not http or https", u.scheme())),
+            Err(e) => errors.push(format!("hub_url: {e}")),
+        }
+        if let Err(e) = std::fs::read_to_string(&self.root_key)
+            .map_err(|e| e.to_string())
+            .and_then(|t| edgefleet_common::PublicKey::parse(&t).map_err(|e| e.to_string()))
+        {
+            errors.push(format!("root_key: {}: {e}", self.root_key.display()));
+        }
+        if !(1..=300).contains(&self.poll_interval_secs) {
+            errors.push("poll_interval_secs: must be 1..=300".into());
+        }
+        if self.download_deadline_secs == 0 {
+            errors.push("download_deadline_secs: must be positive".into());
+        }
+        if self.max_model_bytes == 0 {
+            errors.push("max_model_bytes: must be positive".into());
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            errors.push(format!("log_format: {:?} is neither \"text\" nor \"json\"", self.log_format));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("invalid configuration:\n  - {}", errors.join("\n  - "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_bad_key_is_reported() {
+        let c = AgentConfig {
+            device_id: "Bad Id".into(),
+            hub_url: "ftp://x".into(),
+            root_key: "/nonexistent".into(),
+            poll_interval_secs: 0,
+            log_format: "xml".into(),
+            ..AgentConfig::default()
+        };
+        let msg = c.validate().expect_err("invalid").to_string();
+        for key in ["device_id", "hub_url", "root_key", "poll_interval_secs", "log_format"] {
+            assert!(msg.contains(key), "{key} missing in {msg}");
+        }
+        assert!(toml::from_str::<AgentConfig>("hub = \"x\"").is_err());
+        let mut c = AgentConfig::default();
+        let err = c
+            .apply_env([("EDGEFLEET_AGENT_LISTEN".to_owned(), "x".to_owned()), ("EDGEFLEET_AGENT_NOPE".to_owned(), "1".to_owned())].into_iter())
+            .expect_err("bad env")
+            .to_string();
+        assert!(err.contains("EDGEFLEET_AGENT_LISTEN") && err.contains("EDGEFLEET_AGENT_NOPE"), "{err}");
+        c.apply_env([("EDGEFLEET_AGENT_TAGS".to_owned(), "a, b".to_owned())].into_iter()).expect("tags");
+        assert_eq!(c.tags, vec!["a", "b"]);
+    }
+}

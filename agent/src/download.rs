@@ -1,0 +1,190 @@
+//! Artifact download: resumable across restarts, capped, and defended against slow retrieval.
+//!
+//! The partial file is `staging/<sha256>.part`. A restart finds it and asks for the rest with
+//! `Range: bytes=N-` and `If-Range: "<sha256>"` (the hub's ETag is the artifact's hash). Bytes
+//! beyond the manifest's size abort the download; so does a rate under the minimum over any
+//! 10-second window, or the overall deadline. Nothing leaves staging before its SHA-256 matches.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use edgefleet_common::digest::Hasher;
+use edgefleet_common::{ArtifactRef, Digest};
+use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::error::{AgentError, AgentResult};
+use crate::hub_client::HubClient;
+
+pub struct Limits {
+    pub min_bytes_per_sec: u64,
+    pub deadline: Duration,
+    pub max_bytes: u64,
+}
+
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+
+/// Test-only fault point: abort the process once this many bytes are on disk.
+fn abort_after() -> Option<u64> {
+    std::env::var("EDGEFLEET_AGENT_FAULT")
+        .ok()?
+        .strip_prefix("abort-download-after:")?
+        .parse()
+        .ok()
+}
+
+pub fn part_path(staging: &Path, sha: &Digest) -> PathBuf {
+    staging.join(format!("{sha}.part"))
+}
+
+/// Downloads the artifact to staging and returns the verified file's path.
+pub async fn fetch(
+    hub: &HubClient,
+    now: u64,
+    url: &str,
+    staging: &Path,
+    artifact: &ArtifactRef,
+    limits: &Limits,
+) -> AgentResult<PathBuf> {
+    if artifact.size > limits.max_bytes {
+        return Err(AgentError::Download(format!(
+            "artifact is {} bytes, over this device's max_model_bytes ({})",
+            artifact.size, limits.max_bytes
+        )));
+    }
+    let part = part_path(staging, &artifact.sha256);
+    match tokio::time::timeout(limits.deadline, transfer(hub, now, url, &part, artifact, limits)).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(AgentError::Download(format!(
+                "not finished within the {}s deadline (download_deadline_secs); will resume",
+                limits.deadline.as_secs()
+            )));
+        }
+    }
+    // Verify what is on disk, whichever sessions wrote it.
+    let mut file = tokio::fs::File::open(&part).await?;
+    let mut hasher = Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    let got = hasher.finish();
+    if got != artifact.sha256 || size != artifact.size {
+        let _ = tokio::fs::remove_file(&part).await;
+        return Err(AgentError::Download(format!(
+            "artifact hash mismatch: got {got} ({size} bytes), the signed manifest says {} ({} bytes); discarded",
+            artifact.sha256, artifact.size
+        )));
+    }
+    Ok(part)
+}
+
+async fn transfer(hub: &HubClient, now: u64, url: &str, part: &Path, artifact: &ArtifactRef, limits: &Limits) -> AgentResult<()> {
+    let mut have = tokio::fs::metadata(part).await.map(|m| m.len()).unwrap_or(0);
+    if have > artifact.size {
+        tokio::fs::remove_file(part).await?;
+        have = 0;
+    }
+    if have == artifact.size {
+        return Ok(());
+    }
+    let etag = format!("\"{}\"", artifact.sha256);
+    let resp = hub
+        .authed(now, |t| {
+            let mut r = hub.http.get(url).bearer_auth(t);
+            if have > 0 {
+                r = r.header(reqwest::header::RANGE, format!("bytes={have}-")).header(reqwest::header::IF_RANGE, &etag);
+            }
+            r
+        })
+        .await?;
+    let mut file = match resp.status() {
+        StatusCode::PARTIAL_CONTENT if have > 0 => {
+            let start = resp
+                .headers()
+                .get(reqwest::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("bytes "))
+                .and_then(|v| v.split('-').next())
+                .and_then(|v| v.parse::<u64>().ok());
+            if start != Some(have) {
+                tokio::fs::remove_file(part).await?;
+                return Err(AgentError::Download(format!("hub answered a range not starting at {have}; restarting")));
+            }
+            tracing::info!(resume_at = have, size = artifact.size, "resuming download");
+            tokio::fs::OpenOptions::new().append(true).open(part).await?
+        }
+        StatusCode::OK => {
+            have = 0;
+            tokio::fs::File::create(part).await?
+        }
+        StatusCode::RANGE_NOT_SATISFIABLE => {
+            tokio::fs::remove_file(part).await?;
+            return Err(AgentError::Download("hub refused the resume range; restarting".into()));
+        }
+        s => {
+            return Err(AgentError::Download(format!("hub answered {s} for the artifact")));
+        }
+    };
+    let fault = abort_after();
+    let mut resp = resp;
+    let mut window_start = Instant::now();
+    let mut window_bytes = 0u64;
+    loop {
+        // A stalled connection yields nothing: the window check must not wait for a chunk forever.
+        let chunk = match tokio::time::timeout(RATE_WINDOW, resp.chunk()).await {
+            Ok(c) => c?,
+            Err(_) => {
+                return Err(AgentError::Download(format!(
+                    "no data for {}s (slow-retrieval defence); will resume",
+                    RATE_WINDOW.as_secs()
+                )));
+            }
+        };
+        let Some(chunk) = chunk else { break };
+        if have + chunk.len() as u64 > artifact.size {
+            drop(file);
+            tokio::fs::remove_file(part).await?;
+            return Err(AgentError::Download(format!(
+                "the hub sent more than the {} bytes the signed manifest allows; discarded",
+                artifact.size
+            )));
+        }
+        file.write_all(&chunk).await?;
+        have += chunk.len() as u64;
+        window_bytes += chunk.len() as u64;
+        if let Some(limit) = fault
+            && have >= limit
+        {
+            file.sync_all().await?;
+            tracing::error!(have, "fault injection: aborting mid-download");
+            std::process::abort();
+        }
+        let elapsed = window_start.elapsed();
+        if elapsed >= RATE_WINDOW {
+            let rate = window_bytes as f64 / elapsed.as_secs_f64();
+            if rate < limits.min_bytes_per_sec as f64 {
+                file.sync_all().await?;
+                return Err(AgentError::Download(format!(
+                    "download too slow: {rate:.0} B/s over {}s, minimum {} B/s (download_min_bytes_per_sec); will resume",
+                    elapsed.as_secs(),
+                    limits.min_bytes_per_sec
+                )));
+            }
+            window_start = Instant::now();
+            window_bytes = 0;
+        }
+    }
+    file.sync_all().await?;
+    if have != artifact.size {
+        return Err(AgentError::Download(format!("connection closed at {have} of {} bytes; will resume", artifact.size)));
+    }
+    Ok(())
+}

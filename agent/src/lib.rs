@@ -1,0 +1,78 @@
+//! The Edgefleet device agent.
+//!
+//! It pulls signed ONNX models from the hub, verifies them against the pinned root key, swaps
+//! them in atomically, keeps the previous version for rollback, and serves them over the Open
+//! Inference Protocol v2. `main` parses flags and loads the configuration, then calls [`run`]
+//! with a bound listener (port 0 in tests).
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod download;
+pub mod error;
+pub mod hub_client;
+pub mod model;
+pub mod serve;
+pub mod state;
+pub mod update;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::Mutex;
+
+pub use config::AgentConfig;
+
+/// Seconds since the Unix epoch (0 if the clock is before 1970).
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Runs the agent until `shutdown` resolves: serves the models on disk at once, then follows
+/// the hub's assignments.
+pub async fn run(
+    config: AgentConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let layout = state::Layout::new(&config.data_dir);
+    layout.create_dirs().with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    let key = layout.load_or_create_device_key()?;
+    let pinned = edgefleet_common::PublicKey::parse(&std::fs::read_to_string(&config.root_key)?)?;
+    let trust = layout.load_trust(&pinned)?;
+    let active = layout.load_active()?;
+    let registry = Arc::new(serve::Registry::default());
+    let hub = hub_client::HubClient::new(&config, key)?;
+    let updater = Arc::new(update::Updater {
+        layout,
+        hub,
+        registry: registry.clone(),
+        trust: Mutex::new(trust),
+        active: Mutex::new(active),
+        last_error: Mutex::new(None),
+        config: config.clone(),
+    });
+    {
+        let mut a = updater.active.lock().await;
+        updater.load_from_disk(&mut a)?;
+    }
+    registry.set_ready();
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let loop_task = tokio::spawn(updater.clone().run(stop_rx));
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, device = %config.device_id, hub = %config.hub_url, "agent serving OIP v2");
+    axum::serve(listener, serve::router(registry))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        })
+        .await?;
+    let _ = loop_task.await;
+    tracing::info!("agent stopped");
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! `edgefleet-agent`: parse flags, set up tracing, load and validate the config, bind, run.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use edgefleet_agent::AgentConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "edgefleet-agent",
+    version,
+    about = "Edgefleet device agent: pulls signed ONNX models from the hub and serves them (Open Inference Protocol v2)",
+    long_about = "Edgefleet device agent.\n\nIt enrolls with the hub using its device key (made on first start in DATA_DIR/device.key), follows the models assigned to it, verifies every model against the pinned root key, swaps it in atomically, and serves it at LISTEN/v2/models/NAME/infer.\n\nEvery config key can also be set as EDGEFLEET_AGENT_<KEY>, e.g. EDGEFLEET_AGENT_DEVICE_ID=shop-1."
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent.
+    Run {
+        /// TOML config file.
+        #[arg(long, env = "EDGEFLEET_AGENT_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate the configuration, naming every bad key, then exit (0 if valid).
+    CheckConfig {
+        #[arg(long, env = "EDGEFLEET_AGENT_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let result = match Args::parse().command {
+        Cmd::CheckConfig { config } => AgentConfig::load(config.as_deref())
+            .and_then(|c| c.validate().map(|_| c))
+            .map(|c| println!("configuration OK (device {}, hub {}, listen {})", c.device_id, c.hub_url, c.listen)),
+        Cmd::Run { config } => run(config).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edgefleet-agent: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = AgentConfig::load(config.as_deref())?;
+    config.validate()?;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EDGEFLEET_LOG").unwrap_or_else(|_| "info".into());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    if config.log_format == "json" {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_ansi(ansi).with_env_filter(filter).init();
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (set listen / EDGEFLEET_AGENT_LISTEN)", config.listen))?;
+    edgefleet_agent::run(config, listener, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

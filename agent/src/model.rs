@@ -1,0 +1,184 @@
+//! Loading ONNX models with tract, running them, and checking their smoke tests.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use edgefleet_common::{ModelManifest, Tensor, TensorData};
+use tract_onnx::prelude::*;
+
+use crate::error::{AgentError, AgentResult};
+
+/// A model ready to serve: its verified manifest and an optimised tract plan.
+pub struct LoadedModel {
+    pub manifest: ModelManifest,
+    plan: Arc<TypedRunnableModel>,
+    /// For each tract input position, the index of the manifest input feeding it.
+    input_order: Vec<usize>,
+    /// For each tract output position, the manifest output name.
+    output_names: Vec<String>,
+}
+
+impl std::fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LoadedModel({} v{})", self.manifest.name, self.manifest.version)
+    }
+}
+
+fn model_err(m: &ModelManifest, message: impl std::fmt::Display) -> AgentError {
+    AgentError::Model { name: m.name.clone(), version: m.version, message: message.to_string() }
+}
+
+impl LoadedModel {
+    /// Parses and optimises the ONNX file, and checks that its inputs and outputs are the ones
+    /// the manifest declares (a mismatch means a mislabelled artifact: refuse it).
+    pub fn load(manifest: ModelManifest, path: &Path) -> AgentResult<Self> {
+        let mut file = std::fs::File::open(path)?;
+        let model = tract_onnx::onnx()
+            .model_for_read(&mut file)
+            .map_err(|e| model_err(&manifest, format!("not a loadable ONNX model: {e:#}")))?;
+        let input_names: Vec<String> = model
+            .input_outlets()
+            .map_err(|e| model_err(&manifest, e))?
+            .iter()
+            .map(|o| model.node(o.node).name.clone())
+            .collect();
+        let output_names: Vec<String> = model
+            .output_outlets()
+            .map_err(|e| model_err(&manifest, e))?
+            .iter()
+            .map(|o| model.outlet_label(*o).map(str::to_owned).unwrap_or_else(|| model.node(o.node).name.clone()))
+            .collect();
+        let mut input_order = Vec::with_capacity(input_names.len());
+        for n in &input_names {
+            let idx = manifest.inputs.iter().position(|s| &s.name == n).ok_or_else(|| {
+                model_err(&manifest, format!("the model has input {n:?}, which the manifest does not declare"))
+            })?;
+            input_order.push(idx);
+        }
+        if input_names.len() != manifest.inputs.len() {
+            return Err(model_err(&manifest, format!(
+                "the model has inputs {input_names:?}, the manifest declares {:?}",
+                manifest.inputs.iter().map(|s| &s.name).collect::<Vec<_>>()
+            )));
+        }
+        for s in &manifest.outputs {
+            if !output_names.contains(&s.name) {
+                return Err(model_err(&manifest, format!("the manifest declares output {:?}; the model has {output_names:?}", s.name)));
+            }
+        }
+        let plan = model
+            .into_optimized()
+            .and_then(|m| m.into_runnable())
+            .map_err(|e| model_err(&manifest, format!("cannot optimise: {e:#}")))?;
+        Ok(Self { manifest, plan, input_order, output_names })
+    }
+
+    /// Runs one inference. Inputs are checked against the manifest (name, datatype, shape);
+    /// `wanted` selects outputs (all when empty).
+    pub fn infer(&self, inputs: &[Tensor], wanted: &[String]) -> Result<Vec<Tensor>, String> {
+        let mut values: TVec<TValue> = TVec::with_capacity(self.input_order.len());
+        for &idx in &self.input_order {
+            let spec = &self.manifest.inputs[idx];
+            let t = inputs
+                .iter()
+                .find(|t| t.name == spec.name)
+                .ok_or_else(|| format!("missing input {:?} ({} {:?})", spec.name, spec.datatype, spec.shape))?;
+            if t.data.datatype() != spec.datatype {
+                return Err(format!("input {:?} must be {}, got {}", spec.name, spec.datatype, t.data.datatype()));
+            }
+            let shape_ok = t.shape.len() == spec.shape.len()
+                && t.shape.iter().zip(&spec.shape).all(|(&got, &want)| want == -1 || got == want as u64);
+            if !shape_ok || t.shape.contains(&0) {
+                return Err(format!("input {:?} must have shape {:?} (-1: any size ≥ 1), got {:?}", spec.name, spec.shape, t.shape));
+            }
+            t.validate().map_err(|e| e.to_string())?;
+            values.push(to_tract(t).map_err(|e| format!("input {:?}: {e}", spec.name))?.into());
+        }
+        for t in inputs {
+            if !self.manifest.inputs.iter().any(|s| s.name == t.name) {
+                return Err(format!(
+                    "unknown input {:?}; the model's inputs are {:?}",
+                    t.name,
+                    self.manifest.inputs.iter().map(|s| &s.name).collect::<Vec<_>>()
+                ));
+            }
+        }
+        for w in wanted {
+            if !self.manifest.outputs.iter().any(|s| &s.name == w) {
+                return Err(format!(
+                    "unknown output {w:?}; the model's outputs are {:?}",
+                    self.manifest.outputs.iter().map(|s| &s.name).collect::<Vec<_>>()
+                ));
+            }
+        }
+        let outputs = self.plan.run(values).map_err(|e| format!("inference failed: {e:#}"))?;
+        let mut result = Vec::new();
+        for (value, name) in outputs.iter().zip(&self.output_names) {
+            let declared = self.manifest.outputs.iter().any(|s| &s.name == name);
+            if !declared || (!wanted.is_empty() && !wanted.contains(name)) {
+                continue;
+            }
+            result.push(from_tract(name, value).map_err(|e| format!("output {name:?}: {e}"))?);
+        }
+        Ok(result)
+    }
+
+    /// Runs every smoke test of the manifest; the first mismatch is the error.
+    pub fn smoke_test(&self) -> AgentResult<()> {
+        for (i, test) in self.manifest.smoke_tests.iter().enumerate() {
+            let got = self.infer(&test.inputs, &[]).map_err(|e| model_err(&self.manifest, format!("smoke test {i}: {e}")))?;
+            for want in &test.expected {
+                let g = got.iter().find(|t| t.name == want.name).ok_or_else(|| {
+                    model_err(&self.manifest, format!("smoke test {i}: no output {:?}", want.name))
+                })?;
+                if g.shape != want.shape {
+                    return Err(model_err(&self.manifest, format!(
+                        "smoke test {i}: output {:?} has shape {:?}, expected {:?}",
+                        want.name, g.shape, want.shape
+                    )));
+                }
+                for (j, (a, b)) in g.data.to_f64().iter().zip(want.data.to_f64()).enumerate() {
+                    if !((a - b).abs() <= test.tolerance) {
+                        return Err(model_err(&self.manifest, format!(
+                            "smoke test {i} failed: output {:?}[{j}] = {a}, expected {b} ± {}",
+                            want.name, test.tolerance
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn shape_usize(shape: &[u64]) -> Result<Vec<usize>, String> {
+    shape.iter().map(|&d| usize::try_from(d).map_err(|_| "dimension too large".to_owned())).collect()
+}
+
+pub fn to_tract(t: &Tensor) -> Result<tract_onnx::prelude::Tensor, String> {
+    let shape = shape_usize(&t.shape)?;
+    let r = match &t.data {
+        TensorData::Bool(v) => tract_onnx::prelude::Tensor::from_shape(&shape, v),
+        TensorData::Int32(v) => tract_onnx::prelude::Tensor::from_shape(&shape, v),
+        TensorData::Int64(v) => tract_onnx::prelude::Tensor::from_shape(&shape, v),
+        TensorData::Fp32(v) => tract_onnx::prelude::Tensor::from_shape(&shape, v),
+        TensorData::Fp64(v) => tract_onnx::prelude::Tensor::from_shape(&shape, v),
+    };
+    r.map_err(|e| e.to_string())
+}
+
+fn collect<D: Datum + Copy>(t: &tract_onnx::prelude::Tensor) -> Result<Vec<D>, String> {
+    Ok(t.to_plain_array_view::<D>().map_err(|e| e.to_string())?.iter().copied().collect())
+}
+
+pub fn from_tract(name: &str, t: &tract_onnx::prelude::Tensor) -> Result<Tensor, String> {
+    let data = match t.datum_type() {
+        DatumType::Bool => TensorData::Bool(collect(t)?),
+        DatumType::I32 => TensorData::Int32(collect(t)?),
+        DatumType::I64 => TensorData::Int64(collect(t)?),
+        DatumType::F32 => TensorData::Fp32(collect(t)?),
+        DatumType::F64 => TensorData::Fp64(collect(t)?),
+        other => return Err(format!("datatype {other:?} is not served yet")),
+    };
+    Ok(Tensor { name: name.to_owned(), shape: t.shape().iter().map(|&d| d as u64).collect(), data })
+}
