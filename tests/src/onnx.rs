@@ -1,0 +1,118 @@
+//! ONNX protobufs built with tract's own `pb` types and encoded with prost.
+
+use prost::Message;
+use tract_onnx::pb::{
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto,
+    TypeProto, ValueInfoProto, attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto,
+    type_proto,
+};
+
+use crate::{FEATURES, HIDDEN, Mlp};
+
+fn value_info(name: &str, elem: DataType, dims: &[Option<i64>]) -> ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|d| tensor_shape_proto::Dimension {
+            denotation: String::new(),
+            value: Some(match d {
+                Some(n) => tensor_shape_proto::dimension::Value::DimValue(*n),
+                None => tensor_shape_proto::dimension::Value::DimParam("N".into()),
+            }),
+        })
+        .collect();
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            denotation: String::new(),
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: elem as i32,
+                shape: Some(TensorShapeProto { dim }),
+            })),
+        }),
+        doc_string: String::new(),
+    }
+}
+
+fn f32_tensor(name: &str, dims: &[i64], data: &[f32]) -> TensorProto {
+    TensorProto { name: name.into(), dims: dims.to_vec(), data_type: DataType::Float as i32, float_data: data.to_vec(), ..Default::default() }
+}
+
+fn node(op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {
+    NodeProto {
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        name: format!("{op}_{}", outputs[0]),
+        op_type: op.into(),
+        attribute: attrs,
+        ..Default::default()
+    }
+}
+
+fn model(graph: GraphProto) -> Vec<u8> {
+    ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 17 }],
+        producer_name: "edgefleet-testmodel".into(),
+        graph: Some(graph),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// `y = Gemm(Relu(Gemm(x, W1, b1)), W2, b2)` with a symbolic batch `N`.
+pub fn mlp(m: &Mlp) -> Vec<u8> {
+    let graph = GraphProto {
+        name: "demand_mlp".into(),
+        node: vec![
+            node("Gemm", &["x", "w1", "b1"], &["h"], vec![]),
+            node("Relu", &["h"], &["hr"], vec![]),
+            node("Gemm", &["hr", "w2", "b2"], &["y"], vec![]),
+        ],
+        initializer: vec![
+            f32_tensor("w1", &[FEATURES as i64, HIDDEN as i64], &m.w1),
+            f32_tensor("b1", &[HIDDEN as i64], &m.b1),
+            f32_tensor("w2", &[HIDDEN as i64, 1], &m.w2),
+            f32_tensor("b2", &[1], &[m.b2]),
+        ],
+        input: vec![value_info("x", DataType::Float, &[None, Some(FEATURES as i64)])],
+        output: vec![value_info("y", DataType::Float, &[None, Some(1)])],
+        ..Default::default()
+    };
+    model(graph)
+}
+
+/// A model exercising every served datatype: `a2 = a * 2` (FP64), `b1 = b + 1` (INT64),
+/// `c` passed through (INT32), `dn = Not(d)` (BOOL).
+pub fn typed() -> Vec<u8> {
+    let two = TensorProto { name: "two".into(), dims: vec![], data_type: DataType::Double as i32, double_data: vec![2.0], ..Default::default() };
+    let one = TensorProto { name: "one".into(), dims: vec![], data_type: DataType::Int64 as i32, int64_data: vec![1], ..Default::default() };
+    let graph = GraphProto {
+        name: "typed".into(),
+        node: vec![
+            node("Mul", &["a", "two"], &["a2"], vec![]),
+            node("Add", &["b", "one"], &["b1"], vec![]),
+            node("Identity", &["c"], &["c1"], vec![]),
+            node("Not", &["d"], &["dn"], vec![]),
+        ],
+        initializer: vec![two, one],
+        input: vec![
+            value_info("a", DataType::Double, &[None, Some(2)]),
+            value_info("b", DataType::Int64, &[None, Some(2)]),
+            value_info("c", DataType::Int32, &[None, Some(1)]),
+            value_info("d", DataType::Bool, &[None, Some(1)]),
+        ],
+        output: vec![
+            value_info("a2", DataType::Double, &[None, Some(2)]),
+            value_info("b1", DataType::Int64, &[None, Some(2)]),
+            value_info("c1", DataType::Int32, &[None, Some(1)]),
+            value_info("dn", DataType::Bool, &[None, Some(1)]),
+        ],
+        ..Default::default()
+    };
+    model(graph)
+}
+
+/// An attribute helper kept for models that need one (e.g. Gemm's transB).
+pub fn int_attr(name: &str, v: i64) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: AttributeType::Int as i32, i: v, ..Default::default() }
+}

@@ -1,0 +1,290 @@
+//! The end-to-end harness: a real hub and real agents (in-process on 127.0.0.1:0, or as real
+//! processes for kill -9 tests), real HTTP, temp dirs, deadlines instead of sleeps.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use edgefleet_common::trust::{Delegation, Permission};
+use edgefleet_common::{ArtifactRef, ModelManifest, SecretKey, Signed, armor, manifest::ModelFormat};
+use edgefleet_tests::Mlp;
+use serde_json::Value;
+
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub fn now() -> u64 {
+    edgefleet_hub::now()
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after the deadline.
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if start.elapsed() > DEADLINE {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn write_private(path: &Path, key: &SecretKey) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, key.to_pem().expect("pem")).expect("write key");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
+pub struct Hub {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    pub addr: SocketAddr,
+    pub token: String,
+    pub root: SecretKey,
+    pub hub_key: SecretKey,
+    pub root_pub_path: PathBuf,
+    pub http: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub const ENROLL_TOKEN: &str = "enroll-token-for-tests-0123456789";
+
+impl Hub {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut edgefleet_hub::HubConfig)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = SecretKey::generate().expect("root");
+        let hub_key = SecretKey::generate().expect("hub key");
+        let root_pub_path = dir.path().join("root.pub");
+        std::fs::write(&root_pub_path, root.public().to_pem().expect("pem")).expect("write");
+        write_private(&dir.path().join("hub.key"), &hub_key);
+        let d = Delegation {
+            key: hub_key.public(),
+            label: "hub".into(),
+            patterns: vec!["*".into()],
+            permissions: vec![Permission::Manifests, Permission::Assignments],
+            issued_at: now() - 60,
+            expires_at: now() + 86400,
+        };
+        let signed = Signed::sign(&d, &root, None).expect("sign");
+        std::fs::write(dir.path().join("hub.delegation"), armor::encode("DELEGATION", &signed.to_bytes().expect("bytes")))
+            .expect("write");
+        let mut config = edgefleet_hub::HubConfig {
+            data_dir: dir.path().join("data"),
+            root_key: root_pub_path.clone(),
+            signing_key: dir.path().join("hub.key"),
+            delegation: dir.path().join("hub.delegation"),
+            enrollment_token: Some(ENROLL_TOKEN.into()),
+            ..Default::default()
+        };
+        tweak(&mut config);
+        let loaded = config.validate().expect("valid config");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(edgefleet_hub::run(loaded, listener, async {
+            let _ = rx.await;
+        }));
+        let url = format!("http://{addr}");
+        let http = reqwest::Client::new();
+        let token_path = dir.path().join("data").join(edgefleet_hub::ADMIN_TOKEN_FILE);
+        let token = eventually("the hub's admin token", || {
+            let p = token_path.clone();
+            async move { std::fs::read_to_string(p).ok().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()) }
+        })
+        .await;
+        Hub { dir, url, addr, token, root, hub_key, root_pub_path, http, stop: Some(tx), task: Some(task) }
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.expect("join").expect("hub run");
+        }
+    }
+
+    pub fn api(&self, path: &str) -> String {
+        format!("{}/api/v1/{path}", self.url)
+    }
+
+    /// Manifest for an artifact, as a data scientist's `edgefleet sign` would build it.
+    pub fn manifest(&self, name: &str, version: u64, mlp: &Mlp, artifact: &[u8]) -> ModelManifest {
+        let spec = edgefleet_tests::spec_json(name, version, mlp, false);
+        ModelManifest {
+            name: name.into(),
+            version,
+            artifact: ArtifactRef {
+                sha256: edgefleet_common::Digest::of(artifact),
+                size: artifact.len() as u64,
+                format: ModelFormat::Onnx,
+            },
+            inputs: vec![edgefleet_tests::input_spec()],
+            outputs: vec![edgefleet_tests::output_spec()],
+            smoke_tests: serde_json::from_value(spec["smoke_tests"].clone()).expect("smoke tests"),
+            created_at: now(),
+            lineage: Default::default(),
+            reference_profile: None,
+            description: String::new(),
+        }
+    }
+
+    pub async fn put_blob(&self, artifact: &[u8]) -> reqwest::Response {
+        let sha = edgefleet_common::Digest::of(artifact);
+        self.http.put(self.api(&format!("blobs/{sha}"))).bearer_auth(&self.token).body(artifact.to_vec()).send().await.expect("put blob")
+    }
+
+    pub async fn post_manifest(&self, signed: &Signed<ModelManifest>) -> reqwest::Response {
+        self.http
+            .post(self.api("models"))
+            .bearer_auth(&self.token)
+            .body(signed.to_bytes().expect("bytes"))
+            .send()
+            .await
+            .expect("post manifest")
+    }
+
+    /// Signs (with root) and pushes a model version; returns the artifact bytes.
+    pub async fn push_mlp(&self, name: &str, version: u64, seed: u64) -> (Mlp, Vec<u8>) {
+        let mlp = Mlp::new(seed);
+        let artifact = mlp.to_onnx();
+        let m = self.manifest(name, version, &mlp, &artifact);
+        self.push(&m, &artifact).await;
+        (mlp, artifact)
+    }
+
+    pub async fn push(&self, m: &ModelManifest, artifact: &[u8]) {
+        let r = self.put_blob(artifact).await;
+        assert!(r.status().is_success(), "blob upload: {}", r.text().await.unwrap_or_default());
+        let signed = Signed::sign(m, &self.root, None).expect("sign");
+        let r = self.post_manifest(&signed).await;
+        assert!(r.status().is_success(), "manifest upload: {}", r.text().await.unwrap_or_default());
+    }
+
+    pub async fn assign(&self, device: &str, model: &str, version: u64) {
+        let r = self
+            .http
+            .post(self.api("assignments"))
+            .bearer_auth(&self.token)
+            .json(&serde_json::json!({"target": {"device": device}, "model": model, "version": version}))
+            .send()
+            .await
+            .expect("assign");
+        assert!(r.status().is_success(), "assign: {}", r.text().await.unwrap_or_default());
+    }
+
+    pub async fn device(&self, id: &str) -> Option<Value> {
+        let r = self.http.get(self.api(&format!("devices/{id}"))).bearer_auth(&self.token).send().await.ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        r.json().await.ok()
+    }
+
+    /// Waits until the device reports an update error containing `needle`.
+    pub async fn wait_error(&self, id: &str, needle: &str) -> String {
+        eventually(&format!("device {id} to report an error containing {needle:?}"), || async {
+            let d = self.device(id).await?;
+            let e = d["status"]["last_error"].as_str()?.to_owned();
+            e.contains(needle).then_some(e)
+        })
+        .await
+    }
+
+    pub fn agent_config(&self, device_id: &str, data_dir: &Path) -> edgefleet_agent::AgentConfig {
+        edgefleet_agent::AgentConfig {
+            device_id: device_id.into(),
+            hub_url: self.url.clone(),
+            data_dir: data_dir.into(),
+            root_key: self.root_pub_path.clone(),
+            enrollment_token: Some(ENROLL_TOKEN.into()),
+            poll_interval_secs: 2,
+            ..Default::default()
+        }
+    }
+}
+
+/// An agent running in this process.
+pub struct Agent {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Agent {
+    pub async fn start(hub: &Hub, device_id: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(hub, device_id, dir).await
+    }
+
+    pub async fn start_in(hub: &Hub, device_id: &str, dir: tempfile::TempDir) -> Self {
+        let config = hub.agent_config(device_id, dir.path());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(edgefleet_agent::run(config, listener, async {
+            let _ = rx.await;
+        }));
+        Agent { dir, url, stop: Some(tx), task: Some(task) }
+    }
+
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.expect("join").expect("agent run");
+        }
+        self.dir
+    }
+}
+
+/// `POST /v2/models/{model}/infer` with one row per input vector.
+pub async fn infer(http: &reqwest::Client, agent_url: &str, model: &str, rows: &[Vec<f32>]) -> reqwest::Response {
+    let data: Vec<f32> = rows.iter().flatten().copied().collect();
+    let body = serde_json::json!({
+        "id": "req-1",
+        "inputs": [{"name": "x", "shape": [rows.len(), edgefleet_tests::FEATURES], "datatype": "FP32", "data": data}]
+    });
+    http.post(format!("{agent_url}/v2/models/{model}/infer")).json(&body).send().await.expect("infer request")
+}
+
+/// The served model version and outputs, if the agent answers 200.
+pub async fn infer_ok(http: &reqwest::Client, agent_url: &str, model: &str, rows: &[Vec<f32>]) -> Option<(u64, Vec<f32>)> {
+    let r = infer(http, agent_url, model, rows).await;
+    if !r.status().is_success() {
+        return None;
+    }
+    let v: Value = r.json().await.ok()?;
+    let version = v["model_version"].as_str()?.parse().ok()?;
+    let out = v["outputs"][0]["data"].as_array()?.iter().map(|x| x.as_f64().map(|f| f as f32)).collect::<Option<Vec<_>>>()?;
+    Some((version, out))
+}
+
+pub fn assert_close(got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() < 1e-4, "got {got:?}, want {want:?}");
+    }
+}
+
+/// Path of a workspace binary (built by `cargo test --workspace` / `cargo build --workspace`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins` first (cargo test --workspace does)", p.display());
+    p
+}
