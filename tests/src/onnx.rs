@@ -2,8 +2,8 @@
 
 use prost::Message;
 use tract_onnx::pb::{
-    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto,
-    TypeProto, ValueInfoProto, attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto,
+    GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto,
+    TypeProto, ValueInfoProto, tensor_proto::DataType, tensor_shape_proto,
     type_proto,
 };
 
@@ -37,13 +37,12 @@ fn f32_tensor(name: &str, dims: &[i64], data: &[f32]) -> TensorProto {
     TensorProto { name: name.into(), dims: dims.to_vec(), data_type: DataType::Float as i32, float_data: data.to_vec(), ..Default::default() }
 }
 
-fn node(op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {
+fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
     NodeProto {
         input: inputs.iter().map(|s| s.to_string()).collect(),
         output: outputs.iter().map(|s| s.to_string()).collect(),
         name: format!("{op}_{}", outputs[0]),
         op_type: op.into(),
-        attribute: attrs,
         ..Default::default()
     }
 }
@@ -60,13 +59,13 @@ fn model(graph: GraphProto) -> Vec<u8> {
 }
 
 /// `y = Gemm(Relu(Gemm(x, W1, b1)), W2, b2)` with a symbolic batch `N`.
-pub fn mlp(m: &Mlp) -> Vec<u8> {
-    let graph = GraphProto {
+pub fn mlp(m: &Mlp, pad_floats: usize) -> Vec<u8> {
+    let mut graph = GraphProto {
         name: "demand_mlp".into(),
         node: vec![
-            node("Gemm", &["x", "w1", "b1"], &["h"], vec![]),
-            node("Relu", &["h"], &["hr"], vec![]),
-            node("Gemm", &["hr", "w2", "b2"], &["y"], vec![]),
+            node("Gemm", &["x", "w1", "b1"], &["h"]),
+            node("Relu", &["h"], &["hr"]),
+            node("Gemm", &["hr", "w2", "b2"], &["y"]),
         ],
         initializer: vec![
             f32_tensor("w1", &[FEATURES as i64, HIDDEN as i64], &m.w1),
@@ -78,6 +77,10 @@ pub fn mlp(m: &Mlp) -> Vec<u8> {
         output: vec![value_info("y", DataType::Float, &[None, Some(1)])],
         ..Default::default()
     };
+    if pad_floats > 0 {
+        let pad: Vec<f32> = (0..pad_floats).map(|i| i as f32).collect();
+        graph.initializer.push(f32_tensor("pad", &[pad_floats as i64], &pad));
+    }
     model(graph)
 }
 
@@ -89,10 +92,10 @@ pub fn typed() -> Vec<u8> {
     let graph = GraphProto {
         name: "typed".into(),
         node: vec![
-            node("Mul", &["a", "two"], &["a2"], vec![]),
-            node("Add", &["b", "one"], &["b1"], vec![]),
-            node("Identity", &["c"], &["c1"], vec![]),
-            node("Not", &["d"], &["dn"], vec![]),
+            node("Mul", &["a", "two"], &["a2"]),
+            node("Add", &["b", "one"], &["b1"]),
+            node("Identity", &["c"], &["c1"]),
+            node("Not", &["d"], &["dn"]),
         ],
         initializer: vec![two, one],
         input: vec![
@@ -110,9 +113,4 @@ pub fn typed() -> Vec<u8> {
         ..Default::default()
     };
     model(graph)
-}
-
-/// An attribute helper kept for models that need one (e.g. Gemm's transB).
-pub fn int_attr(name: &str, v: i64) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: AttributeType::Int as i32, i: v, ..Default::default() }
 }

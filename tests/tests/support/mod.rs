@@ -230,7 +230,17 @@ impl Agent {
     }
 
     pub async fn start_in(hub: &Hub, device_id: &str, dir: tempfile::TempDir) -> Self {
-        let config = hub.agent_config(device_id, dir.path());
+        Self::start_with(hub, device_id, dir, |_| {}).await
+    }
+
+    pub async fn start_with(
+        hub: &Hub,
+        device_id: &str,
+        dir: tempfile::TempDir,
+        tweak: impl FnOnce(&mut edgefleet_agent::AgentConfig),
+    ) -> Self {
+        let mut config = hub.agent_config(device_id, dir.path());
+        tweak(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

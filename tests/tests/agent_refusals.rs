@@ -1,0 +1,183 @@
+//! The agent refuses what it must not serve, keeps serving its current model, and reports why.
+
+mod support;
+
+use std::sync::Arc;
+
+use edgefleet_agent::hub_client::HubClient;
+use edgefleet_agent::serve::Registry;
+use edgefleet_agent::state::Layout;
+use edgefleet_agent::update::Updater;
+use edgefleet_common::device::AssignmentBundle;
+use edgefleet_common::{Assignment, Digest, ModelManifest, SecretKey, Signed, Target};
+use edgefleet_tests::Mlp;
+use support::*;
+use tokio::sync::Mutex;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_smoke_test_keeps_the_old_model_and_reports_why() {
+    let hub = Hub::start().await;
+    hub.push_mlp("demand", 1, 1).await;
+    hub.assign("shop-1", "demand", 1).await;
+    let agent = Agent::start(&hub, "shop-1").await;
+    let http = reqwest::Client::new();
+    let rows = edgefleet_tests::probe_rows(2, 5);
+    eventually("v1", || infer_ok(&http, &agent.url, "demand", &rows)).await;
+
+    // v2's manifest expects numbers the model does not produce.
+    let mlp = Mlp::new(2);
+    let artifact = mlp.to_onnx();
+    let mut m = hub.manifest("demand", 2, &mlp, &artifact);
+    if let edgefleet_common::TensorData::Fp32(v) = &mut m.smoke_tests[0].expected[0].data {
+        v[0] += 1.0;
+    }
+    hub.push(&m, &artifact).await;
+    hub.assign("shop-1", "demand", 2).await;
+    let e = hub.wait_error("shop-1", "smoke test").await;
+    assert!(e.contains("expected"), "{e}");
+    assert_eq!(infer_ok(&http, &agent.url, "demand", &rows).await.expect("still serving").0, 1);
+    assert!(!agent.dir.path().join("models/demand/2").exists(), "a failing model is never installed");
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tampered_or_oversize_artifacts_are_refused() {
+    let hub = Hub::start().await;
+    let (_, artifact) = hub.push_mlp("demand", 1, 1).await;
+    // A malicious mirror: the hub's stored blob is altered after upload (same size).
+    let blob = hub.dir.path().join("data/blobs/sha256").join(Digest::of(&artifact).to_hex());
+    let mut bytes = std::fs::read(&blob).expect("blob");
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&blob, &bytes).expect("tamper");
+    hub.assign("shop-1", "demand", 1).await;
+    let agent = Agent::start(&hub, "shop-1").await;
+    let e = hub.wait_error("shop-1", "hash mismatch").await;
+    assert!(e.contains("discarded"), "{e}");
+    let http = reqwest::Client::new();
+    let r = infer(&http, &agent.url, "demand", &edgefleet_tests::probe_rows(1, 1)).await;
+    assert_eq!(r.status(), 404, "nothing is served");
+    agent.stop().await;
+
+    // The hub serves more bytes than the manifest allows: the agent stops at the signed size.
+    let mut longer = std::fs::read(&blob).expect("blob");
+    longer[n / 2] ^= 0xff;
+    longer.extend_from_slice(&[0u8; 100]);
+    std::fs::write(&blob, &longer).expect("extend");
+    let agent = Agent::start(&hub, "shop-2").await;
+    hub.assign("shop-2", "demand", 1).await;
+    hub.wait_error("shop-2", "more than").await;
+    agent.stop().await;
+
+    // A device whose own cap is below the artifact size.
+    std::fs::write(&blob, &artifact).expect("restore");
+    let dir = tempfile::tempdir().expect("tmp");
+    let agent = Agent::start_with(&hub, "shop-3", dir, |c| c.max_model_bytes = 100).await;
+    hub.assign("shop-3", "demand", 1).await;
+    hub.wait_error("shop-3", "max_model_bytes").await;
+    agent.stop().await;
+}
+
+/// An updater over the real agent library and the real hub, for feeding it crafted bundles.
+async fn updater(hub: &Hub, id: &str, dir: &std::path::Path) -> Updater {
+    let config = hub.agent_config(id, dir);
+    let layout = Layout::new(dir);
+    layout.create_dirs().expect("dirs");
+    let key = layout.load_or_create_device_key().expect("key");
+    let trust = layout.load_trust(&hub.root.public()).expect("trust");
+    Updater {
+        hub: HubClient::new(&config, key).expect("client"),
+        config,
+        layout,
+        registry: Arc::new(Registry::default()),
+        trust: Mutex::new(trust),
+        active: Mutex::new(Default::default()),
+        last_error: Mutex::new(None),
+    }
+}
+
+async fn manifest_digest(hub: &Hub, name: &str, version: u64) -> Digest {
+    let bytes = hub
+        .http
+        .get(hub.api(&format!("models/{name}/versions/{version}/manifest")))
+        .bearer_auth(&hub.token)
+        .send()
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("bytes");
+    Signed::<ModelManifest>::from_bytes(&bytes).expect("manifest").digest()
+}
+
+fn bundle(a: Assignment, key: &SecretKey) -> AssignmentBundle {
+    AssignmentBundle { assignments: vec![Signed::sign(&a, key, None).expect("sign")], rotations: vec![] }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replayed_expired_misdirected_and_untrusted_assignments_are_refused() {
+    let hub = Hub::start().await;
+    hub.push_mlp("demand", 1, 1).await;
+    hub.push_mlp("demand", 2, 2).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let u = updater(&hub, "shop-1", dir.path()).await;
+    let now = now();
+    let a = |version: u64, serial: u64, digest: Digest| Assignment {
+        target: Target::Device("shop-1".into()),
+        model: "demand".into(),
+        version,
+        manifest_digest: digest,
+        serial,
+        issued_at: now,
+        expires_at: now + 3600,
+    };
+    let (d1, d2) = (manifest_digest(&hub, "demand", 1).await, manifest_digest(&hub, "demand", 2).await);
+    u.apply(&bundle(a(1, 10, d1), &hub.root), now).await.expect("v1");
+    u.apply(&bundle(a(2, 20, d2), &hub.root), now).await.expect("v2");
+    assert_eq!(u.registry.get("demand").expect("served").manifest.version, 2);
+
+    let err = |r: Result<(), edgefleet_agent::error::AgentError>| r.expect_err("must be refused").to_string();
+    // Replay of an older assignment (lower serial).
+    let e = err(u.apply(&bundle(a(1, 15, d1), &hub.root), now).await);
+    assert!(e.contains("replayed"), "{e}");
+    // Expired.
+    let mut expired = a(1, 30, d1);
+    expired.expires_at = now - 1;
+    assert!(err(u.apply(&bundle(expired, &hub.root), now).await).contains("expired"));
+    // For another device.
+    let mut other = a(1, 31, d1);
+    other.target = Target::Device("shop-9".into());
+    assert!(err(u.apply(&bundle(other, &hub.root), now).await).contains("not this device"));
+    // Signed by a key nobody delegated to.
+    let e = err(u.apply(&bundle(a(1, 32, d1), &SecretKey::generate().expect("k")), now).await);
+    assert!(e.contains("not trusted"), "{e}");
+    // Mix-and-match: version 1 with version 2's manifest digest.
+    let e = err(u.apply(&bundle(a(1, 33, d2), &hub.root), now).await);
+    assert!(e.contains("binds"), "{e}");
+    assert_eq!(u.registry.get("demand").expect("served").manifest.version, 2, "still serving v2");
+    assert_eq!(u.trust.lock().await.serials["demand"], 20);
+
+    // Persisted: a restarted updater still refuses the replay.
+    let u2 = updater(&hub, "shop-1", dir.path()).await;
+    let e = err(u2.apply(&bundle(a(1, 15, d1), &hub.root), now).await);
+    assert!(e.contains("replayed"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hub_signed_assignment_is_refused_once_the_delegation_expired() {
+    let hub = Hub::start().await;
+    hub.push_mlp("demand", 1, 1).await;
+    hub.assign("shop-1", "demand", 1).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let u = updater(&hub, "shop-1", dir.path()).await;
+    let bundle = match u.hub.poll(now(), 0).await.expect("poll") {
+        edgefleet_agent::hub_client::Poll::Changed(b) => b,
+        edgefleet_agent::hub_client::Poll::Unchanged => panic!("first poll must return the bundle"),
+    };
+    assert_eq!(bundle.assignments.len(), 1);
+    // The delegation in the test hub lasts one day: two days on, it has expired.
+    let later = now() + 2 * 86400;
+    let e = u.apply(&bundle, later).await.expect_err("expired delegation").to_string();
+    assert!(e.contains("delegation expired"), "{e}");
+    u.apply(&bundle, now()).await.expect("valid now");
+}
