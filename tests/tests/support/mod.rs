@@ -298,3 +298,91 @@ pub fn bin(name: &str) -> PathBuf {
     assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins` first (cargo test --workspace does)", p.display());
     p
 }
+
+/// An agent as a real process (for kill -9), its log lines collected.
+pub struct AgentProcess {
+    pub child: tokio::process::Child,
+    pub url: Option<String>,
+    pub logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl AgentProcess {
+    /// Spawns `edgefleet-agent run` configured by environment variables.
+    pub fn spawn(hub_url: &str, root_pub: &Path, device_id: &str, data_dir: &Path, fault: Option<&str>) -> Self {
+        let mut cmd = tokio::process::Command::new(bin("edgefleet-agent"));
+        cmd.arg("run")
+            .env("EDGEFLEET_AGENT_DEVICE_ID", device_id)
+            .env("EDGEFLEET_AGENT_HUB_URL", hub_url)
+            .env("EDGEFLEET_AGENT_DATA_DIR", data_dir)
+            .env("EDGEFLEET_AGENT_ROOT_KEY", root_pub)
+            .env("EDGEFLEET_AGENT_ENROLLMENT_TOKEN", ENROLL_TOKEN)
+            .env("EDGEFLEET_AGENT_LISTEN", "127.0.0.1:0")
+            .env("EDGEFLEET_AGENT_POLL_INTERVAL_SECS", "2")
+            .env("EDGEFLEET_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(f) = fault {
+            cmd.env("EDGEFLEET_AGENT_FAULT", f);
+        }
+        let mut child = cmd.spawn().expect("spawn edgefleet-agent");
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>), child.stderr.take().map(|s| Box::new(s) as _)]
+            .into_iter()
+            .flatten()
+        {
+            let logs = logs.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncBufReadExt;
+                let mut lines = tokio::io::BufReader::new(stream).lines();
+                while let Ok(Some(l)) = lines.next_line().await {
+                    logs.lock().expect("lock").push(l);
+                }
+            });
+        }
+        AgentProcess { child, url: None, logs }
+    }
+
+    pub fn log_contains(&self, needle: &str) -> bool {
+        self.logs.lock().expect("lock").iter().any(|l| l.contains(needle))
+    }
+
+    pub fn dump(&self) -> String {
+        self.logs.lock().expect("lock").join("\n")
+    }
+
+    /// Waits for the "serving" log line and returns the OIP base URL.
+    pub async fn wait_listening(&mut self) -> String {
+        let logs = self.logs.clone();
+        let url = eventually("the agent to listen", || {
+            let logs = logs.clone();
+            async move {
+                let logs = logs.lock().expect("lock");
+                logs.iter().find(|l| l.contains("agent serving OIP v2")).and_then(|l| {
+                    let addr = l.split("addr=").nth(1)?.split_whitespace().next()?;
+                    Some(format!("http://{addr}"))
+                })
+            }
+        })
+        .await;
+        self.url = Some(url.clone());
+        url
+    }
+
+    pub async fn kill9(mut self) {
+        self.child.start_kill().expect("kill");
+        let _ = self.child.wait().await;
+    }
+
+    /// Waits for the process to exit by itself (a fault-injection abort).
+    pub async fn wait_exit(mut self) -> (std::process::ExitStatus, String) {
+        let status = tokio::time::timeout(DEADLINE, self.child.wait()).await.expect("agent did not exit").expect("wait");
+        // Let the log readers drain.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let dump = self.dump();
+        (status, dump)
+    }
+}
+
+/// A URL where nothing listens: the hub is "down".
+pub const DEAD_HUB: &str = "http://127.0.0.1:9";
