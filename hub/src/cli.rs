@@ -331,7 +331,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<()> {
                 for d in v.as_array().into_iter().flatten() {
                     let active: Vec<String> = d["status"]["active"].as_array().into_iter().flatten()
                         .map(|m| format!("{}@{}", m["name"].as_str().unwrap_or("?"), m["version"])).collect();
-                    println!("{:<20} {:<9} {:<24} {:<12} {}", d["id"].as_str().unwrap_or("?"), d["approved"], active.join(","),
+                    println!("{:<20} {:<9} {:<24} {:<12} {}", d["id"].as_str().unwrap_or("?"), d["approved"].to_string(), active.join(","),
                         d["last_seen"].as_u64().map(|t| format!("{}s ago", crate::now().saturating_sub(t))).unwrap_or("never".into()),
                         d["status"]["last_error"].as_str().unwrap_or("-"));
                 }
