@@ -63,8 +63,9 @@ impl AgentConfig {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read config {}", path.display()))?;
-                toml::from_str(&text)
-                    .map_err(|e| anyhow::anyhow!("config {}: {}", path.display(), e.message().trim()))?
+                toml::from_str(&text).map_err(|e| {
+                    anyhow::anyhow!("config {}: {}", path.display(), e.message().trim())
+                })?
             }
             None => AgentConfig::default(),
         };
@@ -72,24 +73,59 @@ impl AgentConfig {
         Ok(config)
     }
 
-    pub fn apply_env(&mut self, vars: impl Iterator<Item = (String, String)>) -> anyhow::Result<()> {
+    pub fn apply_env(
+        &mut self,
+        vars: impl Iterator<Item = (String, String)>,
+    ) -> anyhow::Result<()> {
         let mut errors = Vec::new();
         for (key, value) in vars {
-            let Some(name) = key.strip_prefix(ENV_PREFIX) else { continue };
+            let Some(name) = key.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
             let num = |v: &str| v.parse::<u64>().map_err(|e| e.to_string());
             let res: Result<(), String> = match name {
-                "DEVICE_ID" => Ok(self.device_id = value.clone()),
-                "TAGS" => Ok(self.tags = value.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()),
-                "HUB_URL" => Ok(self.hub_url = value.clone()),
-                "DATA_DIR" => Ok(self.data_dir = value.clone().into()),
-                "ROOT_KEY" => Ok(self.root_key = value.clone().into()),
-                "ENROLLMENT_TOKEN" => Ok(self.enrollment_token = Some(value.clone())),
-                "LISTEN" => value.parse().map(|v| self.listen = v).map_err(|e| format!("{e}")),
+                "DEVICE_ID" => {
+                    self.device_id = value.clone();
+                    Ok(())
+                }
+                "TAGS" => {
+                    self.tags = value
+                        .split(',')
+                        .map(|s| s.trim().to_owned())
+                        .filter(|s| !s.is_empty())
+                        .collect();
+                    Ok(())
+                }
+                "HUB_URL" => {
+                    self.hub_url = value.clone();
+                    Ok(())
+                }
+                "DATA_DIR" => {
+                    self.data_dir = value.clone().into();
+                    Ok(())
+                }
+                "ROOT_KEY" => {
+                    self.root_key = value.clone().into();
+                    Ok(())
+                }
+                "ENROLLMENT_TOKEN" => {
+                    self.enrollment_token = Some(value.clone());
+                    Ok(())
+                }
+                "LISTEN" => value
+                    .parse()
+                    .map(|v| self.listen = v)
+                    .map_err(|e| format!("{e}")),
                 "POLL_INTERVAL_SECS" => num(&value).map(|v| self.poll_interval_secs = v),
-                "DOWNLOAD_MIN_BYTES_PER_SEC" => num(&value).map(|v| self.download_min_bytes_per_sec = v),
+                "DOWNLOAD_MIN_BYTES_PER_SEC" => {
+                    num(&value).map(|v| self.download_min_bytes_per_sec = v)
+                }
                 "DOWNLOAD_DEADLINE_SECS" => num(&value).map(|v| self.download_deadline_secs = v),
                 "MAX_MODEL_BYTES" => num(&value).map(|v| self.max_model_bytes = v),
-                "LOG_FORMAT" => Ok(self.log_format = value.clone()),
+                "LOG_FORMAT" => {
+                    self.log_format = value.clone();
+                    Ok(())
+                }
                 // Not config keys: the config path itself and the test-only fault switch.
                 "CONFIG" | "FAULT" => Ok(()),
                 _ => Err("unknown variable".into()),
@@ -98,7 +134,11 @@ impl AgentConfig {
                 errors.push(format!("{key}={value:?}: {e}"));
             }
         }
-        if errors.is_empty() { Ok(()) } else { anyhow::bail!("bad environment: {}", errors.join("; ")) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("bad environment: {}", errors.join("; "))
+        }
     }
 
     /// Checks every key; reports all problems at once.
@@ -114,7 +154,10 @@ impl AgentConfig {
         }
         match reqwest::Url::parse(&self.hub_url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-            Ok(u) => errors.push(format!("hub_url: scheme {:?} is not http or https", u.scheme())),
+            Ok(u) => errors.push(format!(
+                "hub_url: scheme {:?} is not http or https",
+                u.scheme()
+            )),
             Err(e) => errors.push(format!("hub_url: {e}")),
         }
         if let Err(e) = std::fs::read_to_string(&self.root_key)
@@ -133,7 +176,10 @@ impl AgentConfig {
             errors.push("max_model_bytes: must be positive".into());
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
-            errors.push(format!("log_format: {:?} is neither \"text\" nor \"json\"", self.log_format));
+            errors.push(format!(
+                "log_format: {:?} is neither \"text\" nor \"json\"",
+                self.log_format
+            ));
         }
         if errors.is_empty() {
             Ok(())
@@ -158,17 +204,33 @@ mod tests {
             ..AgentConfig::default()
         };
         let msg = c.validate().expect_err("invalid").to_string();
-        for key in ["device_id", "hub_url", "root_key", "poll_interval_secs", "log_format"] {
+        for key in [
+            "device_id",
+            "hub_url",
+            "root_key",
+            "poll_interval_secs",
+            "log_format",
+        ] {
             assert!(msg.contains(key), "{key} missing in {msg}");
         }
         assert!(toml::from_str::<AgentConfig>("hub = \"x\"").is_err());
         let mut c = AgentConfig::default();
         let err = c
-            .apply_env([("EDGEFLEET_AGENT_LISTEN".to_owned(), "x".to_owned()), ("EDGEFLEET_AGENT_NOPE".to_owned(), "1".to_owned())].into_iter())
+            .apply_env(
+                [
+                    ("EDGEFLEET_AGENT_LISTEN".to_owned(), "x".to_owned()),
+                    ("EDGEFLEET_AGENT_NOPE".to_owned(), "1".to_owned()),
+                ]
+                .into_iter(),
+            )
             .expect_err("bad env")
             .to_string();
-        assert!(err.contains("EDGEFLEET_AGENT_LISTEN") && err.contains("EDGEFLEET_AGENT_NOPE"), "{err}");
-        c.apply_env([("EDGEFLEET_AGENT_TAGS".to_owned(), "a, b".to_owned())].into_iter()).expect("tags");
+        assert!(
+            err.contains("EDGEFLEET_AGENT_LISTEN") && err.contains("EDGEFLEET_AGENT_NOPE"),
+            "{err}"
+        );
+        c.apply_env([("EDGEFLEET_AGENT_TAGS".to_owned(), "a, b".to_owned())].into_iter())
+            .expect("tags");
         assert_eq!(c.tags, vec!["a", "b"]);
     }
 }

@@ -53,7 +53,12 @@ pub async fn fetch(
         )));
     }
     let part = part_path(staging, &artifact.sha256);
-    match tokio::time::timeout(limits.deadline, transfer(hub, now, url, &part, artifact, limits)).await {
+    match tokio::time::timeout(
+        limits.deadline,
+        transfer(hub, now, url, &part, artifact, limits),
+    )
+    .await
+    {
         Ok(r) => r?,
         Err(_) => {
             return Err(AgentError::Download(format!(
@@ -86,8 +91,18 @@ pub async fn fetch(
     Ok(part)
 }
 
-async fn transfer(hub: &HubClient, now: u64, url: &str, part: &Path, artifact: &ArtifactRef, limits: &Limits) -> AgentResult<()> {
-    let mut have = tokio::fs::metadata(part).await.map(|m| m.len()).unwrap_or(0);
+async fn transfer(
+    hub: &HubClient,
+    now: u64,
+    url: &str,
+    part: &Path,
+    artifact: &ArtifactRef,
+    limits: &Limits,
+) -> AgentResult<()> {
+    let mut have = tokio::fs::metadata(part)
+        .await
+        .map(|m| m.len())
+        .unwrap_or(0);
     if have > artifact.size {
         tokio::fs::remove_file(part).await?;
         have = 0;
@@ -100,7 +115,9 @@ async fn transfer(hub: &HubClient, now: u64, url: &str, part: &Path, artifact: &
         .authed(now, |t| {
             let mut r = hub.http.get(url).bearer_auth(t);
             if have > 0 {
-                r = r.header(reqwest::header::RANGE, format!("bytes={have}-")).header(reqwest::header::IF_RANGE, &etag);
+                r = r
+                    .header(reqwest::header::RANGE, format!("bytes={have}-"))
+                    .header(reqwest::header::IF_RANGE, &etag);
             }
             r
         })
@@ -116,10 +133,15 @@ async fn transfer(hub: &HubClient, now: u64, url: &str, part: &Path, artifact: &
                 .and_then(|v| v.parse::<u64>().ok());
             if start != Some(have) {
                 tokio::fs::remove_file(part).await?;
-                return Err(AgentError::Download(format!("hub answered a range not starting at {have}; restarting")));
+                return Err(AgentError::Download(format!(
+                    "hub answered a range not starting at {have}; restarting"
+                )));
             }
             tracing::info!(resume_at = have, size = artifact.size, "resuming download");
-            tokio::fs::OpenOptions::new().append(true).open(part).await?
+            tokio::fs::OpenOptions::new()
+                .append(true)
+                .open(part)
+                .await?
         }
         StatusCode::OK => {
             have = 0;
@@ -127,10 +149,14 @@ async fn transfer(hub: &HubClient, now: u64, url: &str, part: &Path, artifact: &
         }
         StatusCode::RANGE_NOT_SATISFIABLE => {
             tokio::fs::remove_file(part).await?;
-            return Err(AgentError::Download("hub refused the resume range; restarting".into()));
+            return Err(AgentError::Download(
+                "hub refused the resume range; restarting".into(),
+            ));
         }
         s => {
-            return Err(AgentError::Download(format!("hub answered {s} for the artifact")));
+            return Err(AgentError::Download(format!(
+                "hub answered {s} for the artifact"
+            )));
         }
     };
     let fault = abort_after();
@@ -184,7 +210,10 @@ async fn transfer(hub: &HubClient, now: u64, url: &str, part: &Path, artifact: &
     }
     file.sync_all().await?;
     if have != artifact.size {
-        return Err(AgentError::Download(format!("connection closed at {have} of {} bytes; will resume", artifact.size)));
+        return Err(AgentError::Download(format!(
+            "connection closed at {have} of {} bytes; will resume",
+            artifact.size
+        )));
     }
     Ok(())
 }

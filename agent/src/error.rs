@@ -11,7 +11,11 @@ pub enum AgentError {
     #[error("download: {0}")]
     Download(String),
     #[error("model {name} v{version}: {message}")]
-    Model { name: String, version: u64, message: String },
+    Model {
+        name: String,
+        version: u64,
+        message: String,
+    },
     #[error("refused assignment: {0}")]
     Assignment(String),
     #[error("i/o: {0}")]

@@ -35,7 +35,11 @@ pub enum Poll {
 async fn error_of(resp: reqwest::Response) -> AgentError {
     let status = resp.status();
     let body: serde_json::Value = resp.json().await.unwrap_or_default();
-    let msg = body.get("error").and_then(|e| e.as_str()).unwrap_or("no details").to_owned();
+    let msg = body
+        .get("error")
+        .and_then(|e| e.as_str())
+        .unwrap_or("no details")
+        .to_owned();
     AgentError::Hub(format!("{status}: {msg}"))
 }
 
@@ -44,7 +48,9 @@ pub async fn read_capped(mut resp: reqwest::Response, cap: usize) -> AgentResult
     let mut out = Vec::new();
     while let Some(chunk) = resp.chunk().await? {
         if out.len() + chunk.len() > cap {
-            return Err(AgentError::Hub(format!("response over the {cap}-byte limit")));
+            return Err(AgentError::Hub(format!(
+                "response over the {cap}-byte limit"
+            )));
         }
         out.extend_from_slice(&chunk);
     }
@@ -87,13 +93,24 @@ impl HubClient {
             device_id: self.device_id.clone(),
             public_key: self.key.public(),
             tags: self.tags.clone(),
-            hostname: std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim().chars().take(64).collect(),
+            hostname: std::fs::read_to_string("/etc/hostname")
+                .unwrap_or_default()
+                .trim()
+                .chars()
+                .take(64)
+                .collect(),
             agent_version: env!("CARGO_PKG_VERSION").into(),
             enrollment_token: self.enrollment_token.clone(),
             requested_at: now,
         };
         let body = Signed::sign(&req, &self.key, None)?.to_bytes()?;
-        let resp = self.http.post(self.url("enroll")).timeout(Duration::from_secs(30)).body(body).send().await?;
+        let resp = self
+            .http
+            .post(self.url("enroll"))
+            .timeout(Duration::from_secs(30))
+            .body(body)
+            .send()
+            .await?;
         if !resp.status().is_success() {
             return Err(error_of(resp).await);
         }
@@ -112,13 +129,29 @@ impl HubClient {
             .as_str()
             .and_then(|n| hex::decode(n).ok())
             .ok_or_else(|| AgentError::Hub("challenge without a nonce".into()))?;
-        let proof = Signed::sign(&SessionProof { device_id: self.device_id.clone(), nonce }, &self.key, None)?;
-        let resp = self.http.post(self.url("device/session")).timeout(Duration::from_secs(30)).body(proof.to_bytes()?).send().await?;
+        let proof = Signed::sign(
+            &SessionProof {
+                device_id: self.device_id.clone(),
+                nonce,
+            },
+            &self.key,
+            None,
+        )?;
+        let resp = self
+            .http
+            .post(self.url("device/session"))
+            .timeout(Duration::from_secs(30))
+            .body(proof.to_bytes()?)
+            .send()
+            .await?;
         if !resp.status().is_success() {
             return Err(error_of(resp).await);
         }
         let v: serde_json::Value = resp.json().await?;
-        let token = v["token"].as_str().ok_or_else(|| AgentError::Hub("session without a token".into()))?.to_owned();
+        let token = v["token"]
+            .as_str()
+            .ok_or_else(|| AgentError::Hub("session without a token".into()))?
+            .to_owned();
         tracing::info!(device = %self.device_id, "session opened with the hub");
         Ok(token)
     }
@@ -161,7 +194,11 @@ impl HubClient {
         let url = format!("{}?wait={wait}", self.url("device/assignments"));
         let resp = self
             .authed(now, |t| {
-                let mut r = self.http.get(&url).bearer_auth(t).timeout(Duration::from_secs(wait + 30));
+                let mut r = self
+                    .http
+                    .get(&url)
+                    .bearer_auth(t)
+                    .timeout(Duration::from_secs(wait + 30));
                 if let Some(e) = &etag {
                     r = r.header(reqwest::header::IF_NONE_MATCH, e);
                 }
@@ -171,7 +208,11 @@ impl HubClient {
         match resp.status() {
             StatusCode::NOT_MODIFIED => Ok(Poll::Unchanged),
             s if s.is_success() => {
-                let new_etag = resp.headers().get(reqwest::header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let new_etag = resp
+                    .headers()
+                    .get(reqwest::header::ETAG)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
                 let bytes = read_capped(resp, MAX_BUNDLE_BYTES).await?;
                 let bundle: AssignmentBundle = encoding::from_bytes("assignment bundle", &bytes)?;
                 *self.etag.lock().await = new_etag;
@@ -186,9 +227,21 @@ impl HubClient {
         *self.etag.lock().await = None;
     }
 
-    pub async fn manifest(&self, now: u64, name: &str, version: u64) -> AgentResult<Signed<ModelManifest>> {
+    pub async fn manifest(
+        &self,
+        now: u64,
+        name: &str,
+        version: u64,
+    ) -> AgentResult<Signed<ModelManifest>> {
         let url = self.url(&format!("models/{name}/versions/{version}/manifest"));
-        let resp = self.authed(now, |t| self.http.get(&url).bearer_auth(t).timeout(Duration::from_secs(60))).await?;
+        let resp = self
+            .authed(now, |t| {
+                self.http
+                    .get(&url)
+                    .bearer_auth(t)
+                    .timeout(Duration::from_secs(60))
+            })
+            .await?;
         if !resp.status().is_success() {
             return Err(error_of(resp).await);
         }
@@ -198,7 +251,13 @@ impl HubClient {
 
     pub async fn report(&self, now: u64, status: &DeviceStatus) -> AgentResult<()> {
         let resp = self
-            .authed(now, |t| self.http.post(self.url("device/status")).bearer_auth(t).timeout(Duration::from_secs(30)).json(status))
+            .authed(now, |t| {
+                self.http
+                    .post(self.url("device/status"))
+                    .bearer_auth(t)
+                    .timeout(Duration::from_secs(30))
+                    .json(status)
+            })
             .await?;
         if !resp.status().is_success() {
             return Err(error_of(resp).await);

@@ -40,7 +40,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     config.validate()?;
     let layout = state::Layout::new(&config.data_dir);
-    layout.create_dirs().with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    layout
+        .create_dirs()
+        .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
     let key = layout.load_or_create_device_key()?;
     let pinned = edgefleet_common::PublicKey::parse(&std::fs::read_to_string(&config.root_key)?)?;
     let trust = layout.load_trust(&pinned)?;

@@ -38,7 +38,12 @@ async fn main() -> std::process::ExitCode {
     let result = match Args::parse().command {
         Cmd::CheckConfig { config } => AgentConfig::load(config.as_deref())
             .and_then(|c| c.validate().map(|_| c))
-            .map(|c| println!("configuration OK (device {}, hub {}, listen {})", c.device_id, c.hub_url, c.listen)),
+            .map(|c| {
+                println!(
+                    "configuration OK (device {}, hub {}, listen {})",
+                    c.device_id, c.hub_url, c.listen
+                )
+            }),
         Cmd::Run { config } => run(config).await,
     };
     match result {
@@ -53,16 +58,28 @@ async fn main() -> std::process::ExitCode {
 async fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
     let config = AgentConfig::load(config.as_deref())?;
     config.validate()?;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("EDGEFLEET_LOG").unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EDGEFLEET_LOG")
+        .unwrap_or_else(|_| "info".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     if config.log_format == "json" {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
     } else {
-        tracing_subscriber::fmt().with_ansi(ansi).with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .with_ansi(ansi)
+            .with_env_filter(filter)
+            .init();
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("cannot listen on {} (set listen / EDGEFLEET_AGENT_LISTEN)", config.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (set listen / EDGEFLEET_AGENT_LISTEN)",
+                config.listen
+            )
+        })?;
     edgefleet_agent::run(config, listener, shutdown_signal()).await
 }
 

@@ -20,12 +20,20 @@ pub struct LoadedModel {
 
 impl std::fmt::Debug for LoadedModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "LoadedModel({} v{})", self.manifest.name, self.manifest.version)
+        write!(
+            f,
+            "LoadedModel({} v{})",
+            self.manifest.name, self.manifest.version
+        )
     }
 }
 
 fn model_err(m: &ModelManifest, message: impl std::fmt::Display) -> AgentError {
-    AgentError::Model { name: m.name.clone(), version: m.version, message: message.to_string() }
+    AgentError::Model {
+        name: m.name.clone(),
+        version: m.version,
+        message: message.to_string(),
+    }
 }
 
 impl LoadedModel {
@@ -46,31 +54,57 @@ impl LoadedModel {
             .output_outlets()
             .map_err(|e| model_err(&manifest, e))?
             .iter()
-            .map(|o| model.outlet_label(*o).map(str::to_owned).unwrap_or_else(|| model.node(o.node).name.clone()))
+            .map(|o| {
+                model
+                    .outlet_label(*o)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| model.node(o.node).name.clone())
+            })
             .collect();
         let mut input_order = Vec::with_capacity(input_names.len());
         for n in &input_names {
-            let idx = manifest.inputs.iter().position(|s| &s.name == n).ok_or_else(|| {
-                model_err(&manifest, format!("the model has input {n:?}, which the manifest does not declare"))
-            })?;
+            let idx = manifest
+                .inputs
+                .iter()
+                .position(|s| &s.name == n)
+                .ok_or_else(|| {
+                    model_err(
+                        &manifest,
+                        format!("the model has input {n:?}, which the manifest does not declare"),
+                    )
+                })?;
             input_order.push(idx);
         }
         if input_names.len() != manifest.inputs.len() {
-            return Err(model_err(&manifest, format!(
-                "the model has inputs {input_names:?}, the manifest declares {:?}",
-                manifest.inputs.iter().map(|s| &s.name).collect::<Vec<_>>()
-            )));
+            return Err(model_err(
+                &manifest,
+                format!(
+                    "the model has inputs {input_names:?}, the manifest declares {:?}",
+                    manifest.inputs.iter().map(|s| &s.name).collect::<Vec<_>>()
+                ),
+            ));
         }
         for s in &manifest.outputs {
             if !output_names.contains(&s.name) {
-                return Err(model_err(&manifest, format!("the manifest declares output {:?}; the model has {output_names:?}", s.name)));
+                return Err(model_err(
+                    &manifest,
+                    format!(
+                        "the manifest declares output {:?}; the model has {output_names:?}",
+                        s.name
+                    ),
+                ));
             }
         }
         let plan = model
             .into_optimized()
             .and_then(|m| m.into_runnable())
             .map_err(|e| model_err(&manifest, format!("cannot optimise: {e:#}")))?;
-        Ok(Self { manifest, plan, input_order, output_names })
+        Ok(Self {
+            manifest,
+            plan,
+            input_order,
+            output_names,
+        })
     }
 
     /// Runs one inference. Inputs are checked against the manifest (name, datatype, shape);
@@ -79,27 +113,48 @@ impl LoadedModel {
         let mut values: TVec<TValue> = TVec::with_capacity(self.input_order.len());
         for &idx in &self.input_order {
             let spec = &self.manifest.inputs[idx];
-            let t = inputs
-                .iter()
-                .find(|t| t.name == spec.name)
-                .ok_or_else(|| format!("missing input {:?} ({} {:?})", spec.name, spec.datatype, spec.shape))?;
+            let t = inputs.iter().find(|t| t.name == spec.name).ok_or_else(|| {
+                format!(
+                    "missing input {:?} ({} {:?})",
+                    spec.name, spec.datatype, spec.shape
+                )
+            })?;
             if t.data.datatype() != spec.datatype {
-                return Err(format!("input {:?} must be {}, got {}", spec.name, spec.datatype, t.data.datatype()));
+                return Err(format!(
+                    "input {:?} must be {}, got {}",
+                    spec.name,
+                    spec.datatype,
+                    t.data.datatype()
+                ));
             }
             let shape_ok = t.shape.len() == spec.shape.len()
-                && t.shape.iter().zip(&spec.shape).all(|(&got, &want)| want == -1 || got == want as u64);
+                && t.shape
+                    .iter()
+                    .zip(&spec.shape)
+                    .all(|(&got, &want)| want == -1 || got == want as u64);
             if !shape_ok || t.shape.contains(&0) {
-                return Err(format!("input {:?} must have shape {:?} (-1: any size ≥ 1), got {:?}", spec.name, spec.shape, t.shape));
+                return Err(format!(
+                    "input {:?} must have shape {:?} (-1: any size ≥ 1), got {:?}",
+                    spec.name, spec.shape, t.shape
+                ));
             }
             t.validate().map_err(|e| e.to_string())?;
-            values.push(to_tract(t).map_err(|e| format!("input {:?}: {e}", spec.name))?.into());
+            values.push(
+                to_tract(t)
+                    .map_err(|e| format!("input {:?}: {e}", spec.name))?
+                    .into(),
+            );
         }
         for t in inputs {
             if !self.manifest.inputs.iter().any(|s| s.name == t.name) {
                 return Err(format!(
                     "unknown input {:?}; the model's inputs are {:?}",
                     t.name,
-                    self.manifest.inputs.iter().map(|s| &s.name).collect::<Vec<_>>()
+                    self.manifest
+                        .inputs
+                        .iter()
+                        .map(|s| &s.name)
+                        .collect::<Vec<_>>()
                 ));
             }
         }
@@ -107,11 +162,18 @@ impl LoadedModel {
             if !self.manifest.outputs.iter().any(|s| &s.name == w) {
                 return Err(format!(
                     "unknown output {w:?}; the model's outputs are {:?}",
-                    self.manifest.outputs.iter().map(|s| &s.name).collect::<Vec<_>>()
+                    self.manifest
+                        .outputs
+                        .iter()
+                        .map(|s| &s.name)
+                        .collect::<Vec<_>>()
                 ));
             }
         }
-        let outputs = self.plan.run(values).map_err(|e| format!("inference failed: {e:#}"))?;
+        let outputs = self
+            .plan
+            .run(values)
+            .map_err(|e| format!("inference failed: {e:#}"))?;
         let mut result = Vec::new();
         for (value, name) in outputs.iter().zip(&self.output_names) {
             let declared = self.manifest.outputs.iter().any(|s| &s.name == name);
@@ -126,23 +188,35 @@ impl LoadedModel {
     /// Runs every smoke test of the manifest; the first mismatch is the error.
     pub fn smoke_test(&self) -> AgentResult<()> {
         for (i, test) in self.manifest.smoke_tests.iter().enumerate() {
-            let got = self.infer(&test.inputs, &[]).map_err(|e| model_err(&self.manifest, format!("smoke test {i}: {e}")))?;
+            let got = self
+                .infer(&test.inputs, &[])
+                .map_err(|e| model_err(&self.manifest, format!("smoke test {i}: {e}")))?;
             for want in &test.expected {
                 let g = got.iter().find(|t| t.name == want.name).ok_or_else(|| {
-                    model_err(&self.manifest, format!("smoke test {i}: no output {:?}", want.name))
+                    model_err(
+                        &self.manifest,
+                        format!("smoke test {i}: no output {:?}", want.name),
+                    )
                 })?;
                 if g.shape != want.shape {
-                    return Err(model_err(&self.manifest, format!(
-                        "smoke test {i}: output {:?} has shape {:?}, expected {:?}",
-                        want.name, g.shape, want.shape
-                    )));
+                    return Err(model_err(
+                        &self.manifest,
+                        format!(
+                            "smoke test {i}: output {:?} has shape {:?}, expected {:?}",
+                            want.name, g.shape, want.shape
+                        ),
+                    ));
                 }
                 for (j, (a, b)) in g.data.to_f64().iter().zip(want.data.to_f64()).enumerate() {
-                    if !((a - b).abs() <= test.tolerance) {
-                        return Err(model_err(&self.manifest, format!(
-                            "smoke test {i} failed: output {:?}[{j}] = {a}, expected {b} ± {}",
-                            want.name, test.tolerance
-                        )));
+                    let within = (a - b).abs() <= test.tolerance; // false for NaN
+                    if !within {
+                        return Err(model_err(
+                            &self.manifest,
+                            format!(
+                                "smoke test {i} failed: output {:?}[{j}] = {a}, expected {b} ± {}",
+                                want.name, test.tolerance
+                            ),
+                        ));
                     }
                 }
             }
@@ -152,7 +226,10 @@ impl LoadedModel {
 }
 
 fn shape_usize(shape: &[u64]) -> Result<Vec<usize>, String> {
-    shape.iter().map(|&d| usize::try_from(d).map_err(|_| "dimension too large".to_owned())).collect()
+    shape
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| "dimension too large".to_owned()))
+        .collect()
 }
 
 pub fn to_tract(t: &Tensor) -> Result<tract_onnx::prelude::Tensor, String> {
@@ -168,7 +245,11 @@ pub fn to_tract(t: &Tensor) -> Result<tract_onnx::prelude::Tensor, String> {
 }
 
 fn collect<D: Datum + Copy>(t: &tract_onnx::prelude::Tensor) -> Result<Vec<D>, String> {
-    Ok(t.to_plain_array_view::<D>().map_err(|e| e.to_string())?.iter().copied().collect())
+    Ok(t.to_plain_array_view::<D>()
+        .map_err(|e| e.to_string())?
+        .iter()
+        .copied()
+        .collect())
 }
 
 pub fn from_tract(name: &str, t: &tract_onnx::prelude::Tensor) -> Result<Tensor, String> {
@@ -180,5 +261,9 @@ pub fn from_tract(name: &str, t: &tract_onnx::prelude::Tensor) -> Result<Tensor,
         DatumType::F64 => TensorData::Fp64(collect(t)?),
         other => return Err(format!("datatype {other:?} is not served yet")),
     };
-    Ok(Tensor { name: name.to_owned(), shape: t.shape().iter().map(|&d| d as u64).collect(), data })
+    Ok(Tensor {
+        name: name.to_owned(),
+        shape: t.shape().iter().map(|&d| d as u64).collect(),
+        data,
+    })
 }

@@ -66,39 +66,76 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/v2/health/live", get(|| async { StatusCode::OK }))
         .route("/v2/health/ready", get(server_ready))
         .route("/v2/models/{name}", get(model_metadata))
-        .route("/v2/models/{name}/versions/{version}", get(model_metadata_v))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(model_metadata_v),
+        )
         .route("/v2/models/{name}/ready", get(model_ready))
-        .route("/v2/models/{name}/versions/{version}/ready", get(model_ready_v))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(model_ready_v),
+        )
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer_v))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see /v2 and /v2/models/{name}".into()) })
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; see /v2 and /v2/models/{name}".into(),
+            )
+        })
         .layer(DefaultBodyLimit::max(MAX_INFER_BODY))
         .with_state(registry)
 }
 
-fn error(status: StatusCode, message: String) -> Response {
-    (status, axum::Json(json!({ "error": message }))).into_response()
+/// A protocol error: the status and a message that says what was expected. Rendered as the
+/// protocol's `{"error": "..."}`.
+pub struct OipError(StatusCode, String);
+
+impl IntoResponse for OipError {
+    fn into_response(self) -> Response {
+        (self.0, axum::Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn error(status: StatusCode, message: String) -> OipError {
+    OipError(status, message)
+}
+
+fn bad_request(message: String) -> OipError {
+    OipError(StatusCode::BAD_REQUEST, message)
 }
 
 async fn server_metadata() -> axum::Json<Value> {
-    axum::Json(json!({"name": "edgefleet-agent", "version": env!("CARGO_PKG_VERSION"), "extensions": []}))
+    axum::Json(
+        json!({"name": "edgefleet-agent", "version": env!("CARGO_PKG_VERSION"), "extensions": []}),
+    )
 }
 
 async fn server_ready(State(r): State<Arc<Registry>>) -> StatusCode {
-    if r.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+    if r.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
 }
 
-fn find(r: &Registry, name: &str, version: Option<&str>) -> Result<Arc<LoadedModel>, Response> {
+fn find(r: &Registry, name: &str, version: Option<&str>) -> Result<Arc<LoadedModel>, OipError> {
     let Some(m) = r.get(name) else {
         let known: Vec<String> = r.snapshot().keys().cloned().collect();
-        return Err(error(StatusCode::NOT_FOUND, format!("model {name:?} is not loaded; loaded models: {known:?}")));
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            format!("model {name:?} is not loaded; loaded models: {known:?}"),
+        ));
     };
     if let Some(v) = version
         && v != m.manifest.version.to_string()
     {
         return Err(error(
             StatusCode::NOT_FOUND,
-            format!("version {v:?} of model {name:?} is not loaded; the loaded version is {}", m.manifest.version),
+            format!(
+                "version {v:?} of model {name:?} is not loaded; the loaded version is {}",
+                m.manifest.version
+            ),
         ));
     }
     Ok(m)
@@ -108,34 +145,44 @@ fn spec_json(s: &TensorSpec) -> Value {
     json!({"name": s.name, "datatype": s.datatype.as_str(), "shape": s.shape})
 }
 
-fn metadata(r: &Registry, name: &str, version: Option<&str>) -> Response {
-    match find(r, name, version) {
-        Ok(m) => axum::Json(json!({
+fn metadata(r: &Registry, name: &str, version: Option<&str>) -> Result<Response, OipError> {
+    let m = find(r, name, version)?;
+    Ok(axum::Json(json!({
             "name": m.manifest.name,
             "versions": [m.manifest.version.to_string()],
             "platform": "onnx",
             "inputs": m.manifest.inputs.iter().map(spec_json).collect::<Vec<_>>(),
             "outputs": m.manifest.outputs.iter().map(spec_json).collect::<Vec<_>>(),
-        }))
-        .into_response(),
-        Err(e) => e,
-    }
+    }))
+    .into_response())
 }
 
-async fn model_metadata(State(r): State<Arc<Registry>>, Path(name): Path<String>) -> Response {
+async fn model_metadata(
+    State(r): State<Arc<Registry>>,
+    Path(name): Path<String>,
+) -> Result<Response, OipError> {
     metadata(&r, &name, None)
 }
 
-async fn model_metadata_v(State(r): State<Arc<Registry>>, Path((name, v)): Path<(String, String)>) -> Response {
+async fn model_metadata_v(
+    State(r): State<Arc<Registry>>,
+    Path((name, v)): Path<(String, String)>,
+) -> Result<Response, OipError> {
     metadata(&r, &name, Some(&v))
 }
 
-async fn model_ready(State(r): State<Arc<Registry>>, Path(name): Path<String>) -> Response {
-    find(&r, &name, None).map(|_| StatusCode::OK.into_response()).unwrap_or_else(|e| e)
+async fn model_ready(
+    State(r): State<Arc<Registry>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, OipError> {
+    find(&r, &name, None).map(|_| StatusCode::OK)
 }
 
-async fn model_ready_v(State(r): State<Arc<Registry>>, Path((name, v)): Path<(String, String)>) -> Response {
-    find(&r, &name, Some(&v)).map(|_| StatusCode::OK.into_response()).unwrap_or_else(|e| e)
+async fn model_ready_v(
+    State(r): State<Arc<Registry>>,
+    Path((name, v)): Path<(String, String)>,
+) -> Result<StatusCode, OipError> {
+    find(&r, &name, Some(&v)).map(|_| StatusCode::OK)
 }
 
 #[derive(Deserialize)]
@@ -182,32 +229,78 @@ fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) -> Result<(), String> {
 
 fn parse_input(t: &InputTensor) -> Result<Tensor, String> {
     let datatype = DataType::parse(&t.datatype).ok_or_else(|| {
-        format!("input {:?}: unknown datatype {:?} (use FP32, FP64, INT32, INT64 or BOOL)", t.name, t.datatype)
+        format!(
+            "input {:?}: unknown datatype {:?} (use FP32, FP64, INT32, INT64 or BOOL)",
+            t.name, t.datatype
+        )
     })?;
     let shape: Vec<u64> = t
         .shape
         .iter()
-        .map(|&d| u64::try_from(d).map_err(|_| format!("input {:?}: negative dimension in shape {:?}", t.name, t.shape)))
+        .map(|&d| {
+            u64::try_from(d).map_err(|_| {
+                format!(
+                    "input {:?}: negative dimension in shape {:?}",
+                    t.name, t.shape
+                )
+            })
+        })
         .collect::<Result<_, _>>()?;
     let mut flat = Vec::new();
     flatten(&t.data, &mut flat).map_err(|e| format!("input {:?}: {e}", t.name))?;
-    let bad = |i: usize| format!("input {:?}: element {i} ({}) is not a valid {}", t.name, flat[i], t.datatype);
+    let bad = |i: usize| {
+        format!(
+            "input {:?}: element {i} ({}) is not a valid {}",
+            t.name, flat[i], t.datatype
+        )
+    };
     let data = match datatype {
         DataType::Fp32 => TensorData::Fp32(
-            flat.iter().enumerate().map(|(i, v)| v.as_f64().map(|x| x as f32).ok_or_else(|| bad(i))).collect::<Result<_, _>>()?,
+            flat.iter()
+                .enumerate()
+                .map(|(i, v)| v.as_f64().map(|x| x as f32).ok_or_else(|| bad(i)))
+                .collect::<Result<_, _>>()?,
         ),
-        DataType::Fp64 => TensorData::Fp64(flat.iter().enumerate().map(|(i, v)| v.as_f64().ok_or_else(|| bad(i))).collect::<Result<_, _>>()?),
-        DataType::Int64 => TensorData::Int64(flat.iter().enumerate().map(|(i, v)| v.as_i64().ok_or_else(|| bad(i))).collect::<Result<_, _>>()?),
+        DataType::Fp64 => TensorData::Fp64(
+            flat.iter()
+                .enumerate()
+                .map(|(i, v)| v.as_f64().ok_or_else(|| bad(i)))
+                .collect::<Result<_, _>>()?,
+        ),
+        DataType::Int64 => TensorData::Int64(
+            flat.iter()
+                .enumerate()
+                .map(|(i, v)| v.as_i64().ok_or_else(|| bad(i)))
+                .collect::<Result<_, _>>()?,
+        ),
         DataType::Int32 => TensorData::Int32(
             flat.iter()
                 .enumerate()
-                .map(|(i, v)| v.as_i64().and_then(|x| i32::try_from(x).ok()).ok_or_else(|| bad(i)))
+                .map(|(i, v)| {
+                    v.as_i64()
+                        .and_then(|x| i32::try_from(x).ok())
+                        .ok_or_else(|| bad(i))
+                })
                 .collect::<Result<_, _>>()?,
         ),
-        DataType::Bool => TensorData::Bool(flat.iter().enumerate().map(|(i, v)| v.as_bool().ok_or_else(|| bad(i))).collect::<Result<_, _>>()?),
-        other => return Err(format!("input {:?}: datatype {other} is not supported by this agent", t.name)),
+        DataType::Bool => TensorData::Bool(
+            flat.iter()
+                .enumerate()
+                .map(|(i, v)| v.as_bool().ok_or_else(|| bad(i)))
+                .collect::<Result<_, _>>()?,
+        ),
+        other => {
+            return Err(format!(
+                "input {:?}: datatype {other} is not supported by this agent",
+                t.name
+            ));
+        }
     };
-    let tensor = Tensor { name: t.name.clone(), shape, data };
+    let tensor = Tensor {
+        name: t.name.clone(),
+        shape,
+        data,
+    };
     tensor.validate().map_err(|e| e.to_string())?;
     Ok(tensor)
 }
@@ -223,45 +316,58 @@ fn output_json(t: &Tensor) -> Value {
     json!({"name": t.name, "datatype": t.data.datatype().as_str(), "shape": t.shape, "data": data})
 }
 
-async fn infer(State(r): State<Arc<Registry>>, Path(name): Path<String>, body: Bytes) -> Response {
+async fn infer(
+    State(r): State<Arc<Registry>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, OipError> {
     run_infer(&r, &name, None, &body)
 }
 
-async fn infer_v(State(r): State<Arc<Registry>>, Path((name, v)): Path<(String, String)>, body: Bytes) -> Response {
+async fn infer_v(
+    State(r): State<Arc<Registry>>,
+    Path((name, v)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, OipError> {
     run_infer(&r, &name, Some(&v), &body)
 }
 
-fn run_infer(r: &Registry, name: &str, version: Option<&str>, body: &[u8]) -> Response {
-    let model = match find(r, name, version) {
-        Ok(m) => m,
-        Err(e) => return e,
-    };
-    let req: InferRequest = match serde_json::from_slice(body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed inference request: {e}")),
-    };
-    let inputs = match req.inputs.iter().map(parse_input).collect::<Result<Vec<_>, _>>() {
-        Ok(i) => i,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
-    let wanted: Vec<String> = req.outputs.unwrap_or_default().into_iter().map(|o| o.name).collect();
+fn run_infer(
+    r: &Registry,
+    name: &str,
+    version: Option<&str>,
+    body: &[u8],
+) -> Result<Response, OipError> {
+    let model = find(r, name, version)?;
+    let req: InferRequest = serde_json::from_slice(body)
+        .map_err(|e| bad_request(format!("malformed inference request: {e}")))?;
+    let inputs = req
+        .inputs
+        .iter()
+        .map(parse_input)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(bad_request)?;
+    let wanted: Vec<String> = req
+        .outputs
+        .unwrap_or_default()
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
     // tract runs on this thread; block_in_place lets the runtime move other tasks away meanwhile.
-    let result = match tokio::runtime::Handle::current().runtime_flavor() {
-        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(|| model.infer(&inputs, &wanted)),
-        _ => model.infer(&inputs, &wanted),
-    };
-    match result {
-        Ok(outputs) => {
-            let mut resp = json!({
-                "model_name": model.manifest.name,
-                "model_version": model.manifest.version.to_string(),
-                "outputs": outputs.iter().map(output_json).collect::<Vec<_>>(),
-            });
-            if let Some(id) = req.id {
-                resp["id"] = Value::String(id);
-            }
-            axum::Json(resp).into_response()
+    let outputs = match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| model.infer(&inputs, &wanted))
         }
-        Err(e) => error(StatusCode::BAD_REQUEST, e),
+        _ => model.infer(&inputs, &wanted),
     }
+    .map_err(bad_request)?;
+    let mut resp = json!({
+        "model_name": model.manifest.name,
+        "model_version": model.manifest.version.to_string(),
+        "outputs": outputs.iter().map(output_json).collect::<Vec<_>>(),
+    });
+    if let Some(id) = req.id {
+        resp["id"] = Value::String(id);
+    }
+    Ok(axum::Json(resp).into_response())
 }

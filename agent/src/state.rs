@@ -83,8 +83,15 @@ pub fn sync_dir(dir: &Path) -> AgentResult<()> {
 
 /// Writes a file atomically: temp file, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> AgentResult<()> {
-    let dir = path.parent().ok_or_else(|| AgentError::Other(format!("{} has no parent", path.display())))?;
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+    let dir = path
+        .parent()
+        .ok_or_else(|| AgentError::Other(format!("{} has no parent", path.display())))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
     {
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create(true).truncate(true);
@@ -119,7 +126,10 @@ impl Layout {
         match read_json::<TrustState>(&self.state())? {
             Some(s) => Ok(s),
             None => {
-                let s = TrustState { root: TrustRoot::new(*pinned), serials: BTreeMap::new() };
+                let s = TrustState {
+                    root: TrustRoot::new(*pinned),
+                    serials: BTreeMap::new(),
+                };
                 self.save_trust(&s)?;
                 Ok(s)
             }
@@ -168,7 +178,12 @@ impl Layout {
     }
 
     /// Installs a verified artifact and its manifest as `models/NAME/VERSION`, atomically.
-    pub fn install(&self, signed: &Signed<ModelManifest>, m: &ModelManifest, artifact: &Path) -> AgentResult<PathBuf> {
+    pub fn install(
+        &self,
+        signed: &Signed<ModelManifest>,
+        m: &ModelManifest,
+        artifact: &Path,
+    ) -> AgentResult<PathBuf> {
         let parent = self.models().join(&m.name);
         std::fs::create_dir_all(&parent)?;
         let final_dir = self.model_dir(&m.name, m.version);
@@ -191,13 +206,21 @@ impl Layout {
 
     /// Removes installed versions that are neither active nor previous, and stale temp dirs.
     pub fn collect_garbage(&self, active: &ActiveSet) -> AgentResult<()> {
-        let Ok(names) = std::fs::read_dir(self.models()) else { return Ok(()) };
+        let Ok(names) = std::fs::read_dir(self.models()) else {
+            return Ok(());
+        };
         for name in names.flatten() {
             let model = name.file_name().to_string_lossy().into_owned();
             let keep: Vec<String> = active
                 .models
                 .get(&model)
-                .map(|a| [Some(a.version), a.previous].into_iter().flatten().map(|v| v.to_string()).collect())
+                .map(|a| {
+                    [Some(a.version), a.previous]
+                        .into_iter()
+                        .flatten()
+                        .map(|v| v.to_string())
+                        .collect()
+                })
                 .unwrap_or_default();
             for v in std::fs::read_dir(name.path())?.flatten() {
                 let file = v.file_name().to_string_lossy().into_owned();

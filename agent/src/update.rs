@@ -39,11 +39,16 @@ fn fault(point: &str) {
 /// never served.
 pub fn load_installed(layout: &Layout, name: &str, version: u64) -> AgentResult<LoadedModel> {
     let dir = layout.model_dir(name, version);
-    let signed: Signed<ModelManifest> = Signed::from_bytes(&std::fs::read(dir.join("manifest.bin"))?)?;
+    let signed: Signed<ModelManifest> =
+        Signed::from_bytes(&std::fs::read(dir.join("manifest.bin"))?)?;
     let manifest = signed.decode_unverified()?;
     let bytes = std::fs::read(dir.join("model.onnx"))?;
     if edgefleet_common::Digest::of(&bytes) != manifest.artifact.sha256 {
-        return Err(AgentError::Model { name: name.into(), version, message: "artifact on disk does not match its manifest".into() });
+        return Err(AgentError::Model {
+            name: name.into(),
+            version,
+            message: "artifact on disk does not match its manifest".into(),
+        });
     }
     LoadedModel::load(manifest, &dir.join("model.onnx"))
 }
@@ -66,7 +71,13 @@ impl Updater {
                     {
                         tracing::warn!(model = %name, version = prev, "rolled back to the previous version");
                         self.registry.swap_in(Arc::new(m));
-                        active.models.insert(name.clone(), ActiveModel { version: prev, previous: None });
+                        active.models.insert(
+                            name.clone(),
+                            ActiveModel {
+                                version: prev,
+                                previous: None,
+                            },
+                        );
                         changed = true;
                     }
                 }
@@ -81,11 +92,23 @@ impl Updater {
     pub async fn status(&self) -> DeviceStatus {
         let active = self.active.lock().await;
         DeviceStatus {
-            active: active.models.iter().map(|(n, a)| ModelRef { name: n.clone(), version: a.version }).collect(),
+            active: active
+                .models
+                .iter()
+                .map(|(n, a)| ModelRef {
+                    name: n.clone(),
+                    version: a.version,
+                })
+                .collect(),
             previous: active
                 .models
                 .iter()
-                .filter_map(|(n, a)| a.previous.map(|v| ModelRef { name: n.clone(), version: v }))
+                .filter_map(|(n, a)| {
+                    a.previous.map(|v| ModelRef {
+                        name: n.clone(),
+                        version: v,
+                    })
+                })
                 .collect(),
             last_error: self.last_error.lock().await.clone(),
             agent_version: env!("CARGO_PKG_VERSION").into(),
@@ -122,12 +145,25 @@ impl Updater {
         let a = signed.verify(&root, now)?;
         a.validate()?;
         if !a.target.matches(self.hub.device_id(), self.hub.tags()) {
-            return Err(AgentError::Assignment(format!("it targets {}, not this device", a.target)));
+            return Err(AgentError::Assignment(format!(
+                "it targets {}, not this device",
+                a.target
+            )));
         }
         if now >= a.expires_at {
-            return Err(AgentError::Assignment(format!("assignment expired at {} (now {now})", a.expires_at)));
+            return Err(AgentError::Assignment(format!(
+                "assignment expired at {} (now {now})",
+                a.expires_at
+            )));
         }
-        let last = self.trust.lock().await.serials.get(&a.model).copied().unwrap_or(0);
+        let last = self
+            .trust
+            .lock()
+            .await
+            .serials
+            .get(&a.model)
+            .copied()
+            .unwrap_or(0);
         let current = self.active.lock().await.models.get(&a.model).copied();
         if a.serial < last {
             return Err(AgentError::Assignment(format!(
@@ -140,7 +176,10 @@ impl Updater {
             return Ok(());
         }
         if a.serial == last {
-            return Err(AgentError::Assignment(format!("serial {} for {} was already used", a.serial, a.model)));
+            return Err(AgentError::Assignment(format!(
+                "serial {} for {} was already used",
+                a.serial, a.model
+            )));
         }
         tracing::info!(model = %a.model, version = a.version, serial = a.serial, "applying assignment");
 
@@ -157,20 +196,36 @@ impl Updater {
         let m = manifest_signed.verify(&root, now)?;
         m.validate()?;
         if m.name != a.model || m.version != a.version {
-            return Err(AgentError::Assignment(format!("manifest is {} v{}, assignment wants {} v{}", m.name, m.version, a.model, a.version)));
+            return Err(AgentError::Assignment(format!(
+                "manifest is {} v{}, assignment wants {} v{}",
+                m.name, m.version, a.model, a.version
+            )));
         }
 
-        let installed = load_installed(&self.layout, &m.name, m.version).ok().filter(|l| l.manifest == m);
+        let installed = load_installed(&self.layout, &m.name, m.version)
+            .ok()
+            .filter(|l| l.manifest == m);
         let loaded = match installed {
             Some(l) => l,
             None => {
-                let url = self.hub.url(&format!("models/{}/versions/{}/artifact", m.name, m.version));
+                let url = self.hub.url(&format!(
+                    "models/{}/versions/{}/artifact",
+                    m.name, m.version
+                ));
                 let limits = Limits {
                     min_bytes_per_sec: self.config.download_min_bytes_per_sec,
                     deadline: Duration::from_secs(self.config.download_deadline_secs),
                     max_bytes: self.config.max_model_bytes,
                 };
-                let file = download::fetch(&self.hub, now, &url, &self.layout.staging(), &m.artifact, &limits).await?;
+                let file = download::fetch(
+                    &self.hub,
+                    now,
+                    &url,
+                    &self.layout.staging(),
+                    &m.artifact,
+                    &limits,
+                )
+                .await?;
                 // Load and smoke-test from staging, before anything is installed.
                 let staged = {
                     let (m2, f2) = (m.clone(), file.clone());
@@ -203,7 +258,13 @@ impl Updater {
             let mut active = self.active.lock().await;
             let previous = active.models.get(&m.name).map(|c| c.version);
             let mut next = active.clone();
-            next.models.insert(m.name.clone(), ActiveModel { version: m.version, previous });
+            next.models.insert(
+                m.name.clone(),
+                ActiveModel {
+                    version: m.version,
+                    previous,
+                },
+            );
             self.layout.save_active(&next)?;
             self.registry.swap_in(Arc::new(loaded));
             *active = next;
@@ -252,7 +313,9 @@ impl Updater {
                 }
             }
             let sleep = if failed {
-                let jitter = Duration::from_millis(u64::from(jitter_ms()) % (backoff.as_millis() as u64 / 2 + 1));
+                let jitter = Duration::from_millis(
+                    u64::from(jitter_ms()) % (backoff.as_millis() as u64 / 2 + 1),
+                );
                 let s = backoff + jitter;
                 backoff = (backoff * 2).min(Duration::from_secs(300));
                 s

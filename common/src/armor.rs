@@ -28,15 +28,24 @@ pub fn encode(label: &str, bytes: &[u8]) -> String {
 /// Accepts an armoured text with the given label, or raw bytes.
 pub fn decode(label: &str, input: &[u8]) -> Result<Vec<u8>> {
     if input.len() > MAX_DOCUMENT_BYTES * 2 {
-        return Err(Error::TooLarge { what: "armoured document", size: input.len(), limit: MAX_DOCUMENT_BYTES * 2 });
+        return Err(Error::TooLarge {
+            what: "armoured document",
+            size: input.len(),
+            limit: MAX_DOCUMENT_BYTES * 2,
+        });
     }
     let begin = format!("-----BEGIN EDGEFLEET {label}-----");
-    let Ok(text) = std::str::from_utf8(input) else { return Ok(input.to_vec()) };
+    let Ok(text) = std::str::from_utf8(input) else {
+        return Ok(input.to_vec());
+    };
     let text = text.trim();
     if !text.starts_with("-----BEGIN") {
         return Ok(input.to_vec());
     }
-    let malformed = |detail: String| Error::Malformed { what: "armoured document", detail };
+    let malformed = |detail: String| Error::Malformed {
+        what: "armoured document",
+        detail,
+    };
     let Some(rest) = text.strip_prefix(&begin) else {
         let first = text.lines().next().unwrap_or_default();
         return Err(malformed(format!("expected {begin:?}, found {first:?}")));
@@ -46,5 +55,7 @@ pub fn decode(label: &str, input: &[u8]) -> Result<Vec<u8>> {
         return Err(malformed(format!("missing {end:?} line")));
     };
     let compact: String = body.split_whitespace().collect();
-    STANDARD.decode(compact).map_err(|e| malformed(format!("bad base64: {e}")))
+    STANDARD
+        .decode(compact)
+        .map_err(|e| malformed(format!("bad base64: {e}")))
 }

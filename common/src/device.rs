@@ -31,7 +31,9 @@ impl EnrollRequest {
     pub fn validate(&self) -> Result<()> {
         name::validate(&self.device_id)?;
         if self.tags.len() > MAX_TAGS {
-            return Err(crate::Error::InvalidManifest(format!("more than {MAX_TAGS} tags")));
+            return Err(crate::Error::InvalidManifest(format!(
+                "more than {MAX_TAGS} tags"
+            )));
         }
         for t in &self.tags {
             name::validate(t)?;

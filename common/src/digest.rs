@@ -21,9 +21,15 @@ impl Digest {
     }
 
     pub fn from_hex(s: &str) -> Result<Self> {
-        let malformed = |detail: String| Error::Malformed { what: "sha256 digest", detail };
+        let malformed = |detail: String| Error::Malformed {
+            what: "sha256 digest",
+            detail,
+        };
         if s.len() != 64 {
-            return Err(malformed(format!("expected 64 hex characters, got {}", s.len())));
+            return Err(malformed(format!(
+                "expected 64 hex characters, got {}",
+                s.len()
+            )));
         }
         let mut out = [0u8; 32];
         hex::decode_to_slice(s, &mut out).map_err(|e| malformed(e.to_string()))?;
@@ -61,7 +67,11 @@ impl fmt::Debug for Digest {
 
 impl Serialize for Digest {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        if s.is_human_readable() { s.serialize_str(&self.to_hex()) } else { self.0.serialize(s) }
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_hex())
+        } else {
+            self.0.serialize(s)
+        }
     }
 }
 

@@ -44,19 +44,30 @@ pub fn signing_bytes(kind: &str, body: &[u8]) -> Vec<u8> {
 
 /// Postcard-encode a value (infallible for our types, but reported rather than unwrapped).
 pub fn to_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>> {
-    postcard::to_stdvec(value)
-        .map_err(|e| Error::Malformed { what: "document", detail: format!("cannot encode: {e}") })
+    postcard::to_stdvec(value).map_err(|e| Error::Malformed {
+        what: "document",
+        detail: format!("cannot encode: {e}"),
+    })
 }
 
 /// Decode postcard bytes with a size bound, refusing trailing bytes.
 pub fn from_bytes<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
     if bytes.len() > MAX_DOCUMENT_BYTES {
-        return Err(Error::TooLarge { what, size: bytes.len(), limit: MAX_DOCUMENT_BYTES });
+        return Err(Error::TooLarge {
+            what,
+            size: bytes.len(),
+            limit: MAX_DOCUMENT_BYTES,
+        });
     }
-    let (value, rest) = postcard::take_from_bytes(bytes)
-        .map_err(|e| Error::Malformed { what, detail: e.to_string() })?;
+    let (value, rest) = postcard::take_from_bytes(bytes).map_err(|e| Error::Malformed {
+        what,
+        detail: e.to_string(),
+    })?;
     if !rest.is_empty() {
-        return Err(Error::Malformed { what, detail: format!("{} trailing bytes", rest.len()) });
+        return Err(Error::Malformed {
+            what,
+            detail: format!("{} trailing bytes", rest.len()),
+        });
     }
     Ok(value)
 }

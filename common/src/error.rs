@@ -8,7 +8,11 @@ pub enum Error {
     #[error("malformed {what}: {detail}")]
     Malformed { what: &'static str, detail: String },
     #[error("{what} is {size} bytes, over the limit of {limit} bytes")]
-    TooLarge { what: &'static str, size: usize, limit: usize },
+    TooLarge {
+        what: &'static str,
+        size: usize,
+        limit: usize,
+    },
     #[error("bad signature on {what}: it was not signed by key {signer}")]
     BadSignature { what: &'static str, signer: String },
     #[error(
@@ -16,13 +20,25 @@ pub enum Error {
     )]
     UntrustedSigner { what: &'static str, signer: String },
     #[error("the delegation to key {signer} does not cover {scope:?} (it covers {patterns:?})")]
-    OutOfScope { signer: String, scope: String, patterns: Vec<String> },
+    OutOfScope {
+        signer: String,
+        scope: String,
+        patterns: Vec<String>,
+    },
     #[error("the delegation to key {signer} does not allow signing {what}")]
     NotPermitted { signer: String, what: &'static str },
     #[error("{what} expired at {expires_at} (now {now}); sign a fresh one")]
-    Expired { what: &'static str, expires_at: u64, now: u64 },
+    Expired {
+        what: &'static str,
+        expires_at: u64,
+        now: u64,
+    },
     #[error("{what} is not valid before {not_before} (now {now})")]
-    NotYetValid { what: &'static str, not_before: u64, now: u64 },
+    NotYetValid {
+        what: &'static str,
+        not_before: u64,
+        now: u64,
+    },
     #[error("invalid name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
     #[error("invalid key: {0}")]

@@ -93,9 +93,8 @@ impl PublicKey {
     pub fn parse(text: &str) -> Result<Self> {
         let text = text.trim();
         if text.starts_with("-----BEGIN") {
-            let key = VerifyingKey::from_public_key_pem(text).map_err(|e| {
-                Error::InvalidKey(format!("not an ed25519 public key PEM: {e}"))
-            })?;
+            let key = VerifyingKey::from_public_key_pem(text)
+                .map_err(|e| Error::InvalidKey(format!("not an ed25519 public key PEM: {e}")))?;
             Ok(Self(key.to_bytes()))
         } else {
             Self::from_hex(text)
@@ -108,8 +107,12 @@ impl PublicKey {
 
     /// Strict verification (rejects small-order keys and malleable signatures).
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
-        let Ok(key) = self.verifying_key() else { return false };
-        let Ok(sig) = ed25519_dalek::Signature::from_slice(signature) else { return false };
+        let Ok(key) = self.verifying_key() else {
+            return false;
+        };
+        let Ok(sig) = ed25519_dalek::Signature::from_slice(signature) else {
+            return false;
+        };
         key.verify_strict(message, &sig).is_ok()
     }
 
@@ -133,7 +136,11 @@ impl fmt::Debug for PublicKey {
 
 impl Serialize for PublicKey {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        if s.is_human_readable() { s.serialize_str(&self.to_hex()) } else { self.0.serialize(s) }
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_hex())
+        } else {
+            self.0.serialize(s)
+        }
     }
 }
 
@@ -164,7 +171,10 @@ mod tests {
         assert_eq!(back.public(), key.public());
         let pub_pem = key.public().to_pem().expect("encode public");
         assert_eq!(PublicKey::parse(&pub_pem).expect("parse"), key.public());
-        assert_eq!(PublicKey::parse(&key.public().to_hex()).expect("hex"), key.public());
+        assert_eq!(
+            PublicKey::parse(&key.public().to_hex()).expect("hex"),
+            key.public()
+        );
         assert!(SecretKey::from_pem("garbage").is_err());
         assert!(PublicKey::parse("abcd").is_err());
         assert!(PublicKey::parse(&pem).is_err());
@@ -177,6 +187,10 @@ mod tests {
         assert!(key.public().verify(b"hello", &sig));
         assert!(!key.public().verify(b"hellp", &sig));
         assert!(!key.public().verify(b"hello", &sig[..63]));
-        assert!(!SecretKey::from_seed([2; 32]).public().verify(b"hello", &sig));
+        assert!(
+            !SecretKey::from_seed([2; 32])
+                .public()
+                .verify(b"hello", &sig)
+        );
     }
 }

@@ -112,10 +112,16 @@ impl ModelManifest {
                 return bad("tensor names must be 1..=256 bytes".into());
             }
             if spec.shape.iter().any(|&d| d < -1 || d == 0) {
-                return bad(format!("tensor {:?}: dimensions must be positive or -1", spec.name));
+                return bad(format!(
+                    "tensor {:?}: dimensions must be positive or -1",
+                    spec.name
+                ));
             }
             if !spec.feature_names.is_empty()
-                && spec.shape.last().is_some_and(|&d| d > 0 && d as usize != spec.feature_names.len())
+                && spec
+                    .shape
+                    .last()
+                    .is_some_and(|&d| d > 0 && d as usize != spec.feature_names.len())
             {
                 return bad(format!(
                     "tensor {:?}: {} feature names for a last dimension of {:?}",

@@ -11,14 +11,22 @@ pub const MAX_NAME_LEN: usize = 64;
 
 /// Validates a model name, device id or tag.
 pub fn validate(name: &str) -> Result<()> {
-    let err = |reason| Err(Error::InvalidName { name: name.chars().take(80).collect(), reason });
+    let err = |reason| {
+        Err(Error::InvalidName {
+            name: name.chars().take(80).collect(),
+            reason,
+        })
+    };
     if name.is_empty() {
         return err("empty");
     }
     if name.len() > MAX_NAME_LEN {
         return err("longer than 64 characters");
     }
-    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)) {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+    {
         return err("only lowercase letters, digits, '.', '_' and '-' are allowed");
     }
     if !name.as_bytes()[0].is_ascii_alphanumeric() {
@@ -61,8 +69,8 @@ mod tests {
     #[test]
     fn rejects_traversal_and_odd_characters() {
         for bad in [
-            "", "..", "../etc", "a/b", "/abs", "a\\b", "a%2fb", "A", "a b", ".hidden", "-x", "a..b",
-            "a\0b", "é",
+            "", "..", "../etc", "a/b", "/abs", "a\\b", "a%2fb", "A", "a b", ".hidden", "-x",
+            "a..b", "a\0b", "é",
         ] {
             assert!(validate(bad).is_err(), "{bad:?} should be refused");
         }

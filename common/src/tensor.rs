@@ -132,7 +132,9 @@ impl Tensor {
             .shape
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-            .ok_or_else(|| Error::InvalidManifest(format!("tensor {:?}: shape overflows", self.name)))?;
+            .ok_or_else(|| {
+                Error::InvalidManifest(format!("tensor {:?}: shape overflows", self.name))
+            })?;
         if expected != self.data.len() as u64 {
             return Err(Error::InvalidManifest(format!(
                 "tensor {:?}: shape {:?} needs {expected} elements, data has {}",

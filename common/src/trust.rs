@@ -79,13 +79,17 @@ impl Document for Delegation {
 impl Delegation {
     pub fn validate(&self) -> Result<()> {
         if self.patterns.is_empty() {
-            return Err(Error::InvalidManifest("a delegation needs at least one pattern".into()));
+            return Err(Error::InvalidManifest(
+                "a delegation needs at least one pattern".into(),
+            ));
         }
         for p in &self.patterns {
             name::validate_pattern(p)?;
         }
         if self.expires_at <= self.issued_at {
-            return Err(Error::InvalidManifest("a delegation must expire after it is issued".into()));
+            return Err(Error::InvalidManifest(
+                "a delegation must expire after it is issued".into(),
+            ));
         }
         Ok(())
     }
@@ -100,7 +104,10 @@ pub struct TrustRoot {
 
 impl TrustRoot {
     pub fn new(root_key: PublicKey) -> Self {
-        Self { root_key, version: 1 }
+        Self {
+            root_key,
+            version: 1,
+        }
     }
 
     /// Applies one rotation: it must be the next version, signed by the current root and by the
@@ -115,7 +122,9 @@ impl TrustRoot {
         }
         let body: RootRotationBody = encoding::from_bytes("root rotation", &rotation.body)?;
         if !body.new_root.verify(&message, &rotation.new_root_signature) {
-            return Err(Error::Rotation("not countersigned by the new root key".into()));
+            return Err(Error::Rotation(
+                "not countersigned by the new root key".into(),
+            ));
         }
         if body.version != self.version + 1 {
             return Err(Error::Rotation(format!(
@@ -124,7 +133,10 @@ impl TrustRoot {
                 body.version
             )));
         }
-        Ok(TrustRoot { root_key: body.new_root, version: body.version })
+        Ok(TrustRoot {
+            root_key: body.new_root,
+            version: body.version,
+        })
     }
 
     /// Applies a chain of rotations, skipping those already applied.
@@ -197,7 +209,11 @@ pub struct Signed<T> {
 }
 
 impl<T: Document> Signed<T> {
-    pub fn sign(value: &T, key: &SecretKey, delegation: Option<Signed<Delegation>>) -> Result<Self> {
+    pub fn sign(
+        value: &T,
+        key: &SecretKey,
+        delegation: Option<Signed<Delegation>>,
+    ) -> Result<Self> {
         let body = encoding::to_bytes(value)?;
         let signature = key.sign(&encoding::signing_bytes(T::KIND, &body));
         Ok(Self {
@@ -230,7 +246,10 @@ impl<T: Document> Signed<T> {
     fn check_signature(&self) -> Result<T> {
         let message = encoding::signing_bytes(T::KIND, &self.body);
         if !self.signer.verify(&message, &self.signature) {
-            return Err(Error::BadSignature { what: T::WHAT, signer: self.signer.short() });
+            return Err(Error::BadSignature {
+                what: T::WHAT,
+                signer: self.signer.short(),
+            });
         }
         encoding::from_bytes(T::WHAT, &self.body)
     }
@@ -240,7 +259,10 @@ impl Signed<Delegation> {
     /// A delegation is valid when root signed it, it is not nested, and `now` is in its window.
     pub fn verify(&self, root: &TrustRoot, now: u64) -> Result<Delegation> {
         if self.signer != root.root_key {
-            return Err(Error::UntrustedSigner { what: "delegation", signer: self.signer.short() });
+            return Err(Error::UntrustedSigner {
+                what: "delegation",
+                signer: self.signer.short(),
+            });
         }
         if self.delegation.is_some() {
             return Err(Error::Malformed {
@@ -251,10 +273,18 @@ impl Signed<Delegation> {
         let d = self.check_signature()?;
         d.validate()?;
         if now < d.issued_at {
-            return Err(Error::NotYetValid { what: "delegation", not_before: d.issued_at, now });
+            return Err(Error::NotYetValid {
+                what: "delegation",
+                not_before: d.issued_at,
+                now,
+            });
         }
         if now >= d.expires_at {
-            return Err(Error::Expired { what: "delegation", expires_at: d.expires_at, now });
+            return Err(Error::Expired {
+                what: "delegation",
+                expires_at: d.expires_at,
+                now,
+            });
         }
         Ok(d)
     }
@@ -269,14 +299,23 @@ impl<T: Scoped> Signed<T> {
             return Ok(value);
         }
         let Some(delegation) = &self.delegation else {
-            return Err(Error::UntrustedSigner { what: T::WHAT, signer: self.signer.short() });
+            return Err(Error::UntrustedSigner {
+                what: T::WHAT,
+                signer: self.signer.short(),
+            });
         };
         let d = delegation.verify(root, now)?;
         if d.key != self.signer {
-            return Err(Error::UntrustedSigner { what: T::WHAT, signer: self.signer.short() });
+            return Err(Error::UntrustedSigner {
+                what: T::WHAT,
+                signer: self.signer.short(),
+            });
         }
         if !d.permissions.contains(&T::PERMISSION) {
-            return Err(Error::NotPermitted { signer: self.signer.short(), what: T::WHAT });
+            return Err(Error::NotPermitted {
+                signer: self.signer.short(),
+                what: T::WHAT,
+            });
         }
         let scope = value.scope();
         if !d.patterns.iter().any(|p| name::pattern_matches(p, scope)) {
@@ -307,7 +346,12 @@ mod tests {
         }
     }
 
-    fn delegation(key: &SecretKey, patterns: &[&str], perms: &[Permission], expires_at: u64) -> Delegation {
+    fn delegation(
+        key: &SecretKey,
+        patterns: &[&str],
+        perms: &[Permission],
+        expires_at: u64,
+    ) -> Delegation {
         Delegation {
             key: key.public(),
             label: "hub".into(),
@@ -324,27 +368,58 @@ mod tests {
         let hub = SecretKey::from_seed([2; 32]);
         let trust = TrustRoot::new(root.public());
         let direct = Signed::sign(&assignment("demand"), &root, None).expect("sign");
-        assert_eq!(direct.verify(&trust, 50).expect("root"), assignment("demand"));
+        assert_eq!(
+            direct.verify(&trust, 50).expect("root"),
+            assignment("demand")
+        );
 
-        let d = Signed::sign(&delegation(&hub, &["demand*"], &[Permission::Assignments], 500), &root, None)
-            .expect("sign delegation");
+        let d = Signed::sign(
+            &delegation(&hub, &["demand*"], &[Permission::Assignments], 500),
+            &root,
+            None,
+        )
+        .expect("sign delegation");
         let via = Signed::sign(&assignment("demand-eu"), &hub, Some(d.clone())).expect("sign");
         via.verify(&trust, 50).expect("delegated");
 
         // Out of scope, expired, wrong permission, no delegation, not signed by root.
         let other = Signed::sign(&assignment("fraud"), &hub, Some(d.clone())).expect("sign");
-        assert!(matches!(other.verify(&trust, 50), Err(Error::OutOfScope { .. })));
-        assert!(matches!(via.verify(&trust, 500), Err(Error::Expired { .. })));
-        let manifest_only =
-            Signed::sign(&delegation(&hub, &["*"], &[Permission::Manifests], 500), &root, None).expect("sign");
-        let wrong_perm = Signed::sign(&assignment("demand"), &hub, Some(manifest_only)).expect("sign");
-        assert!(matches!(wrong_perm.verify(&trust, 50), Err(Error::NotPermitted { .. })));
+        assert!(matches!(
+            other.verify(&trust, 50),
+            Err(Error::OutOfScope { .. })
+        ));
+        assert!(matches!(
+            via.verify(&trust, 500),
+            Err(Error::Expired { .. })
+        ));
+        let manifest_only = Signed::sign(
+            &delegation(&hub, &["*"], &[Permission::Manifests], 500),
+            &root,
+            None,
+        )
+        .expect("sign");
+        let wrong_perm =
+            Signed::sign(&assignment("demand"), &hub, Some(manifest_only)).expect("sign");
+        assert!(matches!(
+            wrong_perm.verify(&trust, 50),
+            Err(Error::NotPermitted { .. })
+        ));
         let bare = Signed::sign(&assignment("demand"), &hub, None).expect("sign");
-        assert!(matches!(bare.verify(&trust, 50), Err(Error::UntrustedSigner { .. })));
-        let self_delegated =
-            Signed::sign(&delegation(&hub, &["*"], &[Permission::Assignments], 500), &hub, None).expect("sign");
+        assert!(matches!(
+            bare.verify(&trust, 50),
+            Err(Error::UntrustedSigner { .. })
+        ));
+        let self_delegated = Signed::sign(
+            &delegation(&hub, &["*"], &[Permission::Assignments], 500),
+            &hub,
+            None,
+        )
+        .expect("sign");
         let forged = Signed::sign(&assignment("demand"), &hub, Some(self_delegated)).expect("sign");
-        assert!(matches!(forged.verify(&trust, 50), Err(Error::UntrustedSigner { .. })));
+        assert!(matches!(
+            forged.verify(&trust, 50),
+            Err(Error::UntrustedSigner { .. })
+        ));
     }
 
     #[test]
@@ -354,11 +429,18 @@ mod tests {
         let mut signed = Signed::sign(&assignment("demand"), &root, None).expect("sign");
         let last = signed.body.len() - 1;
         signed.body[last] ^= 1;
-        assert!(matches!(signed.verify(&trust, 50), Err(Error::BadSignature { .. })));
+        assert!(matches!(
+            signed.verify(&trust, 50),
+            Err(Error::BadSignature { .. })
+        ));
 
         // A delegation's signature cannot be reused for an assignment with the same bytes.
-        let d = Signed::sign(&delegation(&root, &["*"], &[Permission::Assignments], 500), &root, None)
-            .expect("sign");
+        let d = Signed::sign(
+            &delegation(&root, &["*"], &[Permission::Assignments], 500),
+            &root,
+            None,
+        )
+        .expect("sign");
         let confused: Signed<Assignment> = Signed {
             body: d.body.clone(),
             signer: d.signer,
@@ -376,13 +458,32 @@ mod tests {
         let trust = TrustRoot::new(old.public());
         let rotation = RootRotation::create(&old, &new, 2, 100).expect("rotation");
         let rotated = trust.rotate(&rotation).expect("rotate");
-        assert_eq!(rotated, TrustRoot { root_key: new.public(), version: 2 });
+        assert_eq!(
+            rotated,
+            TrustRoot {
+                root_key: new.public(),
+                version: 2
+            }
+        );
         // Idempotent over a chain, and the old root no longer signs anything.
-        assert_eq!(trust.rotate_all(std::slice::from_ref(&rotation)).expect("chain"), rotated);
-        assert_eq!(rotated.rotate_all(&[rotation.clone()]).expect("skip"), rotated);
+        assert_eq!(
+            trust
+                .rotate_all(std::slice::from_ref(&rotation))
+                .expect("chain"),
+            rotated
+        );
+        assert_eq!(
+            rotated
+                .rotate_all(std::slice::from_ref(&rotation))
+                .expect("skip"),
+            rotated
+        );
         let old_signed = Signed::sign(&assignment("demand"), &old, None).expect("sign");
         assert!(old_signed.verify(&rotated, 50).is_err());
-        Signed::sign(&assignment("demand"), &new, None).expect("sign").verify(&rotated, 50).expect("new root");
+        Signed::sign(&assignment("demand"), &new, None)
+            .expect("sign")
+            .verify(&rotated, 50)
+            .expect("new root");
 
         // Not countersigned, wrong version, signed by someone else.
         let mut lone = rotation.clone();

@@ -16,7 +16,11 @@ fn manifest() -> ModelManifest {
     ModelManifest {
         name: "demand".into(),
         version: 2,
-        artifact: ArtifactRef { sha256: Digest([0xab; 32]), size: 1234, format: ModelFormat::Onnx },
+        artifact: ArtifactRef {
+            sha256: Digest([0xab; 32]),
+            size: 1234,
+            format: ModelFormat::Onnx,
+        },
         inputs: vec![TensorSpec {
             name: "x".into(),
             datatype: DataType::Fp32,
@@ -30,8 +34,16 @@ fn manifest() -> ModelManifest {
             feature_names: vec![],
         }],
         smoke_tests: vec![SmokeTest {
-            inputs: vec![Tensor { name: "x".into(), shape: vec![1, 2], data: TensorData::Fp32(vec![1.0, -2.5]) }],
-            expected: vec![Tensor { name: "y".into(), shape: vec![1, 1], data: TensorData::Fp32(vec![0.5]) }],
+            inputs: vec![Tensor {
+                name: "x".into(),
+                shape: vec![1, 2],
+                data: TensorData::Fp32(vec![1.0, -2.5]),
+            }],
+            expected: vec![Tensor {
+                name: "y".into(),
+                shape: vec![1, 1],
+                data: TensorData::Fp32(vec![0.5]),
+            }],
             tolerance: 1e-4,
         }],
         created_at: 1_700_000_000,
@@ -58,7 +70,10 @@ fn manifest_canonical_bytes() {
         0402046675656c0474656d700101790a0201020001
     "#]]
     .assert_eq(&wrap(&hex::encode(&bytes[..90])));
-    assert_eq!(encoding::from_bytes::<ModelManifest>("m", &body).expect("decode"), manifest());
+    assert_eq!(
+        encoding::from_bytes::<ModelManifest>("m", &body).expect("decode"),
+        manifest()
+    );
 }
 
 #[test]
@@ -76,7 +91,12 @@ fn assignment_delegation_rotation_canonical_bytes() {
         45444745464c4545540061737369676e6d656e74000101
         026575066465...
     "#]]
-    .assert_eq(&wrap(&format!("{}...", hex::encode(&encoding::signing_bytes(Assignment::KIND, &encoding::to_bytes(&a).expect("a"))[..29]))));
+    .assert_eq(&wrap(&format!(
+        "{}...",
+        hex::encode(
+            &encoding::signing_bytes(Assignment::KIND, &encoding::to_bytes(&a).expect("a"))[..29]
+        )
+    )));
     let key = SecretKey::from_seed([5; 32]);
     let d = Delegation {
         key: key.public(),

@@ -7,7 +7,9 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use edgefleet_common::manifest::ModelFormat;
 use edgefleet_common::trust::{Delegation, Permission, RootRotation};
-use edgefleet_common::{ArtifactRef, Digest, Lineage, ModelManifest, Signed, SmokeTest, TensorSpec, armor, name};
+use edgefleet_common::{
+    ArtifactRef, Digest, Lineage, ModelManifest, Signed, SmokeTest, TensorSpec, armor, name,
+};
 use serde::Deserialize;
 
 use crate::keyfile;
@@ -21,7 +23,12 @@ use crate::keyfile;
 )]
 pub struct Cli {
     /// Hub base URL.
-    #[arg(long, global = true, env = "EDGEFLEET_HUB", default_value = "http://127.0.0.1:7700")]
+    #[arg(
+        long,
+        global = true,
+        env = "EDGEFLEET_HUB",
+        default_value = "http://127.0.0.1:7700"
+    )]
     pub hub: String,
     /// Admin token (printed by the hub on first start; in DATA_DIR/admin-token).
     #[arg(long, global = true, env = "EDGEFLEET_TOKEN", hide_env_values = true)]
@@ -139,7 +146,9 @@ struct Spec {
 pub fn parse_duration(s: &str) -> anyhow::Result<u64> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().with_context(|| format!("{s:?}: expected e.g. 365d, 12h, 30m, 90s"))?;
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("{s:?}: expected e.g. 365d, 12h, 30m, 90s"))?;
     let mult = match unit {
         "s" | "" => 1,
         "m" => 60,
@@ -153,12 +162,24 @@ pub fn parse_duration(s: &str) -> anyhow::Result<u64> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Keygen { role, out } => keygen(*role, out, cli.json),
-        Command::Delegate { root_key, to, models, permissions, expires_in, label, out } => {
+        Command::Delegate {
+            root_key,
+            to,
+            models,
+            permissions,
+            expires_in,
+            label,
+            out,
+        } => {
             let root = keyfile::load_secret_key(root_key)?;
             let key = keyfile::load_public_key(to)?;
             let permissions = permissions
                 .iter()
-                .map(|p| Permission::parse(p).with_context(|| format!("unknown permission {p:?} (manifests, assignments)")))
+                .map(|p| {
+                    Permission::parse(p).with_context(|| {
+                        format!("unknown permission {p:?} (manifests, assignments)")
+                    })
+                })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let now = crate::now();
             let d = Delegation {
@@ -171,19 +192,60 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             d.validate()?;
             let signed = Signed::sign(&d, &root, None)?;
-            keyfile::write_atomic(out, armor::encode("DELEGATION", &signed.to_bytes()?).as_bytes(), 0o644, true)?;
-            say(cli.json, &format!("wrote {} (key {} may sign {:?} until {})", out.display(), key.short(), d.patterns, d.expires_at),
-                serde_json::json!({"out": out, "key": key, "patterns": d.patterns, "expires_at": d.expires_at}));
+            keyfile::write_atomic(
+                out,
+                armor::encode("DELEGATION", &signed.to_bytes()?).as_bytes(),
+                0o644,
+                true,
+            )?;
+            say(
+                cli.json,
+                &format!(
+                    "wrote {} (key {} may sign {:?} until {})",
+                    out.display(),
+                    key.short(),
+                    d.patterns,
+                    d.expires_at
+                ),
+                serde_json::json!({"out": out, "key": key, "patterns": d.patterns, "expires_at": d.expires_at}),
+            );
             Ok(())
         }
-        Command::Sign { key, delegation, spec, model, out } => sign(key, delegation.as_deref(), spec, model, out, cli.json),
-        Command::RotateRoot { old_key, new_key, version, out } => {
+        Command::Sign {
+            key,
+            delegation,
+            spec,
+            model,
+            out,
+        } => sign(key, delegation.as_deref(), spec, model, out, cli.json),
+        Command::RotateRoot {
+            old_key,
+            new_key,
+            version,
+            out,
+        } => {
             let old = keyfile::load_secret_key(old_key)?;
             let new = keyfile::load_secret_key(new_key)?;
             let rot = RootRotation::create(&old, &new, *version, crate::now())?;
-            keyfile::write_atomic(out, armor::encode("ROOT ROTATION", &edgefleet_common::encoding::to_bytes(&rot)?).as_bytes(), 0o644, true)?;
-            say(cli.json, &format!("wrote {}: root version {version} is {}", out.display(), new.public().short()),
-                serde_json::json!({"out": out, "version": version, "new_root": new.public()}));
+            keyfile::write_atomic(
+                out,
+                armor::encode(
+                    "ROOT ROTATION",
+                    &edgefleet_common::encoding::to_bytes(&rot)?,
+                )
+                .as_bytes(),
+                0o644,
+                true,
+            )?;
+            say(
+                cli.json,
+                &format!(
+                    "wrote {}: root version {version} is {}",
+                    out.display(),
+                    new.public().short()
+                ),
+                serde_json::json!({"out": out, "version": version, "new_root": new.public()}),
+            );
             Ok(())
         }
         _ => remote(&cli).await,
@@ -205,24 +267,46 @@ fn keygen(role: Role, out: &Path, json: bool) -> anyhow::Result<()> {
     keyfile::write_atomic(&pub_path, key.public().to_pem()?.as_bytes(), 0o644, false)?;
     say(
         json,
-        &format!("{role:?} key written to {} (private, 0600) and {} (public {})", out.display(), pub_path.display(), key.public()),
+        &format!(
+            "{role:?} key written to {} (private, 0600) and {} (public {})",
+            out.display(),
+            pub_path.display(),
+            key.public()
+        ),
         serde_json::json!({"role": format!("{role:?}").to_lowercase(), "private": out, "public": pub_path, "public_key": key.public()}),
     );
     Ok(())
 }
 
-fn sign(key: &Path, delegation: Option<&Path>, spec: &Path, model: &Path, out: &Path, json: bool) -> anyhow::Result<()> {
+fn sign(
+    key: &Path,
+    delegation: Option<&Path>,
+    spec: &Path,
+    model: &Path,
+    out: &Path,
+    json: bool,
+) -> anyhow::Result<()> {
     let key = keyfile::load_secret_key(key)?;
     let delegation = delegation
-        .map(|p| -> anyhow::Result<_> { Ok(Signed::<Delegation>::from_bytes(&keyfile::read_document(p, "DELEGATION")?)?) })
+        .map(|p| -> anyhow::Result<_> {
+            Ok(Signed::<Delegation>::from_bytes(&keyfile::read_document(
+                p,
+                "DELEGATION",
+            )?)?)
+        })
         .transpose()?;
     let spec_text = keyfile::read_bounded(spec)?;
-    let spec: Spec = serde_json::from_slice(&spec_text).with_context(|| format!("spec {} is not valid", spec.display()))?;
+    let spec: Spec = serde_json::from_slice(&spec_text)
+        .with_context(|| format!("spec {} is not valid", spec.display()))?;
     let (sha256, size) = hash_file(model)?;
     let manifest = ModelManifest {
         name: spec.name,
         version: spec.version,
-        artifact: ArtifactRef { sha256, size, format: ModelFormat::Onnx },
+        artifact: ArtifactRef {
+            sha256,
+            size,
+            format: ModelFormat::Onnx,
+        },
         inputs: spec.inputs,
         outputs: spec.outputs,
         smoke_tests: spec.smoke_tests,
@@ -233,15 +317,29 @@ fn sign(key: &Path, delegation: Option<&Path>, spec: &Path, model: &Path, out: &
     };
     manifest.validate()?;
     let signed = Signed::sign(&manifest, &key, delegation)?;
-    keyfile::write_atomic(out, armor::encode("MANIFEST", &signed.to_bytes()?).as_bytes(), 0o644, true)?;
-    say(json, &format!("signed {} v{} (artifact {sha256}, {size} bytes) → {}", manifest.name, manifest.version, out.display()),
-        serde_json::json!({"name": manifest.name, "version": manifest.version, "manifest_digest": signed.digest(), "out": out}));
+    keyfile::write_atomic(
+        out,
+        armor::encode("MANIFEST", &signed.to_bytes()?).as_bytes(),
+        0o644,
+        true,
+    )?;
+    say(
+        json,
+        &format!(
+            "signed {} v{} (artifact {sha256}, {size} bytes) → {}",
+            manifest.name,
+            manifest.version,
+            out.display()
+        ),
+        serde_json::json!({"name": manifest.name, "version": manifest.version, "manifest_digest": signed.digest(), "out": out}),
+    );
     Ok(())
 }
 
 fn hash_file(path: &Path) -> anyhow::Result<(Digest, u64)> {
     use std::io::Read;
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut h = edgefleet_common::digest::Hasher::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut size = 0u64;
@@ -269,15 +367,26 @@ impl Remote {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             bail!("--hub {base:?} must start with http:// or https://");
         }
-        Ok(Self { http: reqwest::Client::new(), base, token })
+        Ok(Self {
+            http: reqwest::Client::new(),
+            base,
+            token,
+        })
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
-        let resp = req.bearer_auth(&self.token).send().await.with_context(|| format!("cannot reach the hub at {}", self.base))?;
+        let resp = req
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the hub at {}", self.base))?;
         let status = resp.status();
         let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
         if !status.is_success() {
-            let msg = body.get("error").and_then(|e| e.as_str()).unwrap_or("no details");
+            let msg = body
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("no details");
             bail!("hub answered {status}: {msg}");
         }
         Ok(body)
@@ -297,14 +406,32 @@ async fn remote(cli: &Cli) -> anyhow::Result<()> {
             let m = signed.decode_unverified()?;
             let (sha, size) = hash_file(model)?;
             if sha != m.artifact.sha256 || size != m.artifact.size {
-                bail!("{} (sha256 {sha}, {size} bytes) is not the artifact the manifest signs ({}, {} bytes)", model.display(), m.artifact.sha256, m.artifact.size);
+                bail!(
+                    "{} (sha256 {sha}, {size} bytes) is not the artifact the manifest signs ({}, {} bytes)",
+                    model.display(),
+                    m.artifact.sha256,
+                    m.artifact.size
+                );
             }
             let file = tokio::fs::File::open(model).await?;
             let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
-            r.send(r.http.put(r.url(&format!("blobs/{sha}"))).body(body)).await?;
-            let v = r.send(r.http.post(r.url("models")).header("content-type", "application/octet-stream").body(bytes)).await?;
+            r.send(r.http.put(r.url(&format!("blobs/{sha}"))).body(body))
+                .await?;
+            let v = r
+                .send(
+                    r.http
+                        .post(r.url("models"))
+                        .header("content-type", "application/octet-stream")
+                        .body(bytes),
+                )
+                .await?;
             if !cli.json {
-                println!("pushed {} v{} (manifest {})", m.name, m.version, signed.digest());
+                println!(
+                    "pushed {} v{} (manifest {})",
+                    m.name,
+                    m.version,
+                    signed.digest()
+                );
                 return Ok(());
             }
             v
@@ -317,8 +444,17 @@ async fn remote(cli: &Cli) -> anyhow::Result<()> {
             let v = r.send(r.http.get(r.url("models"))).await?;
             if !cli.json {
                 for m in v.as_array().into_iter().flatten() {
-                    let versions: Vec<String> = m["versions"].as_array().into_iter().flatten().map(|v| v["version"].to_string()).collect();
-                    println!("{:<24} versions {}", m["name"].as_str().unwrap_or("?"), versions.join(", "));
+                    let versions: Vec<String> = m["versions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|v| v["version"].to_string())
+                        .collect();
+                    println!(
+                        "{:<24} versions {}",
+                        m["name"].as_str().unwrap_or("?"),
+                        versions.join(", ")
+                    );
                 }
                 return Ok(());
             }
@@ -327,13 +463,28 @@ async fn remote(cli: &Cli) -> anyhow::Result<()> {
         Command::Devices => {
             let v = r.send(r.http.get(r.url("devices"))).await?;
             if !cli.json {
-                println!("{:<20} {:<9} {:<24} {:<12} LAST ERROR", "DEVICE", "APPROVED", "ACTIVE", "LAST SEEN");
+                println!(
+                    "{:<20} {:<9} {:<24} {:<12} LAST ERROR",
+                    "DEVICE", "APPROVED", "ACTIVE", "LAST SEEN"
+                );
                 for d in v.as_array().into_iter().flatten() {
-                    let active: Vec<String> = d["status"]["active"].as_array().into_iter().flatten()
-                        .map(|m| format!("{}@{}", m["name"].as_str().unwrap_or("?"), m["version"])).collect();
-                    println!("{:<20} {:<9} {:<24} {:<12} {}", d["id"].as_str().unwrap_or("?"), d["approved"].to_string(), active.join(","),
-                        d["last_seen"].as_u64().map(|t| format!("{}s ago", crate::now().saturating_sub(t))).unwrap_or("never".into()),
-                        d["status"]["last_error"].as_str().unwrap_or("-"));
+                    let active: Vec<String> = d["status"]["active"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|m| format!("{}@{}", m["name"].as_str().unwrap_or("?"), m["version"]))
+                        .collect();
+                    println!(
+                        "{:<20} {:<9} {:<24} {:<12} {}",
+                        d["id"].as_str().unwrap_or("?"),
+                        d["approved"].to_string(),
+                        active.join(","),
+                        d["last_seen"]
+                            .as_u64()
+                            .map(|t| format!("{}s ago", crate::now().saturating_sub(t)))
+                            .unwrap_or("never".into()),
+                        d["status"]["last_error"].as_str().unwrap_or("-")
+                    );
                 }
                 return Ok(());
             }
@@ -341,15 +492,26 @@ async fn remote(cli: &Cli) -> anyhow::Result<()> {
         }
         Command::Approve { device } => {
             name::validate(device)?;
-            r.send(r.http.post(r.url(&format!("devices/{device}/approve")))).await?
+            r.send(r.http.post(r.url(&format!("devices/{device}/approve"))))
+                .await?
         }
-        Command::Assign { device, tag, model, version } => {
+        Command::Assign {
+            device,
+            tag,
+            model,
+            version,
+        } => {
             let target = match (device, tag) {
                 (Some(d), _) => serde_json::json!({"device": d}),
                 (None, Some(t)) => serde_json::json!({"tag": t}),
                 (None, None) => bail!("give --device ID or --tag TAG"),
             };
-            r.send(r.http.post(r.url("assignments")).json(&serde_json::json!({"target": target, "model": model, "version": version}))).await?
+            r.send(
+                r.http.post(r.url("assignments")).json(
+                    &serde_json::json!({"target": target, "model": model, "version": version}),
+                ),
+            )
+            .await?
         }
         Command::Status { device: Some(d) } => {
             name::validate(d)?;
@@ -362,7 +524,14 @@ async fn remote(cli: &Cli) -> anyhow::Result<()> {
         }
         _ => unreachable!("offline commands are handled in run()"),
     };
-    println!("{}", if cli.json { value.to_string() } else { serde_json::to_string_pretty(&value)? });
+    println!(
+        "{}",
+        if cli.json {
+            value.to_string()
+        } else {
+            serde_json::to_string_pretty(&value)?
+        }
+    );
     Ok(())
 }
 

@@ -97,24 +97,50 @@ impl HubConfig {
     fn apply_env(&mut self, vars: impl Iterator<Item = (String, String)>) -> anyhow::Result<()> {
         let mut errors = Vec::new();
         for (key, value) in vars {
-            let Some(name) = key.strip_prefix(ENV_PREFIX) else { continue };
+            let Some(name) = key.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
             let res: Result<(), String> = match name {
-                "DATA_DIR" => Ok(self.data_dir = value.clone().into()),
-                "LISTEN" => value.parse().map(|v| self.listen = v).map_err(|e| format!("{e}")),
-                "ROOT_KEY" => Ok(self.root_key = value.clone().into()),
-                "SIGNING_KEY" => Ok(self.signing_key = value.clone().into()),
-                "DELEGATION" => Ok(self.delegation = value.clone().into()),
-                "ENROLLMENT_TOKEN" => Ok(self.enrollment_token = Some(value.clone())),
-                "ASSIGNMENT_TTL_SECS" => {
-                    value.parse().map(|v| self.assignment_ttl_secs = v).map_err(|e| format!("{e}"))
+                "DATA_DIR" => {
+                    self.data_dir = value.clone().into();
+                    Ok(())
                 }
-                "MAX_ARTIFACT_BYTES" => {
-                    value.parse().map(|v| self.max_artifact_bytes = v).map_err(|e| format!("{e}"))
+                "LISTEN" => value
+                    .parse()
+                    .map(|v| self.listen = v)
+                    .map_err(|e| format!("{e}")),
+                "ROOT_KEY" => {
+                    self.root_key = value.clone().into();
+                    Ok(())
                 }
-                "SESSION_TTL_SECS" => {
-                    value.parse().map(|v| self.session_ttl_secs = v).map_err(|e| format!("{e}"))
+                "SIGNING_KEY" => {
+                    self.signing_key = value.clone().into();
+                    Ok(())
                 }
-                "LOG_FORMAT" => Ok(self.log_format = value.clone()),
+                "DELEGATION" => {
+                    self.delegation = value.clone().into();
+                    Ok(())
+                }
+                "ENROLLMENT_TOKEN" => {
+                    self.enrollment_token = Some(value.clone());
+                    Ok(())
+                }
+                "ASSIGNMENT_TTL_SECS" => value
+                    .parse()
+                    .map(|v| self.assignment_ttl_secs = v)
+                    .map_err(|e| format!("{e}")),
+                "MAX_ARTIFACT_BYTES" => value
+                    .parse()
+                    .map(|v| self.max_artifact_bytes = v)
+                    .map_err(|e| format!("{e}")),
+                "SESSION_TTL_SECS" => value
+                    .parse()
+                    .map(|v| self.session_ttl_secs = v)
+                    .map_err(|e| format!("{e}")),
+                "LOG_FORMAT" => {
+                    self.log_format = value.clone();
+                    Ok(())
+                }
                 "CONFIG" => Ok(()),
                 _ => Err("unknown variable".into()),
             };
@@ -142,7 +168,10 @@ impl HubConfig {
             errors.push("max_artifact_bytes: must be positive".to_owned());
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
-            errors.push(format!("log_format: {:?} is neither \"text\" nor \"json\"", self.log_format));
+            errors.push(format!(
+                "log_format: {:?} is neither \"text\" nor \"json\"",
+                self.log_format
+            ));
         }
         if let Some(t) = &self.enrollment_token
             && t.len() < 16
@@ -150,14 +179,26 @@ impl HubConfig {
             errors.push("enrollment_token: use at least 16 characters".to_owned());
         }
         let root = keyfile::load_public_key(&self.root_key)
-            .map_err(|e| errors.push(format!("root_key: {e:#} (create it with `edgefleet keygen --role root`)")))
+            .map_err(|e| {
+                errors.push(format!(
+                    "root_key: {e:#} (create it with `edgefleet keygen --role root`)"
+                ))
+            })
             .ok();
         let signing_key = keyfile::load_secret_key(&self.signing_key)
-            .map_err(|e| errors.push(format!("signing_key: {e:#} (create it with `edgefleet keygen --role hub`)")))
+            .map_err(|e| {
+                errors.push(format!(
+                    "signing_key: {e:#} (create it with `edgefleet keygen --role hub`)"
+                ))
+            })
             .ok();
         let delegation = keyfile::read_document(&self.delegation, "DELEGATION")
             .and_then(|b| Ok(Signed::<Delegation>::from_bytes(&b)?))
-            .map_err(|e| errors.push(format!("delegation: {e:#} (create it with `edgefleet delegate`)")))
+            .map_err(|e| {
+                errors.push(format!(
+                    "delegation: {e:#} (create it with `edgefleet delegate`)"
+                ))
+            })
             .ok();
         if let (Some(root), Some(key), Some(d)) = (root, &signing_key, &delegation) {
             match d.verify(&TrustRoot::new(root), crate::now()) {
@@ -201,7 +242,10 @@ mod tests {
             )
             .expect_err("bad env");
         let msg = err.to_string();
-        assert!(msg.contains("EDGEFLEET_HUB_LISTEN") && msg.contains("EDGEFLEET_HUB_BOGUS"), "{msg}");
+        assert!(
+            msg.contains("EDGEFLEET_HUB_LISTEN") && msg.contains("EDGEFLEET_HUB_BOGUS"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -213,7 +257,13 @@ mod tests {
             ..HubConfig::default()
         };
         let msg = format!("{:#}", c.validate().expect_err("invalid"));
-        for key in ["assignment_ttl_secs", "log_format", "root_key", "signing_key", "delegation"] {
+        for key in [
+            "assignment_ttl_secs",
+            "log_format",
+            "root_key",
+            "signing_key",
+            "delegation",
+        ] {
             assert!(msg.contains(key), "{key} missing from {msg}");
         }
     }

@@ -38,7 +38,8 @@ pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 pub fn admin_token(data_dir: &Path) -> anyhow::Result<(String, bool)> {
     let path = data_dir.join(ADMIN_TOKEN_FILE);
     if path.exists() {
-        let t = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let t = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         return Ok((t.trim().to_owned(), false));
     }
     let mut bytes = [0u8; 32];
@@ -55,12 +56,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let data_dir = loaded.config.data_dir.clone();
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let store = store::Store::open(&data_dir).context("cannot open the hub's store")?;
     let (token, created) = admin_token(&data_dir)?;
     if created {
         // Printed once, on the first start; afterwards it is only in the 0600 file.
-        eprintln!("edgefleet-hub: admin token (also in {}): {token}", data_dir.join(ADMIN_TOKEN_FILE).display());
+        eprintln!(
+            "edgefleet-hub: admin token (also in {}): {token}",
+            data_dir.join(ADMIN_TOKEN_FILE).display()
+        );
     }
     let (changes, _) = tokio::sync::watch::channel(0u64);
     let state = Arc::new(api::AppState {
@@ -71,7 +76,9 @@ pub async fn run(
     });
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %data_dir.display(), "hub listening");
-    axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
     store.flush().await?;
     tracing::info!("hub stopped");
     Ok(())

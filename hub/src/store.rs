@@ -86,7 +86,9 @@ fn pair_key(a: &str, b: &str) -> Vec<u8> {
 
 impl Store {
     pub fn open(data_dir: &Path) -> HubResult<Self> {
-        let db = sled::Config::new().path(data_dir.join("meta.sled")).open()?;
+        let db = sled::Config::new()
+            .path(data_dir.join("meta.sled"))
+            .open()?;
         let blob_dir = data_dir.join("blobs").join("sha256");
         let tmp_dir = data_dir.join("tmp");
         std::fs::create_dir_all(&blob_dir)?;
@@ -127,13 +129,18 @@ impl Store {
     }
 
     pub fn blob_size(&self, digest: &Digest) -> Option<u64> {
-        std::fs::metadata(self.blob_path(digest)).ok().map(|m| m.len())
+        std::fs::metadata(self.blob_path(digest))
+            .ok()
+            .map(|m| m.len())
     }
 
     // ---- models ----
 
     pub fn model(&self, name: &str, version: u64) -> HubResult<Option<ModelRecord>> {
-        self.models.get(model_key(name, version))?.map(|v| decode(&v)).transpose()
+        self.models
+            .get(model_key(name, version))?
+            .map(|v| decode(&v))
+            .transpose()
     }
 
     pub fn latest_version(&self, name: &str) -> HubResult<Option<u64>> {
@@ -204,7 +211,8 @@ impl Store {
     // ---- desired state and issued assignments ----
 
     pub fn set_desired(&self, d: &DesiredRecord) -> HubResult<()> {
-        self.desired.insert(pair_key(&d.target.to_string(), &d.model), encode(d)?)?;
+        self.desired
+            .insert(pair_key(&d.target.to_string(), &d.model), encode(d)?)?;
         Ok(())
     }
 
@@ -213,7 +221,10 @@ impl Store {
     }
 
     pub fn issued(&self, device: &str, model: &str) -> HubResult<Option<Signed<Assignment>>> {
-        self.issued.get(pair_key(device, model))?.map(|v| decode(&v)).transpose()
+        self.issued
+            .get(pair_key(device, model))?
+            .map(|v| decode(&v))
+            .transpose()
     }
 
     pub fn put_issued(&self, device: &str, a: &Signed<Assignment>) -> HubResult<()> {
@@ -225,7 +236,10 @@ impl Store {
     /// The next assignment serial; durable before it is used so a serial is never reused.
     pub fn next_serial(&self) -> HubResult<u64> {
         let v = self.meta.update_and_fetch("serial", |old| {
-            let n = old.and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes).unwrap_or(0);
+            let n = old
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
             Some((n + 1).to_be_bytes().to_vec())
         })?;
         self.db.flush()?;
@@ -237,22 +251,40 @@ impl Store {
     // ---- sessions ----
 
     pub fn put_challenge(&self, nonce: &[u8], device: &str, expires_at: u64) -> HubResult<()> {
-        self.challenges.insert(nonce, encode(&SessionRecord { device_id: device.into(), expires_at })?)?;
+        self.challenges.insert(
+            nonce,
+            encode(&SessionRecord {
+                device_id: device.into(),
+                expires_at,
+            })?,
+        )?;
         Ok(())
     }
 
     /// Consumes a challenge (single use).
     pub fn take_challenge(&self, nonce: &[u8]) -> HubResult<Option<SessionRecord>> {
-        self.challenges.remove(nonce)?.map(|v| decode(&v)).transpose()
+        self.challenges
+            .remove(nonce)?
+            .map(|v| decode(&v))
+            .transpose()
     }
 
     pub fn put_session(&self, token_hash: &Digest, device: &str, expires_at: u64) -> HubResult<()> {
-        self.sessions.insert(token_hash.0, encode(&SessionRecord { device_id: device.into(), expires_at })?)?;
+        self.sessions.insert(
+            token_hash.0,
+            encode(&SessionRecord {
+                device_id: device.into(),
+                expires_at,
+            })?,
+        )?;
         Ok(())
     }
 
     pub fn session(&self, token_hash: &Digest) -> HubResult<Option<SessionRecord>> {
-        self.sessions.get(token_hash.0)?.map(|v| decode(&v)).transpose()
+        self.sessions
+            .get(token_hash.0)?
+            .map(|v| decode(&v))
+            .transpose()
     }
 
     /// Drops expired sessions and challenges.
@@ -260,7 +292,10 @@ impl Store {
         for tree in [&self.sessions, &self.challenges] {
             for item in tree.iter() {
                 let (k, v) = item?;
-                if decode::<SessionRecord>(&v).map(|s| s.expires_at <= now).unwrap_or(true) {
+                if decode::<SessionRecord>(&v)
+                    .map(|s| s.expires_at <= now)
+                    .unwrap_or(true)
+                {
                     tree.remove(k)?;
                 }
             }
@@ -281,12 +316,19 @@ pub fn resolve_desired(all: &[DesiredRecord], device: &DeviceRecord) -> Vec<Mode
         let better = match chosen.get(d.model.as_str()) {
             None => true,
             Some((old, old_is_device)) => {
-                (is_device && !old_is_device) || (is_device == *old_is_device && d.set_at >= old.set_at)
+                (is_device && !old_is_device)
+                    || (is_device == *old_is_device && d.set_at >= old.set_at)
             }
         };
         if better {
             chosen.insert(&d.model, (d, is_device));
         }
     }
-    chosen.values().map(|(d, _)| ModelRef { name: d.model.clone(), version: d.version }).collect()
+    chosen
+        .values()
+        .map(|(d, _)| ModelRef {
+            name: d.model.clone(),
+            version: d.version,
+        })
+        .collect()
 }

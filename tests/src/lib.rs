@@ -13,8 +13,16 @@ pub const FEATURES: usize = 8;
 pub const HIDDEN: usize = 16;
 
 /// Feature names of the demand model (the motivating shop case).
-pub const FEATURE_NAMES: [&str; FEATURES] =
-    ["fuel_price", "temperature", "day_of_week", "hour", "promo", "holiday", "lag_1d", "lag_7d"];
+pub const FEATURE_NAMES: [&str; FEATURES] = [
+    "fuel_price",
+    "temperature",
+    "day_of_week",
+    "hour",
+    "promo",
+    "holiday",
+    "lag_1d",
+    "lag_7d",
+];
 
 /// A two-layer perceptron `y = W2·relu(W1·x + b1) + b2` with deterministic weights.
 #[derive(Debug, Clone)]
@@ -38,7 +46,8 @@ fn splitmix(state: &mut u64) -> f32 {
 impl Mlp {
     pub fn new(seed: u64) -> Self {
         let mut s = seed;
-        let mut v = |n: usize, scale: f32| (0..n).map(|_| splitmix(&mut s) * scale).collect::<Vec<_>>();
+        let mut v =
+            |n: usize, scale: f32| (0..n).map(|_| splitmix(&mut s) * scale).collect::<Vec<_>>();
         let w1 = v(FEATURES * HIDDEN, 0.5);
         let b1 = v(HIDDEN, 0.1);
         let w2 = v(HIDDEN, 0.5);
@@ -73,7 +82,9 @@ impl Mlp {
 /// Deterministic probe rows.
 pub fn probe_rows(n: usize, seed: u64) -> Vec<Vec<f32>> {
     let mut s = seed ^ 0xABCD;
-    (0..n).map(|_| (0..FEATURES).map(|_| splitmix(&mut s) * 3.0).collect()).collect()
+    (0..n)
+        .map(|_| (0..FEATURES).map(|_| splitmix(&mut s) * 3.0).collect())
+        .collect()
 }
 
 pub fn input_spec() -> TensorSpec {
@@ -86,7 +97,12 @@ pub fn input_spec() -> TensorSpec {
 }
 
 pub fn output_spec() -> TensorSpec {
-    TensorSpec { name: "y".into(), datatype: DataType::Fp32, shape: vec![-1, 1], feature_names: vec![] }
+    TensorSpec {
+        name: "y".into(),
+        datatype: DataType::Fp32,
+        shape: vec![-1, 1],
+        feature_names: vec![],
+    }
 }
 
 /// Smoke tests for the MLP: a batch of probe rows with reference outputs.
@@ -108,7 +124,12 @@ pub fn smoke_tests(mlp: &Mlp, rows: usize) -> Vec<SmokeTest> {
 }
 
 /// The JSON spec `edgefleet sign --spec` reads.
-pub fn spec_json(name: &str, version: u64, mlp: &Mlp, broken_smoke_test: bool) -> serde_json::Value {
+pub fn spec_json(
+    name: &str,
+    version: u64,
+    mlp: &Mlp,
+    broken_smoke_test: bool,
+) -> serde_json::Value {
     let mut tests = smoke_tests(mlp, 4);
     if broken_smoke_test && let TensorData::Fp32(v) = &mut tests[0].expected[0].data {
         v[0] += 10.0;

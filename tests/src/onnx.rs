@@ -3,8 +3,7 @@
 use prost::Message;
 use tract_onnx::pb::{
     GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto,
-    TypeProto, ValueInfoProto, tensor_proto::DataType, tensor_shape_proto,
-    type_proto,
+    TypeProto, ValueInfoProto, tensor_proto::DataType, tensor_shape_proto, type_proto,
 };
 
 use crate::{FEATURES, HIDDEN, Mlp};
@@ -34,7 +33,13 @@ fn value_info(name: &str, elem: DataType, dims: &[Option<i64>]) -> ValueInfoProt
 }
 
 fn f32_tensor(name: &str, dims: &[i64], data: &[f32]) -> TensorProto {
-    TensorProto { name: name.into(), dims: dims.to_vec(), data_type: DataType::Float as i32, float_data: data.to_vec(), ..Default::default() }
+    TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: DataType::Float as i32,
+        float_data: data.to_vec(),
+        ..Default::default()
+    }
 }
 
 fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
@@ -50,7 +55,10 @@ fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
 fn model(graph: GraphProto) -> Vec<u8> {
     ModelProto {
         ir_version: 8,
-        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 17 }],
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
         producer_name: "edgefleet-testmodel".into(),
         graph: Some(graph),
         ..Default::default()
@@ -73,13 +81,19 @@ pub fn mlp(m: &Mlp, pad_floats: usize) -> Vec<u8> {
             f32_tensor("w2", &[HIDDEN as i64, 1], &m.w2),
             f32_tensor("b2", &[1], &[m.b2]),
         ],
-        input: vec![value_info("x", DataType::Float, &[None, Some(FEATURES as i64)])],
+        input: vec![value_info(
+            "x",
+            DataType::Float,
+            &[None, Some(FEATURES as i64)],
+        )],
         output: vec![value_info("y", DataType::Float, &[None, Some(1)])],
         ..Default::default()
     };
     if pad_floats > 0 {
         let pad: Vec<f32> = (0..pad_floats).map(|i| i as f32).collect();
-        graph.initializer.push(f32_tensor("pad", &[pad_floats as i64], &pad));
+        graph
+            .initializer
+            .push(f32_tensor("pad", &[pad_floats as i64], &pad));
     }
     model(graph)
 }
@@ -87,8 +101,20 @@ pub fn mlp(m: &Mlp, pad_floats: usize) -> Vec<u8> {
 /// A model exercising every served datatype: `a2 = a * 2` (FP64), `b1 = b + 1` (INT64),
 /// `c` passed through (INT32), `dn = Not(d)` (BOOL).
 pub fn typed() -> Vec<u8> {
-    let two = TensorProto { name: "two".into(), dims: vec![], data_type: DataType::Double as i32, double_data: vec![2.0], ..Default::default() };
-    let one = TensorProto { name: "one".into(), dims: vec![], data_type: DataType::Int64 as i32, int64_data: vec![1], ..Default::default() };
+    let two = TensorProto {
+        name: "two".into(),
+        dims: vec![],
+        data_type: DataType::Double as i32,
+        double_data: vec![2.0],
+        ..Default::default()
+    };
+    let one = TensorProto {
+        name: "one".into(),
+        dims: vec![],
+        data_type: DataType::Int64 as i32,
+        int64_data: vec![1],
+        ..Default::default()
+    };
     let graph = GraphProto {
         name: "typed".into(),
         node: vec![

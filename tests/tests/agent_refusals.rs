@@ -35,8 +35,17 @@ async fn failing_smoke_test_keeps_the_old_model_and_reports_why() {
     hub.assign("shop-1", "demand", 2).await;
     let e = hub.wait_error("shop-1", "smoke test").await;
     assert!(e.contains("expected"), "{e}");
-    assert_eq!(infer_ok(&http, &agent.url, "demand", &rows).await.expect("still serving").0, 1);
-    assert!(!agent.dir.path().join("models/demand/2").exists(), "a failing model is never installed");
+    assert_eq!(
+        infer_ok(&http, &agent.url, "demand", &rows)
+            .await
+            .expect("still serving")
+            .0,
+        1
+    );
+    assert!(
+        !agent.dir.path().join("models/demand/2").exists(),
+        "a failing model is never installed"
+    );
     agent.stop().await;
 }
 
@@ -45,7 +54,11 @@ async fn tampered_or_oversize_artifacts_are_refused() {
     let hub = Hub::start().await;
     let (_, artifact) = hub.push_mlp("demand", 1, 1).await;
     // A malicious mirror: the hub's stored blob is altered after upload (same size).
-    let blob = hub.dir.path().join("data/blobs/sha256").join(Digest::of(&artifact).to_hex());
+    let blob = hub
+        .dir
+        .path()
+        .join("data/blobs/sha256")
+        .join(Digest::of(&artifact).to_hex());
     let mut bytes = std::fs::read(&blob).expect("blob");
     let n = bytes.len();
     bytes[n / 2] ^= 0xff;
@@ -55,7 +68,13 @@ async fn tampered_or_oversize_artifacts_are_refused() {
     let e = hub.wait_error("shop-1", "hash mismatch").await;
     assert!(e.contains("discarded"), "{e}");
     let http = reqwest::Client::new();
-    let r = infer(&http, &agent.url, "demand", &edgefleet_tests::probe_rows(1, 1)).await;
+    let r = infer(
+        &http,
+        &agent.url,
+        "demand",
+        &edgefleet_tests::probe_rows(1, 1),
+    )
+    .await;
     assert_eq!(r.status(), 404, "nothing is served");
     agent.stop().await;
 
@@ -107,11 +126,16 @@ async fn manifest_digest(hub: &Hub, name: &str, version: u64) -> Digest {
         .bytes()
         .await
         .expect("bytes");
-    Signed::<ModelManifest>::from_bytes(&bytes).expect("manifest").digest()
+    Signed::<ModelManifest>::from_bytes(&bytes)
+        .expect("manifest")
+        .digest()
 }
 
 fn bundle(a: Assignment, key: &SecretKey) -> AssignmentBundle {
-    AssignmentBundle { assignments: vec![Signed::sign(&a, key, None).expect("sign")], rotations: vec![] }
+    AssignmentBundle {
+        assignments: vec![Signed::sign(&a, key, None).expect("sign")],
+        rotations: vec![],
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -131,12 +155,24 @@ async fn replayed_expired_misdirected_and_untrusted_assignments_are_refused() {
         issued_at: now,
         expires_at: now + 3600,
     };
-    let (d1, d2) = (manifest_digest(&hub, "demand", 1).await, manifest_digest(&hub, "demand", 2).await);
-    u.apply(&bundle(a(1, 10, d1), &hub.root), now).await.expect("v1");
-    u.apply(&bundle(a(2, 20, d2), &hub.root), now).await.expect("v2");
-    assert_eq!(u.registry.get("demand").expect("served").manifest.version, 2);
+    let (d1, d2) = (
+        manifest_digest(&hub, "demand", 1).await,
+        manifest_digest(&hub, "demand", 2).await,
+    );
+    u.apply(&bundle(a(1, 10, d1), &hub.root), now)
+        .await
+        .expect("v1");
+    u.apply(&bundle(a(2, 20, d2), &hub.root), now)
+        .await
+        .expect("v2");
+    assert_eq!(
+        u.registry.get("demand").expect("served").manifest.version,
+        2
+    );
 
-    let err = |r: Result<(), edgefleet_agent::error::AgentError>| r.expect_err("must be refused").to_string();
+    let err = |r: Result<(), edgefleet_agent::error::AgentError>| {
+        r.expect_err("must be refused").to_string()
+    };
     // Replay of an older assignment (lower serial).
     let e = err(u.apply(&bundle(a(1, 15, d1), &hub.root), now).await);
     assert!(e.contains("replayed"), "{e}");
@@ -149,12 +185,21 @@ async fn replayed_expired_misdirected_and_untrusted_assignments_are_refused() {
     other.target = Target::Device("shop-9".into());
     assert!(err(u.apply(&bundle(other, &hub.root), now).await).contains("not this device"));
     // Signed by a key nobody delegated to.
-    let e = err(u.apply(&bundle(a(1, 32, d1), &SecretKey::generate().expect("k")), now).await);
+    let e = err(u
+        .apply(
+            &bundle(a(1, 32, d1), &SecretKey::generate().expect("k")),
+            now,
+        )
+        .await);
     assert!(e.contains("not trusted"), "{e}");
     // Mix-and-match: version 1 with version 2's manifest digest.
     let e = err(u.apply(&bundle(a(1, 33, d2), &hub.root), now).await);
     assert!(e.contains("binds"), "{e}");
-    assert_eq!(u.registry.get("demand").expect("served").manifest.version, 2, "still serving v2");
+    assert_eq!(
+        u.registry.get("demand").expect("served").manifest.version,
+        2,
+        "still serving v2"
+    );
     assert_eq!(u.trust.lock().await.serials["demand"], 20);
 
     // Persisted: a restarted updater still refuses the replay.
@@ -177,7 +222,11 @@ async fn hub_signed_assignment_is_refused_once_the_delegation_expired() {
     assert_eq!(bundle.assignments.len(), 1);
     // The delegation in the test hub lasts one day: two days on, it has expired.
     let later = now() + 2 * 86400;
-    let e = u.apply(&bundle, later).await.expect_err("expired delegation").to_string();
+    let e = u
+        .apply(&bundle, later)
+        .await
+        .expect_err("expired delegation")
+        .to_string();
     assert!(e.contains("delegation expired"), "{e}");
     u.apply(&bundle, now()).await.expect("valid now");
 }

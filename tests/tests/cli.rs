@@ -10,7 +10,14 @@ use support::bin;
 
 fn run(cmd: &mut Command) -> (bool, String) {
     let out = cmd.output().expect("run");
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 #[test]
@@ -23,14 +30,23 @@ fn quickstart_script_runs_end_to_end() {
         .env("EDGEFLEET_BIN", &bin_dir)
         .env("EDGEFLEET_DEMO_DIR", dir.path())
         .env("EDGEFLEET_DEMO_EXIT", "1"));
-    assert!(ok, "{out}\n--- hub.log\n{}\n--- agent.log\n{}",
+    assert!(
+        ok,
+        "{out}\n--- hub.log\n{}\n--- agent.log\n{}",
         std::fs::read_to_string(dir.path().join("hub.log")).unwrap_or_default(),
-        std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default());
+        std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default()
+    );
     assert!(out.contains("\"model_version\":\"1\""), "{out}");
     assert!(out.contains("quick start OK"), "{out}");
-    let mode = std::fs::metadata(dir.path().join("keys/root.key")).expect("key").permissions().mode();
+    let mode = std::fs::metadata(dir.path().join("keys/root.key"))
+        .expect("key")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
-    let mode = std::fs::metadata(dir.path().join("hub/admin-token")).expect("token").permissions().mode();
+    let mode = std::fs::metadata(dir.path().join("hub/admin-token"))
+        .expect("token")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
 
@@ -45,14 +61,26 @@ fn cli_refuses_bad_input_with_a_useful_message() {
 
     // A private key others can read is refused.
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    let (ok, out) = run(ef().args(["delegate", "--root-key"]).arg(&key).arg("--to").arg(dir.path().join("root.key.pub")).arg("--out").arg(dir.path().join("d")));
+    let (ok, out) = run(ef()
+        .args(["delegate", "--root-key"])
+        .arg(&key)
+        .arg("--to")
+        .arg(dir.path().join("root.key.pub"))
+        .arg("--out")
+        .arg(dir.path().join("d")));
     assert!(!ok && out.contains("chmod 600"), "{out}");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
 
     // Bad durations, patterns and permissions.
     let delegate = |extra: &[&str]| {
         let mut c = ef();
-        c.args(["delegate", "--root-key"]).arg(&key).arg("--to").arg(dir.path().join("root.key.pub")).arg("--out").arg(dir.path().join("d")).args(extra);
+        c.args(["delegate", "--root-key"])
+            .arg(&key)
+            .arg("--to")
+            .arg(dir.path().join("root.key.pub"))
+            .arg("--out")
+            .arg(dir.path().join("d"))
+            .args(extra);
         run(&mut c)
     };
     let (ok, out) = delegate(&["--expires-in", "3w"]);
@@ -65,9 +93,23 @@ fn cli_refuses_bad_input_with_a_useful_message() {
 
     // A spec that is not valid JSON, and one with unknown fields.
     std::fs::write(dir.path().join("model.onnx"), b"x").expect("write");
-    for (spec, needle) in [("{", "not valid"), ("{\"name\":\"a\",\"version\":1,\"inputs\":[],\"outputs\":[],\"bogus\":1}", "not valid")] {
+    for (spec, needle) in [
+        ("{", "not valid"),
+        (
+            "{\"name\":\"a\",\"version\":1,\"inputs\":[],\"outputs\":[],\"bogus\":1}",
+            "not valid",
+        ),
+    ] {
         std::fs::write(dir.path().join("spec.json"), spec).expect("write");
-        let (ok, out) = run(ef().args(["sign", "--key"]).arg(&key).arg("--spec").arg(dir.path().join("spec.json")).arg("--model").arg(dir.path().join("model.onnx")).arg("--out").arg(dir.path().join("m")));
+        let (ok, out) = run(ef()
+            .args(["sign", "--key"])
+            .arg(&key)
+            .arg("--spec")
+            .arg(dir.path().join("spec.json"))
+            .arg("--model")
+            .arg(dir.path().join("model.onnx"))
+            .arg("--out")
+            .arg(dir.path().join("m")));
         assert!(!ok && out.contains(needle), "{out}");
     }
     // Talking to a hub: no token, a bad URL, a hub that is not there.
@@ -85,23 +127,34 @@ fn cli_refuses_bad_input_with_a_useful_message() {
 fn check_config_names_every_bad_key() {
     let dir = tempfile::tempdir().expect("tmp");
     let cfg = dir.path().join("agent.toml");
-    std::fs::write(&cfg, "device_id = \"Bad Id\"\nhub_url = \"nope\"\nroot_key = \"/nonexistent\"\n").expect("write");
-    let (ok, out) = run(Command::new(bin("edgefleet-agent")).args(["check-config", "--config"]).arg(&cfg));
+    std::fs::write(
+        &cfg,
+        "device_id = \"Bad Id\"\nhub_url = \"nope\"\nroot_key = \"/nonexistent\"\n",
+    )
+    .expect("write");
+    let (ok, out) = run(Command::new(bin("edgefleet-agent"))
+        .args(["check-config", "--config"])
+        .arg(&cfg));
     assert!(!ok);
     for key in ["device_id", "hub_url", "root_key"] {
         assert!(out.contains(key), "{key}: {out}");
     }
     std::fs::write(&cfg, "device_idd = \"x\"\n").expect("write");
-    let (ok, out) = run(Command::new(bin("edgefleet-agent")).args(["check-config", "--config"]).arg(&cfg));
+    let (ok, out) = run(Command::new(bin("edgefleet-agent"))
+        .args(["check-config", "--config"])
+        .arg(&cfg));
     assert!(!ok && out.contains("device_idd"), "{out}");
 
     let hub_cfg = dir.path().join("hub.toml");
     std::fs::write(&hub_cfg, "log_format = \"xml\"\n").expect("write");
-    let (ok, out) = run(Command::new(bin("edgefleet-hub")).args(["check-config", "--config"]).arg(&hub_cfg));
+    let (ok, out) = run(Command::new(bin("edgefleet-hub"))
+        .args(["check-config", "--config"])
+        .arg(&hub_cfg));
     assert!(!ok);
     for key in ["log_format", "root_key", "signing_key", "delegation"] {
         assert!(out.contains(key), "{key}: {out}");
     }
-    let (ok, out) = run(Command::new(bin("edgefleet-hub")).args(["serve", "--listen", "not-an-address"]));
+    let (ok, out) =
+        run(Command::new(bin("edgefleet-hub")).args(["serve", "--listen", "not-an-address"]));
     assert!(!ok && out.contains("invalid"), "{out}");
 }

@@ -27,11 +27,25 @@ async fn kill_during_download_resumes_and_never_serves_a_partial_model() {
     let m = hub.manifest("demand", 2, &mlp2, &artifact);
     hub.push(&m, &artifact).await;
     hub.assign("shop-1", "demand", 2).await;
-    let b = AgentProcess::spawn(&hub.url, &hub.root_pub_path, "shop-1", data.path(), Some("abort-download-after:1000000"));
+    let b = AgentProcess::spawn(
+        &hub.url,
+        &hub.root_pub_path,
+        "shop-1",
+        data.path(),
+        Some("abort-download-after:1000000"),
+    );
     let (status, logs) = b.wait_exit().await;
-    assert!(!status.success(), "the fault point aborts the process\n{logs}");
-    let part = data.path().join("staging").join(format!("{}.part", m.artifact.sha256));
-    let have = std::fs::metadata(&part).expect("partial download kept").len();
+    assert!(
+        !status.success(),
+        "the fault point aborts the process\n{logs}"
+    );
+    let part = data
+        .path()
+        .join("staging")
+        .join(format!("{}.part", m.artifact.sha256));
+    let have = std::fs::metadata(&part)
+        .expect("partial download kept")
+        .len();
     assert!(have >= 1_000_000 && have < artifact.len() as u64, "{have}");
 
     // Hub down: the restarted agent serves the last good model (v1) from disk.
@@ -39,15 +53,30 @@ async fn kill_during_download_resumes_and_never_serves_a_partial_model() {
     let url = c.wait_listening().await;
     let (v, out) = eventually("v1 from disk", || infer_ok(&http, &url, "demand", &rows)).await;
     assert_eq!(v, 1);
-    assert_close(&out, &rows.iter().map(|r| mlp1.predict(r)).collect::<Vec<_>>());
+    assert_close(
+        &out,
+        &rows.iter().map(|r| mlp1.predict(r)).collect::<Vec<_>>(),
+    );
     c.kill9().await;
 
     // Hub back: the download resumes where it stopped and v2 is served.
     let mut d = AgentProcess::spawn(&hub.url, &hub.root_pub_path, "shop-1", data.path(), None);
     let url = d.wait_listening().await;
-    let (_, out) = eventually("v2", || async { infer_ok(&http, &url, "demand", &rows).await.filter(|(v, _)| *v == 2) }).await;
-    assert_close(&out, &rows.iter().map(|r| mlp2.predict(r)).collect::<Vec<_>>());
-    assert!(d.log_contains("resuming download"), "the download resumed with a Range request:\n{}", d.dump());
+    let (_, out) = eventually("v2", || async {
+        infer_ok(&http, &url, "demand", &rows)
+            .await
+            .filter(|(v, _)| *v == 2)
+    })
+    .await;
+    assert_close(
+        &out,
+        &rows.iter().map(|r| mlp2.predict(r)).collect::<Vec<_>>(),
+    );
+    assert!(
+        d.log_contains("resuming download"),
+        "the download resumed with a Range request:\n{}",
+        d.dump()
+    );
     assert!(!part.exists(), "staging is cleaned up once installed");
     d.kill9().await;
 }
@@ -68,13 +97,25 @@ async fn kill_during_swap_serves_a_whole_model_after_restart() {
     let (mlp2, _) = hub.push_mlp("demand", 2, 2).await;
     hub.assign("shop-1", "demand", 2).await;
     for fault in ["abort-before-install", "abort-before-activate"] {
-        let b = AgentProcess::spawn(&hub.url, &hub.root_pub_path, "shop-1", data.path(), Some(fault));
+        let b = AgentProcess::spawn(
+            &hub.url,
+            &hub.root_pub_path,
+            "shop-1",
+            data.path(),
+            Some(fault),
+        );
         let (status, logs) = b.wait_exit().await;
         assert!(!status.success(), "{fault}\n{logs}");
         let mut c = AgentProcess::spawn(DEAD_HUB, &hub.root_pub_path, "shop-1", data.path(), None);
         let url = c.wait_listening().await;
-        let (v, _) = eventually("a whole model after the crash", || infer_ok(&http, &url, "demand", &rows)).await;
-        assert_eq!(v, 1, "{fault}: the old model until the new one was activated");
+        let (v, _) = eventually("a whole model after the crash", || {
+            infer_ok(&http, &url, "demand", &rows)
+        })
+        .await;
+        assert_eq!(
+            v, 1,
+            "{fault}: the old model until the new one was activated"
+        );
         c.kill9().await;
     }
 
@@ -92,8 +133,16 @@ async fn kill_during_swap_serves_a_whole_model_after_restart() {
 
     let mut d = AgentProcess::spawn(&hub.url, &hub.root_pub_path, "shop-1", data.path(), None);
     let url = d.wait_listening().await;
-    let (_, out) = eventually("v2", || async { infer_ok(&http, &url, "demand", &rows).await.filter(|(v, _)| *v == 2) }).await;
-    assert_close(&out, &rows.iter().map(|r| mlp2.predict(r)).collect::<Vec<_>>());
+    let (_, out) = eventually("v2", || async {
+        infer_ok(&http, &url, "demand", &rows)
+            .await
+            .filter(|(v, _)| *v == 2)
+    })
+    .await;
+    assert_close(
+        &out,
+        &rows.iter().map(|r| mlp2.predict(r)).collect::<Vec<_>>(),
+    );
     d.kill9().await;
 }
 
@@ -108,7 +157,12 @@ async fn a_damaged_active_model_falls_back_to_the_previous_one() {
     eventually("v1", || infer_ok(&http, &agent.url, "demand", &rows)).await;
     hub.push_mlp("demand", 2, 2).await;
     hub.assign("shop-1", "demand", 2).await;
-    eventually("v2", || async { infer_ok(&http, &agent.url, "demand", &rows).await.filter(|(v, _)| *v == 2) }).await;
+    eventually("v2", || async {
+        infer_ok(&http, &agent.url, "demand", &rows)
+            .await
+            .filter(|(v, _)| *v == 2)
+    })
+    .await;
     let dir = agent.stop().await;
     // Disk damage to the active version.
     let f = dir.path().join("models/demand/2/model.onnx");
@@ -118,7 +172,10 @@ async fn a_damaged_active_model_falls_back_to_the_previous_one() {
     let mut hub = hub;
     hub.url = DEAD_HUB.into();
     let agent = Agent::start_in(&hub, "shop-1", dir).await;
-    let (v, _) = eventually("fallback to v1", || infer_ok(&http, &agent.url, "demand", &rows)).await;
+    let (v, _) = eventually("fallback to v1", || {
+        infer_ok(&http, &agent.url, "demand", &rows)
+    })
+    .await;
     assert_eq!(v, 1);
     agent.stop().await;
 }

@@ -7,7 +7,12 @@ use serde_json::{Value, json};
 use support::*;
 
 fn spec(name: &str, dt: DataType, cols: i64) -> TensorSpec {
-    TensorSpec { name: name.into(), datatype: dt, shape: vec![-1, cols], feature_names: vec![] }
+    TensorSpec {
+        name: name.into(),
+        datatype: dt,
+        shape: vec![-1, cols],
+        feature_names: vec![],
+    }
 }
 
 async fn setup() -> (Hub, Agent) {
@@ -17,9 +22,23 @@ async fn setup() -> (Hub, Agent) {
     let m = ModelManifest {
         name: "typed".into(),
         version: 1,
-        artifact: ArtifactRef { sha256: edgefleet_common::Digest::of(&typed), size: typed.len() as u64, format: ModelFormat::Onnx },
-        inputs: vec![spec("a", DataType::Fp64, 2), spec("b", DataType::Int64, 2), spec("c", DataType::Int32, 1), spec("d", DataType::Bool, 1)],
-        outputs: vec![spec("a2", DataType::Fp64, 2), spec("b1", DataType::Int64, 2), spec("c1", DataType::Int32, 1), spec("dn", DataType::Bool, 1)],
+        artifact: ArtifactRef {
+            sha256: edgefleet_common::Digest::of(&typed),
+            size: typed.len() as u64,
+            format: ModelFormat::Onnx,
+        },
+        inputs: vec![
+            spec("a", DataType::Fp64, 2),
+            spec("b", DataType::Int64, 2),
+            spec("c", DataType::Int32, 1),
+            spec("d", DataType::Bool, 1),
+        ],
+        outputs: vec![
+            spec("a2", DataType::Fp64, 2),
+            spec("b1", DataType::Int64, 2),
+            spec("c1", DataType::Int32, 1),
+            spec("dn", DataType::Bool, 1),
+        ],
         smoke_tests: vec![],
         created_at: now(),
         lineage: Default::default(),
@@ -32,8 +51,16 @@ async fn setup() -> (Hub, Agent) {
     let agent = Agent::start(&hub, "shop-1").await;
     let http = reqwest::Client::new();
     eventually("both models", || async {
-        let a = http.get(format!("{}/v2/models/demand/ready", agent.url)).send().await.ok()?;
-        let b = http.get(format!("{}/v2/models/typed/ready", agent.url)).send().await.ok()?;
+        let a = http
+            .get(format!("{}/v2/models/demand/ready", agent.url))
+            .send()
+            .await
+            .ok()?;
+        let b = http
+            .get(format!("{}/v2/models/typed/ready", agent.url))
+            .send()
+            .await
+            .ok()?;
         (a.status() == 200 && b.status() == 200).then_some(())
     })
     .await;
@@ -50,15 +77,41 @@ async fn metadata_health_and_every_datatype() {
     let server: Value = get("/v2").await.expect("v2").json().await.expect("json");
     assert_eq!(server["name"], "edgefleet-agent");
     assert!(server["extensions"].is_array());
-    let meta: Value = get("/v2/models/demand").await.expect("meta").json().await.expect("json");
-    assert_eq!(meta, json!({
-        "name": "demand", "versions": ["1"], "platform": "onnx",
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 8]}],
-        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}],
-    }));
-    assert_eq!(get("/v2/models/demand/versions/1").await.expect("v").status(), 200);
-    assert_eq!(get("/v2/models/demand/versions/1/ready").await.expect("v").status(), 200);
-    assert_eq!(get("/v2/models/demand/versions/7/ready").await.expect("v").status(), 404);
+    let meta: Value = get("/v2/models/demand")
+        .await
+        .expect("meta")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        meta,
+        json!({
+            "name": "demand", "versions": ["1"], "platform": "onnx",
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 8]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}],
+        })
+    );
+    assert_eq!(
+        get("/v2/models/demand/versions/1")
+            .await
+            .expect("v")
+            .status(),
+        200
+    );
+    assert_eq!(
+        get("/v2/models/demand/versions/1/ready")
+            .await
+            .expect("v")
+            .status(),
+        200
+    );
+    assert_eq!(
+        get("/v2/models/demand/versions/7/ready")
+            .await
+            .expect("v")
+            .status(),
+        404
+    );
 
     let body = json!({
         "id": "abc",
@@ -70,22 +123,55 @@ async fn metadata_health_and_every_datatype() {
         ],
         "outputs": [{"name": "a2"}, {"name": "b1"}, {"name": "c1"}, {"name": "dn"}]
     });
-    let r = http.post(format!("{}/v2/models/typed/versions/1/infer", agent.url)).json(&body).send().await.expect("infer");
+    let r = http
+        .post(format!("{}/v2/models/typed/versions/1/infer", agent.url))
+        .json(&body)
+        .send()
+        .await
+        .expect("infer");
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["id"], "abc");
     assert_eq!(v["model_name"], "typed");
     assert_eq!(v["model_version"], "1");
-    let out = |n: &str| v["outputs"].as_array().expect("outputs").iter().find(|o| o["name"] == n).cloned().expect(n);
-    assert_eq!(out("a2"), json!({"name": "a2", "datatype": "FP64", "shape": [2, 2], "data": [3.0, -4.0, 0.5, 2e300]}));
-    assert_eq!(out("b1"), json!({"name": "b1", "datatype": "INT64", "shape": [2, 2], "data": [2, -4, 9007199254740994i64, 1]}));
-    assert_eq!(out("c1"), json!({"name": "c1", "datatype": "INT32", "shape": [2, 1], "data": [7, -8]}));
-    assert_eq!(out("dn"), json!({"name": "dn", "datatype": "BOOL", "shape": [2, 1], "data": [false, true]}));
+    let out = |n: &str| {
+        v["outputs"]
+            .as_array()
+            .expect("outputs")
+            .iter()
+            .find(|o| o["name"] == n)
+            .cloned()
+            .expect(n)
+    };
+    assert_eq!(
+        out("a2"),
+        json!({"name": "a2", "datatype": "FP64", "shape": [2, 2], "data": [3.0, -4.0, 0.5, 2e300]})
+    );
+    assert_eq!(
+        out("b1"),
+        json!({"name": "b1", "datatype": "INT64", "shape": [2, 2], "data": [2, -4, 9007199254740994i64, 1]})
+    );
+    assert_eq!(
+        out("c1"),
+        json!({"name": "c1", "datatype": "INT32", "shape": [2, 1], "data": [7, -8]})
+    );
+    assert_eq!(
+        out("dn"),
+        json!({"name": "dn", "datatype": "BOOL", "shape": [2, 1], "data": [false, true]})
+    );
 
     // Output selection.
     let mut only = body.clone();
     only["outputs"] = json!([{"name": "dn"}]);
-    let v: Value = http.post(format!("{}/v2/models/typed/infer", agent.url)).json(&only).send().await.expect("infer").json().await.expect("json");
+    let v: Value = http
+        .post(format!("{}/v2/models/typed/infer", agent.url))
+        .json(&only)
+        .send()
+        .await
+        .expect("infer")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(v["outputs"].as_array().expect("outputs").len(), 1);
     agent.stop().await;
 }
@@ -125,18 +211,49 @@ async fn malformed_requests_get_a_4xx_that_says_what_was_expected() {
         let v: Value = r.json().await.expect("error body is JSON");
         let msg = v["error"].as_str().unwrap_or_default();
         assert_eq!(got, status, "{}: {msg}", String::from_utf8_lossy(&body));
-        assert!(msg.contains(needle), "{}: {msg:?} should contain {needle:?}", String::from_utf8_lossy(&body));
+        assert!(
+            msg.contains(needle),
+            "{}: {msg:?} should contain {needle:?}",
+            String::from_utf8_lossy(&body)
+        );
     }
     // A version that is not loaded, an oversized body, a huge element count.
-    let r = http.post(format!("{}/v2/models/demand/versions/9/infer", agent.url)).json(&x(json!([1, 8]), "FP32", ok_row.clone())).send().await.expect("infer");
+    let r = http
+        .post(format!("{}/v2/models/demand/versions/9/infer", agent.url))
+        .json(&x(json!([1, 8]), "FP32", ok_row.clone()))
+        .send()
+        .await
+        .expect("infer");
     assert_eq!(r.status(), 404);
     let big = vec![b' '; 9 * 1024 * 1024];
-    let r = http.post(format!("{}/v2/models/demand/infer", agent.url)).body(big).send().await.expect("infer");
+    let r = http
+        .post(format!("{}/v2/models/demand/infer", agent.url))
+        .body(big)
+        .send()
+        .await
+        .expect("infer");
     assert_eq!(r.status(), 413);
-    let many = format!("{{\"inputs\":[{{\"name\":\"x\",\"shape\":[1,8],\"datatype\":\"FP32\",\"data\":[{}0]}}]}}", "0,".repeat(1_100_000));
-    let r = http.post(format!("{}/v2/models/demand/infer", agent.url)).body(many).send().await.expect("infer");
+    let many = format!(
+        "{{\"inputs\":[{{\"name\":\"x\",\"shape\":[1,8],\"datatype\":\"FP32\",\"data\":[{}0]}}]}}",
+        "0,".repeat(1_100_000)
+    );
+    let r = http
+        .post(format!("{}/v2/models/demand/infer", agent.url))
+        .body(many)
+        .send()
+        .await
+        .expect("infer");
     assert_eq!(r.status(), 400);
     // Still healthy afterwards.
-    assert!(infer_ok(&http, &agent.url, "demand", &edgefleet_tests::probe_rows(1, 1)).await.is_some());
+    assert!(
+        infer_ok(
+            &http,
+            &agent.url,
+            "demand",
+            &edgefleet_tests::probe_rows(1, 1)
+        )
+        .await
+        .is_some()
+    );
     agent.stop().await;
 }

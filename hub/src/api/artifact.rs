@@ -13,12 +13,19 @@ use crate::error::{HubError, HubResult};
 /// Parses a single `bytes=` range against `size`: `start-`, `start-end` or `-suffix`.
 /// Multiple ranges are not supported (devices never ask for them).
 pub fn parse_range(value: &str, size: u64) -> Result<(u64, u64), String> {
-    let spec = value.trim().strip_prefix("bytes=").ok_or("only `bytes=` ranges are supported")?;
+    let spec = value
+        .trim()
+        .strip_prefix("bytes=")
+        .ok_or("only `bytes=` ranges are supported")?;
     if spec.contains(',') {
         return Err("multiple ranges are not supported".into());
     }
     let (a, b) = spec.split_once('-').ok_or("a range needs a '-'")?;
-    let num = |s: &str| s.trim().parse::<u64>().map_err(|_| format!("{s:?} is not a byte offset"));
+    let num = |s: &str| {
+        s.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("{s:?} is not a byte offset"))
+    };
     let (start, end) = match (a.trim().is_empty(), b.trim().is_empty()) {
         (true, true) => return Err("empty range".into()),
         (true, false) => {
@@ -29,7 +36,9 @@ pub fn parse_range(value: &str, size: u64) -> Result<(u64, u64), String> {
         (false, false) => (num(a)?, num(b)?.min(size.saturating_sub(1))),
     };
     if start >= size || start > end {
-        return Err(format!("range {start}-{end} is outside the artifact's {size} bytes"));
+        return Err(format!(
+            "range {start}-{end} is outside the artifact's {size} bytes"
+        ));
     }
     Ok((start, end))
 }
@@ -49,7 +58,11 @@ pub async fn get_artifact(
         .map_err(|e| HubError::Internal(format!("artifact {digest} missing: {e}")))?;
     let size = file.metadata().await?.len();
 
-    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        == Some(etag.as_str())
+    {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
     // A range applies only if the client's copy is the same artifact (If-Range, when present).
@@ -92,7 +105,14 @@ mod tests {
         assert_eq!(parse_range("bytes=2-5", 10), Ok((2, 5)));
         assert_eq!(parse_range("bytes=2-50", 10), Ok((2, 9)));
         assert_eq!(parse_range("bytes=-3", 10), Ok((7, 9)));
-        for bad in ["bytes=10-", "bytes=5-2", "items=0-1", "bytes=0-1,3-4", "bytes=-", "bytes=x-"] {
+        for bad in [
+            "bytes=10-",
+            "bytes=5-2",
+            "items=0-1",
+            "bytes=0-1,3-4",
+            "bytes=-",
+            "bytes=x-",
+        ] {
             assert!(parse_range(bad, 10).is_err(), "{bad}");
         }
     }

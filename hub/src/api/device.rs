@@ -15,14 +15,22 @@ use crate::error::{HubError, HubResult};
 use crate::store::{DesiredRecord, DeviceRecord, resolve_desired};
 
 /// `POST /api/v1/enroll` with a postcard `Signed<EnrollRequest>` self-signed by the device key.
-pub async fn enroll(State(s): State<SharedState>, body: Bytes) -> HubResult<(StatusCode, Json<serde_json::Value>)> {
+pub async fn enroll(
+    State(s): State<SharedState>,
+    body: Bytes,
+) -> HubResult<(StatusCode, Json<serde_json::Value>)> {
     let signed = Signed::<EnrollRequest>::from_bytes(&body)?;
     let req = signed.decode_unverified()?;
     // Self-signed: the signer must be the key being enrolled, which proves possession.
     if signed.signer != req.public_key
-        || !req.public_key.verify(&encoding::signing_bytes(EnrollRequest::KIND, &signed.body), &signed.signature)
+        || !req.public_key.verify(
+            &encoding::signing_bytes(EnrollRequest::KIND, &signed.body),
+            &signed.signature,
+        )
     {
-        return Err(HubError::Forbidden("enrollment request is not signed by the key it enrolls".into()));
+        return Err(HubError::Forbidden(
+            "enrollment request is not signed by the key it enrolls".into(),
+        ));
     }
     req.validate()?;
     let token_ok = match (&s.loaded.config.enrollment_token, &req.enrollment_token) {
@@ -67,12 +75,22 @@ pub async fn enroll(State(s): State<SharedState>, body: Bytes) -> HubResult<(Sta
         }
     };
     s.store.flush().await?;
-    Ok((StatusCode::OK, Json(serde_json::json!({"device_id": req.device_id, "approved": approved}))))
+    Ok((
+        StatusCode::OK,
+        Json(serde_json::json!({"device_id": req.device_id, "approved": approved})),
+    ))
 }
 
-pub async fn approve(_: Admin, State(s): State<SharedState>, Path(id): Path<String>) -> HubResult<Json<DeviceRecord>> {
+pub async fn approve(
+    _: Admin,
+    State(s): State<SharedState>,
+    Path(id): Path<String>,
+) -> HubResult<Json<DeviceRecord>> {
     name::validate(&id)?;
-    let mut d = s.store.device(&id)?.ok_or_else(|| HubError::NotFound(format!("no device {id:?}")))?;
+    let mut d = s
+        .store
+        .device(&id)?
+        .ok_or_else(|| HubError::NotFound(format!("no device {id:?}")))?;
     d.approved = true;
     s.store.put_device(&d)?;
     s.store.flush().await?;
@@ -80,13 +98,23 @@ pub async fn approve(_: Admin, State(s): State<SharedState>, Path(id): Path<Stri
     Ok(Json(d))
 }
 
-pub async fn list_devices(_: Admin, State(s): State<SharedState>) -> HubResult<Json<Vec<DeviceRecord>>> {
+pub async fn list_devices(
+    _: Admin,
+    State(s): State<SharedState>,
+) -> HubResult<Json<Vec<DeviceRecord>>> {
     Ok(Json(s.store.devices()?))
 }
 
-pub async fn get_device(_: Admin, State(s): State<SharedState>, Path(id): Path<String>) -> HubResult<Json<DeviceRecord>> {
+pub async fn get_device(
+    _: Admin,
+    State(s): State<SharedState>,
+    Path(id): Path<String>,
+) -> HubResult<Json<DeviceRecord>> {
     name::validate(&id)?;
-    s.store.device(&id)?.map(Json).ok_or_else(|| HubError::NotFound(format!("no device {id:?}")))
+    s.store
+        .device(&id)?
+        .map(Json)
+        .ok_or_else(|| HubError::NotFound(format!("no device {id:?}")))
 }
 
 #[derive(Deserialize)]
@@ -95,12 +123,17 @@ pub struct ChallengeRequest {
 }
 
 /// `POST /api/v1/device/challenge`: a single-use nonce for an approved device.
-pub async fn challenge(State(s): State<SharedState>, Json(req): Json<ChallengeRequest>) -> HubResult<Json<serde_json::Value>> {
+pub async fn challenge(
+    State(s): State<SharedState>,
+    Json(req): Json<ChallengeRequest>,
+) -> HubResult<Json<serde_json::Value>> {
     name::validate(&req.device_id)?;
-    let d = s
-        .store
-        .device(&req.device_id)?
-        .ok_or_else(|| HubError::NotFound(format!("device {} is not enrolled; enroll it first", req.device_id)))?;
+    let d = s.store.device(&req.device_id)?.ok_or_else(|| {
+        HubError::NotFound(format!(
+            "device {} is not enrolled; enroll it first",
+            req.device_id
+        ))
+    })?;
     if !d.approved {
         return Err(HubError::Forbidden(format!(
             "device {} is waiting for approval (`edgefleet approve {}`)",
@@ -114,31 +147,47 @@ pub async fn challenge(State(s): State<SharedState>, Json(req): Json<ChallengeRe
 }
 
 /// `POST /api/v1/device/session` with a postcard `Signed<SessionProof>` over the nonce.
-pub async fn session(State(s): State<SharedState>, body: Bytes) -> HubResult<Json<serde_json::Value>> {
+pub async fn session(
+    State(s): State<SharedState>,
+    body: Bytes,
+) -> HubResult<Json<serde_json::Value>> {
     let signed = Signed::<SessionProof>::from_bytes(&body)?;
     let proof = signed.decode_unverified()?;
     let challenge = s
         .store
         .take_challenge(&proof.nonce)?
         .filter(|c| c.device_id == proof.device_id && c.expires_at > crate::now())
-        .ok_or_else(|| HubError::Unauthorized("unknown or expired challenge; ask for a new one".into()))?;
+        .ok_or_else(|| {
+            HubError::Unauthorized("unknown or expired challenge; ask for a new one".into())
+        })?;
     let device = s
         .store
         .device(&challenge.device_id)?
         .filter(|d| d.approved)
         .ok_or_else(|| HubError::Forbidden("device is not approved".into()))?;
     if signed.signer != device.public_key
-        || !device.public_key.verify(&encoding::signing_bytes(SessionProof::KIND, &signed.body), &signed.signature)
+        || !device.public_key.verify(
+            &encoding::signing_bytes(SessionProof::KIND, &signed.body),
+            &signed.signature,
+        )
     {
-        return Err(HubError::Unauthorized("challenge not signed by the enrolled device key".into()));
+        return Err(HubError::Unauthorized(
+            "challenge not signed by the enrolled device key".into(),
+        ));
     }
     let mut token = [0u8; 32];
     getrandom::fill(&mut token).map_err(|e| HubError::Internal(e.to_string()))?;
     let token = hex::encode(token);
     let ttl = s.loaded.config.session_ttl_secs;
-    s.store.put_session(&Digest::of(token.as_bytes()), &device.id, crate::now() + ttl)?;
+    s.store.put_session(
+        &Digest::of(token.as_bytes()),
+        &device.id,
+        crate::now() + ttl,
+    )?;
     let _ = s.store.purge_expired(crate::now());
-    Ok(Json(serde_json::json!({ "token": token, "expires_in": ttl })))
+    Ok(Json(
+        serde_json::json!({ "token": token, "expires_in": ttl }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -149,25 +198,42 @@ pub struct AssignRequest {
 }
 
 /// `POST /api/v1/assignments`: sets desired state for a device or a tag.
-pub async fn assign(_: Admin, State(s): State<SharedState>, Json(req): Json<AssignRequest>) -> HubResult<Json<DesiredRecord>> {
+pub async fn assign(
+    _: Admin,
+    State(s): State<SharedState>,
+    Json(req): Json<AssignRequest>,
+) -> HubResult<Json<DesiredRecord>> {
     name::validate(&req.model)?;
     match &req.target {
         Target::Device(d) | Target::Tag(d) => name::validate(d)?,
     }
     if s.store.model(&req.model, req.version)?.is_none() {
-        return Err(HubError::NotFound(format!("model {} has no version {}; push it first", req.model, req.version)));
+        return Err(HubError::NotFound(format!(
+            "model {} has no version {}; push it first",
+            req.model, req.version
+        )));
     }
     // Refuse up front what the hub could not sign, rather than failing on every device poll.
     let delegation = s.loaded.delegation.decode_unverified()?;
-    if !delegation.patterns.iter().any(|p| name::pattern_matches(p, &req.model))
-        || !delegation.permissions.contains(&edgefleet_common::Permission::Assignments)
+    if !delegation
+        .patterns
+        .iter()
+        .any(|p| name::pattern_matches(p, &req.model))
+        || !delegation
+            .permissions
+            .contains(&edgefleet_common::Permission::Assignments)
     {
         return Err(HubError::Forbidden(format!(
             "the hub's delegation ({:?}) does not allow assigning {}; delegate it with `edgefleet delegate --permission assignments`",
             delegation.patterns, req.model
         )));
     }
-    let record = DesiredRecord { target: req.target, model: req.model, version: req.version, set_at: crate::now() };
+    let record = DesiredRecord {
+        target: req.target,
+        model: req.model,
+        version: req.version,
+        set_at: crate::now(),
+    };
     s.store.set_desired(&record)?;
     s.store.flush().await?;
     s.changed();
@@ -175,7 +241,10 @@ pub async fn assign(_: Admin, State(s): State<SharedState>, Json(req): Json<Assi
     Ok(Json(record))
 }
 
-pub async fn list_desired(_: Admin, State(s): State<SharedState>) -> HubResult<Json<Vec<DesiredRecord>>> {
+pub async fn list_desired(
+    _: Admin,
+    State(s): State<SharedState>,
+) -> HubResult<Json<Vec<DesiredRecord>>> {
     Ok(Json(s.store.desired()?))
 }
 
@@ -186,11 +255,16 @@ fn bundle_for(s: &SharedState, device: &DeviceRecord) -> HubResult<AssignmentBun
     let ttl = s.loaded.config.assignment_ttl_secs;
     let mut out = Vec::new();
     for want in resolve_desired(&s.store.desired()?, device) {
-        let Some(model) = s.store.model(&want.name, want.version)? else { continue };
+        let Some(model) = s.store.model(&want.name, want.version)? else {
+            continue;
+        };
         let digest = model.manifest.digest();
         if let Some(prev) = s.store.issued(&device.id, &want.name)? {
             let a = prev.decode_unverified()?;
-            if a.version == want.version && a.manifest_digest == digest && a.expires_at > now + ttl / 2 {
+            if a.version == want.version
+                && a.manifest_digest == digest
+                && a.expires_at > now + ttl / 2
+            {
                 out.push(prev);
                 continue;
             }
@@ -208,7 +282,10 @@ fn bundle_for(s: &SharedState, device: &DeviceRecord) -> HubResult<AssignmentBun
         s.store.put_issued(&device.id, &signed)?;
         out.push(signed);
     }
-    Ok(AssignmentBundle { assignments: out, rotations: Vec::new() })
+    Ok(AssignmentBundle {
+        assignments: out,
+        rotations: Vec::new(),
+    })
 }
 
 #[derive(Deserialize)]
@@ -225,8 +302,12 @@ pub async fn device_assignments(
     headers: HeaderMap,
 ) -> HubResult<Response> {
     let mut changes = s.changes.subscribe();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(q.wait.unwrap_or(0).min(60));
-    let if_none_match = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_secs(q.wait.unwrap_or(0).min(60));
+    let if_none_match = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     loop {
         // Mark the current generation seen before computing, so a change made while we compute
         // wakes the wait below instead of being missed.
@@ -238,17 +319,30 @@ pub async fn device_assignments(
         let bytes = encoding::to_bytes(&bundle_for(&s, &device)?)?;
         let etag = format!("\"{}\"", Digest::of(&bytes));
         if if_none_match.as_deref() != Some(etag.as_str()) {
-            return Ok(([(header::ETAG, etag), (header::CONTENT_TYPE, "application/octet-stream".into())], bytes)
+            return Ok((
+                [
+                    (header::ETAG, etag),
+                    (header::CONTENT_TYPE, "application/octet-stream".into()),
+                ],
+                bytes,
+            )
                 .into_response());
         }
-        if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+        if tokio::time::timeout_at(deadline, changes.changed())
+            .await
+            .is_err()
+        {
             return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
         }
     }
 }
 
 /// `POST /api/v1/device/status`: the agent's report after each update attempt.
-pub async fn report_status(dev: DeviceSession, State(s): State<SharedState>, Json(status): Json<DeviceStatus>) -> HubResult<Json<serde_json::Value>> {
+pub async fn report_status(
+    dev: DeviceSession,
+    State(s): State<SharedState>,
+    Json(status): Json<DeviceStatus>,
+) -> HubResult<Json<serde_json::Value>> {
     if status.last_error.as_ref().is_some_and(|e| e.len() > 4096) || status.active.len() > 256 {
         return Err(HubError::BadRequest("status report too large".into()));
     }

@@ -41,25 +41,41 @@ impl AppState {
 }
 
 pub fn router(state: SharedState) -> Router {
-    let max_artifact = usize::try_from(state.loaded.config.max_artifact_bytes).unwrap_or(usize::MAX);
+    let max_artifact =
+        usize::try_from(state.loaded.config.max_artifact_bytes).unwrap_or(usize::MAX);
     Router::new()
         .route("/api/v1/health", get(health))
         .route(
             "/api/v1/blobs/{sha256}",
             put(models::put_blob).layer(DefaultBodyLimit::max(max_artifact)),
         )
-        .route("/api/v1/models", post(models::post_manifest).get(models::list_models))
+        .route(
+            "/api/v1/models",
+            post(models::post_manifest).get(models::list_models),
+        )
         .route("/api/v1/models/{name}", get(models::get_model))
-        .route("/api/v1/models/{name}/versions/{version}/manifest", get(models::get_manifest))
-        .route("/api/v1/models/{name}/versions/{version}/artifact", get(artifact::get_artifact))
+        .route(
+            "/api/v1/models/{name}/versions/{version}/manifest",
+            get(models::get_manifest),
+        )
+        .route(
+            "/api/v1/models/{name}/versions/{version}/artifact",
+            get(artifact::get_artifact),
+        )
         .route("/api/v1/devices", get(device::list_devices))
         .route("/api/v1/devices/{id}", get(device::get_device))
         .route("/api/v1/devices/{id}/approve", post(device::approve))
-        .route("/api/v1/assignments", post(device::assign).get(device::list_desired))
+        .route(
+            "/api/v1/assignments",
+            post(device::assign).get(device::list_desired),
+        )
         .route("/api/v1/enroll", post(device::enroll))
         .route("/api/v1/device/challenge", post(device::challenge))
         .route("/api/v1/device/session", post(device::session))
-        .route("/api/v1/device/assignments", get(device::device_assignments))
+        .route(
+            "/api/v1/device/assignments",
+            get(device::device_assignments),
+        )
         .route("/api/v1/device/status", post(device::report_status))
         .layer(DefaultBodyLimit::max(MAX_DOCUMENT_BODY))
         .with_state(state)
@@ -74,7 +90,12 @@ async fn health(State(s): State<SharedState>) -> axum::Json<serde_json::Value> {
 }
 
 fn bearer(parts: &Parts) -> Option<&str> {
-    parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
+    parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
 }
 
 /// Proof that the request carries the admin token.
@@ -103,11 +124,17 @@ impl FromRequestParts<SharedState> for DeviceSession {
     type Rejection = HubError;
     async fn from_request_parts(parts: &mut Parts, s: &SharedState) -> Result<Self, HubError> {
         let Some(token) = bearer(parts) else {
-            return Err(HubError::Unauthorized("missing device session token".into()));
+            return Err(HubError::Unauthorized(
+                "missing device session token".into(),
+            ));
         };
         match s.store.session(&Digest::of(token.trim().as_bytes()))? {
-            Some(rec) if rec.expires_at > crate::now() => Ok(DeviceSession { device_id: rec.device_id }),
-            _ => Err(HubError::Unauthorized("session expired or unknown; open a new one".into())),
+            Some(rec) if rec.expires_at > crate::now() => Ok(DeviceSession {
+                device_id: rec.device_id,
+            }),
+            _ => Err(HubError::Unauthorized(
+                "session expired or unknown; open a new one".into(),
+            )),
         }
     }
 }
@@ -124,6 +151,8 @@ impl FromRequestParts<SharedState> for Reader {
         if Admin::from_request_parts(parts, s).await.is_ok() {
             return Ok(Reader::Admin);
         }
-        DeviceSession::from_request_parts(parts, s).await.map(|d| Reader::Device(d.device_id))
+        DeviceSession::from_request_parts(parts, s)
+            .await
+            .map(|d| Reader::Device(d.device_id))
     }
 }

@@ -25,7 +25,10 @@ pub async fn put_blob(
     let digest = Digest::from_hex(&sha)?;
     let limit = s.loaded.config.max_artifact_bytes;
     if s.store.blob_size(&digest).is_some() {
-        return Ok((StatusCode::OK, Json(serde_json::json!({"sha256": digest, "existing": true})))
+        return Ok((
+            StatusCode::OK,
+            Json(serde_json::json!({"sha256": digest, "existing": true})),
+        )
             .into_response());
     }
     let tmp = s.store.tmp_path()?;
@@ -37,7 +40,9 @@ pub async fn put_blob(
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| {
                 if e.to_string().contains("length limit") {
-                    HubError::PayloadTooLarge(format!("artifact over the hub's limit of {limit} bytes"))
+                    HubError::PayloadTooLarge(format!(
+                        "artifact over the hub's limit of {limit} bytes"
+                    ))
                 } else {
                     HubError::BadRequest(format!("upload interrupted: {e}"))
                 }
@@ -63,7 +68,10 @@ pub async fn put_blob(
     }
     .await;
     match result {
-        Ok(size) => Ok((StatusCode::CREATED, Json(serde_json::json!({"sha256": digest, "size": size})))
+        Ok(size) => Ok((
+            StatusCode::CREATED,
+            Json(serde_json::json!({"sha256": digest, "size": size})),
+        )
             .into_response()),
         Err(e) => {
             let _ = tokio::fs::remove_file(&tmp).await;
@@ -106,8 +114,12 @@ pub async fn post_manifest(
         }
         Some(_) => {}
     }
-    let record = ModelRecord { manifest: signed.clone(), uploaded_at: crate::now() };
-    s.store.insert_model(&record, &manifest.name, manifest.version)?;
+    let record = ModelRecord {
+        manifest: signed.clone(),
+        uploaded_at: crate::now(),
+    };
+    s.store
+        .insert_model(&record, &manifest.name, manifest.version)?;
     s.store.flush().await?;
     s.changed();
     tracing::info!(model = %manifest.name, version = manifest.version, signer = %signed.signer.short(), "model published");
@@ -162,13 +174,19 @@ fn summarise(records: Vec<ModelRecord>) -> HubResult<Vec<ModelSummary>> {
         };
         match out.last_mut() {
             Some(last) if last.name == m.name => last.versions.push(v),
-            _ => out.push(ModelSummary { name: m.name, versions: vec![v] }),
+            _ => out.push(ModelSummary {
+                name: m.name,
+                versions: vec![v],
+            }),
         }
     }
     Ok(out)
 }
 
-pub async fn list_models(_: Admin, State(s): State<SharedState>) -> HubResult<Json<Vec<ModelSummary>>> {
+pub async fn list_models(
+    _: Admin,
+    State(s): State<SharedState>,
+) -> HubResult<Json<Vec<ModelSummary>>> {
     Ok(Json(summarise(s.store.models()?)?))
 }
 
@@ -182,7 +200,12 @@ pub async fn get_model(
         .store
         .models()?
         .into_iter()
-        .filter(|r| r.manifest.decode_unverified().map(|m| m.name == model).unwrap_or(false))
+        .filter(|r| {
+            r.manifest
+                .decode_unverified()
+                .map(|m| m.name == model)
+                .unwrap_or(false)
+        })
         .collect();
     summarise(records)?
         .pop()
@@ -190,11 +213,15 @@ pub async fn get_model(
         .ok_or_else(|| HubError::NotFound(format!("no model named {model:?}")))
 }
 
-pub(super) fn find(s: &SharedState, model: &str, version: &str) -> HubResult<(ModelRecord, ModelManifest)> {
+pub(super) fn find(
+    s: &SharedState,
+    model: &str,
+    version: &str,
+) -> HubResult<(ModelRecord, ModelManifest)> {
     name::validate(model)?;
-    let version: u64 = version
-        .parse()
-        .map_err(|_| HubError::BadRequest(format!("version {version:?} is not a positive integer")))?;
+    let version: u64 = version.parse().map_err(|_| {
+        HubError::BadRequest(format!("version {version:?} is not a positive integer"))
+    })?;
     let record = s
         .store
         .model(model, version)?

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use edgefleet_hub::config::{HubConfig, Overrides};
 
 #[derive(Parser)]
-#[command(name = "edgefleet-hub", version, about = "The Edgefleet hub: model registry, devices and desired state")]
+#[command(
+    name = "edgefleet-hub",
+    version,
+    about = "The Edgefleet hub: model registry, devices and desired state"
+)]
 struct Args {
     #[command(subcommand)]
     command: Cmd,
@@ -36,14 +40,27 @@ enum Cmd {
 }
 
 fn load(c: &Common) -> anyhow::Result<edgefleet_hub::Loaded> {
-    HubConfig::load(c.config.as_deref(), &Overrides { data_dir: c.data_dir.clone(), listen: c.listen })?.validate()
+    HubConfig::load(
+        c.config.as_deref(),
+        &Overrides {
+            data_dir: c.data_dir.clone(),
+            listen: c.listen,
+        },
+    )?
+    .validate()
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let result = match args.command {
-        Cmd::CheckConfig(c) => load(&c).map(|l| println!("configuration OK (data_dir {}, listen {})", l.config.data_dir.display(), l.config.listen)),
+        Cmd::CheckConfig(c) => load(&c).map(|l| {
+            println!(
+                "configuration OK (data_dir {}, listen {})",
+                l.config.data_dir.display(),
+                l.config.listen
+            )
+        }),
         Cmd::Serve(c) => serve(c).await,
     };
     match result {
@@ -57,16 +74,28 @@ async fn main() -> std::process::ExitCode {
 
 async fn serve(c: Common) -> anyhow::Result<()> {
     let loaded = load(&c)?;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("EDGEFLEET_LOG").unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EDGEFLEET_LOG")
+        .unwrap_or_else(|_| "info".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     if loaded.config.log_format == "json" {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
     } else {
-        tracing_subscriber::fmt().with_ansi(ansi).with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .with_ansi(ansi)
+            .with_env_filter(filter)
+            .init();
     }
-    let listener = tokio::net::TcpListener::bind(loaded.config.listen).await.with_context(|| {
-        format!("cannot listen on {} (is another hub running? choose another with --listen)", loaded.config.listen)
-    })?;
+    let listener = tokio::net::TcpListener::bind(loaded.config.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (is another hub running? choose another with --listen)",
+                loaded.config.listen
+            )
+        })?;
     edgefleet_hub::run(loaded, listener, shutdown_signal()).await
 }
 

@@ -14,8 +14,20 @@ fn main() -> anyhow::Result<()> {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--name" => name = args.next().context(usage)?,
-            "--version" => version = args.next().context(usage)?.parse().context("--version: a positive integer")?,
-            "--seed" => seed = args.next().context(usage)?.parse().context("--seed: an integer")?,
+            "--version" => {
+                version = args
+                    .next()
+                    .context(usage)?
+                    .parse()
+                    .context("--version: a positive integer")?
+            }
+            "--seed" => {
+                seed = args
+                    .next()
+                    .context(usage)?
+                    .parse()
+                    .context("--seed: an integer")?
+            }
             "--broken-smoke-test" => broken = true,
             "-h" | "--help" => {
                 println!("{usage}");
@@ -31,6 +43,9 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(out.join("model.onnx"), mlp.to_onnx())?;
     let spec = edgefleet_tests::spec_json(&name, version, &mlp, broken);
     std::fs::write(out.join("spec.json"), serde_json::to_vec_pretty(&spec)?)?;
-    println!("wrote {}/model.onnx and spec.json ({name} v{version}, seed {seed})", out.display());
+    println!(
+        "wrote {}/model.onnx and spec.json ({name} v{version}, seed {seed})",
+        out.display()
+    );
     Ok(())
 }

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use edgefleet_common::trust::{Delegation, Permission};
-use edgefleet_common::{ArtifactRef, ModelManifest, SecretKey, Signed, armor, manifest::ModelFormat};
+use edgefleet_common::{
+    ArtifactRef, ModelManifest, SecretKey, Signed, armor, manifest::ModelFormat,
+};
 use edgefleet_tests::Mlp;
 use serde_json::Value;
 
@@ -77,8 +79,11 @@ impl Hub {
             expires_at: now() + 86400,
         };
         let signed = Signed::sign(&d, &root, None).expect("sign");
-        std::fs::write(dir.path().join("hub.delegation"), armor::encode("DELEGATION", &signed.to_bytes().expect("bytes")))
-            .expect("write");
+        std::fs::write(
+            dir.path().join("hub.delegation"),
+            armor::encode("DELEGATION", &signed.to_bytes().expect("bytes")),
+        )
+        .expect("write");
         let mut config = edgefleet_hub::HubConfig {
             data_dir: dir.path().join("data"),
             root_key: root_pub_path.clone(),
@@ -89,7 +94,9 @@ impl Hub {
         };
         tweak(&mut config);
         let loaded = config.validate().expect("valid config");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(edgefleet_hub::run(loaded, listener, async {
@@ -97,13 +104,32 @@ impl Hub {
         }));
         let url = format!("http://{addr}");
         let http = reqwest::Client::new();
-        let token_path = dir.path().join("data").join(edgefleet_hub::ADMIN_TOKEN_FILE);
+        let token_path = dir
+            .path()
+            .join("data")
+            .join(edgefleet_hub::ADMIN_TOKEN_FILE);
         let token = eventually("the hub's admin token", || {
             let p = token_path.clone();
-            async move { std::fs::read_to_string(p).ok().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()) }
+            async move {
+                std::fs::read_to_string(p)
+                    .ok()
+                    .map(|t| t.trim().to_owned())
+                    .filter(|t| !t.is_empty())
+            }
         })
         .await;
-        Hub { dir, url, addr, token, root, hub_key, root_pub_path, http, stop: Some(tx), task: Some(task) }
+        Hub {
+            dir,
+            url,
+            addr,
+            token,
+            root,
+            hub_key,
+            root_pub_path,
+            http,
+            stop: Some(tx),
+            task: Some(task),
+        }
     }
 
     pub async fn stop(&mut self) {
@@ -142,7 +168,13 @@ impl Hub {
 
     pub async fn put_blob(&self, artifact: &[u8]) -> reqwest::Response {
         let sha = edgefleet_common::Digest::of(artifact);
-        self.http.put(self.api(&format!("blobs/{sha}"))).bearer_auth(&self.token).body(artifact.to_vec()).send().await.expect("put blob")
+        self.http
+            .put(self.api(&format!("blobs/{sha}")))
+            .bearer_auth(&self.token)
+            .body(artifact.to_vec())
+            .send()
+            .await
+            .expect("put blob")
     }
 
     pub async fn post_manifest(&self, signed: &Signed<ModelManifest>) -> reqwest::Response {
@@ -166,10 +198,18 @@ impl Hub {
 
     pub async fn push(&self, m: &ModelManifest, artifact: &[u8]) {
         let r = self.put_blob(artifact).await;
-        assert!(r.status().is_success(), "blob upload: {}", r.text().await.unwrap_or_default());
+        assert!(
+            r.status().is_success(),
+            "blob upload: {}",
+            r.text().await.unwrap_or_default()
+        );
         let signed = Signed::sign(m, &self.root, None).expect("sign");
         let r = self.post_manifest(&signed).await;
-        assert!(r.status().is_success(), "manifest upload: {}", r.text().await.unwrap_or_default());
+        assert!(
+            r.status().is_success(),
+            "manifest upload: {}",
+            r.text().await.unwrap_or_default()
+        );
     }
 
     pub async fn assign(&self, device: &str, model: &str, version: u64) {
@@ -181,11 +221,21 @@ impl Hub {
             .send()
             .await
             .expect("assign");
-        assert!(r.status().is_success(), "assign: {}", r.text().await.unwrap_or_default());
+        assert!(
+            r.status().is_success(),
+            "assign: {}",
+            r.text().await.unwrap_or_default()
+        );
     }
 
     pub async fn device(&self, id: &str) -> Option<Value> {
-        let r = self.http.get(self.api(&format!("devices/{id}"))).bearer_auth(&self.token).send().await.ok()?;
+        let r = self
+            .http
+            .get(self.api(&format!("devices/{id}")))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .ok()?;
         if !r.status().is_success() {
             return None;
         }
@@ -194,11 +244,14 @@ impl Hub {
 
     /// Waits until the device reports an update error containing `needle`.
     pub async fn wait_error(&self, id: &str, needle: &str) -> String {
-        eventually(&format!("device {id} to report an error containing {needle:?}"), || async {
-            let d = self.device(id).await?;
-            let e = d["status"]["last_error"].as_str()?.to_owned();
-            e.contains(needle).then_some(e)
-        })
+        eventually(
+            &format!("device {id} to report an error containing {needle:?}"),
+            || async {
+                let d = self.device(id).await?;
+                let e = d["status"]["last_error"].as_str()?.to_owned();
+                e.contains(needle).then_some(e)
+            },
+        )
         .await
     }
 
@@ -241,13 +294,20 @@ impl Agent {
     ) -> Self {
         let mut config = hub.agent_config(device_id, dir.path());
         tweak(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(edgefleet_agent::run(config, listener, async {
             let _ = rx.await;
         }));
-        Agent { dir, url, stop: Some(tx), task: Some(task) }
+        Agent {
+            dir,
+            url,
+            stop: Some(tx),
+            task: Some(task),
+        }
     }
 
     pub async fn stop(mut self) -> tempfile::TempDir {
@@ -262,24 +322,42 @@ impl Agent {
 }
 
 /// `POST /v2/models/{model}/infer` with one row per input vector.
-pub async fn infer(http: &reqwest::Client, agent_url: &str, model: &str, rows: &[Vec<f32>]) -> reqwest::Response {
+pub async fn infer(
+    http: &reqwest::Client,
+    agent_url: &str,
+    model: &str,
+    rows: &[Vec<f32>],
+) -> reqwest::Response {
     let data: Vec<f32> = rows.iter().flatten().copied().collect();
     let body = serde_json::json!({
         "id": "req-1",
         "inputs": [{"name": "x", "shape": [rows.len(), edgefleet_tests::FEATURES], "datatype": "FP32", "data": data}]
     });
-    http.post(format!("{agent_url}/v2/models/{model}/infer")).json(&body).send().await.expect("infer request")
+    http.post(format!("{agent_url}/v2/models/{model}/infer"))
+        .json(&body)
+        .send()
+        .await
+        .expect("infer request")
 }
 
 /// The served model version and outputs, if the agent answers 200.
-pub async fn infer_ok(http: &reqwest::Client, agent_url: &str, model: &str, rows: &[Vec<f32>]) -> Option<(u64, Vec<f32>)> {
+pub async fn infer_ok(
+    http: &reqwest::Client,
+    agent_url: &str,
+    model: &str,
+    rows: &[Vec<f32>],
+) -> Option<(u64, Vec<f32>)> {
     let r = infer(http, agent_url, model, rows).await;
     if !r.status().is_success() {
         return None;
     }
     let v: Value = r.json().await.ok()?;
     let version = v["model_version"].as_str()?.parse().ok()?;
-    let out = v["outputs"][0]["data"].as_array()?.iter().map(|x| x.as_f64().map(|f| f as f32)).collect::<Option<Vec<_>>>()?;
+    let out = v["outputs"][0]["data"]
+        .as_array()?
+        .iter()
+        .map(|x| x.as_f64().map(|f| f as f32))
+        .collect::<Option<Vec<_>>>()?;
     Some((version, out))
 }
 
@@ -295,7 +373,11 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let p = dir.join(name);
-    assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins` first (cargo test --workspace does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (cargo test --workspace does)",
+        p.display()
+    );
     p
 }
 
@@ -308,7 +390,13 @@ pub struct AgentProcess {
 
 impl AgentProcess {
     /// Spawns `edgefleet-agent run` configured by environment variables.
-    pub fn spawn(hub_url: &str, root_pub: &Path, device_id: &str, data_dir: &Path, fault: Option<&str>) -> Self {
+    pub fn spawn(
+        hub_url: &str,
+        root_pub: &Path,
+        device_id: &str,
+        data_dir: &Path,
+        fault: Option<&str>,
+    ) -> Self {
         let mut cmd = tokio::process::Command::new(bin("edgefleet-agent"));
         cmd.arg("run")
             .env("EDGEFLEET_AGENT_DEVICE_ID", device_id)
@@ -327,9 +415,15 @@ impl AgentProcess {
         }
         let mut child = cmd.spawn().expect("spawn edgefleet-agent");
         let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>), child.stderr.take().map(|s| Box::new(s) as _)]
-            .into_iter()
-            .flatten()
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child.stderr.take().map(|s| Box::new(s) as _),
+        ]
+        .into_iter()
+        .flatten()
         {
             let logs = logs.clone();
             tokio::spawn(async move {
@@ -340,11 +434,19 @@ impl AgentProcess {
                 }
             });
         }
-        AgentProcess { child, url: None, logs }
+        AgentProcess {
+            child,
+            url: None,
+            logs,
+        }
     }
 
     pub fn log_contains(&self, needle: &str) -> bool {
-        self.logs.lock().expect("lock").iter().any(|l| l.contains(needle))
+        self.logs
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|l| l.contains(needle))
     }
 
     pub fn dump(&self) -> String {
@@ -358,10 +460,12 @@ impl AgentProcess {
             let logs = logs.clone();
             async move {
                 let logs = logs.lock().expect("lock");
-                logs.iter().find(|l| l.contains("agent serving OIP v2")).and_then(|l| {
-                    let addr = l.split("addr=").nth(1)?.split_whitespace().next()?;
-                    Some(format!("http://{addr}"))
-                })
+                logs.iter()
+                    .find(|l| l.contains("agent serving OIP v2"))
+                    .and_then(|l| {
+                        let addr = l.split("addr=").nth(1)?.split_whitespace().next()?;
+                        Some(format!("http://{addr}"))
+                    })
             }
         })
         .await;
@@ -376,7 +480,10 @@ impl AgentProcess {
 
     /// Waits for the process to exit by itself (a fault-injection abort).
     pub async fn wait_exit(mut self) -> (std::process::ExitStatus, String) {
-        let status = tokio::time::timeout(DEADLINE, self.child.wait()).await.expect("agent did not exit").expect("wait");
+        let status = tokio::time::timeout(DEADLINE, self.child.wait())
+            .await
+            .expect("agent did not exit")
+            .expect("wait");
         // Let the log readers drain.
         tokio::time::sleep(Duration::from_millis(100)).await;
         let dump = self.dump();
