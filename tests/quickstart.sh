@@ -4,6 +4,7 @@
 #
 #   tests/quickstart.sh                 # builds (debug), runs until Ctrl-C
 #   EDGEFLEET_DEMO_EXIT=1 tests/quickstart.sh   # exits after the first inference (CI does this)
+#   EDGEFLEET_DEMO_THEN='cmd' tests/quickstart.sh  # runs cmd with EDGEFLEET_AGENT_ADDR set, then exits
 #
 # Everything lives in $EDGEFLEET_DEMO_DIR (default: a new temp dir). Ports are chosen by the OS
 # (the hub and agent bind 127.0.0.1:0 and log their address), so nothing clashes with services
@@ -91,6 +92,11 @@ curl -sf -H 'content-type: application/json' "http://$AGENT_ADDR/v2/models/deman
 echo
 ef devices
 
+if [ -n "${EDGEFLEET_DEMO_THEN:-}" ]; then
+  echo "==> running: $EDGEFLEET_DEMO_THEN (EDGEFLEET_AGENT_ADDR=$AGENT_ADDR)"
+  EDGEFLEET_AGENT_ADDR=$AGENT_ADDR bash -c "$EDGEFLEET_DEMO_THEN"
+  exit $?
+fi
 if [ "${EDGEFLEET_DEMO_EXIT:-0}" = 1 ]; then
   echo "==> quick start OK"
   exit 0
