@@ -9,7 +9,8 @@ use serde::Deserialize;
 
 use crate::keyfile;
 use edgefleet_common::trust::Delegation;
-use edgefleet_common::{SecretKey, Signed, TrustRoot};
+use edgefleet_common::trust::RootRotation;
+use edgefleet_common::{SecretKey, Signed, TrustRoot, armor, encoding};
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -24,6 +25,9 @@ pub struct HubConfig {
     pub signing_key: PathBuf,
     /// Root's delegation to the hub key (`edgefleet delegate`), needed to sign assignments.
     pub delegation: PathBuf,
+    /// Root rotations (`edgefleet rotate-root`), in order, in one file. The hub trusts the
+    /// newest root and hands the chain to devices, which still pin the first root.
+    pub root_rotations: Option<PathBuf>,
     /// A pre-shared token; devices that present it are approved at enrollment.
     pub enrollment_token: Option<String>,
     /// How long a signed assignment stays valid; devices polling get fresh ones.
@@ -44,6 +48,7 @@ impl Default for HubConfig {
             root_key: PathBuf::from("/etc/edgefleet/root.pub"),
             signing_key: PathBuf::from("/etc/edgefleet/hub.key"),
             delegation: PathBuf::from("/etc/edgefleet/hub.delegation"),
+            root_rotations: None,
             enrollment_token: None,
             assignment_ttl_secs: 24 * 3600,
             max_artifact_bytes: 1024 * 1024 * 1024,
@@ -67,6 +72,7 @@ pub struct Loaded {
     pub trust: TrustRoot,
     pub signing_key: SecretKey,
     pub delegation: Signed<Delegation>,
+    pub rotations: Vec<RootRotation>,
 }
 
 const ENV_PREFIX: &str = "EDGEFLEET_HUB_";
@@ -115,6 +121,10 @@ impl HubConfig {
                 }
                 "SIGNING_KEY" => {
                     self.signing_key = value.clone().into();
+                    Ok(())
+                }
+                "ROOT_ROTATIONS" => {
+                    self.root_rotations = Some(value.clone().into());
                     Ok(())
                 }
                 "DELEGATION" => {
@@ -200,8 +210,29 @@ impl HubConfig {
                 ))
             })
             .ok();
-        if let (Some(root), Some(key), Some(d)) = (root, &signing_key, &delegation) {
-            match d.verify(&TrustRoot::new(root), crate::now()) {
+        let rotations: Vec<RootRotation> = match &self.root_rotations {
+            None => Vec::new(),
+            Some(path) => keyfile::read_bounded(path)
+                .and_then(|b| Ok(String::from_utf8(b)?))
+                .and_then(|text| Ok(armor::decode_all("ROOT ROTATION", &text)?))
+                .and_then(|blocks| {
+                    blocks
+                        .iter()
+                        .map(|b| Ok(encoding::from_bytes("root rotation", b)?))
+                        .collect::<anyhow::Result<Vec<_>>>()
+                })
+                .map_err(|e| errors.push(format!("root_rotations: {e:#}")))
+                .unwrap_or_default(),
+        };
+        // The hub trusts the newest root reached through the rotation chain.
+        let trust = root.and_then(|r| {
+            TrustRoot::new(r)
+                .rotate_all(&rotations)
+                .map_err(|e| errors.push(format!("root_rotations: {e}")))
+                .ok()
+        });
+        if let (Some(trust), Some(key), Some(d)) = (&trust, &signing_key, &delegation) {
+            match d.verify(trust, crate::now()) {
                 Ok(body) if body.key != key.public() => errors.push(format!(
                     "delegation: it delegates to key {}, but signing_key is {}",
                     body.key.short(),
@@ -211,11 +242,12 @@ impl HubConfig {
                 Err(e) => errors.push(format!("delegation: {e}")),
             }
         }
-        match (errors.is_empty(), root, signing_key, delegation) {
-            (true, Some(root), Some(signing_key), Some(delegation)) => Ok(Loaded {
-                trust: TrustRoot::new(root),
+        match (errors.is_empty(), trust, signing_key, delegation) {
+            (true, Some(trust), Some(signing_key), Some(delegation)) => Ok(Loaded {
+                trust,
                 signing_key,
                 delegation,
+                rotations,
                 config: self,
             }),
             _ => anyhow::bail!("invalid configuration:\n  - {}", errors.join("\n  - ")),

@@ -73,11 +73,16 @@ pub async fn run(
         loaded,
         admin_token_hash: Digest::of(token.as_bytes()),
         changes,
+        stopping: Default::default(),
     });
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %data_dir.display(), "hub listening");
+    let on_stop = state.clone();
     axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            on_stop.begin_shutdown();
+        })
         .await?;
     store.flush().await?;
     tracing::info!("hub stopped");

@@ -284,7 +284,7 @@ fn bundle_for(s: &SharedState, device: &DeviceRecord) -> HubResult<AssignmentBun
     }
     Ok(AssignmentBundle {
         assignments: out,
-        rotations: Vec::new(),
+        rotations: s.loaded.rotations.clone(),
     })
 }
 
@@ -327,6 +327,9 @@ pub async fn device_assignments(
                 bytes,
             )
                 .into_response());
+        }
+        if s.is_stopping() {
+            return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
         }
         if tokio::time::timeout_at(deadline, changes.changed())
             .await

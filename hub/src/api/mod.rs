@@ -30,6 +30,8 @@ pub struct AppState {
     pub admin_token_hash: Digest,
     /// Bumped whenever desired state or models change; long-polling devices wait on it.
     pub changes: tokio::sync::watch::Sender<u64>,
+    /// Set at shutdown so long-polls answer at once instead of holding the shutdown up.
+    pub stopping: std::sync::atomic::AtomicBool,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -37,6 +39,15 @@ pub type SharedState = Arc<AppState>;
 impl AppState {
     pub fn changed(&self) {
         self.changes.send_modify(|g| *g += 1);
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::Release);
+        self.changed();
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 

@@ -52,6 +52,7 @@ pub struct Hub {
     pub hub_key: SecretKey,
     pub root_pub_path: PathBuf,
     pub http: reqwest::Client,
+    pub config: edgefleet_hub::HubConfig,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -93,15 +94,11 @@ impl Hub {
             ..Default::default()
         };
         tweak(&mut config);
-        let loaded = config.validate().expect("valid config");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(edgefleet_hub::run(loaded, listener, async {
-            let _ = rx.await;
-        }));
+        let (tx, task) = Self::launch(&config, listener);
         let url = format!("http://{addr}");
         let http = reqwest::Client::new();
         let token_path = dir
@@ -127,9 +124,37 @@ impl Hub {
             hub_key,
             root_pub_path,
             http,
+            config,
             stop: Some(tx),
             task: Some(task),
         }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn launch(
+        config: &edgefleet_hub::HubConfig,
+        listener: tokio::net::TcpListener,
+    ) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>) {
+        let loaded = config.clone().validate().expect("valid config");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(edgefleet_hub::run(loaded, listener, async {
+            let _ = rx.await;
+        }));
+        (tx, task)
+    }
+
+    /// Stops the hub and starts it again on the same address and data dir with `config`.
+    pub async fn restart(&mut self, config: edgefleet_hub::HubConfig) {
+        self.stop().await;
+        let addr = self.addr;
+        let listener = eventually("the hub's port to be free again", || async move {
+            tokio::net::TcpListener::bind(addr).await.ok()
+        })
+        .await;
+        let (tx, task) = Self::launch(&config, listener);
+        self.config = config;
+        self.stop = Some(tx);
+        self.task = Some(task);
     }
 
     pub async fn stop(&mut self) {
