@@ -73,7 +73,8 @@ poll_interval_secs = 5
 TOML
 "$BIN/edgefleet-agent" check-config --config "$DIR/agent.toml"
 "$BIN/edgefleet-agent" run --config "$DIR/agent.toml" >"$DIR/agent.log" 2>&1 &
-PIDS+=($!)
+AGENT_PID=$!
+PIDS+=($AGENT_PID)
 AGENT_ADDR=$(wait_addr "$DIR/agent.log" "agent serving OIP v2")
 
 echo "==> assigning demand v1 to shop-1"
@@ -94,7 +95,7 @@ ef devices
 
 if [ -n "${EDGEFLEET_DEMO_THEN:-}" ]; then
   echo "==> running: $EDGEFLEET_DEMO_THEN (EDGEFLEET_AGENT_ADDR=$AGENT_ADDR)"
-  EDGEFLEET_AGENT_ADDR=$AGENT_ADDR bash -c "$EDGEFLEET_DEMO_THEN"
+  EDGEFLEET_AGENT_ADDR=$AGENT_ADDR EDGEFLEET_AGENT_PID=$AGENT_PID bash -c "$EDGEFLEET_DEMO_THEN"
   exit $?
 fi
 if [ "${EDGEFLEET_DEMO_EXIT:-0}" = 1 ]; then

@@ -26,8 +26,10 @@ pub struct AgentConfig {
     pub listen: SocketAddr,
     /// Long-poll wait for assignment changes, seconds.
     pub poll_interval_secs: u64,
-    /// Slow-retrieval defence: abort a download slower than this over any 10 s window.
+    /// Slow-retrieval defence: abort a download slower than this over any rate window.
     pub download_min_bytes_per_sec: u64,
+    /// Length of the window the download rate is judged over, seconds.
+    pub download_rate_window_secs: u64,
     /// Slow-retrieval defence: abort a download that takes longer than this in total.
     pub download_deadline_secs: u64,
     /// Largest model this device accepts, whatever the manifest says.
@@ -48,6 +50,7 @@ impl Default for AgentConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             poll_interval_secs: 30,
             download_min_bytes_per_sec: 1024,
+            download_rate_window_secs: 10,
             download_deadline_secs: 3600,
             max_model_bytes: 1024 * 1024 * 1024,
             log_format: "text".into(),
@@ -120,6 +123,7 @@ impl AgentConfig {
                 "DOWNLOAD_MIN_BYTES_PER_SEC" => {
                     num(&value).map(|v| self.download_min_bytes_per_sec = v)
                 }
+                "DOWNLOAD_RATE_WINDOW_SECS" => num(&value).map(|v| self.download_rate_window_secs = v),
                 "DOWNLOAD_DEADLINE_SECS" => num(&value).map(|v| self.download_deadline_secs = v),
                 "MAX_MODEL_BYTES" => num(&value).map(|v| self.max_model_bytes = v),
                 "LOG_FORMAT" => {
@@ -168,6 +172,9 @@ impl AgentConfig {
         }
         if !(1..=300).contains(&self.poll_interval_secs) {
             errors.push("poll_interval_secs: must be 1..=300".into());
+        }
+        if !(1..=600).contains(&self.download_rate_window_secs) {
+            errors.push("download_rate_window_secs: must be 1..=600".into());
         }
         if self.download_deadline_secs == 0 {
             errors.push("download_deadline_secs: must be positive".into());

@@ -3,7 +3,7 @@
 //! The partial file is `staging/<sha256>.part`. A restart finds it and asks for the rest with
 //! `Range: bytes=N-` and `If-Range: "<sha256>"` (the hub's ETag is the artifact's hash). Bytes
 //! beyond the manifest's size abort the download; so does a rate under the minimum over any
-//! 10-second window, or the overall deadline. Nothing leaves staging before its SHA-256 matches.
+//! window (`download_rate_window_secs`, default 10 s), or the overall deadline. Nothing leaves staging before its SHA-256 matches.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -18,11 +18,11 @@ use crate::hub_client::HubClient;
 
 pub struct Limits {
     pub min_bytes_per_sec: u64,
+    /// The rate is judged over windows of this length (and a window with no data at all fails).
+    pub window: Duration,
     pub deadline: Duration,
     pub max_bytes: u64,
 }
-
-const RATE_WINDOW: Duration = Duration::from_secs(10);
 
 /// Test-only fault point: abort the process once this many bytes are on disk.
 fn abort_after() -> Option<u64> {
@@ -165,12 +165,12 @@ async fn transfer(
     let mut window_bytes = 0u64;
     loop {
         // A stalled connection yields nothing: the window check must not wait for a chunk forever.
-        let chunk = match tokio::time::timeout(RATE_WINDOW, resp.chunk()).await {
+        let chunk = match tokio::time::timeout(limits.window, resp.chunk()).await {
             Ok(c) => c?,
             Err(_) => {
                 return Err(AgentError::Download(format!(
                     "no data for {}s (slow-retrieval defence); will resume",
-                    RATE_WINDOW.as_secs()
+                    limits.window.as_secs()
                 )));
             }
         };
@@ -194,7 +194,7 @@ async fn transfer(
             std::process::abort();
         }
         let elapsed = window_start.elapsed();
-        if elapsed >= RATE_WINDOW {
+        if elapsed >= limits.window {
             let rate = window_bytes as f64 / elapsed.as_secs_f64();
             if rate < limits.min_bytes_per_sec as f64 {
                 file.sync_all().await?;

@@ -214,6 +214,7 @@ impl Updater {
                 ));
                 let limits = Limits {
                     min_bytes_per_sec: self.config.download_min_bytes_per_sec,
+                    window: Duration::from_secs(self.config.download_rate_window_secs),
                     deadline: Duration::from_secs(self.config.download_deadline_secs),
                     max_bytes: self.config.max_model_bytes,
                 };
