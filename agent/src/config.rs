@@ -123,7 +123,9 @@ impl AgentConfig {
                 "DOWNLOAD_MIN_BYTES_PER_SEC" => {
                     num(&value).map(|v| self.download_min_bytes_per_sec = v)
                 }
-                "DOWNLOAD_RATE_WINDOW_SECS" => num(&value).map(|v| self.download_rate_window_secs = v),
+                "DOWNLOAD_RATE_WINDOW_SECS" => {
+                    num(&value).map(|v| self.download_rate_window_secs = v)
+                }
                 "DOWNLOAD_DEADLINE_SECS" => num(&value).map(|v| self.download_deadline_secs = v),
                 "MAX_MODEL_BYTES" => num(&value).map(|v| self.max_model_bytes = v),
                 "LOG_FORMAT" => {

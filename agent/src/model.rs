@@ -16,7 +16,12 @@ pub struct LoadedModel {
     input_order: Vec<usize>,
     /// For each tract output position, the manifest output name.
     output_names: Vec<String>,
+    /// Moving average of the inference time, nanoseconds: decides where inference runs.
+    avg_ns: std::sync::atomic::AtomicU64,
 }
+
+/// Inferences slower than this leave the async worker for the blocking pool.
+const INLINE_LIMIT_NS: u64 = 200_000;
 
 impl std::fmt::Debug for LoadedModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -104,6 +109,7 @@ impl LoadedModel {
             plan,
             input_order,
             output_names,
+            avg_ns: Default::default(),
         })
     }
 
@@ -183,6 +189,33 @@ impl LoadedModel {
             result.push(from_tract(name, value).map_err(|e| format!("output {name:?}: {e}"))?);
         }
         Ok(result)
+    }
+
+    /// Runs an inference from async code: inline when the model is fast (a hand-off would cost
+    /// more than the inference), in `block_in_place` when it is slow, so a big model cannot
+    /// stall the runtime's other tasks.
+    pub fn infer_adaptive(
+        &self,
+        inputs: &[Tensor],
+        wanted: &[String],
+    ) -> Result<Vec<Tensor>, String> {
+        use std::sync::atomic::Ordering;
+        let slow = self.avg_ns.load(Ordering::Relaxed) > INLINE_LIMIT_NS;
+        let multi = matches!(
+            tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()),
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread)
+        );
+        let start = std::time::Instant::now();
+        let result = if slow && multi {
+            tokio::task::block_in_place(|| self.infer(inputs, wanted))
+        } else {
+            self.infer(inputs, wanted)
+        };
+        let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let old = self.avg_ns.load(Ordering::Relaxed);
+        // EWMA with weight 1/8; races between requests only blur the average.
+        self.avg_ns.store(old - old / 8 + ns / 8, Ordering::Relaxed);
+        result
     }
 
     /// Runs every smoke test of the manifest; the first mismatch is the error.

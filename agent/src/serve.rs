@@ -16,7 +16,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use edgefleet_common::{DataType, Tensor, TensorData, TensorSpec};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::model::LoadedModel;
@@ -199,7 +199,8 @@ struct InputTensor {
     name: String,
     shape: Vec<i64>,
     datatype: String,
-    data: Value,
+    /// Kept raw: flat arrays (the common case) are parsed straight into typed vectors.
+    data: Box<serde_json::value::RawValue>,
     #[allow(dead_code)]
     parameters: Option<Value>,
 }
@@ -227,6 +228,11 @@ fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) -> Result<(), String> {
     Ok(())
 }
 
+/// Parses a flat JSON array straight into `Vec<T>`; `None` if it is nested or not all `T`.
+fn parse_flat<T: serde::de::DeserializeOwned>(raw: &str) -> Option<Vec<T>> {
+    serde_json::from_str(raw).ok()
+}
+
 fn parse_input(t: &InputTensor) -> Result<Tensor, String> {
     let datatype = DataType::parse(&t.datatype).ok_or_else(|| {
         format!(
@@ -246,55 +252,27 @@ fn parse_input(t: &InputTensor) -> Result<Tensor, String> {
             })
         })
         .collect::<Result<_, _>>()?;
-    let mut flat = Vec::new();
-    flatten(&t.data, &mut flat).map_err(|e| format!("input {:?}: {e}", t.name))?;
-    let bad = |i: usize| {
-        format!(
-            "input {:?}: element {i} ({}) is not a valid {}",
-            t.name, flat[i], t.datatype
-        )
+    let raw = t.data.get();
+    if raw.len() > MAX_INFER_BODY {
+        return Err(format!("input {:?}: data too large", t.name));
+    }
+    let fast = match datatype {
+        DataType::Fp32 => parse_flat::<f32>(raw).map(TensorData::Fp32),
+        DataType::Fp64 => parse_flat::<f64>(raw).map(TensorData::Fp64),
+        DataType::Int64 => parse_flat::<i64>(raw).map(TensorData::Int64),
+        DataType::Int32 => parse_flat::<i32>(raw).map(TensorData::Int32),
+        DataType::Bool => parse_flat::<bool>(raw).map(TensorData::Bool),
+        _ => None,
     };
-    let data = match datatype {
-        DataType::Fp32 => TensorData::Fp32(
-            flat.iter()
-                .enumerate()
-                .map(|(i, v)| v.as_f64().map(|x| x as f32).ok_or_else(|| bad(i)))
-                .collect::<Result<_, _>>()?,
-        ),
-        DataType::Fp64 => TensorData::Fp64(
-            flat.iter()
-                .enumerate()
-                .map(|(i, v)| v.as_f64().ok_or_else(|| bad(i)))
-                .collect::<Result<_, _>>()?,
-        ),
-        DataType::Int64 => TensorData::Int64(
-            flat.iter()
-                .enumerate()
-                .map(|(i, v)| v.as_i64().ok_or_else(|| bad(i)))
-                .collect::<Result<_, _>>()?,
-        ),
-        DataType::Int32 => TensorData::Int32(
-            flat.iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    v.as_i64()
-                        .and_then(|x| i32::try_from(x).ok())
-                        .ok_or_else(|| bad(i))
-                })
-                .collect::<Result<_, _>>()?,
-        ),
-        DataType::Bool => TensorData::Bool(
-            flat.iter()
-                .enumerate()
-                .map(|(i, v)| v.as_bool().ok_or_else(|| bad(i)))
-                .collect::<Result<_, _>>()?,
-        ),
-        other => {
+    let data = match fast {
+        Some(d) if d.len() <= MAX_ELEMENTS => d,
+        Some(_) => {
             return Err(format!(
-                "input {:?}: datatype {other} is not supported by this agent",
+                "input {:?}: more than {MAX_ELEMENTS} elements",
                 t.name
             ));
         }
+        None => parse_nested(t, datatype, raw)?,
     };
     let tensor = Tensor {
         name: t.name.clone(),
@@ -305,15 +283,104 @@ fn parse_input(t: &InputTensor) -> Result<Tensor, String> {
     Ok(tensor)
 }
 
-fn output_json(t: &Tensor) -> Value {
-    let data = match &t.data {
-        TensorData::Bool(v) => json!(v),
-        TensorData::Int32(v) => json!(v),
-        TensorData::Int64(v) => json!(v),
-        TensorData::Fp32(v) => json!(v),
-        TensorData::Fp64(v) => json!(v),
+/// The general path: nested arrays (row-major) and precise per-element errors.
+fn parse_nested(t: &InputTensor, datatype: DataType, raw: &str) -> Result<TensorData, String> {
+    let value: Value =
+        serde_json::from_str(raw).map_err(|e| format!("input {:?}: bad data: {e}", t.name))?;
+    let mut flat = Vec::new();
+    flatten(&value, &mut flat).map_err(|e| format!("input {:?}: {e}", t.name))?;
+    let bad = |i: usize| {
+        format!(
+            "input {:?}: element {i} ({}) is not a valid {}",
+            t.name, flat[i], t.datatype
+        )
     };
-    json!({"name": t.name, "datatype": t.data.datatype().as_str(), "shape": t.shape, "data": data})
+    let each = |f: &dyn Fn(&Value) -> bool| -> Result<(), String> {
+        match flat.iter().position(|v| !f(v)) {
+            Some(i) => Err(bad(i)),
+            None => Ok(()),
+        }
+    };
+    Ok(match datatype {
+        DataType::Fp32 => {
+            each(&|v| v.is_number())?;
+            TensorData::Fp32(
+                flat.iter()
+                    .filter_map(|v| v.as_f64())
+                    .map(|x| x as f32)
+                    .collect(),
+            )
+        }
+        DataType::Fp64 => {
+            each(&|v| v.is_number())?;
+            TensorData::Fp64(flat.iter().filter_map(|v| v.as_f64()).collect())
+        }
+        DataType::Int64 => {
+            each(&|v| v.as_i64().is_some())?;
+            TensorData::Int64(flat.iter().filter_map(|v| v.as_i64()).collect())
+        }
+        DataType::Int32 => {
+            each(&|v| v.as_i64().and_then(|x| i32::try_from(x).ok()).is_some())?;
+            TensorData::Int32(
+                flat.iter()
+                    .filter_map(|v| v.as_i64().and_then(|x| i32::try_from(x).ok()))
+                    .collect(),
+            )
+        }
+        DataType::Bool => {
+            each(&|v| v.is_boolean())?;
+            TensorData::Bool(flat.iter().filter_map(|v| v.as_bool()).collect())
+        }
+        other => {
+            return Err(format!(
+                "input {:?}: datatype {other} is not supported by this agent",
+                t.name
+            ));
+        }
+    })
+}
+
+#[derive(Serialize)]
+struct OutputTensor<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [u64],
+    data: OutputData<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum OutputData<'a> {
+    Bool(&'a [bool]),
+    Int32(&'a [i32]),
+    Int64(&'a [i64]),
+    Fp32(&'a [f32]),
+    Fp64(&'a [f64]),
+}
+
+#[derive(Serialize)]
+struct InferResponse<'a> {
+    model_name: &'a str,
+    model_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    outputs: Vec<OutputTensor<'a>>,
+}
+
+fn output_tensor(t: &Tensor) -> OutputTensor<'_> {
+    let data = match &t.data {
+        TensorData::Bool(v) => OutputData::Bool(v),
+        TensorData::Int32(v) => OutputData::Int32(v),
+        TensorData::Int64(v) => OutputData::Int64(v),
+        TensorData::Fp32(v) => OutputData::Fp32(v),
+        TensorData::Fp64(v) => OutputData::Fp64(v),
+    };
+    OutputTensor {
+        name: &t.name,
+        datatype: t.data.datatype().as_str(),
+        shape: &t.shape,
+        data,
+    }
 }
 
 async fn infer(
@@ -353,21 +420,24 @@ fn run_infer(
         .into_iter()
         .map(|o| o.name)
         .collect();
-    // tract runs on this thread; block_in_place lets the runtime move other tasks away meanwhile.
-    let outputs = match tokio::runtime::Handle::current().runtime_flavor() {
-        tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(|| model.infer(&inputs, &wanted))
-        }
-        _ => model.infer(&inputs, &wanted),
-    }
-    .map_err(bad_request)?;
-    let mut resp = json!({
-        "model_name": model.manifest.name,
-        "model_version": model.manifest.version.to_string(),
-        "outputs": outputs.iter().map(output_json).collect::<Vec<_>>(),
-    });
-    if let Some(id) = req.id {
-        resp["id"] = Value::String(id);
-    }
-    Ok(axum::Json(resp).into_response())
+    let outputs = model
+        .infer_adaptive(&inputs, &wanted)
+        .map_err(bad_request)?;
+    let resp = InferResponse {
+        model_name: &model.manifest.name,
+        model_version: model.manifest.version.to_string(),
+        id: req.id,
+        outputs: outputs.iter().map(output_tensor).collect(),
+    };
+    let body = serde_json::to_vec(&resp).map_err(|e| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode: {e}"),
+        )
+    })?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
 }

@@ -70,7 +70,10 @@ pub fn decode_all(label: &str, text: &str) -> Result<Vec<Vec<u8>>> {
     while let Some(start) = rest.find(&begin) {
         let after = &rest[start..];
         let Some(stop) = after.find(&end) else {
-            return Err(Error::Malformed { what: "armoured document", detail: format!("missing {end:?} line") });
+            return Err(Error::Malformed {
+                what: "armoured document",
+                detail: format!("missing {end:?} line"),
+            });
         };
         out.push(decode(label, after[..stop + end.len()].as_bytes())?);
         rest = &after[stop + end.len()..];
@@ -85,12 +88,31 @@ mod tests {
     #[test]
     fn round_trip_raw_and_chains() {
         let a = encode("MANIFEST", b"hello world");
-        assert_eq!(decode("MANIFEST", a.as_bytes()).expect("decode"), b"hello world");
+        assert_eq!(
+            decode("MANIFEST", a.as_bytes()).expect("decode"),
+            b"hello world"
+        );
         assert_eq!(decode("MANIFEST", b"\x00raw").expect("raw"), b"\x00raw");
         assert!(decode("DELEGATION", a.as_bytes()).is_err(), "wrong label");
-        assert!(decode("MANIFEST", a.replace("aGVsbG8", "!!!").as_bytes()).is_err(), "bad base64");
-        let chain = format!("{}{}", encode("ROOT ROTATION", b"one"), encode("ROOT ROTATION", b"two"));
-        assert_eq!(decode_all("ROOT ROTATION", &chain).expect("chain"), vec![b"one".to_vec(), b"two".to_vec()]);
-        assert!(decode_all("ROOT ROTATION", "-----BEGIN EDGEFLEET ROOT ROTATION-----\nxx").is_err());
+        assert!(
+            decode("MANIFEST", a.replace("aGVsbG8", "!!!").as_bytes()).is_err(),
+            "bad base64"
+        );
+        let chain = format!(
+            "{}{}",
+            encode("ROOT ROTATION", b"one"),
+            encode("ROOT ROTATION", b"two")
+        );
+        assert_eq!(
+            decode_all("ROOT ROTATION", &chain).expect("chain"),
+            vec![b"one".to_vec(), b"two".to_vec()]
+        );
+        assert!(
+            decode_all(
+                "ROOT ROTATION",
+                "-----BEGIN EDGEFLEET ROOT ROTATION-----\nxx"
+            )
+            .is_err()
+        );
     }
 }

@@ -22,7 +22,11 @@ fn manifest(artifact: &[u8]) -> ModelManifest {
     ModelManifest {
         name: "demand".into(),
         version: 1,
-        artifact: ArtifactRef { sha256: Digest::of(artifact), size: artifact.len() as u64, format: ModelFormat::Onnx },
+        artifact: ArtifactRef {
+            sha256: Digest::of(artifact),
+            size: artifact.len() as u64,
+            format: ModelFormat::Onnx,
+        },
         inputs: vec![edgefleet_tests::input_spec()],
         outputs: vec![edgefleet_tests::output_spec()],
         smoke_tests: vec![],
@@ -49,7 +53,10 @@ fn time_per_iter(iters: u32, mut f: impl FnMut()) -> Duration {
 }
 
 fn main() -> anyhow::Result<()> {
-    let secs: u64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    let secs: u64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
     let mlp = Mlp::new(1);
     let artifact = mlp.to_onnx();
     let dir = tempfile::tempdir()?;
@@ -68,19 +75,34 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
     loads.sort();
-    println!("model load+optimise (MLP 8-16-1): median {:?}, max {:?}", percentile(&loads, 0.5), loads[loads.len() - 1]);
+    println!(
+        "model load+optimise (MLP 8-16-1): median {:?}, max {:?}",
+        percentile(&loads, 0.5),
+        loads[loads.len() - 1]
+    );
 
     // Raw tract vs the agent's inference path, batch 1.
-    let plan = tract_onnx::onnx().model_for_path(&path)?.into_optimized()?.into_runnable()?;
+    let plan = tract_onnx::onnx()
+        .model_for_path(&path)?
+        .into_optimized()?
+        .into_runnable()?;
     let input = tract_onnx::prelude::Tensor::from_shape(&[1, FEATURES], &row)?;
     let raw = time_per_iter(200_000, || {
         let out = plan.run(tvec![input.clone().into()]).expect("run");
         std::hint::black_box(out);
     });
     let model = LoadedModel::load(manifest(&artifact), &path)?;
-    let tensor = Tensor { name: "x".into(), shape: vec![1, FEATURES as u64], data: TensorData::Fp32(row.clone()) };
+    let tensor = Tensor {
+        name: "x".into(),
+        shape: vec![1, FEATURES as u64],
+        data: TensorData::Fp32(row.clone()),
+    };
     let ours = time_per_iter(200_000, || {
-        std::hint::black_box(model.infer(std::slice::from_ref(&tensor), &[]).expect("infer"));
+        std::hint::black_box(
+            model
+                .infer(std::slice::from_ref(&tensor), &[])
+                .expect("infer"),
+        );
     });
     println!(
         "inference batch 1: raw tract {:.2} µs, agent path (checks + conversion) {:.2} µs, ratio {:.2}",
@@ -104,18 +126,26 @@ fn main() -> anyhow::Result<()> {
     let registry = Arc::new(Registry::default());
     registry.swap_in(Arc::new(model));
     registry.set_ready();
-    let server_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let (oip_addr, echo_addr) = server_rt.block_on(async {
         let oip = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let (a, b) = (oip.local_addr()?, echo.local_addr()?);
         tokio::spawn(async move { axum::serve(oip, router(registry)).await });
-        let echo_app = axum::Router::new().route("/echo", axum::routing::post(|b: axum::body::Bytes| async move { b }));
+        let echo_app = axum::Router::new().route(
+            "/echo",
+            axum::routing::post(|b: axum::body::Bytes| async move { b }),
+        );
         tokio::spawn(async move { axum::serve(echo, echo_app).await });
         anyhow::Ok((a, b))
     })?;
     let body = serde_json::json!({"id": "b", "inputs": [{"name": "x", "shape": [1, FEATURES], "datatype": "FP32", "data": row}]}).to_string();
-    let client_rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let client_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let results = client_rt.block_on(async {
         let http = reqwest::Client::new();
         let oip_url = format!("http://{oip_addr}/v2/models/demand/infer");
@@ -125,7 +155,11 @@ fn main() -> anyhow::Result<()> {
         let mut oip_time = Duration::ZERO;
         let mut echo_time = Duration::ZERO;
         for round in 0..4 {
-            let (url, lat, total) = if round % 2 == 0 { (&oip_url, &mut oip, &mut oip_time) } else { (&echo_url, &mut echo, &mut echo_time) };
+            let (url, lat, total) = if round % 2 == 0 {
+                (&oip_url, &mut oip, &mut oip_time)
+            } else {
+                (&echo_url, &mut echo, &mut echo_time)
+            };
             let start = Instant::now();
             let deadline = start + Duration::from_secs(secs);
             let tasks: Vec<_> = (0..8)
@@ -135,7 +169,13 @@ fn main() -> anyhow::Result<()> {
                         let mut l = Vec::new();
                         while Instant::now() < deadline {
                             let t = Instant::now();
-                            let r = http.post(&url).header("content-type", "application/json").body(body.clone()).send().await.expect("send");
+                            let r = http
+                                .post(&url)
+                                .header("content-type", "application/json")
+                                .body(body.clone())
+                                .send()
+                                .await
+                                .expect("send");
                             assert!(r.status().is_success());
                             r.bytes().await.expect("body");
                             l.push(t.elapsed());
@@ -168,6 +208,9 @@ fn main() -> anyhow::Result<()> {
         percentile(&echo, 0.99).as_secs_f64() * 1e6,
         echo_rps
     );
-    println!("throughput ratio OIP / echo: {:.2} (goal >= 0.70)", oip_rps / echo_rps);
+    println!(
+        "throughput ratio OIP / echo: {:.2} (goal >= 0.70)",
+        oip_rps / echo_rps
+    );
     Ok(())
 }

@@ -3,7 +3,10 @@
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_path_buf()
 }
 
 fn read(p: &str) -> String {
@@ -39,11 +42,24 @@ fn dependencies(manifest: &str) -> String {
 fn common_does_no_io() {
     let deps = dependencies("common/Cargo.toml");
     for forbidden in ["tokio", "reqwest", "sled", "axum", "rumqttc", "tract"] {
-        assert!(!deps.contains(forbidden), "common must not depend on {forbidden}");
+        assert!(
+            !deps.contains(forbidden),
+            "common must not depend on {forbidden}"
+        );
     }
     for (path, text) in sources("common/src") {
-        for forbidden in ["std::fs", "std::net", "SystemTime::now", "std::env", "std::process"] {
-            assert!(!text.contains(forbidden), "{} uses {forbidden}: common does no I/O", path.display());
+        for forbidden in [
+            "std::fs",
+            "std::net",
+            "SystemTime::now",
+            "std::env",
+            "std::process",
+        ] {
+            assert!(
+                !text.contains(forbidden),
+                "{} uses {forbidden}: common does no I/O",
+                path.display()
+            );
         }
     }
 }
@@ -51,21 +67,36 @@ fn common_does_no_io() {
 #[test]
 fn hub_never_depends_on_agent_and_agent_never_on_hub() {
     assert!(!dependencies("hub/Cargo.toml").contains("edgefleet-agent"));
-    assert!(!read("hub/Cargo.toml").contains("edgefleet-agent"), "not even as a dev-dependency");
+    assert!(
+        !read("hub/Cargo.toml").contains("edgefleet-agent"),
+        "not even as a dev-dependency"
+    );
     assert!(!dependencies("agent/Cargo.toml").contains("edgefleet-hub"));
 }
 
 #[test]
 fn every_crate_forbids_unsafe_code() {
-    for lib in ["common/src/lib.rs", "agent/src/lib.rs", "hub/src/lib.rs", "tests/src/lib.rs"] {
+    for lib in [
+        "common/src/lib.rs",
+        "agent/src/lib.rs",
+        "hub/src/lib.rs",
+        "tests/src/lib.rs",
+    ] {
         assert!(read(lib).contains("#![forbid(unsafe_code)]"), "{lib}");
     }
 }
 
 #[test]
 fn binaries_are_thin() {
-    for (bin, max_lines) in [("agent/src/main.rs", 120), ("hub/src/bin/edgefleet-hub.rs", 120), ("hub/src/bin/edgefleet.rs", 40)] {
+    for (bin, max_lines) in [
+        ("agent/src/main.rs", 120),
+        ("hub/src/bin/edgefleet-hub.rs", 120),
+        ("hub/src/bin/edgefleet.rs", 40),
+    ] {
         let n = read(bin).lines().count();
-        assert!(n <= max_lines, "{bin} has {n} lines: move logic into the library");
+        assert!(
+            n <= max_lines,
+            "{bin} has {n} lines: move logic into the library"
+        );
     }
 }

@@ -22,7 +22,14 @@ async fn devices_follow_a_root_rotation() {
     let new_root = SecretKey::generate().expect("key");
     let rotation = RootRotation::create(&old_root, &new_root, 2, now()).expect("rotation");
     let chain = hub.dir.path().join("rotations");
-    std::fs::write(&chain, armor::encode("ROOT ROTATION", &encoding::to_bytes(&rotation).expect("bytes"))).expect("write");
+    std::fs::write(
+        &chain,
+        armor::encode(
+            "ROOT ROTATION",
+            &encoding::to_bytes(&rotation).expect("bytes"),
+        ),
+    )
+    .expect("write");
     let d = Delegation {
         key: hub.hub_key.public(),
         label: "hub".into(),
@@ -32,8 +39,17 @@ async fn devices_follow_a_root_rotation() {
         expires_at: now() + 86400,
     };
     let delegation = hub.dir.path().join("hub-b.delegation");
-    std::fs::write(&delegation, armor::encode("DELEGATION", &Signed::sign(&d, &new_root, None).expect("sign").to_bytes().expect("b")))
-        .expect("write");
+    std::fs::write(
+        &delegation,
+        armor::encode(
+            "DELEGATION",
+            &Signed::sign(&d, &new_root, None)
+                .expect("sign")
+                .to_bytes()
+                .expect("b"),
+        ),
+    )
+    .expect("write");
     let mut config = hub.config.clone();
     config.root_rotations = Some(chain);
     config.delegation = delegation;
@@ -45,16 +61,21 @@ async fn devices_follow_a_root_rotation() {
     let artifact = mlp.to_onnx();
     let m = hub.manifest("demand", 2, &mlp, &artifact);
     assert_eq!(hub.put_blob(&artifact).await.status(), 201);
-    let r = hub.post_manifest(&Signed::sign(&m, &old_root, None).expect("sign")).await;
+    let r = hub
+        .post_manifest(&Signed::sign(&m, &old_root, None).expect("sign"))
+        .await;
     assert_eq!(r.status(), 403, "the rotated-out root is no longer trusted");
     hub.push(&m, &artifact).await;
     hub.assign("shop-1", "demand", 2).await;
     eventually("v2 signed by the new root", || async {
-        infer_ok(&http, &agent.url, "demand", &rows).await.filter(|(v, _)| *v == 2)
+        infer_ok(&http, &agent.url, "demand", &rows)
+            .await
+            .filter(|(v, _)| *v == 2)
     })
     .await;
     let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(agent.dir.path().join("state.json")).expect("state")).expect("json");
+        serde_json::from_slice(&std::fs::read(agent.dir.path().join("state.json")).expect("state"))
+            .expect("json");
     assert_eq!(state["root"]["version"], 2);
     assert_eq!(state["root"]["root_key"], new_root.public().to_hex());
     agent.stop().await;

@@ -10,13 +10,21 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Forwards 127.0.0.1:port → `upstream`, throttling upstream→client after `free` bytes.
-async fn throttling_proxy(upstream: std::net::SocketAddr, free: usize, bytes_per_sec: usize) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+async fn throttling_proxy(
+    upstream: std::net::SocketAddr,
+    free: usize,
+    bytes_per_sec: usize,
+) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
                 let (mut cr, mut cw) = client.into_split();
                 let (mut sr, mut sw) = server.into_split();
                 tokio::spawn(async move {
@@ -25,13 +33,19 @@ async fn throttling_proxy(upstream: std::net::SocketAddr, free: usize, bytes_per
                 let mut sent = 0usize;
                 let mut buf = vec![0u8; 16 * 1024];
                 loop {
-                    let Ok(n) = sr.read(&mut buf).await else { return };
+                    let Ok(n) = sr.read(&mut buf).await else {
+                        return;
+                    };
                     if n == 0 {
                         return;
                     }
                     let mut chunk = &buf[..n];
                     while !chunk.is_empty() {
-                        let step = if sent < free { (free - sent).min(chunk.len()) } else { (bytes_per_sec / 10).max(1).min(chunk.len()) };
+                        let step = if sent < free {
+                            (free - sent).min(chunk.len())
+                        } else {
+                            (bytes_per_sec / 10).max(1).min(chunk.len())
+                        };
                         if cw.write_all(&chunk[..step]).await.is_err() {
                             return;
                         }
@@ -63,7 +77,10 @@ async fn a_trickling_download_is_abandoned_and_the_current_model_kept() {
     .await;
     let http = reqwest::Client::new();
     let rows = edgefleet_tests::probe_rows(1, 1);
-    eventually("v1 (small enough to pass before the throttle)", || infer_ok(&http, &agent.url, "demand", &rows)).await;
+    eventually("v1 (small enough to pass before the throttle)", || {
+        infer_ok(&http, &agent.url, "demand", &rows)
+    })
+    .await;
 
     // v2 is 4 MB: past the first 64 KiB it arrives at 200 B/s, under the 1024 B/s minimum.
     let mlp2 = edgefleet_tests::Mlp::new(2);
@@ -74,8 +91,21 @@ async fn a_trickling_download_is_abandoned_and_the_current_model_kept() {
     hub.assign("shop-1", "demand", 2).await;
     let e = hub.wait_error("shop-1", "too slow").await;
     assert!(e.contains("download_min_bytes_per_sec"), "{e}");
-    assert_eq!(infer_ok(&http, &agent.url, "demand", &rows).await.expect("still serving").0, 1);
-    let part = agent.dir.path().join("staging").join(format!("{}.part", m.artifact.sha256));
-    assert!(std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) > 0, "partial data kept for resume");
+    assert_eq!(
+        infer_ok(&http, &agent.url, "demand", &rows)
+            .await
+            .expect("still serving")
+            .0,
+        1
+    );
+    let part = agent
+        .dir
+        .path()
+        .join("staging")
+        .join(format!("{}.part", m.artifact.sha256));
+    assert!(
+        std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) > 0,
+        "partial data kept for resume"
+    );
     agent.stop().await;
 }

@@ -42,7 +42,8 @@ impl AppState {
     }
 
     pub fn begin_shutdown(&self) {
-        self.stopping.store(true, std::sync::atomic::Ordering::Release);
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
         self.changed();
     }
 

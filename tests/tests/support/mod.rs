@@ -134,7 +134,10 @@ impl Hub {
     fn launch(
         config: &edgefleet_hub::HubConfig,
         listener: tokio::net::TcpListener,
-    ) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) {
         let loaded = config.clone().validate().expect("valid config");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(edgefleet_hub::run(loaded, listener, async {
