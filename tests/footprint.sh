@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Agent footprint: stripped binary size per build profile, and the RSS of the agent serving the
-# test model after 2000 OIP requests. Usage: tests/footprint.sh [PROFILE...] (default: release).
+# test model after 2000 OIP requests, and batch-1 inference time of a bench built the same way. Usage: tests/footprint.sh [PROFILE...] (default: release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILES=("$@")
@@ -13,16 +13,8 @@ for P in "${PROFILES[@]}"; do
   cp "target/$P/edgefleet-agent" "$BIN_DIR/edgefleet-agent"
   strip "$BIN_DIR/edgefleet-agent"
   SIZE=$(stat -c %s "$BIN_DIR/edgefleet-agent")
-  RSS=$(EDGEFLEET_BIN=$BIN_DIR EDGEFLEET_DEMO_THEN='python3 - <<PY
-import json, os, urllib.request
-addr = os.environ["EDGEFLEET_AGENT_ADDR"]
-body = json.dumps({"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6, 7, 8]}]}).encode()
-for _ in range(2000):
-    urllib.request.urlopen(urllib.request.Request(f"http://{addr}/v2/models/demand/infer", body, {"content-type": "application/json"})).read()
-status = open(f"/proc/{os.environ[\"EDGEFLEET_AGENT_PID\"]}/status").read()
-fields = dict(l.split(":", 1) for l in status.splitlines())
-print("RSS", fields["VmRSS"].strip(), "HWM", fields["VmHWM"].strip())
-PY' tests/quickstart.sh 2>/dev/null | grep '^RSS')
-  printf '%-16s stripped %6.2f MiB   %s\n' "$P" "$(echo "$SIZE / 1048576" | bc -l)" "$RSS"
+  RSS=$(EDGEFLEET_BIN=$BIN_DIR EDGEFLEET_DEMO_THEN="python3 $PWD/tests/footprint_load.py" tests/quickstart.sh 2>/dev/null | grep '^RSS' || echo "RSS unknown")
+  INFER=$(BENCH_ONLY_INFERENCE=1 cargo bench --quiet --profile "$P" -p edgefleet-tests --bench serving 2>/dev/null | grep '^inference' || echo "inference unknown")
+  printf '%-16s stripped %6.2f MiB   %s   %s\n' "$P" "$(echo "$SIZE / 1048576" | bc -l)" "$RSS" "$INFER"
   rm -rf "$BIN_DIR"
 done

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use edgefleet_common::manifest::ModelFormat;
 use edgefleet_common::trust::{Delegation, Permission, RootRotation};
 use edgefleet_common::{
-    ArtifactRef, Digest, Lineage, ModelManifest, Signed, SmokeTest, TensorSpec, armor, name,
+    ArtifactRef, Digest, Lineage, ModelManifest, Signed, SmokeTest, TensorSpec, name,
 };
 use serde::Deserialize;
 
@@ -192,12 +192,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             d.validate()?;
             let signed = Signed::sign(&d, &root, None)?;
-            keyfile::write_atomic(
-                out,
-                armor::encode("DELEGATION", &signed.to_bytes()?).as_bytes(),
-                0o644,
-                true,
-            )?;
+            keyfile::write_document(out, "DELEGATION", &signed.to_bytes()?)?;
             say(
                 cli.json,
                 &format!(
@@ -227,15 +222,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let old = keyfile::load_secret_key(old_key)?;
             let new = keyfile::load_secret_key(new_key)?;
             let rot = RootRotation::create(&old, &new, *version, crate::now())?;
-            keyfile::write_atomic(
+            keyfile::write_document(
                 out,
-                armor::encode(
-                    "ROOT ROTATION",
-                    &edgefleet_common::encoding::to_bytes(&rot)?,
-                )
-                .as_bytes(),
-                0o644,
-                true,
+                "ROOT ROTATION",
+                &edgefleet_common::encoding::to_bytes(&rot)?,
             )?;
             say(
                 cli.json,
@@ -317,12 +307,7 @@ fn sign(
     };
     manifest.validate()?;
     let signed = Signed::sign(&manifest, &key, delegation)?;
-    keyfile::write_atomic(
-        out,
-        armor::encode("MANIFEST", &signed.to_bytes()?).as_bytes(),
-        0o644,
-        true,
-    )?;
+    keyfile::write_document(out, "MANIFEST", &signed.to_bytes()?)?;
     say(
         json,
         &format!(

@@ -98,3 +98,8 @@ pub fn read_document(path: &Path, label: &str) -> anyhow::Result<Vec<u8>> {
     let raw = read_bounded(path)?;
     armor::decode(label, &raw).with_context(|| format!("cannot read {}", path.display()))
 }
+
+/// Writes a document (postcard bytes) as an armoured text file, replacing any old one.
+pub fn write_document(path: &Path, label: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    write_atomic(path, armor::encode(label, bytes).as_bytes(), 0o644, true)
+}
