@@ -10,6 +10,7 @@ pub mod config;
 pub mod download;
 pub mod error;
 pub mod hub_client;
+pub mod lifecycle;
 pub mod model;
 pub mod serve;
 pub mod state;
@@ -68,9 +69,24 @@ pub async fn run(
     let loop_task = tokio::spawn(updater.clone().run(stop_rx));
     let addr = listener.local_addr()?;
     tracing::info!(%addr, device = %config.device_id, hub = %config.hub_url, "agent serving OIP v2");
+    let serving: Vec<String> = registry
+        .snapshot()
+        .values()
+        .map(|m| format!("{} v{}", m.manifest.name, m.manifest.version))
+        .collect();
+    lifecycle::ready(&format!(
+        "serving on {addr}: {}",
+        if serving.is_empty() {
+            "no model yet".into()
+        } else {
+            serving.join(", ")
+        }
+    ));
+    lifecycle::spawn_watchdog();
     axum::serve(listener, serve::router(registry))
         .with_graceful_shutdown(async move {
             shutdown.await;
+            lifecycle::stopping();
             let _ = stop_tx.send(true);
         })
         .await?;

@@ -273,6 +273,7 @@ impl Updater {
         }
         self.record_serial(&a).await?;
         tracing::info!(model = %m.name, version = m.version, "now serving");
+        crate::lifecycle::status(&format!("serving {} v{}", m.name, m.version));
         Ok(())
     }
 
@@ -290,10 +291,18 @@ impl Updater {
         let mut backoff = Duration::from_secs(1);
         loop {
             let now = crate::now();
-            let result = match self.hub.poll(now, self.config.poll_interval_secs).await {
-                Ok(Poll::Unchanged) => Ok(false),
-                Ok(Poll::Changed(bundle)) => self.apply(&bundle, now).await.map(|_| true),
-                Err(e) => Err(e),
+            let step = async {
+                match self.hub.poll(now, self.config.poll_interval_secs).await {
+                    Ok(Poll::Unchanged) => Ok(false),
+                    Ok(Poll::Changed(bundle)) => self.apply(&bundle, now).await.map(|_| true),
+                    Err(e) => Err(e),
+                }
+            };
+            // Shutdown cancels a long-poll or an update mid-way: every step is crash-safe, so
+            // stopping here is no worse than kill -9 and keeps the unit's stop timeout.
+            let result = tokio::select! {
+                r = step => r,
+                _ = shutdown.changed() => return,
             };
             let failed = result.is_err();
             match &result {
@@ -304,6 +313,7 @@ impl Updater {
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in_secs = backoff.as_secs(), "update failed; still serving the current model");
                     *self.last_error.lock().await = Some(e.to_string());
+                    crate::lifecycle::status(&format!("update failed, still serving: {e}"));
                     self.hub.reset_etag().await;
                 }
             }

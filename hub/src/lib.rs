@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod keyfile;
+pub mod lifecycle;
 pub mod store;
 
 use std::future::Future;
@@ -77,10 +78,13 @@ pub async fn run(
     });
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %data_dir.display(), "hub listening");
+    lifecycle::ready(&format!("listening on {addr}"));
+    lifecycle::spawn_watchdog();
     let on_stop = state.clone();
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(async move {
             shutdown.await;
+            lifecycle::stopping();
             on_stop.begin_shutdown();
         })
         .await?;
