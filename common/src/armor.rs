@@ -75,7 +75,7 @@ pub fn decode_all(label: &str, text: &str) -> Result<Vec<Vec<u8>>> {
                 detail: format!("missing {end:?} line"),
             });
         };
-        out.push(decode(label, after[..stop + end.len()].as_bytes())?);
+        out.push(decode(label, &after.as_bytes()[..stop + end.len()])?);
         rest = &after[stop + end.len()..];
     }
     Ok(out)
