@@ -34,8 +34,11 @@ pub struct AgentConfig {
     pub download_deadline_secs: u64,
     /// Largest model this device accepts, whatever the manifest says.
     pub max_model_bytes: u64,
-    /// Log format: "text" or "json".
+    /// Log format: "text" or "json" (under journald, text lines carry no timestamps).
     pub log_format: String,
+    /// Log level or filter directive, e.g. "info" or "edgefleet_agent=debug,info";
+    /// `EDGEFLEET_LOG` overrides it. Reloadable.
+    pub log_level: String,
 }
 
 impl Default for AgentConfig {
@@ -54,6 +57,7 @@ impl Default for AgentConfig {
             download_deadline_secs: 3600,
             max_model_bytes: 1024 * 1024 * 1024,
             log_format: "text".into(),
+            log_level: "info".into(),
         }
     }
 }
@@ -128,6 +132,10 @@ impl AgentConfig {
                 }
                 "DOWNLOAD_DEADLINE_SECS" => num(&value).map(|v| self.download_deadline_secs = v),
                 "MAX_MODEL_BYTES" => num(&value).map(|v| self.max_model_bytes = v),
+                "LOG_LEVEL" => {
+                    self.log_level = value.clone();
+                    Ok(())
+                }
                 "LOG_FORMAT" => {
                     self.log_format = value.clone();
                     Ok(())
@@ -183,6 +191,9 @@ impl AgentConfig {
         }
         if self.max_model_bytes == 0 {
             errors.push("max_model_bytes: must be positive".into());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            errors.push(format!("log_level: {e}"));
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             errors.push(format!(

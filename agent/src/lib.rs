@@ -39,6 +39,17 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let (_keep, reloads) = tokio::sync::mpsc::channel(1);
+    run_reloadable(config, listener, shutdown, reloads).await
+}
+
+/// [`run`], also applying each validated configuration received on `reloads` (SIGHUP).
+pub async fn run_reloadable(
+    config: AgentConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    mut reloads: tokio::sync::mpsc::Receiver<AgentConfig>,
+) -> anyhow::Result<()> {
     config.validate()?;
     let layout = state::Layout::new(&config.data_dir);
     layout
@@ -57,7 +68,7 @@ pub async fn run(
         trust: Mutex::new(trust),
         active: Mutex::new(active),
         last_error: Mutex::new(None),
-        config: config.clone(),
+        config: arc_swap::ArcSwap::from_pointee(config.clone()),
     });
     {
         let mut a = updater.active.lock().await;
@@ -67,6 +78,12 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let loop_task = tokio::spawn(updater.clone().run(stop_rx));
+    let reloader = updater.clone();
+    tokio::spawn(async move {
+        while let Some(new) = reloads.recv().await {
+            reloader.reload(new);
+        }
+    });
     let addr = listener.local_addr()?;
     tracing::info!(%addr, device = %config.device_id, hub = %config.hub_url, "agent serving OIP v2");
     let serving: Vec<String> = registry

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use edgefleet_agent::AgentConfig;
+use edgefleet_agent::{AgentConfig, lifecycle};
 
 #[derive(Parser)]
 #[command(
@@ -55,23 +55,10 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = AgentConfig::load(config.as_deref())?;
+async fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = AgentConfig::load(path.as_deref())?;
     config.validate()?;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("EDGEFLEET_LOG")
-        .unwrap_or_else(|_| "info".into());
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    if config.log_format == "json" {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt()
-            .with_ansi(ansi)
-            .with_env_filter(filter)
-            .init();
-    }
+    let log = lifecycle::init_logging(&config.log_format, &config.log_level);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| {
@@ -80,7 +67,20 @@ async fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
                 config.listen
             )
         })?;
-    edgefleet_agent::run(config, listener, shutdown_signal()).await
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let file = path.clone();
+    lifecycle::watch_config(path, move || {
+        match AgentConfig::load(file.as_deref()).and_then(|c| c.validate().map(|_| c)) {
+            Ok(c) => {
+                lifecycle::set_log_level(&log, &c.log_level);
+                let _ = tx.try_send(c);
+            }
+            Err(error) => {
+                tracing::error!(error = %format!("{error:#}"), "reload refused; keeping the running configuration")
+            }
+        }
+    });
+    edgefleet_agent::run_reloadable(config, listener, shutdown_signal(), rx).await
 }
 
 async fn shutdown_signal() {

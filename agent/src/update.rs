@@ -18,7 +18,8 @@ use crate::serve::Registry;
 use crate::state::{ActiveModel, ActiveSet, Layout, TrustState};
 
 pub struct Updater {
-    pub config: AgentConfig,
+    /// The running configuration; `reload` swaps in the reloadable part of a new one.
+    pub config: arc_swap::ArcSwap<AgentConfig>,
     pub layout: Layout,
     pub hub: HubClient,
     pub registry: Arc<Registry>,
@@ -87,6 +88,44 @@ impl Updater {
             self.layout.save_active(active)?;
         }
         Ok(())
+    }
+
+    /// Applies a new, validated configuration: the reloadable keys take effect at once (the
+    /// next poll or download); keys that need a restart are reported and keep their value.
+    pub fn reload(&self, mut new: AgentConfig) {
+        let old = self.config.load_full();
+        let mut restart = Vec::new();
+        macro_rules! keep {
+            ($($field:ident),*) => {$(
+                if new.$field != old.$field {
+                    restart.push(stringify!($field));
+                    new.$field = old.$field.clone();
+                }
+            )*};
+        }
+        keep!(
+            device_id,
+            tags,
+            hub_url,
+            data_dir,
+            root_key,
+            enrollment_token,
+            listen,
+            log_format
+        );
+        if !restart.is_empty() {
+            tracing::warn!(keys = ?restart, "these keys change only on restart; kept their running values");
+        }
+        tracing::info!(
+            poll_interval_secs = new.poll_interval_secs,
+            download_min_bytes_per_sec = new.download_min_bytes_per_sec,
+            download_rate_window_secs = new.download_rate_window_secs,
+            download_deadline_secs = new.download_deadline_secs,
+            max_model_bytes = new.max_model_bytes,
+            log_level = %new.log_level,
+            "configuration reloaded"
+        );
+        self.config.store(std::sync::Arc::new(new));
     }
 
     pub async fn status(&self) -> DeviceStatus {
@@ -212,11 +251,12 @@ impl Updater {
                     "models/{}/versions/{}/artifact",
                     m.name, m.version
                 ));
+                let config = self.config.load();
                 let limits = Limits {
-                    min_bytes_per_sec: self.config.download_min_bytes_per_sec,
-                    window: Duration::from_secs(self.config.download_rate_window_secs),
-                    deadline: Duration::from_secs(self.config.download_deadline_secs),
-                    max_bytes: self.config.max_model_bytes,
+                    min_bytes_per_sec: config.download_min_bytes_per_sec,
+                    window: Duration::from_secs(config.download_rate_window_secs),
+                    deadline: Duration::from_secs(config.download_deadline_secs),
+                    max_bytes: config.max_model_bytes,
                 };
                 let file = download::fetch(
                     &self.hub,
@@ -292,7 +332,11 @@ impl Updater {
         loop {
             let now = crate::now();
             let step = async {
-                match self.hub.poll(now, self.config.poll_interval_secs).await {
+                match self
+                    .hub
+                    .poll(now, self.config.load().poll_interval_secs)
+                    .await
+                {
                     Ok(Poll::Unchanged) => Ok(false),
                     Ok(Poll::Changed(bundle)) => self.apply(&bundle, now).await.map(|_| true),
                     Err(e) => Err(e),

@@ -36,8 +36,11 @@ pub struct HubConfig {
     pub max_artifact_bytes: u64,
     /// How long a device session token lives.
     pub session_ttl_secs: u64,
-    /// Log format: "text" or "json".
+    /// Log format: "text" or "json" (under journald, text lines carry no timestamps).
     pub log_format: String,
+    /// Log level or filter directive, e.g. "info" or "edgefleet_agent=debug,info";
+    /// `EDGEFLEET_LOG` overrides it. Reloadable.
+    pub log_level: String,
 }
 
 impl Default for HubConfig {
@@ -54,6 +57,7 @@ impl Default for HubConfig {
             max_artifact_bytes: 1024 * 1024 * 1024,
             session_ttl_secs: 3600,
             log_format: "text".into(),
+            log_level: "info".into(),
         }
     }
 }
@@ -147,6 +151,10 @@ impl HubConfig {
                     .parse()
                     .map(|v| self.session_ttl_secs = v)
                     .map_err(|e| format!("{e}")),
+                "LOG_LEVEL" => {
+                    self.log_level = value.clone();
+                    Ok(())
+                }
                 "LOG_FORMAT" => {
                     self.log_format = value.clone();
                     Ok(())
@@ -176,6 +184,9 @@ impl HubConfig {
         }
         if self.max_artifact_bytes == 0 {
             errors.push("max_artifact_bytes: must be positive".to_owned());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            errors.push(format!("log_level: {e}"));
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             errors.push(format!(

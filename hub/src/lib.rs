@@ -56,6 +56,19 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let (_keep, reloads) = tokio::sync::mpsc::channel(1);
+    run_reloadable(loaded, listener, shutdown, reloads).await
+}
+
+/// [`run`], also swapping in each validated configuration received on `reloads` (SIGHUP):
+/// keys, delegation, rotations, enrollment token and TTLs change at once; `data_dir` and
+/// `listen` only on restart.
+pub async fn run_reloadable(
+    loaded: Loaded,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    mut reloads: tokio::sync::mpsc::Receiver<Loaded>,
+) -> anyhow::Result<()> {
     let data_dir = loaded.config.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
@@ -71,13 +84,30 @@ pub async fn run(
     let (changes, _) = tokio::sync::watch::channel(0u64);
     let state = Arc::new(api::AppState {
         store: store.clone(),
-        loaded,
+        loaded: arc_swap::ArcSwap::from_pointee(loaded),
         admin_token_hash: Digest::of(token.as_bytes()),
         changes,
         stopping: Default::default(),
     });
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %data_dir.display(), "hub listening");
+    let reload_state = state.clone();
+    tokio::spawn(async move {
+        while let Some(mut new) = reloads.recv().await {
+            let old = reload_state.loaded.load_full();
+            if new.config.data_dir != old.config.data_dir || new.config.listen != old.config.listen
+            {
+                tracing::warn!(
+                    "data_dir and listen change only on restart; kept their running values"
+                );
+                new.config.data_dir = old.config.data_dir.clone();
+                new.config.listen = old.config.listen;
+            }
+            tracing::info!(root = %new.trust.root_key.short(), root_version = new.trust.version, "configuration reloaded");
+            reload_state.loaded.store(Arc::new(new));
+            reload_state.changed();
+        }
+    });
     lifecycle::ready(&format!("listening on {addr}"));
     lifecycle::spawn_watchdog();
     let on_stop = state.clone();

@@ -106,7 +106,7 @@ async fn updater(hub: &Hub, id: &str, dir: &std::path::Path) -> Updater {
     let trust = layout.load_trust(&hub.root.public()).expect("trust");
     Updater {
         hub: HubClient::new(&config, key).expect("client"),
-        config,
+        config: arc_swap::ArcSwap::from_pointee(config),
         layout,
         registry: Arc::new(Registry::default()),
         trust: Mutex::new(trust),

@@ -33,7 +33,10 @@ pub async fn enroll(
         ));
     }
     req.validate()?;
-    let token_ok = match (&s.loaded.config.enrollment_token, &req.enrollment_token) {
+    let token_ok = match (
+        &s.loaded.load().config.enrollment_token,
+        &req.enrollment_token,
+    ) {
         (Some(want), Some(got)) => Digest::of(want.as_bytes()) == Digest::of(got.as_bytes()),
         _ => false,
     };
@@ -178,7 +181,7 @@ pub async fn session(
     let mut token = [0u8; 32];
     getrandom::fill(&mut token).map_err(|e| HubError::Internal(e.to_string()))?;
     let token = hex::encode(token);
-    let ttl = s.loaded.config.session_ttl_secs;
+    let ttl = s.loaded.load().config.session_ttl_secs;
     s.store.put_session(
         &Digest::of(token.as_bytes()),
         &device.id,
@@ -214,7 +217,7 @@ pub async fn assign(
         )));
     }
     // Refuse up front what the hub could not sign, rather than failing on every device poll.
-    let delegation = s.loaded.delegation.decode_unverified()?;
+    let delegation = s.loaded.load().delegation.decode_unverified()?;
     if !delegation
         .patterns
         .iter()
@@ -252,7 +255,9 @@ pub async fn list_desired(
 /// fresh, so the bundle's bytes (and so its ETag) only change when something changed.
 fn bundle_for(s: &SharedState, device: &DeviceRecord) -> HubResult<AssignmentBundle> {
     let now = crate::now();
-    let ttl = s.loaded.config.assignment_ttl_secs;
+    // One snapshot: every assignment of the bundle is signed under the same keys and settings.
+    let loaded = s.loaded.load();
+    let ttl = loaded.config.assignment_ttl_secs;
     let mut out = Vec::new();
     for want in resolve_desired(&s.store.desired()?, device) {
         let Some(model) = s.store.model(&want.name, want.version)? else {
@@ -278,13 +283,13 @@ fn bundle_for(s: &SharedState, device: &DeviceRecord) -> HubResult<AssignmentBun
             issued_at: now,
             expires_at: now + ttl,
         };
-        let signed = Signed::sign(&a, &s.loaded.signing_key, Some(s.loaded.delegation.clone()))?;
+        let signed = Signed::sign(&a, &loaded.signing_key, Some(loaded.delegation.clone()))?;
         s.store.put_issued(&device.id, &signed)?;
         out.push(signed);
     }
     Ok(AssignmentBundle {
         assignments: out,
-        rotations: s.loaded.rotations.clone(),
+        rotations: loaded.rotations.clone(),
     })
 }
 

@@ -26,7 +26,8 @@ pub const MAX_DOCUMENT_BODY: usize = 16 * 1024 * 1024;
 
 pub struct AppState {
     pub store: Store,
-    pub loaded: Loaded,
+    /// The running configuration and keys; SIGHUP swaps in a newly validated one.
+    pub loaded: arc_swap::ArcSwap<Loaded>,
     pub admin_token_hash: Digest,
     /// Bumped whenever desired state or models change; long-polling devices wait on it.
     pub changes: tokio::sync::watch::Sender<u64>,
@@ -53,13 +54,11 @@ impl AppState {
 }
 
 pub fn router(state: SharedState) -> Router {
-    let max_artifact =
-        usize::try_from(state.loaded.config.max_artifact_bytes).unwrap_or(usize::MAX);
     Router::new()
         .route("/api/v1/health", get(health))
         .route(
             "/api/v1/blobs/{sha256}",
-            put(models::put_blob).layer(DefaultBodyLimit::max(max_artifact)),
+            put(models::put_blob).layer(DefaultBodyLimit::disable()),
         )
         .route(
             "/api/v1/models",
@@ -97,7 +96,7 @@ async fn health(State(s): State<SharedState>) -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
-        "root_key": s.loaded.trust.root_key.to_hex(),
+        "root_key": s.loaded.load().trust.root_key.to_hex(),
     }))
 }
 

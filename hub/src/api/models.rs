@@ -23,7 +23,7 @@ pub async fn put_blob(
     body: Body,
 ) -> HubResult<Response> {
     let digest = Digest::from_hex(&sha)?;
-    let limit = s.loaded.config.max_artifact_bytes;
+    let limit = s.loaded.load().config.max_artifact_bytes;
     if s.store.blob_size(&digest).is_some() {
         return Ok((
             StatusCode::OK,
@@ -97,7 +97,7 @@ pub async fn post_manifest(
     body: Bytes,
 ) -> HubResult<(StatusCode, Json<PublishedModel>)> {
     let signed = Signed::<ModelManifest>::from_bytes(&body)?;
-    let manifest = signed.verify(&s.loaded.trust, crate::now())?;
+    let manifest = signed.verify(&s.loaded.load().trust, crate::now())?;
     manifest.validate()?;
     match s.store.blob_size(&manifest.artifact.sha256) {
         None => {

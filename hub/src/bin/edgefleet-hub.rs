@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use edgefleet_hub::config::{HubConfig, Overrides};
+use edgefleet_hub::lifecycle;
 
 #[derive(Parser)]
 #[command(
@@ -74,20 +75,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn serve(c: Common) -> anyhow::Result<()> {
     let loaded = load(&c)?;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("EDGEFLEET_LOG")
-        .unwrap_or_else(|_| "info".into());
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    if loaded.config.log_format == "json" {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt()
-            .with_ansi(ansi)
-            .with_env_filter(filter)
-            .init();
-    }
+    let log = lifecycle::init_logging(&loaded.config.log_format, &loaded.config.log_level);
     let listener = tokio::net::TcpListener::bind(loaded.config.listen)
         .await
         .with_context(|| {
@@ -96,7 +84,18 @@ async fn serve(c: Common) -> anyhow::Result<()> {
                 loaded.config.listen
             )
         })?;
-    edgefleet_hub::run(loaded, listener, shutdown_signal()).await
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let path = c.config.clone();
+    lifecycle::watch_config(path, move || match load(&c) {
+        Ok(l) => {
+            lifecycle::set_log_level(&log, &l.config.log_level);
+            let _ = tx.try_send(l);
+        }
+        Err(error) => {
+            tracing::error!(error = %format!("{error:#}"), "reload refused; keeping the running configuration")
+        }
+    });
+    edgefleet_hub::run_reloadable(loaded, listener, shutdown_signal(), rx).await
 }
 
 async fn shutdown_signal() {

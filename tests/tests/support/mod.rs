@@ -441,6 +441,14 @@ impl AgentProcess {
         if let Some(f) = fault {
             cmd.env("EDGEFLEET_AGENT_FAULT", f);
         }
+        Self::spawn_command(cmd)
+    }
+
+    /// Spawns a prepared `edgefleet-agent` command, collecting its output.
+    pub fn spawn_command(mut cmd: tokio::process::Command) -> Self {
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
         let mut child = cmd.spawn().expect("spawn edgefleet-agent");
         let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         for stream in [
