@@ -17,11 +17,11 @@ mkdir -p "$ROOT/var/lib/dpkg/info" "$ROOT/var/lib/dpkg/updates" "$ROOT/var/lib/d
 touch "$ROOT/var/lib/dpkg/status"
 fail() { echo "deb check failed: $*" >&2; exit 1; }
 for c in agent hub; do
-  deb=$(cargo deb --quiet -p "edgefleet-$c" --profile "$PROFILE" --no-strip 2>/dev/null | tail -n1)
+  deb=$(cargo deb --quiet -p "edgefleet-$c" --profile "$PROFILE" 2>/dev/null | tail -n1)
   [ -f "$deb" ] || fail "cargo deb produced no package for $c"
   echo "== $deb ($(stat -c %s "$deb") bytes)"
   contents=$(dpkg-deb -c "$deb")
-  for f in ./usr/bin/edgefleet-$c ./etc/edgefleet/$c.toml ./lib/systemd/system/edgefleet-$c.service ./usr/share/doc/edgefleet-$c/README.md; do
+  for f in ./usr/bin/edgefleet-$c ./etc/edgefleet/$c.toml ./usr/lib/systemd/system/edgefleet-$c.service ./usr/share/doc/edgefleet-$c/README.md; do
     grep -q " $f\$" <<<"$contents" || fail "$c: $f missing from the package"
   done
   [ "$c" = hub ] && { grep -q " ./usr/bin/edgefleet\$" <<<"$contents" || fail "hub: the admin CLI is missing"; }
@@ -30,7 +30,8 @@ for c in agent hub; do
   grep -q "^ Depends:.*libc6" <<<"$info" || fail "$c: no libc6 dependency"
   postinst=$(dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./postinst)
   grep -q "deb-systemd-helper" <<<"$postinst" || fail "$c: postinst does not enable the unit"
-  if grep -Eq "(systemctl|invoke-rc.d|deb-systemd-invoke) .*(start|restart)" <<<"$postinst"; then fail "$c: postinst starts the unit before it is configured"; fi
+  # try-restart on upgrade restarts only a running unit; nothing may start a stopped one.
+  if grep -Ev '^ *(echo|#)' <<<"$postinst" | grep -Eq "(systemctl|invoke-rc.d|deb-systemd-invoke) +(--[a-z]+ +)*(start|restart) "; then fail "$c: postinst starts the unit before it is configured"; fi
   # Install into the throw-away root; maintainer scripts run with DPKG_ROOT pointing there.
   dpkg --root="$ROOT" --force-script-chrootless --force-depends --force-not-root --no-triggers -i "$deb" >/dev/null \
     || fail "$c: dpkg --root install failed"
