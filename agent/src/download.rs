@@ -183,7 +183,19 @@ async fn transfer(
                 artifact.size
             )));
         }
-        file.write_all(&chunk).await?;
+        if let Err(e) = file.write_all(&chunk).await {
+            drop(file);
+            if e.kind() == std::io::ErrorKind::StorageFull {
+                // Give the space back so state files can still be written; the download starts
+                // over once there is room.
+                let _ = tokio::fs::remove_file(part).await;
+                return Err(AgentError::Download(format!(
+                    "disk full after {have} of {} bytes ({e}); partial download discarded, will retry",
+                    artifact.size
+                )));
+            }
+            return Err(e.into());
+        }
         have += chunk.len() as u64;
         window_bytes += chunk.len() as u64;
         if let Some(limit) = fault
