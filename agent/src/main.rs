@@ -80,20 +80,15 @@ async fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
             }
         }
     });
-    edgefleet_agent::run_reloadable(config, listener, shutdown_signal(), rx).await
+    edgefleet_agent::run_reloadable(config, listener, shutdown_signal()?, rx).await
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+/// Registers SIGTERM and SIGINT handlers now (before READY=1 is sent), resolving on either.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    })
 }

@@ -93,14 +93,14 @@ pub fn set_log_level(handle: &LogHandle, level: &str) {
 /// every few seconds). `reload` re-reads and validates the file; a bad file is logged and the
 /// running configuration kept.
 pub fn watch_config(path: Option<std::path::PathBuf>, reload: impl Fn() + Send + 'static) {
+    // Registered before returning: a SIGHUP right after start-up must not kill the process.
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; configuration reload disabled");
+        return;
+    };
     tokio::spawn(async move {
         let mtime = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
         let mut last = path.as_deref().and_then(mtime);
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            tracing::warn!("cannot listen for SIGHUP; configuration reload disabled");
-            return;
-        };
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tokio::select! {

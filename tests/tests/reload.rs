@@ -62,6 +62,12 @@ async fn agent_reloads_on_sighup_and_keeps_serving() {
     wait_log(&agent, "change only on restart").await;
     assert!(agent.log_contains("device_id"), "{}", agent.dump());
 
+    // A changed file is picked up without a signal too.
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // a distinct mtime
+    write(4, "shop-1", "");
+    wait_log(&agent, "configuration file changed").await;
+    wait_log(&agent, "poll_interval_secs=4").await;
+
     write(3, "shop-1", "bogus_key = 1\n");
     sighup(agent.child.id().expect("pid"));
     wait_log(&agent, "reload refused").await;

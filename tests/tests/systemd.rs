@@ -5,7 +5,7 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -143,4 +143,114 @@ async fn agent_speaks_the_notify_protocol() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hub_speaks_the_notify_protocol_and_logs_for_journald() {
+    let fixtures = Hub::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("bind");
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let out_path = dir.path().join("stdout.log");
+    let mut child = Command::new(bin("edgefleet-hub"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("JOURNAL_STREAM", "8:12345")
+        .env("EDGEFLEET_HUB_ROOT_KEY", &fixtures.root_pub_path)
+        .env("EDGEFLEET_HUB_SIGNING_KEY", &fixtures.config.signing_key)
+        .env("EDGEFLEET_HUB_DELEGATION", &fixtures.config.delegation)
+        .stdout(std::fs::File::create(&out_path).expect("log file"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut buf = [0u8; 4096];
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    while !seen.iter().any(|m: &String| m.contains("READY=1")) {
+        assert!(start.elapsed() < DEADLINE, "no READY=1: {seen:?}");
+        if let Ok(n) = sock.recv(&mut buf) {
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    assert!(
+        seen.iter()
+            .any(|m| m.contains("STATUS=listening on 127.0.0.1:")),
+        "{seen:?}"
+    );
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the hub did not stop within 10 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    let mut stopping = false;
+    while let Ok(n) = sock.recv(&mut buf) {
+        stopping |= String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1");
+    }
+    assert!(stopping, "no STOPPING=1");
+    // Under journald: no timestamps, no colour codes (journald adds its own).
+    let log = std::fs::read_to_string(&out_path).expect("log");
+    let line = log
+        .lines()
+        .find(|l| l.contains("hub listening"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(line.trim_start().starts_with("INFO"), "{line}");
+    assert!(!log.contains('\u{1b}'), "ANSI escapes in {log}");
+    assert!(log.contains("hub stopped"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let root = edgefleet_common::SecretKey::generate().expect("key");
+    std::fs::write(
+        dir.path().join("root.pub"),
+        root.public().to_pem().expect("pem"),
+    )
+    .expect("write");
+    let mut cmd = tokio::process::Command::new(bin("edgefleet-agent"));
+    cmd.arg("run")
+        .env("EDGEFLEET_AGENT_DEVICE_ID", "shop-1")
+        .env("EDGEFLEET_AGENT_HUB_URL", DEAD_HUB)
+        .env("EDGEFLEET_AGENT_ROOT_KEY", dir.path().join("root.pub"))
+        .env("EDGEFLEET_AGENT_DATA_DIR", dir.path().join("data"))
+        .env("EDGEFLEET_AGENT_LISTEN", "127.0.0.1:0")
+        .env("EDGEFLEET_AGENT_LOG_FORMAT", "json");
+    let p = AgentProcess::spawn_command(cmd);
+    let line = eventually("the serving line", || async {
+        p.logs
+            .lock()
+            .expect("lock")
+            .iter()
+            .find(|l| l.contains("agent serving OIP v2"))
+            .cloned()
+    })
+    .await;
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["fields"]["message"], "agent serving OIP v2");
+    assert!(
+        v["fields"]["addr"]
+            .as_str()
+            .expect("addr")
+            .starts_with("127.0.0.1:")
+    );
+    assert_eq!(v["level"], "INFO");
+    p.kill9().await;
 }
