@@ -11,7 +11,7 @@ use edgefleet_agent::{AgentConfig, lifecycle};
     name = "edgefleet-agent",
     version,
     about = "Edgefleet device agent: pulls signed ONNX models from the hub and serves them (Open Inference Protocol v2)",
-    long_about = "Edgefleet device agent.\n\nIt enrolls with the hub using its device key (made on first start in DATA_DIR/device.key), follows the models assigned to it, verifies every model against the pinned root key, swaps it in atomically, and serves it at LISTEN/v2/models/NAME/infer.\n\nEvery config key can also be set as EDGEFLEET_AGENT_<KEY>, e.g. EDGEFLEET_AGENT_DEVICE_ID=shop-1."
+    long_about = "Edgefleet device agent.\n\nIt enrolls with the hub using its device key (made on first start in DATA_DIR/device.key), follows the models assigned to it, verifies every model against the pinned root key, swaps it in atomically, and serves it over the Open Inference Protocol v2 (KServe v2 REST) at LISTEN/v2/models/NAME/infer.\n\nEvery config key can also be set as EDGEFLEET_AGENT_<KEY>, e.g. EDGEFLEET_AGENT_DEVICE_ID=shop-1."
 )]
 struct Args {
     #[command(subcommand)]
