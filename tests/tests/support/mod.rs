@@ -147,17 +147,52 @@ impl Hub {
     }
 
     /// Stops the hub and starts it again on the same address and data dir with `config`.
+    /// The old instance's sled database may take a moment to release its lock after the task
+    /// ends (background flusher), so a start that fails is retried until the deadline.
     pub async fn restart(&mut self, config: edgefleet_hub::HubConfig) {
         self.stop().await;
         let addr = self.addr;
-        let listener = eventually("the hub's port to be free again", || async move {
-            tokio::net::TcpListener::bind(addr).await.ok()
-        })
-        .await;
-        let (tx, task) = Self::launch(&config, listener);
-        self.config = config;
-        self.stop = Some(tx);
-        self.task = Some(task);
+        let start = tokio::time::Instant::now();
+        loop {
+            let listener = eventually("the hub's port to be free again", || async move {
+                tokio::net::TcpListener::bind(addr).await.ok()
+            })
+            .await;
+            let (tx, task) = Self::launch(&config, listener);
+            let healthy = eventually("the restarted hub to answer or fail", || {
+                let http = self.http.clone();
+                let url = self.api("health");
+                let finished = task.is_finished();
+                async move {
+                    if finished {
+                        return Some(false);
+                    }
+                    let ok = http
+                        .get(url)
+                        .send()
+                        .await
+                        .map(|r| r.status().is_success())
+                        .unwrap_or(false);
+                    ok.then_some(true)
+                }
+            })
+            .await;
+            if healthy {
+                self.config = config;
+                self.stop = Some(tx);
+                self.task = Some(task);
+                return;
+            }
+            let error = task
+                .await
+                .expect("join")
+                .expect_err("a finished hub failed");
+            assert!(
+                start.elapsed() < DEADLINE,
+                "the hub does not restart: {error:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub async fn stop(&mut self) {
