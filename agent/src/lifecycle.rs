@@ -1,6 +1,10 @@
-//! systemd integration: READY=1 once the agent really serves, STATUS= lines, WATCHDOG=1 at half
-//! the unit's `WatchdogSec`, STOPPING=1 on shutdown. Every call is a no-op outside systemd
-//! (no `NOTIFY_SOCKET`).
+//! Process lifecycle of both services: systemd notify (READY=1 once the service really serves,
+//! STATUS= lines, WATCHDOG=1 at half the unit's `WatchdogSec`, STOPPING=1 on shutdown; no-ops
+//! outside systemd), logging for journald/terminals/JSON, and SIGHUP / config-file reload.
+//!
+//! This one source file is compiled into the agent's and the hub's libraries (the hub includes
+//! it with `#[path]`, without depending on the agent crate): it is process plumbing, which
+//! `common` — no I/O — cannot hold, and it must not exist twice.
 
 use std::time::Duration;
 
@@ -13,7 +17,8 @@ fn send(states: &[sd_notify::NotifyState]) {
     }
 }
 
-/// Model loaded (or none assigned) and listener bound.
+/// The service serves: agent — models on disk loaded (or none assigned) and the listener
+/// bound; hub — store open and the listener bound.
 pub fn ready(status: &str) {
     send(&[
         sd_notify::NotifyState::Ready,

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod keyfile;
+#[path = "../../agent/src/lifecycle.rs"]
 pub mod lifecycle;
 pub mod store;
 
