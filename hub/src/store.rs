@@ -250,15 +250,17 @@ impl Store {
 
     // ---- sessions ----
 
-    pub fn put_challenge(&self, nonce: &[u8], device: &str, expires_at: u64) -> HubResult<()> {
-        self.challenges.insert(
-            nonce,
-            encode(&SessionRecord {
-                device_id: device.into(),
-                expires_at,
-            })?,
-        )?;
+    fn put_expiring(tree: &sled::Tree, key: &[u8], device: &str, expires_at: u64) -> HubResult<()> {
+        let record = SessionRecord {
+            device_id: device.into(),
+            expires_at,
+        };
+        tree.insert(key, encode(&record)?)?;
         Ok(())
+    }
+
+    pub fn put_challenge(&self, nonce: &[u8], device: &str, expires_at: u64) -> HubResult<()> {
+        Self::put_expiring(&self.challenges, nonce, device, expires_at)
     }
 
     /// Consumes a challenge (single use).
@@ -270,14 +272,7 @@ impl Store {
     }
 
     pub fn put_session(&self, token_hash: &Digest, device: &str, expires_at: u64) -> HubResult<()> {
-        self.sessions.insert(
-            token_hash.0,
-            encode(&SessionRecord {
-                device_id: device.into(),
-                expires_at,
-            })?,
-        )?;
-        Ok(())
+        Self::put_expiring(&self.sessions, &token_hash.0, device, expires_at)
     }
 
     pub fn session(&self, token_hash: &Digest) -> HubResult<Option<SessionRecord>> {

@@ -22,10 +22,8 @@ async fn kill_during_download_resumes_and_never_serves_a_partial_model() {
     a.kill9().await;
 
     // v2 is a 4 MB artifact; the agent aborts (like kill -9) after 1 MB is on disk.
-    let mlp2 = edgefleet_tests::Mlp::new(2);
-    let artifact = mlp2.to_onnx_padded(1_000_000);
-    let m = hub.manifest("demand", 2, &mlp2, &artifact);
-    hub.push(&m, &artifact).await;
+    let (mlp2, m) = hub.push_big("demand", 2, 2).await;
+    let artifact_len = m.artifact.size;
     hub.assign("shop-1", "demand", 2).await;
     let b = AgentProcess::spawn(
         &hub.url,
@@ -39,14 +37,11 @@ async fn kill_during_download_resumes_and_never_serves_a_partial_model() {
         !status.success(),
         "the fault point aborts the process\n{logs}"
     );
-    let part = data
-        .path()
-        .join("staging")
-        .join(format!("{}.part", m.artifact.sha256));
+    let part = staging_part(data.path(), &m);
     let have = std::fs::metadata(&part)
         .expect("partial download kept")
         .len();
-    assert!(have >= 1_000_000 && have < artifact.len() as u64, "{have}");
+    assert!(have >= 1_000_000 && have < artifact_len, "{have}");
 
     // Hub down: the restarted agent serves the last good model (v1) from disk.
     let mut c = AgentProcess::spawn(DEAD_HUB, &hub.root_pub_path, "shop-1", data.path(), None);

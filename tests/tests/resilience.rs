@@ -45,10 +45,7 @@ async fn full_disk_keeps_the_model_and_frees_the_partial_download() {
     let rows = edgefleet_tests::probe_rows(1, 1);
     eventually("v1", || infer_ok(&http, &agent.url, "demand", &rows)).await;
 
-    let mlp2 = edgefleet_tests::Mlp::new(2);
-    let artifact = mlp2.to_onnx_padded(1_000_000); // 4 MB on a 2 MB disk
-    let m = hub.manifest("demand", 2, &mlp2, &artifact);
-    hub.push(&m, &artifact).await;
+    let (_, m) = hub.push_big("demand", 2, 2).await; // 4 MB on a 2 MB disk
     hub.assign("shop-1", "demand", 2).await;
     let e = hub.wait_error("shop-1", "disk full").await;
     assert!(e.contains("discarded"), "{e}");
@@ -59,11 +56,7 @@ async fn full_disk_keeps_the_model_and_frees_the_partial_download() {
             .0,
         1
     );
-    let part = agent
-        .dir
-        .path()
-        .join("staging")
-        .join(format!("{}.part", m.artifact.sha256));
+    let part = staging_part(agent.dir.path(), &m);
     assert!(!part.exists(), "the partial download is freed");
     agent.stop().await;
 }

@@ -83,11 +83,8 @@ async fn a_trickling_download_is_abandoned_and_the_current_model_kept() {
     .await;
 
     // v2 is 4 MB: past the first 64 KiB it arrives at 200 B/s, under the 1024 B/s minimum.
-    let mlp2 = edgefleet_tests::Mlp::new(2);
-    let artifact = mlp2.to_onnx_padded(1_000_000);
-    let m = hub.manifest("demand", 2, &mlp2, &artifact);
     hub.url = real_url;
-    hub.push(&m, &artifact).await;
+    let (_, m) = hub.push_big("demand", 2, 2).await;
     hub.assign("shop-1", "demand", 2).await;
     let e = hub.wait_error("shop-1", "too slow").await;
     assert!(e.contains("download_min_bytes_per_sec"), "{e}");
@@ -98,11 +95,7 @@ async fn a_trickling_download_is_abandoned_and_the_current_model_kept() {
             .0,
         1
     );
-    let part = agent
-        .dir
-        .path()
-        .join("staging")
-        .join(format!("{}.part", m.artifact.sha256));
+    let part = staging_part(agent.dir.path(), &m);
     assert!(
         std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) > 0,
         "partial data kept for resume"

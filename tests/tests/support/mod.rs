@@ -259,6 +259,16 @@ impl Hub {
         (mlp, artifact)
     }
 
+    /// Pushes a 4 MB version (the MLP with an unused padding initializer): big enough to be
+    /// interrupted, throttled or to fill a small disk. Returns the model and its manifest.
+    pub async fn push_big(&self, name: &str, version: u64, seed: u64) -> (Mlp, ModelManifest) {
+        let mlp = Mlp::new(seed);
+        let artifact = mlp.to_onnx_padded(1_000_000);
+        let m = self.manifest(name, version, &mlp, &artifact);
+        self.push(&m, &artifact).await;
+        (mlp, m)
+    }
+
     pub async fn push(&self, m: &ModelManifest, artifact: &[u8]) {
         let r = self.put_blob(artifact).await;
         assert!(
@@ -564,3 +574,10 @@ impl AgentProcess {
 
 /// A URL where nothing listens: the hub is "down".
 pub const DEAD_HUB: &str = "http://127.0.0.1:9";
+
+/// Where an agent keeps the partial download of a manifest's artifact.
+pub fn staging_part(data_dir: &Path, m: &ModelManifest) -> PathBuf {
+    data_dir
+        .join("staging")
+        .join(format!("{}.part", m.artifact.sha256))
+}
