@@ -237,7 +237,9 @@ async fn malformed_requests_get_a_4xx_that_says_what_was_expected() {
         "{{\"inputs\":[{{\"name\":\"x\",\"shape\":[1,8],\"datatype\":\"FP32\",\"data\":[{}0]}}]}}",
         "0,".repeat(1_100_000)
     );
-    let r = http
+    // A new client: the server may close the connection it answered 413 on while the client
+    // still sends, and a pooled client would try to reuse it.
+    let r = reqwest::Client::new()
         .post(format!("{}/v2/models/demand/infer", agent.url))
         .body(many)
         .send()
@@ -247,7 +249,7 @@ async fn malformed_requests_get_a_4xx_that_says_what_was_expected() {
     // Still healthy afterwards.
     assert!(
         infer_ok(
-            &http,
+            &reqwest::Client::new(),
             &agent.url,
             "demand",
             &edgefleet_tests::probe_rows(1, 1)
