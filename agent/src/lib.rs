@@ -12,6 +12,7 @@ pub mod error;
 pub mod hub_client;
 pub mod lifecycle;
 pub mod model;
+pub mod onnx_ml;
 pub mod serve;
 pub mod state;
 pub mod update;

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use edgefleet_common::{ModelManifest, Tensor, TensorData};
+use edgefleet_common::{ModelManifest, Tensor, TensorData, TensorSpec};
 use tract_onnx::prelude::*;
 
 use crate::error::{AgentError, AgentResult};
@@ -18,7 +18,16 @@ pub struct LoadedModel {
     output_names: Vec<String>,
     /// Moving average of the inference time, nanoseconds: decides where inference runs.
     avg_ns: std::sync::atomic::AtomicU64,
+    /// Idle run states of `plan`, reused across requests: a fresh state per request costs one
+    /// allocation per node plus the per-op scratch. Feed-forward ONNX models keep nothing
+    /// between runs (`run` resets the turn), and a state whose run failed is dropped, never
+    /// returned here.
+    idle: std::sync::Mutex<Vec<TypedSimpleState>>,
 }
+
+/// Idle run states kept per model: more than the worker threads that can infer at once would
+/// only hold memory.
+const MAX_IDLE_STATES: usize = 8;
 
 /// Inferences slower than this leave the async worker for the blocking pool.
 const INLINE_LIMIT_NS: u64 = 200_000;
@@ -46,8 +55,13 @@ impl LoadedModel {
     /// the manifest declares (a mismatch means a mislabelled artifact: refuse it).
     pub fn load(manifest: ModelManifest, path: &Path) -> AgentResult<Self> {
         let mut file = std::fs::File::open(path)?;
-        let model = tract_onnx::onnx()
-            .model_for_read(&mut file)
+        let onnx = crate::onnx_ml::onnx();
+        let proto = onnx
+            .proto_model_for_read(&mut file)
+            .map_err(|e| model_err(&manifest, format!("not an ONNX model: {e:#}")))?;
+        crate::onnx_ml::check_supported(&onnx, &proto).map_err(|e| model_err(&manifest, e))?;
+        let mut model = onnx
+            .model_for_proto_model(&proto)
             .map_err(|e| model_err(&manifest, format!("not a loadable ONNX model: {e:#}")))?;
         let input_names: Vec<String> = model
             .input_outlets()
@@ -89,6 +103,10 @@ impl LoadedModel {
                 ),
             ));
         }
+        for (pos, &idx) in input_order.iter().enumerate() {
+            close_input_fact(&mut model, pos, &manifest.inputs[idx])
+                .map_err(|e| model_err(&manifest, e))?;
+        }
         for s in &manifest.outputs {
             if !output_names.contains(&s.name) {
                 return Err(model_err(
@@ -100,9 +118,13 @@ impl LoadedModel {
                 ));
             }
         }
-        let plan = model
+        let typed = model
             .into_optimized()
-            .and_then(|m| m.into_runnable())
+            .map_err(|e| model_err(&manifest, format!("cannot optimise: {e:#}")))?;
+        check_schema(&manifest, &typed, &input_order, &output_names)
+            .map_err(|e| model_err(&manifest, e))?;
+        let plan = typed
+            .into_runnable()
             .map_err(|e| model_err(&manifest, format!("cannot optimise: {e:#}")))?;
         Ok(Self {
             manifest,
@@ -110,6 +132,7 @@ impl LoadedModel {
             input_order,
             output_names,
             avg_ns: Default::default(),
+            idle: Default::default(),
         })
     }
 
@@ -176,10 +199,7 @@ impl LoadedModel {
                 ));
             }
         }
-        let outputs = self
-            .plan
-            .run(values)
-            .map_err(|e| format!("inference failed: {e:#}"))?;
+        let outputs = self.run_plan(values)?;
         let mut result = Vec::new();
         for (value, name) in outputs.iter().zip(&self.output_names) {
             let declared = self.manifest.outputs.iter().any(|s| &s.name == name);
@@ -189,6 +209,27 @@ impl LoadedModel {
             result.push(from_tract(name, value).map_err(|e| format!("output {name:?}: {e}"))?);
         }
         Ok(result)
+    }
+
+    /// Runs the plan on a pooled state (a new one when none is idle).
+    fn run_plan(&self, values: TVec<TValue>) -> Result<TVec<TValue>, String> {
+        let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let mut state = match pooled {
+            Some(state) => state,
+            None => self
+                .plan
+                .spawn()
+                .map_err(|e| format!("inference failed: {e:#}"))?,
+        };
+        let outputs = state
+            .run(values)
+            .map_err(|e| format!("inference failed: {e:#}"))?;
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < MAX_IDLE_STATES
+        {
+            idle.push(state);
+        }
+        Ok(outputs)
     }
 
     /// Runs an inference from async code: inline when the model is fast (a hand-off would cost
@@ -258,6 +299,129 @@ impl LoadedModel {
     }
 }
 
+/// Fills in what the model leaves open about an input from the manifest: exporters often
+/// declare `[None, 8]` (an unnamed batch dimension), which tract cannot plan for. Unknown
+/// dimensions become the manifest's size, or a symbol where the manifest says -1; what the
+/// model does declare is kept (and compared with the manifest after optimisation).
+fn close_input_fact(
+    model: &mut InferenceModel,
+    pos: usize,
+    spec: &TensorSpec,
+) -> Result<(), String> {
+    use tract_onnx::tract_hir::infer::{Factoid, GenericFactoid, ShapeFactoid};
+    let fact = model.input_fact(pos).map_err(|e| e.to_string())?.clone();
+    let open = fact.shape.is_open();
+    let declared: Vec<Option<TDim>> = fact.shape.dims().map(|d| d.concretize()).collect();
+    if !open && declared.len() != spec.shape.len() {
+        return Err(format!(
+            "the manifest declares input {:?} with {} dimensions; the model has {}",
+            spec.name,
+            spec.shape.len(),
+            declared.len()
+        ));
+    }
+    let dims = spec
+        .shape
+        .iter()
+        .enumerate()
+        .map(|(i, &want)| {
+            let known = declared.get(i).cloned().flatten();
+            GenericFactoid::Only(known.unwrap_or_else(|| {
+                if want >= 0 {
+                    TDim::from(want)
+                } else if i == 0 {
+                    model.sym("N").into()
+                } else {
+                    model.sym(&format!("d{pos}_{i}")).into()
+                }
+            }))
+        })
+        .collect();
+    let dt = fact
+        .datum_type
+        .concretize()
+        .or_else(|| datum_of(spec.datatype))
+        .ok_or_else(|| {
+            format!(
+                "input {:?}: datatype {} is not served",
+                spec.name, spec.datatype
+            )
+        })?;
+    model
+        .set_input_fact(pos, InferenceFact::dt_shape(dt, ShapeFactoid::closed(dims)))
+        .map_err(|e| e.to_string())
+}
+
+fn datum_of(dt: edgefleet_common::DataType) -> Option<DatumType> {
+    use edgefleet_common::DataType;
+    Some(match dt {
+        DataType::Bool => DatumType::Bool,
+        DataType::Int32 => DatumType::I32,
+        DataType::Int64 => DatumType::I64,
+        DataType::Fp32 => DatumType::F32,
+        DataType::Fp64 => DatumType::F64,
+        _ => return None,
+    })
+}
+
+/// The manifest's datatypes and shapes must be the model's: a manifest saying FP32 where the
+/// model answers INT64 would make every client misread the answers.
+fn check_schema(
+    manifest: &ModelManifest,
+    model: &TypedModel,
+    input_order: &[usize],
+    output_names: &[String],
+) -> Result<(), String> {
+    let mut pairs = Vec::new();
+    for (pos, &idx) in input_order.iter().enumerate() {
+        let outlet = model.input_outlets().map_err(|e| e.to_string())?[pos];
+        pairs.push(("input", &manifest.inputs[idx], outlet));
+    }
+    let outlets = model.output_outlets().map_err(|e| e.to_string())?;
+    for spec in &manifest.outputs {
+        if let Some(pos) = output_names.iter().position(|n| n == &spec.name) {
+            pairs.push(("output", spec, outlets[pos]));
+        }
+    }
+    for (kind, spec, outlet) in pairs {
+        let fact = model.outlet_fact(outlet).map_err(|e| e.to_string())?;
+        let model_dt = datatype_of(fact.datum_type);
+        let shape: Vec<String> = fact.shape.iter().map(|d| d.to_string()).collect();
+        let shape_ok = fact.rank() == spec.shape.len()
+            && fact
+                .shape
+                .iter()
+                .zip(&spec.shape)
+                .all(|(d, &want)| want == -1 || d.to_i64().ok().is_none_or(|d| d == want));
+        if model_dt != Some(spec.datatype) || !shape_ok {
+            return Err(format!(
+                "the manifest declares {kind} {:?} as {} {:?}; the model has {} [{}] (-1 in the \
+                 manifest matches any size)",
+                spec.name,
+                spec.datatype,
+                spec.shape,
+                model_dt.map_or_else(|| format!("{:?}", fact.datum_type), |d| d.to_string()),
+                shape.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn datatype_of(dt: DatumType) -> Option<edgefleet_common::DataType> {
+    use edgefleet_common::DataType;
+    Some(match dt {
+        DatumType::Bool => DataType::Bool,
+        DatumType::I32 => DataType::Int32,
+        // tract types integer results of shape arithmetic (and some casts) as TDim; they
+        // are served as INT64.
+        DatumType::I64 | DatumType::TDim => DataType::Int64,
+        DatumType::F32 => DataType::Fp32,
+        DatumType::F64 => DataType::Fp64,
+        _ => return None,
+    })
+}
+
 fn shape_usize(shape: &[u64]) -> Result<Vec<usize>, String> {
     shape
         .iter()
@@ -290,6 +454,9 @@ pub fn from_tract(name: &str, t: &tract_onnx::prelude::Tensor) -> Result<Tensor,
         DatumType::Bool => TensorData::Bool(collect(t)?),
         DatumType::I32 => TensorData::Int32(collect(t)?),
         DatumType::I64 => TensorData::Int64(collect(t)?),
+        DatumType::TDim => {
+            TensorData::Int64(collect(&*t.cast_to::<i64>().map_err(|e| e.to_string())?)?)
+        }
         DatumType::F32 => TensorData::Fp32(collect(t)?),
         DatumType::F64 => TensorData::Fp64(collect(t)?),
         other => return Err(format!("datatype {other:?} is not served yet")),

@@ -1,0 +1,612 @@
+//! `TreeEnsembleRegressor` and `TreeEnsembleClassifier`: gradient-boosted and random-forest
+//! models as scikit-learn (skl2onnx), XGBoost and LightGBM (onnxmltools) export them.
+//!
+//! The ensemble is flattened at load time into one node array, each tree laid out depth-first
+//! from its root so a row's walk stays in a few cache lines. The attribute arrays come from an
+//! untrusted file: every child must exist in the same tree, no node may be reached twice (a
+//! cycle would loop forever), every leaf weight must name a leaf and a valid target. Scores
+//! follow onnxruntime exactly, including its binary-classification conventions, because a
+//! model must give the same answer here as where the data scientist validated it.
+
+use tract_onnx::pb::NodeProto;
+use tract_onnx::tract_hir::internal::*;
+
+use super::kernel::{Kernel, PostTransform, Rows, batch_dim, f32_tensor, i64_tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Leq,
+    Lt,
+    Gte,
+    Gt,
+    Eq,
+    Neq,
+    Leaf,
+}
+
+impl Mode {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "BRANCH_LEQ" => Self::Leq,
+            "BRANCH_LT" => Self::Lt,
+            "BRANCH_GTE" => Self::Gte,
+            "BRANCH_GT" => Self::Gt,
+            "BRANCH_EQ" => Self::Eq,
+            "BRANCH_NEQ" => Self::Neq,
+            "LEAF" => Self::Leaf,
+            _ => return None,
+        })
+    }
+}
+
+/// One node. For a branch `yes`/`no` are node indices; for a leaf they are the range of its
+/// weights in [`Ensemble::weights`].
+#[derive(Debug, Clone, Copy)]
+struct Node {
+    feature: u32,
+    threshold: f32,
+    yes: u32,
+    no: u32,
+    mode: Mode,
+    missing_yes: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Aggregate {
+    Sum,
+    Average,
+    Min,
+    Max,
+}
+
+#[derive(Debug)]
+struct Ensemble {
+    nodes: Vec<Node>,
+    roots: Vec<u32>,
+    /// (target or class index, weight), grouped per leaf.
+    weights: Vec<(u32, f32)>,
+    /// Targets (regressor) or classes (classifier).
+    n_targets: usize,
+    /// One more than the highest feature index a branch reads.
+    n_features: usize,
+}
+
+impl Ensemble {
+    /// The leaf a row ends in, as its weight range.
+    #[inline]
+    fn leaf(&self, root: u32, row: &[f32]) -> std::ops::Range<usize> {
+        let mut i = root as usize;
+        loop {
+            let n = &self.nodes[i];
+            let x = row[n.feature as usize];
+            let yes = match n.mode {
+                Mode::Leq => x <= n.threshold,
+                Mode::Lt => x < n.threshold,
+                Mode::Gte => x >= n.threshold,
+                Mode::Gt => x > n.threshold,
+                Mode::Eq => x == n.threshold,
+                Mode::Neq => x != n.threshold,
+                Mode::Leaf => return n.yes as usize..n.no as usize,
+            };
+            i = if yes || (n.missing_yes && x.is_nan()) {
+                n.yes as usize
+            } else {
+                n.no as usize
+            };
+        }
+    }
+
+    /// At load time, when the input width is declared.
+    fn check_declared_width(&self, op: &str, shape: &[TDim]) -> TractResult<()> {
+        match shape.last().map(|d| d.to_usize()) {
+            Some(Ok(c)) => self.check_width(op, c),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_width(&self, op: &str, c: usize) -> TractResult<()> {
+        if c < self.n_features {
+            bail!(
+                "{op}: the model reads feature {} but the input has {c} columns",
+                self.n_features - 1
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Parses the node and leaf attributes shared by both operators. `prefix` is "target" or
+/// "class".
+fn parse_ensemble(node: &NodeProto, prefix: &str, n_targets: usize) -> TractResult<Ensemble> {
+    let op = node.op_type.as_str();
+    let name = node.name.as_str();
+    for attr in [
+        "nodes_values_as_tensor",
+        "nodes_hitrates_as_tensor",
+        "base_values_as_tensor",
+        "target_weights_as_tensor",
+        "class_weights_as_tensor",
+    ] {
+        if node.attribute.iter().any(|a| a.name == attr) {
+            bail!(
+                "{op} node {name:?}: double-precision attribute {attr} is not supported; \
+                 export with float attributes"
+            );
+        }
+    }
+    let tree_ids: Vec<i64> = node.get_attr_vec("nodes_treeids")?;
+    let n = tree_ids.len();
+    let ints = |attr: &str| -> TractResult<Vec<i64>> {
+        let v: Vec<i64> = node.get_attr_vec(attr)?;
+        node.expect_attr(attr, v.len() == n, || {
+            format!("{n} entries (one per node), got {}", v.len())
+        })?;
+        Ok(v)
+    };
+    let node_ids = ints("nodes_nodeids")?;
+    let features = ints("nodes_featureids")?;
+    let yes_ids = ints("nodes_truenodeids")?;
+    let no_ids = ints("nodes_falsenodeids")?;
+    let values: Vec<f32> = node.get_attr_vec("nodes_values")?;
+    node.expect_attr("nodes_values", values.len() == n, "one value per node")?;
+    let modes: Vec<Mode> = node
+        .get_attr_tvec::<&str>("nodes_modes")?
+        .iter()
+        .map(|s| {
+            Mode::parse(s).ok_or_else(|| format_err!("{op} node {name:?}: unknown node mode {s:?}"))
+        })
+        .collect::<TractResult<_>>()?;
+    node.expect_attr("nodes_modes", modes.len() == n, "one mode per node")?;
+    let missing: Vec<i64> = node
+        .get_attr_opt_vec("nodes_missing_value_tracks_true")?
+        .unwrap_or_else(|| vec![0; n]);
+    node.expect_attr(
+        "nodes_missing_value_tracks_true",
+        missing.len() == n,
+        "one flag per node",
+    )?;
+
+    let leaf_tree: Vec<i64> = node.get_attr_vec(&format!("{prefix}_treeids"))?;
+    let m = leaf_tree.len();
+    let leaf_ints = |attr: String| -> TractResult<Vec<i64>> {
+        let v: Vec<i64> = node.get_attr_vec(&attr)?;
+        node.expect_attr(&attr, v.len() == m, || {
+            format!("{m} entries (one per leaf weight), got {}", v.len())
+        })?;
+        Ok(v)
+    };
+    let leaf_node = leaf_ints(format!("{prefix}_nodeids"))?;
+    let leaf_target = leaf_ints(format!("{prefix}_ids"))?;
+    let leaf_weight: Vec<f32> = node.get_attr_vec(&format!("{prefix}_weights"))?;
+    node.expect_attr(
+        &format!("{prefix}_weights"),
+        leaf_weight.len() == m,
+        "one weight per leaf weight",
+    )?;
+
+    // (tree, node id) -> attribute position; trees in order of first appearance (the order
+    // onnxruntime sums them in).
+    let mut at: HashMap<(i64, i64), usize> = HashMap::with_capacity(n);
+    let mut trees: Vec<i64> = Vec::new();
+    for i in 0..n {
+        if at.insert((tree_ids[i], node_ids[i]), i).is_some() {
+            bail!(
+                "{op} node {name:?}: tree {} has node {} twice",
+                tree_ids[i],
+                node_ids[i]
+            );
+        }
+        if trees.last() != Some(&tree_ids[i]) && !trees.contains(&tree_ids[i]) {
+            trees.push(tree_ids[i]);
+        }
+    }
+    let mut leaf_weights: HashMap<usize, Vec<(u32, f32)>> = HashMap::new();
+    for j in 0..m {
+        let &i = at.get(&(leaf_tree[j], leaf_node[j])).ok_or_else(|| {
+            format_err!(
+                "{op} node {name:?}: a weight names node {} of tree {}, which does not exist",
+                leaf_node[j],
+                leaf_tree[j]
+            )
+        })?;
+        let target = usize::try_from(leaf_target[j])
+            .ok()
+            .filter(|&t| t < n_targets)
+            .ok_or_else(|| {
+                format_err!(
+                    "{op} node {name:?}: weight for {prefix} {} but there are {n_targets}",
+                    leaf_target[j]
+                )
+            })?;
+        leaf_weights
+            .entry(i)
+            .or_default()
+            .push((target as u32, leaf_weight[j]));
+    }
+
+    let mut referenced = vec![false; n];
+    for i in 0..n {
+        if modes[i] != Mode::Leaf {
+            for child in [yes_ids[i], no_ids[i]] {
+                match at.get(&(tree_ids[i], child)) {
+                    Some(&c) => referenced[c] = true,
+                    None => bail!(
+                        "{op} node {name:?}: node {} of tree {} branches to node {child}, \
+                         which does not exist",
+                        node_ids[i],
+                        tree_ids[i]
+                    ),
+                }
+            }
+        }
+    }
+
+    let mut ensemble = Ensemble {
+        nodes: Vec::with_capacity(n),
+        roots: Vec::with_capacity(trees.len()),
+        weights: Vec::with_capacity(m),
+        n_targets,
+        n_features: 0,
+    };
+    let mut placed: Vec<Option<u32>> = vec![None; n];
+    for &tree in &trees {
+        let roots: Vec<usize> = (0..n)
+            .filter(|&i| tree_ids[i] == tree && !referenced[i])
+            .collect();
+        let [root] = roots[..] else {
+            bail!(
+                "{op} node {name:?}: tree {tree} has {} roots (nodes no branch leads to); \
+                 a tree has exactly one",
+                roots.len()
+            );
+        };
+        // Depth-first with an explicit stack (a hostile file cannot overflow ours), placing
+        // each node once; children are patched in when they are placed.
+        let mut stack: Vec<(usize, Option<(usize, bool)>)> = vec![(root, None)];
+        while let Some((i, parent)) = stack.pop() {
+            if placed[i].is_some() {
+                bail!(
+                    "{op} node {name:?}: node {} of tree {tree} is reached twice (a cycle or a \
+                     shared subtree)",
+                    node_ids[i]
+                );
+            }
+            let index = u32::try_from(ensemble.nodes.len())?;
+            placed[i] = Some(index);
+            if let Some((p, is_yes)) = parent {
+                let p = &mut ensemble.nodes[p];
+                if is_yes {
+                    p.yes = index;
+                } else {
+                    p.no = index;
+                }
+            }
+            if modes[i] == Mode::Leaf {
+                let start = u32::try_from(ensemble.weights.len())?;
+                if let Some(w) = leaf_weights.remove(&i) {
+                    ensemble.weights.extend(w);
+                }
+                let end = u32::try_from(ensemble.weights.len())?;
+                ensemble.nodes.push(Node {
+                    feature: 0,
+                    threshold: 0.0,
+                    yes: start,
+                    no: end,
+                    mode: Mode::Leaf,
+                    missing_yes: false,
+                });
+            } else {
+                let feature = u32::try_from(features[i])
+                    .ok()
+                    .filter(|&f| f < 1 << 24)
+                    .ok_or_else(|| {
+                        format_err!("{op} node {name:?}: bad feature index {}", features[i])
+                    })?;
+                ensemble.n_features = ensemble.n_features.max(feature as usize + 1);
+                ensemble.nodes.push(Node {
+                    feature,
+                    threshold: values[i],
+                    yes: 0,
+                    no: 0,
+                    mode: modes[i],
+                    missing_yes: missing[i] != 0,
+                });
+                let me = index as usize;
+                // Push "no" first so the "yes" subtree is laid out right after its parent.
+                stack.push((at[&(tree, no_ids[i])], Some((me, false))));
+                stack.push((at[&(tree, yes_ids[i])], Some((me, true))));
+            }
+        }
+        ensemble.roots.push(placed[root].unwrap_or_default());
+    }
+    if let Some(&i) = leaf_weights.keys().next() {
+        bail!(
+            "{op} node {name:?}: node {} of tree {} has weights but is not a reachable leaf",
+            node_ids[i],
+            tree_ids[i]
+        );
+    }
+    Ok(ensemble)
+}
+
+fn base_values(node: &NodeProto, n: usize) -> TractResult<Vec<f32>> {
+    let v: Vec<f32> = node.get_attr_opt_vec("base_values")?.unwrap_or_default();
+    node.expect_attr("base_values", v.is_empty() || v.len() == n, || {
+        format!("none or {n}, got {}", v.len())
+    })?;
+    Ok(v)
+}
+
+#[derive(Debug)]
+pub(crate) struct TreeRegressor {
+    ensemble: Ensemble,
+    aggregate: Aggregate,
+    base: Vec<f32>,
+    transform: PostTransform,
+}
+
+pub(crate) fn regressor(node: &NodeProto) -> TractResult<TreeRegressor> {
+    let n_targets: i64 = node.get_attr_opt("n_targets")?.unwrap_or(1);
+    let n_targets = usize::try_from(n_targets)
+        .ok()
+        .filter(|&n| (1..=1 << 16).contains(&n))
+        .ok_or_else(|| format_err!("n_targets must be between 1 and 65536, got {n_targets}"))?;
+    let aggregate = match node
+        .get_attr_opt::<&str>("aggregate_function")?
+        .unwrap_or("SUM")
+    {
+        "SUM" => Aggregate::Sum,
+        "AVERAGE" => Aggregate::Average,
+        "MIN" => Aggregate::Min,
+        "MAX" => Aggregate::Max,
+        other => bail!("unknown aggregate_function {other}"),
+    };
+    let transform = PostTransform::parse(
+        "TreeEnsembleRegressor",
+        &node.name,
+        node.get_attr_opt("post_transform")?,
+    )?;
+    Ok(TreeRegressor {
+        ensemble: parse_ensemble(node, "target", n_targets)?,
+        aggregate,
+        base: base_values(node, n_targets)?,
+        transform,
+    })
+}
+
+impl Kernel for TreeRegressor {
+    fn name(&self) -> &'static str {
+        "TreeEnsembleRegressor"
+    }
+
+    fn output_types(&self, _: &[DatumType]) -> TractResult<TVec<DatumType>> {
+        Ok(tvec!(DatumType::F32))
+    }
+
+    fn output_shapes(&self, inputs: &[TVec<TDim>]) -> TractResult<TVec<TVec<TDim>>> {
+        self.ensemble
+            .check_declared_width(self.name(), &inputs[0])?;
+        let n = batch_dim(self.name(), &inputs[0])?;
+        Ok(tvec!(tvec!(n, self.ensemble.n_targets.into())))
+    }
+
+    fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let rows = Rows::new(&inputs[0], self.name())?;
+        self.ensemble.check_width(self.name(), rows.c)?;
+        let x = rows.as_slice()?;
+        let t = self.ensemble.n_targets;
+        let mut out = vec![0f32; rows.n * t];
+        let mut has = vec![false; t];
+        let n_trees = self.ensemble.roots.len() as f32;
+        for (row, scores) in x.chunks_exact(rows.c.max(1)).zip(out.chunks_exact_mut(t)) {
+            has.iter_mut().for_each(|h| *h = false);
+            for &root in &self.ensemble.roots {
+                for &(k, w) in &self.ensemble.weights[self.ensemble.leaf(root, row)] {
+                    let (s, h) = (&mut scores[k as usize], &mut has[k as usize]);
+                    *s = match self.aggregate {
+                        Aggregate::Sum | Aggregate::Average => *s + w,
+                        Aggregate::Min if *h && *s <= w => *s,
+                        Aggregate::Max if *h && *s >= w => *s,
+                        Aggregate::Min | Aggregate::Max => w,
+                    };
+                    *h = true;
+                }
+            }
+            for (k, s) in scores.iter_mut().enumerate() {
+                let base = self.base.get(k).copied().unwrap_or(0.0);
+                *s = match self.aggregate {
+                    Aggregate::Average => *s / n_trees + base,
+                    _ => *s + base,
+                };
+            }
+            // onnxruntime applies the transform only with two or more targets.
+            if t >= 2 {
+                self.transform.apply(scores);
+            }
+        }
+        Ok(tvec!(f32_tensor(&[rows.n, t], out)?))
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct TreeClassifier {
+    ensemble: Ensemble,
+    labels: Vec<i64>,
+    base: Vec<f32>,
+    transform: PostTransform,
+    /// Two classes and every weight for the same one: the other's score is derived.
+    binary: bool,
+    all_positive: bool,
+}
+
+pub(crate) fn classifier(node: &NodeProto) -> TractResult<TreeClassifier> {
+    if node
+        .get_attr_opt_tvec::<&str>("classlabels_strings")?
+        .is_some()
+    {
+        bail!(
+            "TreeEnsembleClassifier node {:?}: string class labels are not served (the \
+             inference protocol output would be BYTES); train on integer labels",
+            node.name
+        );
+    }
+    let labels: Vec<i64> = node.get_attr_vec("classlabels_int64s")?;
+    node.expect_attr(
+        "classlabels_int64s",
+        labels.len() >= 2,
+        "at least two classes",
+    )?;
+    let transform = PostTransform::parse(
+        "TreeEnsembleClassifier",
+        &node.name,
+        node.get_attr_opt("post_transform")?,
+    )?;
+    let ensemble = parse_ensemble(node, "class", labels.len())?;
+    let mut classes: Vec<u32> = ensemble.weights.iter().map(|w| w.0).collect();
+    classes.sort_unstable();
+    classes.dedup();
+    Ok(TreeClassifier {
+        binary: labels.len() == 2 && classes.len() == 1,
+        all_positive: ensemble.weights.iter().all(|w| w.1 >= 0.0),
+        base: {
+            // onnxruntime accepts one base value for a two-class model (added to class 0).
+            let v: Vec<f32> = node.get_attr_opt_vec("base_values")?.unwrap_or_default();
+            let ok = v.is_empty() || v.len() == labels.len() || (labels.len() == 2 && v.len() == 1);
+            node.expect_attr("base_values", ok, || {
+                format!("none or {} values, got {}", labels.len(), v.len())
+            })?;
+            v
+        },
+        ensemble,
+        labels,
+        transform,
+    })
+}
+
+impl TreeClassifier {
+    /// onnxruntime's label choice for two classes, and how it fills in the second score
+    /// (`add`: 0/1 all weights positive, 2/3 mixed; -1 nothing).
+    fn binary_label(&self, pos_weight: f32, add: &mut i32) -> i64 {
+        if self.binary {
+            let positive = if self.all_positive {
+                pos_weight > 0.5
+            } else {
+                pos_weight > 0.0
+            };
+            *add = match (self.all_positive, positive) {
+                (true, true) => 0,
+                (true, false) => 1,
+                (false, true) => 2,
+                (false, false) => 3,
+            };
+            self.labels[usize::from(positive)]
+        } else {
+            // onnxruntime answers 1 / 0 here whatever the labels are; so do we.
+            i64::from(pos_weight > 0.0)
+        }
+    }
+
+    fn finalize(&self, scores: &mut [f32], has: &mut [bool]) -> i64 {
+        if self.labels.len() > 2 {
+            for (k, &b) in self.base.iter().enumerate() {
+                scores[k] = if has[k] { scores[k] + b } else { b };
+                has[k] = true;
+            }
+            let mut best: Option<usize> = None;
+            for k in 0..scores.len() {
+                if has[k] && best.is_none_or(|b| scores[k] > scores[b]) {
+                    best = Some(k);
+                }
+            }
+            self.transform.apply(scores);
+            return self.labels[best.unwrap_or(0)];
+        }
+        let mut add = -1;
+        let mut single = false;
+        match self.base.len() {
+            2 if has[1] => {
+                scores[1] = self.base[1] + scores[0];
+                scores[0] = -scores[1];
+            }
+            2 => {
+                scores[1] += self.base[1];
+                scores[0] += self.base[0];
+            }
+            _ => {
+                if let Some(&b) = self.base.first() {
+                    scores[0] += b;
+                } else {
+                    add = 3;
+                }
+                single = !has[1];
+            }
+        }
+        let pos_weight = if !single && has[1] {
+            scores[1]
+        } else if has[0] {
+            scores[0]
+        } else {
+            0.0
+        };
+        let label = self.binary_label(pos_weight, &mut add);
+        if !single {
+            self.transform.apply(scores);
+            return label;
+        }
+        let s = scores[0];
+        let logistic = self.transform == PostTransform::Logistic;
+        let pair = match add {
+            0 | 1 => [1.0 - s, s],
+            2 | 3 if logistic => [super::kernel::logistic(-s), super::kernel::logistic(s)],
+            2 | 3 => [-s, s],
+            _ => [s, 0.0],
+        };
+        scores.copy_from_slice(&pair);
+        label
+    }
+}
+
+impl Kernel for TreeClassifier {
+    fn name(&self) -> &'static str {
+        "TreeEnsembleClassifier"
+    }
+
+    fn n_outputs(&self) -> usize {
+        2
+    }
+
+    fn output_types(&self, _: &[DatumType]) -> TractResult<TVec<DatumType>> {
+        Ok(tvec!(DatumType::I64, DatumType::F32))
+    }
+
+    fn output_shapes(&self, inputs: &[TVec<TDim>]) -> TractResult<TVec<TVec<TDim>>> {
+        self.ensemble
+            .check_declared_width(self.name(), &inputs[0])?;
+        let n = batch_dim(self.name(), &inputs[0])?;
+        Ok(tvec!(tvec!(n.clone()), tvec!(n, self.labels.len().into())))
+    }
+
+    fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let rows = Rows::new(&inputs[0], self.name())?;
+        self.ensemble.check_width(self.name(), rows.c)?;
+        let x = rows.as_slice()?;
+        let k = self.labels.len();
+        let mut labels = Vec::with_capacity(rows.n);
+        let mut out = vec![0f32; rows.n * k];
+        let mut has = vec![false; k];
+        for (row, scores) in x.chunks_exact(rows.c.max(1)).zip(out.chunks_exact_mut(k)) {
+            has.iter_mut().for_each(|h| *h = false);
+            for &root in &self.ensemble.roots {
+                for &(c, w) in &self.ensemble.weights[self.ensemble.leaf(root, row)] {
+                    scores[c as usize] += w;
+                    has[c as usize] = true;
+                }
+            }
+            labels.push(self.finalize(scores, &mut has));
+        }
+        Ok(tvec!(
+            i64_tensor(&[rows.n], labels)?,
+            f32_tensor(&[rows.n, k], out)?
+        ))
+    }
+}
