@@ -31,6 +31,13 @@ enum Cmd {
         #[arg(long, env = "EDGEFLEET_AGENT_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Load an ONNX file as the agent would serve it and print its inputs and outputs as the
+    /// `inputs`/`outputs` of an `edgefleet sign` spec (JSON). Fails, naming the operator and
+    /// node, if the agent cannot serve the model.
+    Inspect {
+        /// The .onnx file.
+        model: PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -45,6 +52,7 @@ async fn main() -> std::process::ExitCode {
                 )
             }),
         Cmd::Run { config } => run(config).await,
+        Cmd::Inspect { model } => inspect(&model),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -52,6 +60,18 @@ async fn main() -> std::process::ExitCode {
             eprintln!("edgefleet-agent: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+fn inspect(path: &std::path::Path) -> anyhow::Result<()> {
+    let (inputs, outputs) = edgefleet_agent::model::describe(path).map_err(anyhow::Error::msg)?;
+    let json = serde_json::json!({ "inputs": inputs, "outputs": outputs });
+    let text = serde_json::to_string_pretty(&json)?;
+    // A closed pipe (`| head`) is not an error worth a panic.
+    use std::io::Write;
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
     }
 }
 

@@ -299,6 +299,87 @@ impl LoadedModel {
     }
 }
 
+/// Reads an ONNX file the way [`LoadedModel::load`] does and reports its inputs and outputs as
+/// a manifest should declare them (-1 for a dimension of any size): the schema for
+/// `edgefleet sign`'s spec, from the loader that will serve the model.
+pub fn describe(path: &Path) -> Result<(Vec<TensorSpec>, Vec<TensorSpec>), String> {
+    let onnx = crate::onnx_ml::onnx();
+    let mut file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let proto = onnx
+        .proto_model_for_read(&mut file)
+        .map_err(|e| format!("not an ONNX model: {e:#}"))?;
+    crate::onnx_ml::check_supported(&onnx, &proto)?;
+    let mut model = onnx
+        .model_for_proto_model(&proto)
+        .map_err(|e| format!("not a loadable ONNX model: {e:#}"))?;
+    let to_i64 = |d: &TDim| d.to_i64().unwrap_or(-1);
+    let mut inputs = Vec::new();
+    let outlets = model.input_outlets().map_err(|e| e.to_string())?.to_vec();
+    for (pos, outlet) in outlets.iter().enumerate() {
+        let name = model.node(outlet.node).name.clone();
+        let fact = model.input_fact(pos).map_err(|e| e.to_string())?;
+        let datatype = tract_onnx::tract_hir::infer::Factoid::concretize(&fact.datum_type)
+            .and_then(datatype_of)
+            .ok_or_else(|| format!("input {name:?}: datatype not declared or not served"))?;
+        if fact.shape.is_open() {
+            return Err(format!(
+                "input {name:?}: the model does not declare its rank"
+            ));
+        }
+        let shape = fact
+            .shape
+            .dims()
+            .map(|d| {
+                tract_onnx::tract_hir::infer::Factoid::concretize(d).map_or(-1, |d| to_i64(&d))
+            })
+            .collect();
+        let spec = TensorSpec {
+            name,
+            datatype,
+            shape,
+            feature_names: vec![],
+        };
+        close_input_fact(&mut model, pos, &spec)?;
+        inputs.push(spec);
+    }
+    let names: Vec<String> = model
+        .output_outlets()
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|o| {
+            model
+                .outlet_label(*o)
+                .map(str::to_owned)
+                .unwrap_or_else(|| model.node(o.node).name.clone())
+        })
+        .collect();
+    let typed = model
+        .into_optimized()
+        .map_err(|e| format!("cannot optimise: {e:#}"))?;
+    let mut outputs = Vec::new();
+    for (outlet, name) in typed
+        .output_outlets()
+        .map_err(|e| e.to_string())?
+        .iter()
+        .zip(names)
+    {
+        let fact = typed.outlet_fact(*outlet).map_err(|e| e.to_string())?;
+        let datatype = datatype_of(fact.datum_type).ok_or_else(|| {
+            format!(
+                "output {name:?}: datatype {:?} is not served",
+                fact.datum_type
+            )
+        })?;
+        outputs.push(TensorSpec {
+            name,
+            datatype,
+            shape: fact.shape.iter().map(to_i64).collect(),
+            feature_names: vec![],
+        });
+    }
+    Ok((inputs, outputs))
+}
+
 /// Fills in what the model leaves open about an input from the manifest: exporters often
 /// declare `[None, 8]` (an unnamed batch dimension), which tract cannot plan for. Unknown
 /// dimensions become the manifest's size, or a symbol where the manifest says -1; what the

@@ -40,3 +40,33 @@ fn check_config_fails_on_an_empty_config_and_unknown_subcommands_fail() {
     assert!(!out.status.success());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn inspect_prints_the_schema_a_manifest_should_declare() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/onnx_ml");
+    let out = Command::new(BIN)
+        .arg("inspect")
+        .arg(format!("{fixtures}/rf_binary.onnx"))
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["inputs"][0]["name"], "input");
+    assert_eq!(v["inputs"][0]["datatype"], "FP32");
+    assert_eq!(v["inputs"][0]["shape"], serde_json::json!([-1, 8]));
+    assert_eq!(v["outputs"][0]["name"], "output_label");
+    assert_eq!(v["outputs"][0]["datatype"], "INT64");
+    assert_eq!(v["outputs"][1]["shape"], serde_json::json!([-1, 2]));
+    // Not a model: exit 1, a message, no panic.
+    let out = Command::new(BIN)
+        .arg("inspect")
+        .arg(format!("{fixtures}/expected.json"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an ONNX model"));
+}
