@@ -379,9 +379,11 @@ impl Kernel for ZipMap {
         if c != self.n {
             bail!("ZipMap: {} class labels but {c} scores per row", self.n);
         }
-        if x.datum_type() != DatumType::F32 {
-            return Ok(tvec!(x.cast_to::<f32>()?.into_owned().into_tvalue()));
+        if x.datum_type() == DatumType::F32 && x.rank() == 2 {
+            return Ok(tvec!(x));
         }
-        Ok(tvec!(x))
+        let rows = x.len() / c.max(1);
+        let t = x.cast_to::<f32>()?.into_owned().into_shape(&[rows, c])?;
+        Ok(tvec!(t.into_tvalue()))
     }
 }

@@ -11,7 +11,7 @@
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 
-use super::kernel::{Kernel, PostTransform, Rows, batch_dim, f32_tensor, i64_tensor};
+use super::kernel::{Kernel, PostTransform, Rows, batch_dim};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -39,17 +39,25 @@ impl Mode {
     }
 }
 
-/// One node. For a branch `yes`/`no` are node indices; for a leaf they are the range of its
-/// weights in [`Ensemble::weights`].
+/// One node, 16 bytes: a branch reads feature `feature & FEATURE` and goes to node `yes` or
+/// `no` (`MISSING` set: a NaN goes to `yes`). A leaf reads feature 0 and goes to itself both
+/// ways, so a walk can run a tree's full depth without testing for leaves (see
+/// [`Ensemble::walk`]); its weights are at [`Ensemble::leaf_weights`].
 #[derive(Debug, Clone, Copy)]
 struct Node {
-    feature: u32,
     threshold: f32,
+    feature: u32,
     yes: u32,
     no: u32,
-    mode: Mode,
-    missing_yes: bool,
 }
+
+const MISSING: u32 = 1 << 31;
+const FEATURE: u32 = (1 << 24) - 1;
+
+/// Comparison codes for the specialised walks (`MIXED`: look the mode up per node).
+const LEQ: u8 = 0;
+const LT: u8 = 1;
+const MIXED: u8 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Aggregate {
@@ -62,37 +70,120 @@ enum Aggregate {
 #[derive(Debug)]
 struct Ensemble {
     nodes: Vec<Node>,
+    /// The mode of each node (parallel to `nodes`), read when the modes are mixed.
+    modes: Vec<Mode>,
     roots: Vec<u32>,
+    /// The depth of each tree (edges on its longest path), parallel to `roots`.
+    depths: Vec<u32>,
+    /// For each node (parallel to `nodes`), its range in `weights` (empty for a branch).
+    leaf_weights: Vec<(u32, u32)>,
     /// (target or class index, weight), grouped per leaf.
     weights: Vec<(u32, f32)>,
     /// Targets (regressor) or classes (classifier).
     n_targets: usize,
     /// One more than the highest feature index a branch reads.
     n_features: usize,
+    /// See [`Ensemble::choose_walk`].
+    walk_kind: (u8, bool),
+}
+
+impl Mode {
+    #[inline(always)]
+    fn test(self, x: f32, t: f32) -> bool {
+        match self {
+            Mode::Leq => x <= t,
+            Mode::Lt => x < t,
+            Mode::Gte => x >= t,
+            Mode::Gt => x > t,
+            Mode::Eq => x == t,
+            Mode::Neq => x != t,
+            Mode::Leaf => false,
+        }
+    }
 }
 
 impl Ensemble {
-    /// The leaf a row ends in, as its weight range.
-    #[inline]
-    fn leaf(&self, root: u32, row: &[f32]) -> std::ops::Range<usize> {
-        let mut i = root as usize;
-        loop {
-            let n = &self.nodes[i];
-            let x = row[n.feature as usize];
-            let yes = match n.mode {
-                Mode::Leq => x <= n.threshold,
-                Mode::Lt => x < n.threshold,
-                Mode::Gte => x >= n.threshold,
-                Mode::Gt => x > n.threshold,
-                Mode::Eq => x == n.threshold,
-                Mode::Neq => x != n.threshold,
-                Mode::Leaf => return n.yes as usize..n.no as usize,
+    /// Calls `visit` with the weights of the leaf each tree sends `row` to, in tree order.
+    /// The walk is specialised for the common cases (every branch `<=` as scikit-learn and
+    /// LightGBM export, or `<` as XGBoost does; with or without missing-value tracking).
+    fn visit_leaves(&self, row: &[f32], visit: impl FnMut(&[(u32, f32)])) {
+        match self.walk_kind {
+            (LEQ, false) => self.walk::<LEQ, false>(row, visit),
+            (LEQ, true) => self.walk::<LEQ, true>(row, visit),
+            (LT, false) => self.walk::<LT, false>(row, visit),
+            (LT, true) => self.walk::<LT, true>(row, visit),
+            _ => self.walk::<MIXED, true>(row, visit),
+        }
+    }
+
+    /// Which specialised walk fits: (LEQ, LT or MIXED, any missing-value tracking).
+    fn choose_walk(&mut self) {
+        let mut branches = self.modes.iter().filter(|m| **m != Mode::Leaf);
+        let code = match branches.next() {
+            Some(first) if branches.all(|m| m == first) => match first {
+                Mode::Leq => LEQ,
+                Mode::Lt => LT,
+                _ => MIXED,
+            },
+            Some(_) => MIXED,
+            None => LEQ,
+        };
+        let missing = self.nodes.iter().any(|n| n.feature & MISSING != 0);
+        self.walk_kind = (code, missing);
+    }
+
+    #[inline(always)]
+    fn walk<const M: u8, const TRACK_MISSING: bool>(
+        &self,
+        row: &[f32],
+        mut visit: impl FnMut(&[(u32, f32)]),
+    ) {
+        // Every tree is walked its full depth: leaves loop to themselves, so there is no
+        // data-dependent exit branch to mispredict, and the step is a bitwise select. Four
+        // trees are walked in lockstep: each step waits on the load of the node before it, and
+        // four independent chains keep the core busy while one waits.
+        let step = |i: usize| -> usize {
+            let n = self.nodes[i];
+            let x = row[(n.feature & FEATURE) as usize];
+            let mut yes = match M {
+                LEQ => x <= n.threshold,
+                LT => x < n.threshold,
+                _ => self.modes[i].test(x, n.threshold),
             };
-            i = if yes || (n.missing_yes && x.is_nan()) {
-                n.yes as usize
-            } else {
-                n.no as usize
-            };
+            if TRACK_MISSING {
+                yes |= n.feature & MISSING != 0 && x.is_nan();
+            }
+            let mask = u32::from(yes).wrapping_neg();
+            (n.no ^ ((n.yes ^ n.no) & mask)) as usize
+        };
+        let mut leaf = |i: usize| {
+            let (start, end) = self.leaf_weights[i];
+            visit(&self.weights[start as usize..end as usize]);
+        };
+        let mut roots = self.roots.chunks_exact(4);
+        let mut depths = self.depths.chunks_exact(4);
+        for (r, d) in (&mut roots).zip(&mut depths) {
+            let (mut a, mut b, mut c, mut e) =
+                (r[0] as usize, r[1] as usize, r[2] as usize, r[3] as usize);
+            let depth = d[0].max(d[1]).max(d[2]).max(d[3]);
+            for _ in 0..depth {
+                a = step(a);
+                b = step(b);
+                c = step(c);
+                e = step(e);
+            }
+            // Visited in tree order: sums come out as onnxruntime adds them.
+            leaf(a);
+            leaf(b);
+            leaf(c);
+            leaf(e);
+        }
+        for (&root, &depth) in roots.remainder().iter().zip(depths.remainder()) {
+            let mut i = root as usize;
+            for _ in 0..depth {
+                i = step(i);
+            }
+            leaf(i);
         }
     }
 
@@ -243,10 +334,14 @@ fn parse_ensemble(node: &NodeProto, prefix: &str, n_targets: usize) -> TractResu
 
     let mut ensemble = Ensemble {
         nodes: Vec::with_capacity(n),
+        modes: Vec::with_capacity(n),
         roots: Vec::with_capacity(trees.len()),
+        depths: Vec::with_capacity(trees.len()),
+        leaf_weights: Vec::with_capacity(n),
         weights: Vec::with_capacity(m),
         n_targets,
         n_features: 0,
+        walk_kind: (MIXED, true),
     };
     let mut placed: Vec<Option<u32>> = vec![None; n];
     for &tree in &trees {
@@ -262,8 +357,10 @@ fn parse_ensemble(node: &NodeProto, prefix: &str, n_targets: usize) -> TractResu
         };
         // Depth-first with an explicit stack (a hostile file cannot overflow ours), placing
         // each node once; children are patched in when they are placed.
-        let mut stack: Vec<(usize, Option<(usize, bool)>)> = vec![(root, None)];
-        while let Some((i, parent)) = stack.pop() {
+        let mut stack: Vec<Pending> = vec![(root, None, 0)];
+        let mut depth = 0u32;
+        while let Some((i, parent, d)) = stack.pop() {
+            depth = depth.max(d);
             if placed[i].is_some() {
                 bail!(
                     "{op} node {name:?}: node {} of tree {tree} is reached twice (a cycle or a \
@@ -288,36 +385,41 @@ fn parse_ensemble(node: &NodeProto, prefix: &str, n_targets: usize) -> TractResu
                 }
                 let end = u32::try_from(ensemble.weights.len())?;
                 ensemble.nodes.push(Node {
-                    feature: 0,
                     threshold: 0.0,
-                    yes: start,
-                    no: end,
-                    mode: Mode::Leaf,
-                    missing_yes: false,
+                    feature: 0,
+                    yes: index,
+                    no: index,
                 });
+                ensemble.leaf_weights.push((start, end));
+                ensemble.modes.push(Mode::Leaf);
             } else {
                 let feature = u32::try_from(features[i])
                     .ok()
-                    .filter(|&f| f < 1 << 24)
+                    .filter(|&f| f <= FEATURE)
                     .ok_or_else(|| {
                         format_err!("{op} node {name:?}: bad feature index {}", features[i])
                     })?;
                 ensemble.n_features = ensemble.n_features.max(feature as usize + 1);
                 ensemble.nodes.push(Node {
-                    feature,
                     threshold: values[i],
+                    feature: if missing[i] != 0 {
+                        feature | MISSING
+                    } else {
+                        feature
+                    },
                     yes: 0,
                     no: 0,
-                    mode: modes[i],
-                    missing_yes: missing[i] != 0,
                 });
+                ensemble.leaf_weights.push((0, 0));
+                ensemble.modes.push(modes[i]);
                 let me = index as usize;
                 // Push "no" first so the "yes" subtree is laid out right after its parent.
-                stack.push((at[&(tree, no_ids[i])], Some((me, false))));
-                stack.push((at[&(tree, yes_ids[i])], Some((me, true))));
+                stack.push((at[&(tree, no_ids[i])], Some((me, false)), d + 1));
+                stack.push((at[&(tree, yes_ids[i])], Some((me, true)), d + 1));
             }
         }
         ensemble.roots.push(placed[root].unwrap_or_default());
+        ensemble.depths.push(depth);
     }
     if let Some(&i) = leaf_weights.keys().next() {
         bail!(
@@ -326,8 +428,13 @@ fn parse_ensemble(node: &NodeProto, prefix: &str, n_targets: usize) -> TractResu
             tree_ids[i]
         );
     }
+    ensemble.choose_walk();
     Ok(ensemble)
 }
+
+/// A node waiting to be placed: its attribute position, (parent index, is the "yes" child),
+/// depth.
+type Pending = (usize, Option<(usize, bool)>, u32);
 
 fn base_values(node: &NodeProto, n: usize) -> TractResult<Vec<f32>> {
     let v: Vec<f32> = node.get_attr_opt_vec("base_values")?.unwrap_or_default();
@@ -395,22 +502,37 @@ impl Kernel for TreeRegressor {
         self.ensemble.check_width(self.name(), rows.c)?;
         let x = rows.as_slice()?;
         let t = self.ensemble.n_targets;
-        let mut out = vec![0f32; rows.n * t];
-        let mut has = vec![false; t];
+        // Scores are written straight into the output tensor: no copy, one allocation.
+        let mut output = Tensor::zero::<f32>(&[rows.n, t])?;
+        let mut view = output.try_as_plain_ram_mut()?;
+        let out = view.as_slice_mut::<f32>()?;
+        let mut has: TVec<bool> = TVec::from_elem(false, t);
         let n_trees = self.ensemble.roots.len() as f32;
+        let summing = matches!(self.aggregate, Aggregate::Sum | Aggregate::Average);
         for (row, scores) in x.chunks_exact(rows.c.max(1)).zip(out.chunks_exact_mut(t)) {
-            has.iter_mut().for_each(|h| *h = false);
-            for &root in &self.ensemble.roots {
-                for &(k, w) in &self.ensemble.weights[self.ensemble.leaf(root, row)] {
-                    let (s, h) = (&mut scores[k as usize], &mut has[k as usize]);
-                    *s = match self.aggregate {
-                        Aggregate::Sum | Aggregate::Average => *s + w,
-                        Aggregate::Min if *h && *s <= w => *s,
-                        Aggregate::Max if *h && *s >= w => *s,
-                        Aggregate::Min | Aggregate::Max => w,
-                    };
-                    *h = true;
-                }
+            if t == 1 && summing {
+                // The usual regressor: one target, summed.
+                let mut sum = 0f32;
+                self.ensemble.visit_leaves(row, |leaf| {
+                    for &(_, w) in leaf {
+                        sum += w;
+                    }
+                });
+                scores[0] = sum;
+            } else {
+                has.iter_mut().for_each(|h| *h = false);
+                self.ensemble.visit_leaves(row, |leaf| {
+                    for &(k, w) in leaf {
+                        let (s, h) = (&mut scores[k as usize], &mut has[k as usize]);
+                        *s = match self.aggregate {
+                            Aggregate::Sum | Aggregate::Average => *s + w,
+                            Aggregate::Min if *h && *s <= w => *s,
+                            Aggregate::Max if *h && *s >= w => *s,
+                            Aggregate::Min | Aggregate::Max => w,
+                        };
+                        *h = true;
+                    }
+                });
             }
             for (k, s) in scores.iter_mut().enumerate() {
                 let base = self.base.get(k).copied().unwrap_or(0.0);
@@ -424,7 +546,7 @@ impl Kernel for TreeRegressor {
                 self.transform.apply(scores);
             }
         }
-        Ok(tvec!(f32_tensor(&[rows.n, t], out)?))
+        Ok(tvec!(output.into_tvalue()))
     }
 }
 
@@ -591,22 +713,27 @@ impl Kernel for TreeClassifier {
         self.ensemble.check_width(self.name(), rows.c)?;
         let x = rows.as_slice()?;
         let k = self.labels.len();
-        let mut labels = Vec::with_capacity(rows.n);
-        let mut out = vec![0f32; rows.n * k];
-        let mut has = vec![false; k];
-        for (row, scores) in x.chunks_exact(rows.c.max(1)).zip(out.chunks_exact_mut(k)) {
+        let mut labels = Tensor::zero::<i64>(&[rows.n])?;
+        let mut scores_out = Tensor::zero::<f32>(&[rows.n, k])?;
+        let mut label_view = labels.try_as_plain_ram_mut()?;
+        let label_slice = label_view.as_slice_mut::<i64>()?;
+        let mut score_view = scores_out.try_as_plain_ram_mut()?;
+        let out = score_view.as_slice_mut::<f32>()?;
+        let mut has: TVec<bool> = TVec::from_elem(false, k);
+        for ((row, scores), label) in x
+            .chunks_exact(rows.c.max(1))
+            .zip(out.chunks_exact_mut(k))
+            .zip(label_slice.iter_mut())
+        {
             has.iter_mut().for_each(|h| *h = false);
-            for &root in &self.ensemble.roots {
-                for &(c, w) in &self.ensemble.weights[self.ensemble.leaf(root, row)] {
+            self.ensemble.visit_leaves(row, |leaf| {
+                for &(c, w) in leaf {
                     scores[c as usize] += w;
                     has[c as usize] = true;
                 }
-            }
-            labels.push(self.finalize(scores, &mut has));
+            });
+            *label = self.finalize(scores, &mut has);
         }
-        Ok(tvec!(
-            i64_tensor(&[rows.n], labels)?,
-            f32_tensor(&[rows.n, k], out)?
-        ))
+        Ok(tvec!(labels.into_tvalue(), scores_out.into_tvalue()))
     }
 }
