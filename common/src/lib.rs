@@ -12,11 +12,13 @@ pub mod armor;
 pub mod assignment;
 pub mod device;
 pub mod digest;
+pub mod drift;
 pub mod encoding;
 pub mod error;
 pub mod keys;
 pub mod manifest;
 pub mod name;
+pub mod sketch;
 pub mod tensor;
 pub mod trust;
 

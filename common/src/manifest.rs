@@ -131,6 +131,10 @@ impl ModelManifest {
                 ));
             }
         }
+        if let Some(bytes) = &self.reference_profile {
+            crate::sketch::Profile::from_bytes(bytes)
+                .map_err(|e| Error::InvalidManifest(format!("reference profile: {e}")))?;
+        }
         for (i, t) in self.smoke_tests.iter().enumerate() {
             if !(t.tolerance.is_finite() && t.tolerance >= 0.0) {
                 return bad(format!("smoke test {i}: tolerance must be finite and >= 0"));

@@ -127,3 +127,38 @@ fn wrap(hex: &str) -> String {
     }
     out
 }
+
+#[test]
+fn profile_bytes() {
+    use edgefleet_common::sketch::{ColumnKind, ColumnSpec, Profile};
+    let mut p = Profile::new(
+        &[
+            ColumnSpec {
+                name: "fuel".into(),
+                kind: ColumnKind::Numeric,
+            },
+            ColumnSpec {
+                name: "day".into(),
+                kind: ColumnKind::Categorical,
+            },
+        ],
+        200,
+    )
+    .expect("profile");
+    for row in [[1.5, 3.0], [1.75, 3.0], [f64::NAN, 6.0]] {
+        p.update_row(&row).expect("row");
+    }
+    let bytes = p.to_bytes();
+    expect![[r#"
+        010302046675656c000201000000000000f83f00000000
+        0000fc3f000000000000fa3f000000000000a03f280501
+        0f00c80008000200000000000000c8000100c600000000
+        00c03f0000e03f0000e03f0000c03f0364617901030040
+        04010a0703000000020000000000000003000000000000
+        0000000000000000000100000000000000020000000000
+        000006000000000000000300000000000000100201070a
+        0308020875816607fc2d420a
+    "#]].assert_eq(&wrap(&hex::encode(&bytes)));
+    let back = Profile::from_bytes(&bytes).expect("decode");
+    assert_eq!(back.to_bytes(), bytes);
+}

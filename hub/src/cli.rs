@@ -91,6 +91,26 @@ pub enum Command {
         /// The ONNX model file.
         #[arg(long)]
         model: PathBuf,
+        /// The training data's profile (from `edgefleet profile`), signed into the manifest:
+        /// devices and the hub measure drift against it.
+        #[arg(long)]
+        reference: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Profile training data (CSV with a header) with the sketches devices use; the output
+    /// goes to `sign --reference`.
+    Profile {
+        /// The CSV file.
+        data: PathBuf,
+        /// JSON `[{"name": "fuel_price", "kind": "numeric"}, {"name": "day", "kind":
+        /// "categorical"}]`: which columns, and how to summarise them (default: every column,
+        /// numeric). Names must be the model's feature names.
+        #[arg(long)]
+        schema: Option<PathBuf>,
+        /// KLL accuracy parameter (rank error ≈ 1.65 % at 200, 0.68 % at 400).
+        #[arg(long, default_value_t = edgefleet_common::sketch::DEFAULT_K)]
+        k: u16,
         #[arg(long)]
         out: PathBuf,
     },
@@ -211,8 +231,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             delegation,
             spec,
             model,
+            reference,
             out,
-        } => sign(key, delegation.as_deref(), spec, model, out, cli.json),
+        } => sign(
+            key,
+            delegation.as_deref(),
+            spec,
+            model,
+            reference.as_deref(),
+            out,
+            cli.json,
+        ),
+        Command::Profile {
+            data,
+            schema,
+            k,
+            out,
+        } => {
+            let profile = crate::reference::profile_csv(data, schema.as_deref(), *k)?;
+            let bytes = profile.to_bytes();
+            std::fs::write(out, &bytes)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            say(
+                cli.json,
+                &format!(
+                    "{}→ {} ({} bytes)",
+                    crate::reference::describe(&profile),
+                    out.display(),
+                    bytes.len()
+                ),
+                serde_json::json!({"rows": profile.rows, "columns": profile.schema(), "bytes": bytes.len(), "out": out}),
+            );
+            Ok(())
+        }
         Command::RotateRoot {
             old_key,
             new_key,
@@ -273,6 +324,7 @@ fn sign(
     delegation: Option<&Path>,
     spec: &Path,
     model: &Path,
+    reference: Option<&Path>,
     out: &Path,
     json: bool,
 ) -> anyhow::Result<()> {
@@ -289,6 +341,9 @@ fn sign(
     let spec: Spec = serde_json::from_slice(&spec_text)
         .with_context(|| format!("spec {} is not valid", spec.display()))?;
     let (sha256, size) = hash_file(model)?;
+    let reference_profile = reference
+        .map(|p| check_reference(p, &spec.inputs, &spec.outputs))
+        .transpose()?;
     let manifest = ModelManifest {
         name: spec.name,
         version: spec.version,
@@ -302,7 +357,7 @@ fn sign(
         smoke_tests: spec.smoke_tests,
         created_at: crate::now(),
         lineage: spec.lineage,
-        reference_profile: None,
+        reference_profile,
         description: spec.description,
     };
     manifest.validate()?;
@@ -319,6 +374,50 @@ fn sign(
         serde_json::json!({"name": manifest.name, "version": manifest.version, "manifest_digest": signed.digest(), "out": out}),
     );
     Ok(())
+}
+
+/// Reads a profile for `sign --reference`: it must decode, and its columns must be feature
+/// names of the model's inputs or names of its outputs (else drift could never be computed).
+fn check_reference(
+    path: &Path,
+    inputs: &[edgefleet_common::TensorSpec],
+    outputs: &[edgefleet_common::TensorSpec],
+) -> anyhow::Result<Vec<u8>> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let max = edgefleet_common::sketch::MAX_PROFILE_BYTES as u64;
+    if meta.len() > max {
+        anyhow::bail!(
+            "{} is {} bytes; a profile is at most {max}",
+            path.display(),
+            meta.len()
+        );
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let profile = edgefleet_common::sketch::Profile::from_bytes(&bytes).with_context(|| {
+        format!(
+            "{} is not a profile from `edgefleet profile`",
+            path.display()
+        )
+    })?;
+    let known: Vec<&str> = inputs
+        .iter()
+        .flat_map(|t| t.feature_names.iter().map(String::as_str))
+        .chain(outputs.iter().map(|t| t.name.as_str()))
+        .collect();
+    let unknown: Vec<&str> = profile
+        .columns
+        .iter()
+        .map(|c| c.name.as_str())
+        .filter(|n| !known.contains(n))
+        .collect();
+    if !unknown.is_empty() {
+        anyhow::bail!(
+            "the reference profile has columns {unknown:?} that are neither feature names of the \
+             model's inputs nor its outputs (known: {known:?}); set feature_names in the spec"
+        );
+    }
+    Ok(bytes)
 }
 
 fn hash_file(path: &Path) -> anyhow::Result<(Digest, u64)> {

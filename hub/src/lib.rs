@@ -13,6 +13,7 @@ pub mod error;
 pub mod keyfile;
 #[path = "../../agent/src/lifecycle.rs"]
 pub mod lifecycle;
+pub mod reference;
 pub mod store;
 
 use std::future::Future;

@@ -158,3 +158,133 @@ fn check_config_names_every_bad_key() {
         run(Command::new(bin("edgefleet-hub")).args(["serve", "--listen", "not-an-address"]));
     assert!(!ok && out.contains("invalid"), "{out}");
 }
+
+#[test]
+fn profile_training_data_and_sign_it_into_the_manifest() {
+    use edgefleet_common::{ModelManifest, Signed};
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = |name: &str| dir.path().join(name);
+    let ef = || Command::new(bin("edgefleet"));
+    // Training data: the demand model's 8 features, with a header, and a few missing cells.
+    let mut csv = edgefleet_tests::FEATURE_NAMES.join(",") + "\n";
+    for (i, row) in edgefleet_tests::probe_rows(2_000, 7).iter().enumerate() {
+        let cells: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(j, v)| match (j, i % 97) {
+                (2, _) => format!("{}", (v.abs() * 2.0).floor() % 7.0),
+                (0, 0) => String::new(),
+                _ => format!("{v}"),
+            })
+            .collect();
+        csv += &(cells.join(",") + "\n");
+    }
+    std::fs::write(p("train.csv"), &csv).expect("write");
+    let schema = r#"[{"name": "fuel_price"}, {"name": "temperature"},
+        {"name": "day_of_week", "kind": "categorical"}, {"name": "lag_1d"}]"#;
+    std::fs::write(p("schema.json"), schema).expect("write");
+    let (ok, out) = run(ef()
+        .args(["--json", "profile"])
+        .arg(p("train.csv"))
+        .arg("--schema")
+        .arg(p("schema.json"))
+        .arg("--out")
+        .arg(p("ref.profile")));
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(v["rows"], 2000);
+    let (ok, out) = run(ef()
+        .arg("profile")
+        .arg(p("train.csv"))
+        .arg("--out")
+        .arg(p("all.profile")));
+    assert!(
+        ok && out.contains("day_of_week") && out.contains("p50="),
+        "{out}"
+    );
+
+    // Sign with the profile: it travels inside the signed manifest.
+    assert!(
+        run(ef()
+            .args(["keygen", "--role", "root", "--out"])
+            .arg(p("root.key")))
+        .0
+    );
+    let mlp = edgefleet_tests::Mlp::new(1);
+    std::fs::write(p("model.onnx"), edgefleet_tests::onnx::mlp(&mlp, 0)).expect("write");
+    let spec = serde_json::json!({
+        "name": "demand", "version": 1,
+        "inputs": [edgefleet_tests::input_spec()],
+        "outputs": [edgefleet_tests::output_spec()],
+    });
+    std::fs::write(p("spec.json"), spec.to_string()).expect("write");
+    let sign = |profile: &str| {
+        let mut c = ef();
+        c.args(["sign", "--key"])
+            .arg(p("root.key"))
+            .arg("--spec")
+            .arg(p("spec.json"))
+            .arg("--model")
+            .arg(p("model.onnx"))
+            .arg("--reference")
+            .arg(p(profile))
+            .arg("--out")
+            .arg(p("demand.manifest"));
+        run(&mut c)
+    };
+    let (ok, out) = sign("ref.profile");
+    assert!(ok, "{out}");
+    let doc =
+        edgefleet_hub::keyfile::read_document(&p("demand.manifest"), "MANIFEST").expect("read");
+    let m: ModelManifest = Signed::<ModelManifest>::from_bytes(&doc)
+        .expect("decode")
+        .decode_unverified()
+        .expect("manifest");
+    let profile = edgefleet_common::sketch::Profile::from_bytes(
+        m.reference_profile.as_deref().expect("profile attached"),
+    )
+    .expect("profile");
+    assert_eq!(profile.rows, 2000);
+    assert_eq!(profile.columns.len(), 4);
+
+    // Refusals: a cell that is not a number, a schema column the CSV lacks, a profile whose
+    // columns the model does not have, a file that is not a profile.
+    std::fs::write(p("bad.csv"), "fuel_price,price\n1.5,2\n1.6,abc\n").expect("write");
+    let (ok, out) = run(ef()
+        .arg("profile")
+        .arg(p("bad.csv"))
+        .arg("--out")
+        .arg(p("x")));
+    assert!(
+        !ok && out.contains("line 3") && out.contains("\"price\"") && out.contains("abc"),
+        "{out}"
+    );
+    std::fs::write(p("s2.json"), r#"[{"name": "footfall_typo"}]"#).expect("write");
+    let (ok, out) = run(ef()
+        .arg("profile")
+        .arg(p("train.csv"))
+        .arg("--schema")
+        .arg(p("s2.json"))
+        .arg("--out")
+        .arg(p("x")));
+    assert!(
+        !ok && out.contains("footfall_typo") && out.contains("is not in"),
+        "{out}"
+    );
+    std::fs::write(p("other.csv"), "bogus\n1\n2\n").expect("write");
+    assert!(
+        run(ef()
+            .arg("profile")
+            .arg(p("other.csv"))
+            .arg("--out")
+            .arg(p("other.profile")))
+        .0
+    );
+    let (ok, out) = sign("other.profile");
+    assert!(
+        !ok && out.contains("bogus") && out.contains("feature names"),
+        "{out}"
+    );
+    let (ok, out) = sign("train.csv");
+    assert!(!ok && out.contains("not a profile"), "{out}");
+}

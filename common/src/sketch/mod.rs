@@ -1,0 +1,233 @@
+//! Mergeable data profiles: what a model saw, summarised small enough to send from a device
+//! every window and to merge fleet-wide.
+//!
+//! A [`Profile`] has one sketch per column: [`NumericSketch`] (KLL quantiles + exact moments) or
+//! [`CategoricalSketch`] (frequent items + HLL). [`LatencySketch`] (DDSketch) summarises
+//! inference latency. Every sketch merges (the merge of two streams' sketches is, within the
+//! documented error, the sketch of the concatenated stream) and serialises; the sketches'
+//! own byte formats (Apache DataSketches, DataDog's DDSketch encoding) travel inside our
+//! postcard encoding, behind a format byte: [`Profile::to_bytes`].
+//!
+//! Decoding is for untrusted bytes: sizes are bounded, every embedded sketch must decode and
+//! agree with the exact counters next to it, and nothing decoded can panic later.
+
+mod categorical;
+mod latency;
+mod numeric;
+
+pub use categorical::CategoricalSketch;
+pub use latency::{ALPHA as LATENCY_ALPHA, LatencySketch};
+pub use numeric::{DEFAULT_K, NumericSketch, NumericView};
+
+use serde::{Deserialize, Serialize};
+
+/// The profile encoding's version: the first byte of [`Profile::to_bytes`].
+pub const PROFILE_FORMAT: u8 = 1;
+/// Largest encoded profile accepted.
+pub const MAX_PROFILE_BYTES: usize = 8 * 1024 * 1024;
+/// Most columns in a profile.
+pub const MAX_COLUMNS: usize = 4096;
+/// Largest count a decoded sketch may carry (2^53: exact in f64, and far from overflowing
+/// when fleets of sketches are merged).
+pub const MAX_COUNT: u64 = 1 << 53;
+/// Longest column name.
+pub const MAX_COLUMN_NAME: usize = 256;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SketchError {
+    #[error("invalid sketch: {0}")]
+    Invalid(String),
+    #[error("profile: {0}")]
+    Profile(String),
+}
+
+/// How a column is summarised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnKind {
+    Numeric,
+    Categorical,
+}
+
+/// A column of a profile schema.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnSpec {
+    pub name: String,
+    #[serde(default = "numeric")]
+    pub kind: ColumnKind,
+}
+
+fn numeric() -> ColumnKind {
+    ColumnKind::Numeric
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ColumnSketch {
+    Numeric(NumericSketch),
+    Categorical(CategoricalSketch),
+}
+
+impl ColumnSketch {
+    pub fn kind(&self) -> ColumnKind {
+        match self {
+            ColumnSketch::Numeric(_) => ColumnKind::Numeric,
+            ColumnSketch::Categorical(_) => ColumnKind::Categorical,
+        }
+    }
+
+    fn update(&mut self, x: f64) {
+        match self {
+            ColumnSketch::Numeric(s) => s.update(x),
+            ColumnSketch::Categorical(s) => s.update_f64(x),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Column {
+    pub name: String,
+    pub sketch: ColumnSketch,
+}
+
+/// One sketch per column, in schema order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Profile {
+    /// Rows profiled.
+    pub rows: u64,
+    pub columns: Vec<Column>,
+}
+
+impl Profile {
+    /// An empty profile for `schema` (names unique, at most [`MAX_COLUMNS`]).
+    pub fn new(schema: &[ColumnSpec], k: u16) -> Result<Self, SketchError> {
+        check_names(schema.iter().map(|c| c.name.as_str()))?;
+        let columns = schema
+            .iter()
+            .map(|c| {
+                Ok(Column {
+                    name: c.name.clone(),
+                    sketch: match c.kind {
+                        ColumnKind::Numeric => ColumnSketch::Numeric(NumericSketch::new(k)?),
+                        ColumnKind::Categorical => {
+                            ColumnSketch::Categorical(CategoricalSketch::default())
+                        }
+                    },
+                })
+            })
+            .collect::<Result<_, SketchError>>()?;
+        Ok(Profile { rows: 0, columns })
+    }
+
+    pub fn schema(&self) -> Vec<ColumnSpec> {
+        self.columns
+            .iter()
+            .map(|c| ColumnSpec {
+                name: c.name.clone(),
+                kind: c.sketch.kind(),
+            })
+            .collect()
+    }
+
+    /// Adds one row: one value per column, in schema order (NaN: missing).
+    pub fn update_row(&mut self, row: &[f64]) -> Result<(), SketchError> {
+        if row.len() != self.columns.len() {
+            return Err(SketchError::Profile(format!(
+                "a row has {} values, the profile {} columns",
+                row.len(),
+                self.columns.len()
+            )));
+        }
+        for (c, &x) in self.columns.iter_mut().zip(row) {
+            c.sketch.update(x);
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// Adds one value to column `i` (rows are counted by the caller's [`Profile::add_rows`]).
+    pub fn update_column(&mut self, i: usize, x: f64) {
+        if let Some(c) = self.columns.get_mut(i) {
+            c.sketch.update(x);
+        }
+    }
+
+    pub fn add_rows(&mut self, n: u64) {
+        self.rows += n;
+    }
+
+    /// Adds `other`, which must have the same columns (names and kinds, same order).
+    pub fn merge(&mut self, other: &Profile) -> Result<(), SketchError> {
+        if self.schema() != other.schema() {
+            return Err(SketchError::Profile(
+                "cannot merge profiles with different columns".into(),
+            ));
+        }
+        for (a, b) in self.columns.iter_mut().zip(&other.columns) {
+            match (&mut a.sketch, &b.sketch) {
+                (ColumnSketch::Numeric(x), ColumnSketch::Numeric(y)) => x.merge(y)?,
+                (ColumnSketch::Categorical(x), ColumnSketch::Categorical(y)) => x.merge(y),
+                _ => unreachable!("schemas compared equal"),
+            }
+        }
+        self.rows = self.rows.saturating_add(other.rows);
+        Ok(())
+    }
+
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// `PROFILE_FORMAT` then the postcard encoding.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = vec![PROFILE_FORMAT];
+        // Encoding to a Vec cannot fail for these types.
+        out.extend(postcard::to_stdvec(self).unwrap_or_default());
+        out
+    }
+
+    /// Decodes untrusted bytes (bounded, versioned, every sketch validated).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, SketchError> {
+        if bytes.len() > MAX_PROFILE_BYTES {
+            return Err(SketchError::Profile(format!(
+                "{} bytes, more than the {MAX_PROFILE_BYTES} allowed",
+                bytes.len()
+            )));
+        }
+        match bytes.split_first() {
+            Some((&PROFILE_FORMAT, body)) => {
+                let p: Profile = postcard::from_bytes(body)
+                    .map_err(|e| SketchError::Profile(format!("malformed: {e}")))?;
+                check_names(p.columns.iter().map(|c| c.name.as_str()))?;
+                if p.rows > MAX_COUNT {
+                    return Err(SketchError::Profile("row count out of range".into()));
+                }
+                Ok(p)
+            }
+            Some((v, _)) => Err(SketchError::Profile(format!(
+                "format {v} is not known (this build reads {PROFILE_FORMAT})"
+            ))),
+            None => Err(SketchError::Profile("empty".into())),
+        }
+    }
+}
+
+fn check_names<'a>(names: impl Iterator<Item = &'a str>) -> Result<(), SketchError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for n in names {
+        if n.is_empty() || n.len() > MAX_COLUMN_NAME || n.chars().any(char::is_control) {
+            return Err(SketchError::Profile(format!(
+                "bad column name {n:?} (1 to {MAX_COLUMN_NAME} printable characters)"
+            )));
+        }
+        if !seen.insert(n) {
+            return Err(SketchError::Profile(format!("column {n:?} appears twice")));
+        }
+        if seen.len() > MAX_COLUMNS {
+            return Err(SketchError::Profile(format!(
+                "more than {MAX_COLUMNS} columns"
+            )));
+        }
+    }
+    Ok(())
+}
