@@ -158,7 +158,8 @@ fn profile_bytes() {
         0000000000000000000100000000000000020000000000
         000006000000000000000300000000000000100201070a
         0308020875816607fc2d420a
-    "#]].assert_eq(&wrap(&hex::encode(&bytes)));
+    "#]]
+    .assert_eq(&wrap(&hex::encode(&bytes)));
     let back = Profile::from_bytes(&bytes).expect("decode");
     assert_eq!(back.to_bytes(), bytes);
 }
