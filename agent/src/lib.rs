@@ -16,6 +16,7 @@ pub mod onnx_ml;
 pub mod serve;
 pub mod state;
 pub mod update;
+pub mod window;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -101,6 +102,24 @@ pub async fn run_reloadable(
         }
     ));
     lifecycle::spawn_watchdog();
+    // Sketching happens here, off the request path: requests only buffer their numbers.
+    let folding = registry.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = window::FULL.notified() => {}
+            }
+            let models = folding.snapshot();
+            let _ = tokio::task::spawn_blocking(move || {
+                for m in models.values() {
+                    m.window.fold();
+                }
+            })
+            .await;
+        }
+    });
     axum::serve(listener, serve::router(registry))
         .with_graceful_shutdown(async move {
             shutdown.await;

@@ -23,6 +23,8 @@ pub struct LoadedModel {
     /// between runs (`run` resets the turn), and a state whose run failed is dropped, never
     /// returned here.
     idle: std::sync::Mutex<Vec<TypedSimpleState>>,
+    /// This model's current window: what its requests' inputs, outputs and latencies look like.
+    pub window: crate::window::WindowRecorder,
 }
 
 /// Idle run states kept per model: more than the worker threads that can infer at once would
@@ -127,6 +129,7 @@ impl LoadedModel {
             .into_runnable()
             .map_err(|e| model_err(&manifest, format!("cannot optimise: {e:#}")))?;
         Ok(Self {
+            window: crate::window::WindowRecorder::for_manifest(&manifest, crate::now()),
             manifest,
             plan,
             input_order,

@@ -413,16 +413,46 @@ fn run_infer(
         .iter()
         .map(parse_input)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(bad_request)?;
+        .map_err(|e| {
+            model.window.record_error();
+            bad_request(e)
+        })?;
     let wanted: Vec<String> = req
         .outputs
         .unwrap_or_default()
         .into_iter()
         .map(|o| o.name)
         .collect();
-    let outputs = model
-        .infer_adaptive(&inputs, &wanted)
-        .map_err(bad_request)?;
+    if let Some(w) = wanted
+        .iter()
+        .find(|w| !model.manifest.outputs.iter().any(|s| &s.name == *w))
+    {
+        model.window.record_error();
+        return Err(bad_request(format!(
+            "unknown output {w:?}; the model's outputs are {:?}",
+            model
+                .manifest
+                .outputs
+                .iter()
+                .map(|s| &s.name)
+                .collect::<Vec<_>>()
+        )));
+    }
+    // Every output is computed (and profiled); `outputs` only selects what is sent back.
+    let start = std::time::Instant::now();
+    let mut outputs = match model.infer_adaptive(&inputs, &[]) {
+        Ok(o) => o,
+        Err(e) => {
+            model.window.record_error();
+            return Err(bad_request(e));
+        }
+    };
+    model
+        .window
+        .record(&inputs, &outputs, start.elapsed().as_secs_f64() * 1e6);
+    if !wanted.is_empty() {
+        outputs.retain(|o| wanted.contains(&o.name));
+    }
     let resp = InferResponse {
         model_name: &model.manifest.name,
         model_version: model.manifest.version.to_string(),

@@ -104,6 +104,17 @@ impl TensorData {
         }
     }
 
+    /// Element `i` widened to f64 (`None` past the end).
+    pub fn get_f64(&self, i: usize) -> Option<f64> {
+        Some(match self {
+            Self::Bool(v) => f64::from(u8::from(*v.get(i)?)),
+            Self::Int32(v) => f64::from(*v.get(i)?),
+            Self::Int64(v) => *v.get(i)? as f64,
+            Self::Fp32(v) => f64::from(*v.get(i)?),
+            Self::Fp64(v) => *v.get(i)?,
+        })
+    }
+
     /// Values widened to f64 for tolerance comparisons.
     pub fn to_f64(&self) -> Vec<f64> {
         match self {

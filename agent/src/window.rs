@@ -1,0 +1,262 @@
+//! The active models' window profiles: every inference's inputs (one column per feature
+//! name), outputs and latency, with request and error counts — the data the telemetry upload
+//! sends when a window closes.
+//!
+//! The inference path only appends the request's numbers to a buffer (a short lock, a copy).
+//! Sketching happens in [`WindowRecorder::fold`], which the agent's folding task runs every
+//! 500 ms and whenever a buffer fills ([`BUFFER_ROWS`] rows; [`FULL`] wakes it). Full buffers
+//! queue for the folder; only if [`MAX_PENDING`] are already waiting (the folder cannot keep up)
+//! does a request fold inline, so memory stays bounded however fast requests come. Folding
+//! order does not matter: the sketches summarise the same multiset either way.
+
+use std::sync::Mutex;
+
+use edgefleet_common::sketch::{ColumnKind, ColumnSpec, LatencySketch, Profile};
+use edgefleet_common::{ModelManifest, Tensor};
+
+/// Rows per buffer.
+pub const BUFFER_ROWS: usize = 4096;
+/// Full buffers waiting for the folder before requests fold inline.
+pub const MAX_PENDING: usize = 4;
+
+/// Woken when a buffer fills: the agent's folding task waits on it.
+pub static FULL: tokio::sync::Notify = tokio::sync::Notify::const_new();
+/// Widest tensor profiled column by column (wider ones, images, are not profiled).
+pub const MAX_PROFILED_WIDTH: usize = 256;
+
+/// Where each profile column's value comes from: (tensor index in the manifest's inputs then
+/// outputs, element within a row).
+#[derive(Debug, Clone)]
+struct Source {
+    tensor: usize,
+    element: usize,
+}
+
+/// A closed (or current) window.
+#[derive(Debug, Clone)]
+pub struct Window {
+    pub started_at: u64,
+    pub profile: Profile,
+    pub latency: LatencySketch,
+    pub requests: u64,
+    pub errors: u64,
+}
+
+struct Buffer {
+    /// Row-major values, `columns` per row.
+    values: Vec<f64>,
+    latencies_us: Vec<f64>,
+    requests: u64,
+    errors: u64,
+}
+
+pub struct WindowRecorder {
+    sources: Vec<Source>,
+    /// Tensor names: the manifest's inputs then outputs.
+    tensors: Vec<String>,
+    n_inputs: usize,
+    buffer: Mutex<Buffer>,
+    /// Full buffers waiting to be folded.
+    pending: Mutex<Vec<Buffer>>,
+    window: Mutex<Window>,
+}
+
+impl WindowRecorder {
+    /// Columns: each input's feature names (or `name[i]`), each output's `name` (one value per
+    /// row) or `name[j]`. A column the reference profile marks categorical is categorical.
+    pub fn for_manifest(m: &ModelManifest, now: u64) -> Self {
+        let reference = m
+            .reference_profile
+            .as_deref()
+            .and_then(|b| Profile::from_bytes(b).ok());
+        let kind_of = |name: &str| {
+            reference
+                .as_ref()
+                .and_then(|p| p.column(name))
+                .map_or(ColumnKind::Numeric, |c| c.sketch.kind())
+        };
+        let mut specs = Vec::new();
+        let mut sources = Vec::new();
+        for (t, spec) in m.inputs.iter().chain(&m.outputs).enumerate() {
+            let width = spec.shape.last().copied().unwrap_or(1);
+            let width = if spec.shape.len() <= 1 { 1 } else { width };
+            if !(1..=MAX_PROFILED_WIDTH as i64).contains(&width) {
+                continue;
+            }
+            for e in 0..width as usize {
+                let name = match spec.feature_names.get(e) {
+                    Some(f) => f.clone(),
+                    None if width == 1 => spec.name.clone(),
+                    None => format!("{}[{e}]", spec.name),
+                };
+                if specs.iter().any(|s: &ColumnSpec| s.name == name) {
+                    continue;
+                }
+                specs.push(ColumnSpec {
+                    kind: kind_of(&name),
+                    name,
+                });
+                sources.push(Source {
+                    tensor: t,
+                    element: e,
+                });
+            }
+        }
+        let profile =
+            Profile::new(&specs, edgefleet_common::sketch::DEFAULT_K).unwrap_or_else(|_| Profile {
+                rows: 0,
+                columns: vec![],
+            });
+        if profile.columns.is_empty() {
+            sources.clear();
+        }
+        WindowRecorder {
+            sources,
+            tensors: m
+                .inputs
+                .iter()
+                .chain(&m.outputs)
+                .map(|t| t.name.clone())
+                .collect(),
+            n_inputs: m.inputs.len(),
+            buffer: Mutex::new(Buffer {
+                values: Vec::new(),
+                latencies_us: Vec::new(),
+                requests: 0,
+                errors: 0,
+            }),
+            pending: Mutex::new(Vec::new()),
+            window: Mutex::new(Window {
+                started_at: now,
+                profile,
+                latency: LatencySketch::default(),
+                requests: 0,
+                errors: 0,
+            }),
+        }
+    }
+
+    pub fn schema(&self) -> Vec<ColumnSpec> {
+        self.window
+            .lock()
+            .map(|w| w.profile.schema())
+            .unwrap_or_default()
+    }
+
+    /// Records one successful inference: its rows' values and its latency.
+    pub fn record(&self, inputs: &[Tensor], outputs: &[Tensor], latency_us: f64) {
+        let find = |t: usize| -> Option<&Tensor> {
+            let name = self.tensors.get(t)?;
+            let pool = if t < self.n_inputs { inputs } else { outputs };
+            pool.iter().find(|x| &x.name == name)
+        };
+        let rows = inputs
+            .first()
+            .and_then(|t| t.shape.first())
+            .copied()
+            .unwrap_or(1) as usize;
+        let full = {
+            let Ok(mut b) = self.buffer.lock() else {
+                return;
+            };
+            b.requests += 1;
+            b.latencies_us.push(latency_us);
+            let start = b.values.len();
+            b.values.resize(start + rows * self.sources.len(), f64::NAN);
+            for (c, s) in self.sources.iter().enumerate() {
+                let Some(t) = find(s.tensor) else { continue };
+                let width = t
+                    .shape
+                    .get(1..)
+                    .map_or(1, |d| d.iter().product::<u64>().max(1))
+                    as usize;
+                for r in 0..rows {
+                    if let Some(v) = t.data.get_f64(r * width + s.element) {
+                        b.values[start + r * self.sources.len() + c] = v;
+                    }
+                }
+            }
+            if b.values.len() >= BUFFER_ROWS * self.sources.len().max(1)
+                || b.latencies_us.len() >= BUFFER_ROWS
+            {
+                Some(take(&mut b))
+            } else {
+                None
+            }
+        };
+        if let Some(full) = full {
+            let backlog = match self.pending.lock() {
+                Ok(mut p) => {
+                    p.push(full);
+                    p.len()
+                }
+                Err(_) => return,
+            };
+            if backlog > MAX_PENDING {
+                self.fold();
+            } else {
+                FULL.notify_one();
+            }
+        }
+    }
+
+    /// Records a failed inference (bad request or model error).
+    pub fn record_error(&self) {
+        if let Ok(mut b) = self.buffer.lock() {
+            b.errors += 1;
+        }
+    }
+
+    /// Moves the queued and buffered rows into the window's sketches.
+    pub fn fold(&self) {
+        let mut batches = match self.pending.lock() {
+            Ok(mut p) => std::mem::take(&mut *p),
+            Err(_) => return,
+        };
+        if let Ok(mut b) = self.buffer.lock() {
+            batches.push(take(&mut b));
+        }
+        let Ok(mut w) = self.window.lock() else {
+            return;
+        };
+        let n = self.sources.len();
+        for taken in batches {
+            if n > 0 {
+                for row in taken.values.chunks_exact(n) {
+                    for (c, &v) in row.iter().enumerate() {
+                        w.profile.update_column(c, v);
+                    }
+                }
+                w.profile.add_rows((taken.values.len() / n) as u64);
+            }
+            for &l in &taken.latencies_us {
+                w.latency.record_us(l);
+            }
+            w.requests += taken.requests;
+            w.errors += taken.errors;
+        }
+    }
+
+    /// Closes the current window (folding what is buffered) and starts the next at `now`.
+    pub fn close(&self, now: u64) -> Option<Window> {
+        self.fold();
+        let mut w = self.window.lock().ok()?;
+        let fresh = Window {
+            started_at: now,
+            profile: Profile::new(&w.profile.schema(), edgefleet_common::sketch::DEFAULT_K).ok()?,
+            latency: LatencySketch::default(),
+            requests: 0,
+            errors: 0,
+        };
+        Some(std::mem::replace(&mut *w, fresh))
+    }
+}
+
+fn take(b: &mut Buffer) -> Buffer {
+    Buffer {
+        values: std::mem::take(&mut b.values),
+        latencies_us: std::mem::take(&mut b.latencies_us),
+        requests: std::mem::take(&mut b.requests),
+        errors: std::mem::take(&mut b.errors),
+    }
+}
