@@ -145,11 +145,22 @@ impl WindowRecorder {
 
     /// Records one successful inference: its rows' values and its latency.
     pub fn record(&self, inputs: &[Tensor], outputs: &[Tensor], latency_us: f64) {
-        let find = |t: usize| -> Option<&Tensor> {
-            let name = self.tensors.get(t)?;
-            let pool = if t < self.n_inputs { inputs } else { outputs };
-            pool.iter().find(|x| &x.name == name)
-        };
+        // Each tensor looked up once per request, not once per column.
+        let found: tract_onnx::prelude::TVec<Option<(&Tensor, usize)>> = self
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(t, name)| {
+                let pool = if t < self.n_inputs { inputs } else { outputs };
+                pool.iter().find(|x| &x.name == name).map(|x| {
+                    let width = x
+                        .shape
+                        .get(1..)
+                        .map_or(1, |d| d.iter().product::<u64>().max(1));
+                    (x, width as usize)
+                })
+            })
+            .collect();
         let rows = inputs
             .first()
             .and_then(|t| t.shape.first())
@@ -164,12 +175,9 @@ impl WindowRecorder {
             let start = b.values.len();
             b.values.resize(start + rows * self.sources.len(), f64::NAN);
             for (c, s) in self.sources.iter().enumerate() {
-                let Some(t) = find(s.tensor) else { continue };
-                let width = t
-                    .shape
-                    .get(1..)
-                    .map_or(1, |d| d.iter().product::<u64>().max(1))
-                    as usize;
+                let Some(Some((t, width))) = found.get(s.tensor).copied() else {
+                    continue;
+                };
                 for r in 0..rows {
                     if let Some(v) = t.data.get_f64(r * width + s.element) {
                         b.values[start + r * self.sources.len() + c] = v;
