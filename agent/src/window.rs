@@ -4,7 +4,8 @@
 //!
 //! The inference path only appends the request's numbers to a buffer (a short lock, a copy).
 //! Sketching happens in [`WindowRecorder::fold`], which the agent's folding task runs every
-//! 500 ms and whenever a buffer fills ([`BUFFER_ROWS`] rows; [`FULL`] wakes it). Full buffers
+//! 500 ms and whenever a buffer fills ([`BUFFER_ROWS`] rows, 72 KiB for 9 columns; [`FULL`]
+//! wakes it); emptied buffers are reused, so in steady state a request never allocates. Full buffers
 //! queue for the folder; only if [`MAX_PENDING`] are already waiting (the folder cannot keep up)
 //! does a request fold inline, so memory stays bounded however fast requests come. Folding
 //! order does not matter: the sketches summarise the same multiset either way.
@@ -15,7 +16,7 @@ use edgefleet_common::sketch::{ColumnKind, ColumnSpec, LatencySketch, Profile};
 use edgefleet_common::{ModelManifest, Tensor};
 
 /// Rows per buffer.
-pub const BUFFER_ROWS: usize = 4096;
+pub const BUFFER_ROWS: usize = 1024;
 /// Full buffers waiting for the folder before requests fold inline.
 pub const MAX_PENDING: usize = 4;
 
@@ -58,6 +59,8 @@ pub struct WindowRecorder {
     buffer: Mutex<Buffer>,
     /// Full buffers waiting to be folded.
     pending: Mutex<Vec<Buffer>>,
+    /// Emptied buffers, capacity kept: in steady state requests never allocate.
+    spare: Mutex<Vec<Buffer>>,
     window: Mutex<Window>,
 }
 
@@ -110,7 +113,9 @@ impl WindowRecorder {
         if profile.columns.is_empty() {
             sources.clear();
         }
+        let columns = sources.len();
         WindowRecorder {
+            buffer: Mutex::new(Buffer::with_capacity(columns)),
             sources,
             tensors: m
                 .inputs
@@ -119,13 +124,8 @@ impl WindowRecorder {
                 .map(|t| t.name.clone())
                 .collect(),
             n_inputs: m.inputs.len(),
-            buffer: Mutex::new(Buffer {
-                values: Vec::new(),
-                latencies_us: Vec::new(),
-                requests: 0,
-                errors: 0,
-            }),
             pending: Mutex::new(Vec::new()),
+            spare: Mutex::new(Vec::new()),
             window: Mutex::new(Window {
                 started_at: now,
                 profile,
@@ -187,7 +187,9 @@ impl WindowRecorder {
             if b.values.len() >= BUFFER_ROWS * self.sources.len().max(1)
                 || b.latencies_us.len() >= BUFFER_ROWS
             {
-                Some(take(&mut b))
+                let spare = self.spare.lock().ok().and_then(|mut s| s.pop());
+                let fresh = spare.unwrap_or_else(|| Buffer::with_capacity(self.sources.len()));
+                Some(std::mem::replace(&mut *b, fresh))
             } else {
                 None
             }
@@ -221,14 +223,21 @@ impl WindowRecorder {
             Ok(mut p) => std::mem::take(&mut *p),
             Err(_) => return,
         };
+        // The replacement is allocated here, off the request path, before taking the lock.
+        let fresh = self
+            .spare
+            .lock()
+            .ok()
+            .and_then(|mut s| s.pop())
+            .unwrap_or_else(|| Buffer::with_capacity(self.sources.len()));
         if let Ok(mut b) = self.buffer.lock() {
-            batches.push(take(&mut b));
+            batches.push(std::mem::replace(&mut *b, fresh));
         }
         let Ok(mut w) = self.window.lock() else {
             return;
         };
         let n = self.sources.len();
-        for taken in batches {
+        for mut taken in batches {
             if n > 0 {
                 for row in taken.values.chunks_exact(n) {
                     for (c, &v) in row.iter().enumerate() {
@@ -242,6 +251,15 @@ impl WindowRecorder {
             }
             w.requests += taken.requests;
             w.errors += taken.errors;
+            taken.values.clear();
+            taken.latencies_us.clear();
+            (taken.requests, taken.errors) = (0, 0);
+            // Two spares cover the steady state; more would only hold memory.
+            if let Ok(mut spare) = self.spare.lock()
+                && spare.len() < 2
+            {
+                spare.push(taken);
+            }
         }
     }
 
@@ -260,11 +278,13 @@ impl WindowRecorder {
     }
 }
 
-fn take(b: &mut Buffer) -> Buffer {
-    Buffer {
-        values: std::mem::take(&mut b.values),
-        latencies_us: std::mem::take(&mut b.latencies_us),
-        requests: std::mem::take(&mut b.requests),
-        errors: std::mem::take(&mut b.errors),
+impl Buffer {
+    fn with_capacity(columns: usize) -> Self {
+        Buffer {
+            values: Vec::with_capacity(BUFFER_ROWS * columns),
+            latencies_us: Vec::with_capacity(BUFFER_ROWS),
+            requests: 0,
+            errors: 0,
+        }
     }
 }

@@ -178,6 +178,31 @@ fn main() -> anyhow::Result<()> {
         recorded.as_secs_f64() * 1e6 / 5.0,
         fold.as_secs_f64() * 1e9,
     );
+    // What a window's profile weighs: 15 minutes at one request per second (900 requests of
+    // varied rows), and at 10 per second.
+    for per_window in [900usize, 9_000] {
+        let fresh = LoadedModel::load(manifest(&artifact), &path)?;
+        for (i, r) in edgefleet_tests::probe_rows(per_window, 3)
+            .into_iter()
+            .enumerate()
+        {
+            let t = Tensor {
+                name: "x".into(),
+                shape: vec![1, FEATURES as u64],
+                data: TensorData::Fp32(r),
+            };
+            let out = fresh.infer(std::slice::from_ref(&t), &[]).expect("infer");
+            // Latencies spread like real ones: 20–400 µs.
+            let latency = 20.0 * (1.0 + (i % 97) as f64 / 5.0);
+            fresh.window.record(std::slice::from_ref(&t), &out, latency);
+        }
+        let w = fresh.window.close(0).expect("window");
+        let bytes = w.profile.to_bytes().len() + postcard::to_stdvec(&w.latency)?.len();
+        println!(
+            "window profile (8 inputs + 1 output + latency), {per_window} requests: {bytes} bytes; 96 windows a day = {:.2} MB/day",
+            bytes as f64 * 96.0 / 1e6
+        );
+    }
     if std::env::var_os("BENCH_ONLY_PROFILING").is_some() {
         return Ok(());
     }
