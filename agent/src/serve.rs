@@ -406,8 +406,10 @@ fn run_infer(
     body: &[u8],
 ) -> Result<Response, OipError> {
     let model = find(r, name, version)?;
-    let req: InferRequest = serde_json::from_slice(body)
-        .map_err(|e| bad_request(format!("malformed inference request: {e}")))?;
+    let req: InferRequest = serde_json::from_slice(body).map_err(|e| {
+        model.window.record_error();
+        bad_request(format!("malformed inference request: {e}"))
+    })?;
     let inputs = req
         .inputs
         .iter()

@@ -22,8 +22,7 @@ pub const MAX_PENDING: usize = 4;
 
 /// Woken when a buffer fills: the agent's folding task waits on it.
 pub static FULL: tokio::sync::Notify = tokio::sync::Notify::const_new();
-/// Widest tensor profiled column by column (wider ones, images, are not profiled).
-pub const MAX_PROFILED_WIDTH: usize = 256;
+pub use edgefleet_common::sketch::MAX_PROFILED_WIDTH;
 
 /// Where each profile column's value comes from: (tensor index in the manifest's inputs then
 /// outputs, element within a row).
@@ -31,6 +30,7 @@ pub const MAX_PROFILED_WIDTH: usize = 256;
 struct Source {
     tensor: usize,
     element: usize,
+    batched: bool,
 }
 
 /// A closed (or current) window.
@@ -56,6 +56,8 @@ pub struct WindowRecorder {
     /// Tensor names: the manifest's inputs then outputs.
     tensors: Vec<String>,
     n_inputs: usize,
+    /// The input whose first dimension counts a request's rows (none: one row).
+    batch_input: Option<usize>,
     buffer: Mutex<Buffer>,
     /// Full buffers waiting to be folded.
     pending: Mutex<Vec<Buffer>>,
@@ -78,33 +80,27 @@ impl WindowRecorder {
                 .and_then(|p| p.column(name))
                 .map_or(ColumnKind::Numeric, |c| c.sketch.kind())
         };
-        let mut specs = Vec::new();
-        let mut sources = Vec::new();
-        for (t, spec) in m.inputs.iter().chain(&m.outputs).enumerate() {
-            let width = spec.shape.last().copied().unwrap_or(1);
-            let width = if spec.shape.len() <= 1 { 1 } else { width };
-            if !(1..=MAX_PROFILED_WIDTH as i64).contains(&width) {
-                continue;
-            }
-            for e in 0..width as usize {
-                let name = match spec.feature_names.get(e) {
-                    Some(f) => f.clone(),
-                    None if width == 1 => spec.name.clone(),
-                    None => format!("{}[{e}]", spec.name),
-                };
-                if specs.iter().any(|s: &ColumnSpec| s.name == name) {
-                    continue;
-                }
-                specs.push(ColumnSpec {
-                    kind: kind_of(&name),
-                    name,
-                });
-                sources.push(Source {
-                    tensor: t,
-                    element: e,
-                });
-            }
-        }
+        let columns = edgefleet_common::sketch::model_columns(m);
+        let specs: Vec<ColumnSpec> = columns
+            .iter()
+            .map(|c| ColumnSpec {
+                name: c.name.clone(),
+                kind: kind_of(&c.name),
+            })
+            .collect();
+        let mut sources: Vec<Source> = columns
+            .iter()
+            .map(|c| Source {
+                tensor: c.tensor,
+                element: c.element,
+                batched: c.batched,
+            })
+            .collect();
+        // Rows per request: the first batched input's first dimension.
+        let batch_input = columns
+            .iter()
+            .find(|c| c.batched && c.tensor < m.inputs.len())
+            .map(|c| c.tensor);
         let profile =
             Profile::new(&specs, edgefleet_common::sketch::DEFAULT_K).unwrap_or_else(|_| Profile {
                 rows: 0,
@@ -124,6 +120,7 @@ impl WindowRecorder {
                 .map(|t| t.name.clone())
                 .collect(),
             n_inputs: m.inputs.len(),
+            batch_input,
             pending: Mutex::new(Vec::new()),
             spare: Mutex::new(Vec::new()),
             window: Mutex::new(Window {
@@ -145,7 +142,8 @@ impl WindowRecorder {
 
     /// Records one successful inference: its rows' values and its latency.
     pub fn record(&self, inputs: &[Tensor], outputs: &[Tensor], latency_us: f64) {
-        // Each tensor looked up once per request, not once per column.
+        // Each tensor looked up once per request, not once per column; `width` is one row's
+        // length (the whole tensor when it is not batched).
         let found: tract_onnx::prelude::TVec<Option<(&Tensor, usize)>> = self
             .tensors
             .iter()
@@ -161,10 +159,10 @@ impl WindowRecorder {
                 })
             })
             .collect();
-        let rows = inputs
-            .first()
-            .and_then(|t| t.shape.first())
-            .copied()
+        let rows = self
+            .batch_input
+            .and_then(|t| found.get(t).copied().flatten())
+            .and_then(|(t, _)| t.shape.first().copied())
             .unwrap_or(1) as usize;
         let full = {
             let Ok(mut b) = self.buffer.lock() else {
@@ -178,7 +176,9 @@ impl WindowRecorder {
                 let Some(Some((t, width))) = found.get(s.tensor).copied() else {
                     continue;
                 };
-                for r in 0..rows {
+                // An unbatched tensor is one row: it fills the request's first row only.
+                let (rows_here, width) = if s.batched { (rows, width) } else { (1, 0) };
+                for r in 0..rows_here {
                     if let Some(v) = t.data.get_f64(r * width + s.element) {
                         b.values[start + r * self.sources.len() + c] = v;
                     }

@@ -149,14 +149,18 @@ pub fn profile_drift(
             (Method::ChiSquare, _, Some(c)) => Some(c.p_value),
             _ => None,
         };
-        // A rule that does not fit the column's kind falls back to the kind's default.
+        // A rule that does not fit the column's kind (chi-square for a numeric column, say)
+        // falls back to the built-in default for that kind, never to a mismatched rule.
         let (rule, score) = match score {
             Some(s) => (rule, s),
-            None => match (numeric, categorical) {
-                (Some(n), _) => (config.numeric, n.wasserstein_norm),
-                (_, Some(c)) => (config.categorical, c.js),
-                _ => continue,
-            },
+            None => {
+                let builtin = DriftConfig::default();
+                match (numeric, categorical) {
+                    (Some(n), _) => (builtin.numeric, n.wasserstein_norm),
+                    (_, Some(c)) => (builtin.categorical, c.js),
+                    _ => continue,
+                }
+            }
         };
         let drifted = if rule.method == Method::ChiSquare {
             score < rule.threshold

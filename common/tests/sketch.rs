@@ -148,10 +148,34 @@ fn merging_two_streams_equals_sketching_their_concatenation() {
 #[test]
 fn non_finite_values_are_counted_not_sketched() {
     let mut s = NumericSketch::default();
-    for v in [1.0, f64::NAN, f64::INFINITY, 2.0, f64::NEG_INFINITY] {
+    for v in [
+        1.0,
+        f64::NAN,
+        f64::INFINITY,
+        2.0,
+        f64::NEG_INFINITY,
+        1e160,
+        -1e300,
+    ] {
         s.update(v);
     }
-    assert_eq!((s.count(), s.nonfinite()), (2, 3));
+    assert_eq!((s.count(), s.nonfinite()), (2, 5));
+    // What was kept still encodes and decodes (huge values would have overflowed M2).
+    let p = {
+        let mut p = Profile::new(
+            &[ColumnSpec {
+                name: "x".into(),
+                kind: ColumnKind::Numeric,
+            }],
+            200,
+        )
+        .expect("profile");
+        for v in [1e38, -1e38, 3.0e38] {
+            p.update_row(&[v]).expect("row");
+        }
+        p
+    };
+    Profile::from_bytes(&p.to_bytes()).expect("extreme but finite values round-trip");
     assert_eq!((s.min(), s.max()), (Some(1.0), Some(2.0)));
     let empty = NumericSketch::default();
     assert_eq!(
@@ -499,5 +523,98 @@ fn profile_drift_applies_the_configured_rules() {
     assert!(
         !fuel.drifted && fuel.method == drift::Method::Psi,
         "{fuel:?}"
+    );
+}
+
+#[test]
+fn a_frequent_items_header_cannot_demand_a_huge_map() {
+    // A categorical column whose frequent-items header declares a 2^30 map: refused before the
+    // decoder allocates it.
+    let mut p = Profile::new(
+        &[ColumnSpec {
+            name: "day".into(),
+            kind: ColumnKind::Categorical,
+        }],
+        200,
+    )
+    .expect("profile");
+    p.update_row(&[3.0]).expect("row");
+    let mut bytes = p.to_bytes();
+    let mut sketch = CategoricalSketch::default();
+    sketch.update(3);
+    let wire = postcard::to_stdvec(&sketch).expect("encode");
+    // Locate the frequent-items image inside the profile and raise lg_max and lg_cur.
+    let freq = {
+        let mut f = datasketches_header(&wire);
+        f[3] = 30;
+        f[4] = 30;
+        f
+    };
+    let pos = bytes
+        .windows(5)
+        .position(|w| w == &datasketches_header(&wire)[..5])
+        .expect("header inside the profile");
+    bytes[pos + 3] = freq[3];
+    bytes[pos + 4] = freq[4];
+    // Refused at once (without the header check the decoder would try to allocate ~26 GiB).
+    assert!(Profile::from_bytes(&bytes).is_err());
+}
+
+/// The first bytes of the frequent-items image inside an encoded categorical sketch: count and
+/// nulls are one varint byte each here, then the image's varint length (one byte), then the
+/// image.
+fn datasketches_header(wire: &[u8]) -> Vec<u8> {
+    wire[3..8].to_vec()
+}
+
+#[test]
+fn model_columns_follow_one_naming_rule() {
+    use edgefleet_common::manifest::ModelFormat;
+    use edgefleet_common::{ArtifactRef, DataType, Digest, ModelManifest, TensorSpec};
+    let spec = |name: &str, shape: Vec<i64>, features: &[&str]| TensorSpec {
+        name: name.into(),
+        datatype: DataType::Fp32,
+        shape,
+        feature_names: features.iter().map(|s| s.to_string()).collect(),
+    };
+    let m = ModelManifest {
+        name: "m".into(),
+        version: 1,
+        artifact: ArtifactRef {
+            sha256: Digest([0; 32]),
+            size: 1,
+            format: ModelFormat::Onnx,
+        },
+        inputs: vec![
+            spec("x", vec![-1, 2], &["fuel", "temp"]),
+            spec("image", vec![-1, 3, 32, 32], &[]),
+            spec("wide", vec![-1, 1000], &[]),
+            spec("bias", vec![2], &[]),
+        ],
+        outputs: vec![
+            spec("label", vec![-1], &[]),
+            spec("proba", vec![-1, 2], &[]),
+            spec("fuel", vec![-1, 1], &[]),
+        ],
+        smoke_tests: vec![],
+        created_at: 0,
+        lineage: Default::default(),
+        reference_profile: None,
+        description: String::new(),
+    };
+    let cols = edgefleet_common::sketch::model_columns(&m);
+    let names: Vec<(&str, bool)> = cols.iter().map(|c| (c.name.as_str(), c.batched)).collect();
+    // Rank > 2 and over-wide tensors are not profiled; a repeated name keeps its first column.
+    assert_eq!(
+        names,
+        [
+            ("fuel", true),
+            ("temp", true),
+            ("bias[0]", false),
+            ("bias[1]", false),
+            ("label", true),
+            ("proba[0]", true),
+            ("proba[1]", true),
+        ]
     );
 }

@@ -341,9 +341,6 @@ fn sign(
     let spec: Spec = serde_json::from_slice(&spec_text)
         .with_context(|| format!("spec {} is not valid", spec.display()))?;
     let (sha256, size) = hash_file(model)?;
-    let reference_profile = reference
-        .map(|p| check_reference(p, &spec.inputs, &spec.outputs))
-        .transpose()?;
     let manifest = ModelManifest {
         name: spec.name,
         version: spec.version,
@@ -357,9 +354,13 @@ fn sign(
         smoke_tests: spec.smoke_tests,
         created_at: crate::now(),
         lineage: spec.lineage,
-        reference_profile,
+        reference_profile: None,
         description: spec.description,
     };
+    let mut manifest = manifest;
+    manifest.reference_profile = reference
+        .map(|p| check_reference(p, &manifest))
+        .transpose()?;
     manifest.validate()?;
     let signed = Signed::sign(&manifest, &key, delegation)?;
     keyfile::write_document(out, "MANIFEST", &signed.to_bytes()?)?;
@@ -376,13 +377,10 @@ fn sign(
     Ok(())
 }
 
-/// Reads a profile for `sign --reference`: it must decode, and its columns must be feature
-/// names of the model's inputs or names of its outputs (else drift could never be computed).
-fn check_reference(
-    path: &Path,
-    inputs: &[edgefleet_common::TensorSpec],
-    outputs: &[edgefleet_common::TensorSpec],
-) -> anyhow::Result<Vec<u8>> {
+/// Reads a profile for `sign --reference`: it must decode, and its columns must be columns the
+/// devices profile for this model (`sketch::model_columns`: feature names, output names), or
+/// drift could never be computed for them.
+fn check_reference(path: &Path, manifest: &ModelManifest) -> anyhow::Result<Vec<u8>> {
     let meta =
         std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     let max = edgefleet_common::sketch::MAX_PROFILE_BYTES as u64;
@@ -400,21 +398,21 @@ fn check_reference(
             path.display()
         )
     })?;
-    let known: Vec<&str> = inputs
-        .iter()
-        .flat_map(|t| t.feature_names.iter().map(String::as_str))
-        .chain(outputs.iter().map(|t| t.name.as_str()))
+    let known: Vec<String> = edgefleet_common::sketch::model_columns(manifest)
+        .into_iter()
+        .map(|c| c.name)
         .collect();
     let unknown: Vec<&str> = profile
         .columns
         .iter()
         .map(|c| c.name.as_str())
-        .filter(|n| !known.contains(n))
+        .filter(|n| !known.iter().any(|k| k == n))
         .collect();
     if !unknown.is_empty() {
         anyhow::bail!(
-            "the reference profile has columns {unknown:?} that are neither feature names of the \
-             model's inputs nor its outputs (known: {known:?}); set feature_names in the spec"
+            "the reference profile has columns {unknown:?} that the devices do not profile for \
+             this model (its columns: {known:?}); name the CSV columns after the spec's \
+             feature_names"
         );
     }
     Ok(bytes)

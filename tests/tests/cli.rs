@@ -282,7 +282,7 @@ fn profile_training_data_and_sign_it_into_the_manifest() {
     );
     let (ok, out) = sign("other.profile");
     assert!(
-        !ok && out.contains("bogus") && out.contains("feature names"),
+        !ok && out.contains("bogus") && out.contains("feature_names"),
         "{out}"
     );
     let (ok, out) = sign("train.csv");

@@ -205,57 +205,61 @@ fn hostile_tree_attributes_are_refused_at_load() {
         attr(p, "TreeEnsembleRegressor", "nodes_truenodeids").ints[i] = ids[i];
     });
     // (Its old child is left without a parent, so it shows up as a second root.)
-    assert!(
-        err.contains("reached twice") || err.contains("2 roots"),
-        "{err}"
-    );
-    // Two edges to one node, nothing orphaned: node 2 is shared by nodes 0 and 1.
-    let err = load_edited("gbr", |p| {
-        let op = "TreeEnsembleRegressor";
-        let graph = p.graph.as_mut().expect("graph");
-        let node = graph
-            .node
-            .iter_mut()
-            .find(|n| n.op_type == op)
-            .expect("node");
-        node.attribute
-            .retain(|a| !a.name.starts_with("nodes_") && !a.name.starts_with("target_"));
-        let ints = |name: &str, v: &[i64]| tract_onnx::pb::AttributeProto {
-            name: name.into(),
-            ints: v.to_vec(),
-            r#type: tract_onnx::pb::attribute_proto::AttributeType::Ints as i32,
-            ..Default::default()
-        };
-        let floats = |name: &str, v: &[f32]| tract_onnx::pb::AttributeProto {
-            name: name.into(),
-            floats: v.to_vec(),
-            r#type: tract_onnx::pb::attribute_proto::AttributeType::Floats as i32,
-            ..Default::default()
-        };
-        node.attribute.extend([
-            ints("nodes_treeids", &[0, 0, 0]),
-            ints("nodes_nodeids", &[0, 1, 2]),
-            ints("nodes_featureids", &[0, 1, 0]),
-            floats("nodes_values", &[0.0, 0.0, 0.0]),
-            ints("nodes_truenodeids", &[1, 2, 0]),
-            ints("nodes_falsenodeids", &[2, 2, 0]),
-            tract_onnx::pb::AttributeProto {
-                name: "nodes_modes".into(),
-                strings: vec![
-                    b"BRANCH_LEQ".to_vec(),
-                    b"BRANCH_LEQ".to_vec(),
-                    b"LEAF".to_vec(),
-                ],
-                r#type: tract_onnx::pb::attribute_proto::AttributeType::Strings as i32,
+    assert!(err.contains("cycle") || err.contains("2 roots"), "{err}");
+    // A three-node tree (0 and 1 branch, 2 is a leaf) with the given children.
+    let tiny = |yes: [i64; 3], no: [i64; 3]| {
+        load_edited("gbr", move |p| {
+            let op = "TreeEnsembleRegressor";
+            let graph = p.graph.as_mut().expect("graph");
+            let node = graph
+                .node
+                .iter_mut()
+                .find(|n| n.op_type == op)
+                .expect("node");
+            node.attribute
+                .retain(|a| !a.name.starts_with("nodes_") && !a.name.starts_with("target_"));
+            let ints = |name: &str, v: &[i64]| tract_onnx::pb::AttributeProto {
+                name: name.into(),
+                ints: v.to_vec(),
+                r#type: tract_onnx::pb::attribute_proto::AttributeType::Ints as i32,
                 ..Default::default()
-            },
-            ints("target_treeids", &[0]),
-            ints("target_nodeids", &[2]),
-            ints("target_ids", &[0]),
-            floats("target_weights", &[1.0]),
-        ]);
-    });
-    assert!(err.contains("reached twice"), "{err}");
+            };
+            let floats = |name: &str, v: &[f32]| tract_onnx::pb::AttributeProto {
+                name: name.into(),
+                floats: v.to_vec(),
+                r#type: tract_onnx::pb::attribute_proto::AttributeType::Floats as i32,
+                ..Default::default()
+            };
+            node.attribute.extend([
+                ints("nodes_treeids", &[0, 0, 0]),
+                ints("nodes_nodeids", &[0, 1, 2]),
+                ints("nodes_featureids", &[0, 1, 0]),
+                floats("nodes_values", &[0.0, 0.0, 0.0]),
+                ints("nodes_truenodeids", &yes),
+                ints("nodes_falsenodeids", &no),
+                tract_onnx::pb::AttributeProto {
+                    name: "nodes_modes".into(),
+                    strings: vec![
+                        b"BRANCH_LEQ".to_vec(),
+                        b"BRANCH_LEQ".to_vec(),
+                        b"LEAF".to_vec(),
+                    ],
+                    r#type: tract_onnx::pb::attribute_proto::AttributeType::Strings as i32,
+                    ..Default::default()
+                },
+                ints("target_treeids", &[0]),
+                ints("target_nodeids", &[2]),
+                ints("target_ids", &[0]),
+                floats("target_weights", &[1.0]),
+            ]);
+        })
+    };
+    // Two edges to one node (LightGBM's category splits do this; onnxruntime accepts it).
+    let ok = tiny([1, 2, 0], [2, 2, 0]);
+    assert_eq!(ok, "loaded");
+    // Node 1's "no" edge back to itself, nothing orphaned: a cycle.
+    let err = tiny([1, 2, 0], [2, 1, 0]);
+    assert!(err.contains("cycle"), "{err}");
     // The root branching to itself: its old child becomes the only root, and the leaves
     // under the root's other side are no longer reachable.
     let err = load_edited("gbr", |p| {

@@ -275,10 +275,12 @@ fn parse_ensemble(node: &NodeProto, prefix: &str, n_targets: usize) -> TractResu
         "one weight per leaf weight",
     )?;
 
-    // (tree, node id) -> attribute position; trees in order of first appearance (the order
-    // onnxruntime sums them in).
+    // (tree, node id) -> attribute position, and the nodes of each tree, trees in order of
+    // first appearance (the order onnxruntime sums them in). One pass: loading stays linear
+    // in the node count.
     let mut at: HashMap<(i64, i64), usize> = HashMap::with_capacity(n);
-    let mut trees: Vec<i64> = Vec::new();
+    let mut tree_slot: HashMap<i64, usize> = HashMap::new();
+    let mut trees: Vec<(i64, Vec<usize>)> = Vec::new();
     for i in 0..n {
         if at.insert((tree_ids[i], node_ids[i]), i).is_some() {
             bail!(
@@ -287,9 +289,11 @@ fn parse_ensemble(node: &NodeProto, prefix: &str, n_targets: usize) -> TractResu
                 node_ids[i]
             );
         }
-        if trees.last() != Some(&tree_ids[i]) && !trees.contains(&tree_ids[i]) {
-            trees.push(tree_ids[i]);
-        }
+        let slot = *tree_slot.entry(tree_ids[i]).or_insert_with(|| {
+            trees.push((tree_ids[i], Vec::new()));
+            trees.len() - 1
+        });
+        trees[slot].1.push(i);
     }
     let mut leaf_weights: HashMap<usize, Vec<(u32, f32)>> = HashMap::new();
     for j in 0..m {
@@ -300,6 +304,10 @@ fn parse_ensemble(node: &NodeProto, prefix: &str, n_targets: usize) -> TractResu
                 leaf_tree[j]
             )
         })?;
+        // Weights on a branch node are ignored, as onnxruntime does (old converters wrote them).
+        if modes[i] != Mode::Leaf {
+            continue;
+        }
         let target = usize::try_from(leaf_target[j])
             .ok()
             .filter(|&t| t < n_targets)
@@ -315,12 +323,17 @@ fn parse_ensemble(node: &NodeProto, prefix: &str, n_targets: usize) -> TractResu
             .push((target as u32, leaf_weight[j]));
     }
 
+    // Children as attribute positions; which nodes some branch leads to.
+    let mut children = vec![[0usize; 2]; n];
     let mut referenced = vec![false; n];
     for i in 0..n {
         if modes[i] != Mode::Leaf {
-            for child in [yes_ids[i], no_ids[i]] {
+            for (k, child) in [yes_ids[i], no_ids[i]].into_iter().enumerate() {
                 match at.get(&(tree_ids[i], child)) {
-                    Some(&c) => referenced[c] = true,
+                    Some(&c) => {
+                        referenced[c] = true;
+                        children[i][k] = c;
+                    }
                     None => bail!(
                         "{op} node {name:?}: node {} of tree {} branches to node {child}, \
                          which does not exist",
@@ -343,10 +356,15 @@ fn parse_ensemble(node: &NodeProto, prefix: &str, n_targets: usize) -> TractResu
         n_features: 0,
         walk_kind: (MIXED, true),
     };
+    // 0: not seen, 1: on the current path, 2: finished.
+    let mut state = vec![0u8; n];
+    let mut depth_of = vec![0u32; n];
     let mut placed: Vec<Option<u32>> = vec![None; n];
-    for &tree in &trees {
-        let roots: Vec<usize> = (0..n)
-            .filter(|&i| tree_ids[i] == tree && !referenced[i])
+    for (tree, members) in &trees {
+        let roots: Vec<usize> = members
+            .iter()
+            .copied()
+            .filter(|&i| !referenced[i])
             .collect();
         let [root] = roots[..] else {
             bail!(
@@ -355,21 +373,74 @@ fn parse_ensemble(node: &NodeProto, prefix: &str, n_targets: usize) -> TractResu
                 roots.len()
             );
         };
-        // Depth-first with an explicit stack (a hostile file cannot overflow ours), placing
-        // each node once; children are patched in when they are placed.
-        let mut stack: Vec<Pending> = vec![(root, None, 0)];
-        let mut depth = 0u32;
-        while let Some((i, parent, d)) = stack.pop() {
-            depth = depth.max(d);
-            if placed[i].is_some() {
-                bail!(
-                    "{op} node {name:?}: node {} of tree {tree} is reached twice (a cycle or a \
-                     shared subtree)",
-                    node_ids[i]
-                );
+        // Cycles and depth: an iterative post-order walk (a hostile file cannot overflow our
+        // stack). A node met again while still on the path is a cycle; one met again after it
+        // finished is a shared subtree, which LightGBM's category splits produce and
+        // onnxruntime accepts.
+        let mut stack: Vec<(usize, bool)> = vec![(root, false)];
+        while let Some((i, finished)) = stack.pop() {
+            let leaf = modes[i] == Mode::Leaf;
+            if finished {
+                state[i] = 2;
+                depth_of[i] = if leaf {
+                    0
+                } else {
+                    1 + depth_of[children[i][0]].max(depth_of[children[i][1]])
+                };
+                continue;
             }
-            let index = u32::try_from(ensemble.nodes.len())?;
-            placed[i] = Some(index);
+            match state[i] {
+                2 => continue,
+                1 => bail!(
+                    "{op} node {name:?}: tree {tree} has a cycle through node {}",
+                    node_ids[i]
+                ),
+                _ => {}
+            }
+            state[i] = 1;
+            stack.push((i, true));
+            if !leaf {
+                for c in children[i] {
+                    if state[c] == 1 {
+                        bail!(
+                            "{op} node {name:?}: tree {tree} has a cycle through node {}",
+                            node_ids[c]
+                        );
+                    }
+                    if state[c] == 0 {
+                        stack.push((c, false));
+                    }
+                }
+            }
+        }
+        // Placement, depth-first with the "yes" subtree right after its parent; a shared node
+        // is placed once and every parent points at it.
+        let mut stack: Vec<Pending> = vec![(root, None)];
+        while let Some((i, parent)) = stack.pop() {
+            let index = match placed[i] {
+                Some(index) => index,
+                None => {
+                    let index = u32::try_from(ensemble.nodes.len())?;
+                    placed[i] = Some(index);
+                    place(
+                        &mut ensemble,
+                        &mut leaf_weights,
+                        i,
+                        index,
+                        &modes,
+                        &features,
+                        &values,
+                        &missing,
+                    )
+                    .map_err(|e| format_err!("{op} node {name:?}: {e}"))?;
+                    if modes[i] != Mode::Leaf {
+                        let me = index as usize;
+                        stack.push((children[i][1], Some((me, false))));
+                        stack.push((children[i][0], Some((me, true))));
+                    }
+                    index
+                }
+            };
             if let Some((p, is_yes)) = parent {
                 let p = &mut ensemble.nodes[p];
                 if is_yes {
@@ -378,48 +449,9 @@ fn parse_ensemble(node: &NodeProto, prefix: &str, n_targets: usize) -> TractResu
                     p.no = index;
                 }
             }
-            if modes[i] == Mode::Leaf {
-                let start = u32::try_from(ensemble.weights.len())?;
-                if let Some(w) = leaf_weights.remove(&i) {
-                    ensemble.weights.extend(w);
-                }
-                let end = u32::try_from(ensemble.weights.len())?;
-                ensemble.nodes.push(Node {
-                    threshold: 0.0,
-                    feature: 0,
-                    yes: index,
-                    no: index,
-                });
-                ensemble.leaf_weights.push((start, end));
-                ensemble.modes.push(Mode::Leaf);
-            } else {
-                let feature = u32::try_from(features[i])
-                    .ok()
-                    .filter(|&f| f <= FEATURE)
-                    .ok_or_else(|| {
-                        format_err!("{op} node {name:?}: bad feature index {}", features[i])
-                    })?;
-                ensemble.n_features = ensemble.n_features.max(feature as usize + 1);
-                ensemble.nodes.push(Node {
-                    threshold: values[i],
-                    feature: if missing[i] != 0 {
-                        feature | MISSING
-                    } else {
-                        feature
-                    },
-                    yes: 0,
-                    no: 0,
-                });
-                ensemble.leaf_weights.push((0, 0));
-                ensemble.modes.push(modes[i]);
-                let me = index as usize;
-                // Push "no" first so the "yes" subtree is laid out right after its parent.
-                stack.push((at[&(tree, no_ids[i])], Some((me, false)), d + 1));
-                stack.push((at[&(tree, yes_ids[i])], Some((me, true)), d + 1));
-            }
         }
         ensemble.roots.push(placed[root].unwrap_or_default());
-        ensemble.depths.push(depth);
+        ensemble.depths.push(depth_of[root]);
     }
     if let Some(&i) = leaf_weights.keys().next() {
         bail!(
@@ -432,9 +464,68 @@ fn parse_ensemble(node: &NodeProto, prefix: &str, n_targets: usize) -> TractResu
     Ok(ensemble)
 }
 
-/// A node waiting to be placed: its attribute position, (parent index, is the "yes" child),
-/// depth.
-type Pending = (usize, Option<(usize, bool)>, u32);
+/// A node waiting to be placed: its attribute position, (parent index, is the "yes" child).
+type Pending = (usize, Option<(usize, bool)>);
+
+/// Appends attribute node `i` as ensemble node `index` (children patched in later).
+#[allow(clippy::too_many_arguments)]
+fn place(
+    ensemble: &mut Ensemble,
+    leaf_weights: &mut HashMap<usize, Vec<(u32, f32)>>,
+    i: usize,
+    index: u32,
+    modes: &[Mode],
+    features: &[i64],
+    values: &[f32],
+    missing: &[i64],
+) -> TractResult<()> {
+    if modes[i] == Mode::Leaf {
+        let start = u32::try_from(ensemble.weights.len())?;
+        if let Some(w) = leaf_weights.remove(&i) {
+            ensemble.weights.extend(w);
+        }
+        let end = u32::try_from(ensemble.weights.len())?;
+        ensemble.nodes.push(Node {
+            threshold: 0.0,
+            feature: 0,
+            yes: index,
+            no: index,
+        });
+        ensemble.leaf_weights.push((start, end));
+        ensemble.modes.push(Mode::Leaf);
+    } else {
+        let feature = u32::try_from(features[i])
+            .ok()
+            .filter(|&f| f <= FEATURE)
+            .ok_or_else(|| format_err!("bad feature index {}", features[i]))?;
+        ensemble.n_features = ensemble.n_features.max(feature as usize + 1);
+        ensemble.nodes.push(Node {
+            threshold: values[i],
+            feature: if missing[i] != 0 {
+                feature | MISSING
+            } else {
+                feature
+            },
+            yes: 0,
+            no: 0,
+        });
+        ensemble.leaf_weights.push((0, 0));
+        ensemble.modes.push(modes[i]);
+    }
+    Ok(())
+}
+
+/// onnxruntime walks a double input against thresholds widened to double; this walk is f32,
+/// and a value within f32 rounding of a threshold could take the other branch. Refused at load
+/// rather than answered differently.
+fn refuse_double(op: &str, inputs: &[DatumType]) -> TractResult<()> {
+    if inputs.first() == Some(&DatumType::F64) {
+        bail!(
+            "{op}: double-precision (FP64) input is not supported; export the model with a float input"
+        );
+    }
+    Ok(())
+}
 
 fn base_values(node: &NodeProto, n: usize) -> TractResult<Vec<f32>> {
     let v: Vec<f32> = node.get_attr_opt_vec("base_values")?.unwrap_or_default();
@@ -486,7 +577,8 @@ impl Kernel for TreeRegressor {
         "TreeEnsembleRegressor"
     }
 
-    fn output_types(&self, _: &[DatumType]) -> TractResult<TVec<DatumType>> {
+    fn output_types(&self, inputs: &[DatumType]) -> TractResult<TVec<DatumType>> {
+        refuse_double(self.name(), inputs)?;
         Ok(tvec!(DatumType::F32))
     }
 
@@ -575,8 +667,8 @@ pub(crate) fn classifier(node: &NodeProto) -> TractResult<TreeClassifier> {
     let labels: Vec<i64> = node.get_attr_vec("classlabels_int64s")?;
     node.expect_attr(
         "classlabels_int64s",
-        labels.len() >= 2,
-        "at least two classes",
+        (2..=1 << 16).contains(&labels.len()),
+        "between 2 and 65536 classes",
     )?;
     let transform = PostTransform::parse(
         "TreeEnsembleClassifier",
@@ -697,7 +789,8 @@ impl Kernel for TreeClassifier {
         2
     }
 
-    fn output_types(&self, _: &[DatumType]) -> TractResult<TVec<DatumType>> {
+    fn output_types(&self, inputs: &[DatumType]) -> TractResult<TVec<DatumType>> {
+        refuse_double(self.name(), inputs)?;
         Ok(tvec!(DatumType::I64, DatumType::F32))
     }
 

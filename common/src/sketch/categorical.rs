@@ -10,6 +10,8 @@ use super::SketchError;
 
 /// Frequent-items map size: counts are exact below 96 distinct categories.
 pub const MAP_SIZE: usize = 128;
+/// Largest frequent-items map (lg) a decoded sketch may declare.
+const MAX_LG_MAP: u8 = 12;
 /// HLL lg(k): ≈ 3 % relative error on the distinct count, 1 KiB as HLL8.
 pub const HLL_LG_K: u8 = 10;
 
@@ -120,6 +122,13 @@ impl TryFrom<CategoricalWire> for CategoricalSketch {
     type Error = SketchError;
 
     fn try_from(w: CategoricalWire) -> Result<Self, SketchError> {
+        // The decoder allocates a 2^lg_cur map before looking at the items: check the header's
+        // map sizes (bytes 3 and 4) first, or 40 bytes could demand gigabytes.
+        if w.frequent.len() < 5 || w.frequent[3] > MAX_LG_MAP || w.frequent[4] > MAX_LG_MAP {
+            return Err(SketchError::Invalid(format!(
+                "frequent items: map size above 2^{MAX_LG_MAP}"
+            )));
+        }
         let frequent = FrequentItemsSketch::<i64>::deserialize(&w.frequent)
             .map_err(|e| SketchError::Invalid(format!("frequent items: {e}")))?;
         let hll = HllSketch::deserialize(&w.hll)
@@ -128,7 +137,7 @@ impl TryFrom<CategoricalWire> for CategoricalSketch {
         let counts_ok = w.count <= super::MAX_COUNT
             && w.nulls <= super::MAX_COUNT
             && frequent.maximum_error() <= frequent.total_weight();
-        if frequent.total_weight() != w.count || frequent.lg_max_map_size() > 12 || !counts_ok {
+        if frequent.total_weight() != w.count || !counts_ok {
             return Err(SketchError::Invalid(
                 "categorical sketch: counts disagree with the frequent-items sketch".into(),
             ));

@@ -156,13 +156,41 @@ impl Profile {
         self.rows += n;
     }
 
-    /// Adds `other`, which must have the same columns (names and kinds, same order).
+    /// Adds `other`, which must have the same columns (names and kinds, same order). All or
+    /// nothing: on an error `self` is unchanged. Counts may not pass [`MAX_COUNT`] (merging
+    /// fleets of windows stays far below it; reaching it means hostile input).
     pub fn merge(&mut self, other: &Profile) -> Result<(), SketchError> {
         if self.schema() != other.schema() {
             return Err(SketchError::Profile(
                 "cannot merge profiles with different columns".into(),
             ));
         }
+        let too_big = |a: u64, b: u64| a.checked_add(b).is_none_or(|s| s > MAX_COUNT);
+        let overflow =
+            too_big(self.rows, other.rows)
+                || self.columns.iter().zip(&other.columns).any(|(a, b)| {
+                    match (&a.sketch, &b.sketch) {
+                        (ColumnSketch::Numeric(x), ColumnSketch::Numeric(y)) => {
+                            too_big(x.count(), y.count()) || too_big(x.nonfinite(), y.nonfinite())
+                        }
+                        (ColumnSketch::Categorical(x), ColumnSketch::Categorical(y)) => {
+                            too_big(x.count(), y.count()) || too_big(x.nulls(), y.nulls())
+                        }
+                        _ => true,
+                    }
+                });
+        if overflow {
+            return Err(SketchError::Profile(format!(
+                "merged counts would pass {MAX_COUNT}"
+            )));
+        }
+        let mut merged = self.clone();
+        merged.merge_unchecked(other)?;
+        *self = merged;
+        Ok(())
+    }
+
+    fn merge_unchecked(&mut self, other: &Profile) -> Result<(), SketchError> {
         for (a, b) in self.columns.iter_mut().zip(&other.columns) {
             match (&mut a.sketch, &b.sketch) {
                 (ColumnSketch::Numeric(x), ColumnSketch::Numeric(y)) => x.merge(y)?,
@@ -210,6 +238,62 @@ impl Profile {
             None => Err(SketchError::Profile("empty".into())),
         }
     }
+}
+
+/// Widest tensor profiled column by column (wider ones, images, are not profiled).
+pub const MAX_PROFILED_WIDTH: usize = 256;
+
+/// One column a device profiles for a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelColumn {
+    pub name: String,
+    /// Index into the manifest's inputs, then its outputs.
+    pub tensor: usize,
+    /// Element within one row of that tensor.
+    pub element: usize,
+    /// Whether the tensor's first dimension is the batch (one row per entry), or the whole
+    /// tensor is one row.
+    pub batched: bool,
+}
+
+/// The columns profiled for a model, by one rule everywhere (the agent's windows, the checks
+/// of `sign --reference`, the hub's drift): tensors of rank ≤ 2 at most
+/// [`MAX_PROFILED_WIDTH`] wide; a column is named by the tensor's feature name, by the tensor
+/// name when a row has one value, else `name[i]`. The first column of a name wins.
+pub fn model_columns(m: &crate::ModelManifest) -> Vec<ModelColumn> {
+    let mut out: Vec<ModelColumn> = Vec::new();
+    for (t, spec) in m.inputs.iter().chain(&m.outputs).enumerate() {
+        let (batched, width) = match spec.shape[..] {
+            [] => (false, 1),
+            [-1] => (true, 1),
+            [c] => (false, c),
+            [_, c] => (true, c),
+            _ => continue,
+        };
+        let Ok(width) = usize::try_from(width) else {
+            continue;
+        };
+        if !(1..=MAX_PROFILED_WIDTH).contains(&width) {
+            continue;
+        }
+        for e in 0..width {
+            let name = match spec.feature_names.get(e) {
+                Some(f) => f.clone(),
+                None if width == 1 => spec.name.clone(),
+                None => format!("{}[{e}]", spec.name),
+            };
+            if out.iter().any(|c| c.name == name) {
+                continue;
+            }
+            out.push(ModelColumn {
+                name,
+                tensor: t,
+                element: e,
+                batched,
+            });
+        }
+    }
+    out
 }
 
 fn check_names<'a>(names: impl Iterator<Item = &'a str>) -> Result<(), SketchError> {

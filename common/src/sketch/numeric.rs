@@ -44,8 +44,10 @@ impl NumericSketch {
         })
     }
 
+    /// Adds one value. NaN, ±∞ and magnitudes beyond f32's range (which the f32 sketch could
+    /// not hold, and whose squares would overflow the moments) count as non-finite.
     pub fn update(&mut self, x: f64) {
-        if !x.is_finite() {
+        if !x.is_finite() || x.abs() > f64::from(f32::MAX) {
             self.nonfinite += 1;
             return;
         }
@@ -55,7 +57,6 @@ impl NumericSketch {
         self.m2 += delta * (x - self.mean);
         self.min = self.min.min(x);
         self.max = self.max.max(x);
-        // Finite f64 beyond f32's range become ±∞ here: still ordered, never NaN.
         if let Ok(v) = KllFloat::<f32>::new(x as f32) {
             self.kll.update(v);
         }
