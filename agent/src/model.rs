@@ -57,31 +57,14 @@ impl LoadedModel {
     /// the manifest declares (a mismatch means a mislabelled artifact: refuse it).
     pub fn load(manifest: ModelManifest, path: &Path) -> AgentResult<Self> {
         let mut file = std::fs::File::open(path)?;
-        let onnx = crate::onnx_ml::onnx();
-        let proto = onnx
-            .proto_model_for_read(&mut file)
-            .map_err(|e| model_err(&manifest, format!("not an ONNX model: {e:#}")))?;
-        crate::onnx_ml::check_supported(&onnx, &proto).map_err(|e| model_err(&manifest, e))?;
-        let mut model = onnx
-            .model_for_proto_model(&proto)
-            .map_err(|e| model_err(&manifest, format!("not a loadable ONNX model: {e:#}")))?;
+        let mut model = parse(&mut file).map_err(|e| model_err(&manifest, e))?;
         let input_names: Vec<String> = model
             .input_outlets()
             .map_err(|e| model_err(&manifest, e))?
             .iter()
             .map(|o| model.node(o.node).name.clone())
             .collect();
-        let output_names: Vec<String> = model
-            .output_outlets()
-            .map_err(|e| model_err(&manifest, e))?
-            .iter()
-            .map(|o| {
-                model
-                    .outlet_label(*o)
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| model.node(o.node).name.clone())
-            })
-            .collect();
+        let output_names = output_labels(&model).map_err(|e| model_err(&manifest, e))?;
         let mut input_order = Vec::with_capacity(input_names.len());
         for n in &input_names {
             let idx = manifest
@@ -190,18 +173,7 @@ impl LoadedModel {
                 ));
             }
         }
-        for w in wanted {
-            if !self.manifest.outputs.iter().any(|s| &s.name == w) {
-                return Err(format!(
-                    "unknown output {w:?}; the model's outputs are {:?}",
-                    self.manifest
-                        .outputs
-                        .iter()
-                        .map(|s| &s.name)
-                        .collect::<Vec<_>>()
-                ));
-            }
-        }
+        self.check_outputs(wanted)?;
         let outputs = self.run_plan(values)?;
         let mut result = Vec::new();
         for (value, name) in outputs.iter().zip(&self.output_names) {
@@ -212,6 +184,24 @@ impl LoadedModel {
             result.push(from_tract(name, value).map_err(|e| format!("output {name:?}: {e}"))?);
         }
         Ok(result)
+    }
+
+    /// Every name in `wanted` must be a declared output.
+    pub fn check_outputs(&self, wanted: &[String]) -> Result<(), String> {
+        match wanted
+            .iter()
+            .find(|w| !self.manifest.outputs.iter().any(|s| &s.name == *w))
+        {
+            Some(w) => Err(format!(
+                "unknown output {w:?}; the model's outputs are {:?}",
+                self.manifest
+                    .outputs
+                    .iter()
+                    .map(|s| &s.name)
+                    .collect::<Vec<_>>()
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Runs the plan on a pooled state (a new one when none is idle).
@@ -306,15 +296,8 @@ impl LoadedModel {
 /// a manifest should declare them (-1 for a dimension of any size): the schema for
 /// `edgefleet sign`'s spec, from the loader that will serve the model.
 pub fn describe(path: &Path) -> Result<(Vec<TensorSpec>, Vec<TensorSpec>), String> {
-    let onnx = crate::onnx_ml::onnx();
     let mut file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let proto = onnx
-        .proto_model_for_read(&mut file)
-        .map_err(|e| format!("not an ONNX model: {e:#}"))?;
-    crate::onnx_ml::check_supported(&onnx, &proto)?;
-    let mut model = onnx
-        .model_for_proto_model(&proto)
-        .map_err(|e| format!("not a loadable ONNX model: {e:#}"))?;
+    let mut model = parse(&mut file)?;
     let to_i64 = |d: &TDim| d.to_i64().unwrap_or(-1);
     let mut inputs = Vec::new();
     let outlets = model.input_outlets().map_err(|e| e.to_string())?.to_vec();
@@ -345,17 +328,7 @@ pub fn describe(path: &Path) -> Result<(Vec<TensorSpec>, Vec<TensorSpec>), Strin
         close_input_fact(&mut model, pos, &spec)?;
         inputs.push(spec);
     }
-    let names: Vec<String> = model
-        .output_outlets()
-        .map_err(|e| e.to_string())?
-        .iter()
-        .map(|o| {
-            model
-                .outlet_label(*o)
-                .map(str::to_owned)
-                .unwrap_or_else(|| model.node(o.node).name.clone())
-        })
-        .collect();
+    let names = output_labels(&model)?;
     let typed = model
         .into_optimized()
         .map_err(|e| format!("cannot optimise: {e:#}"))?;
@@ -381,6 +354,33 @@ pub fn describe(path: &Path) -> Result<(Vec<TensorSpec>, Vec<TensorSpec>), Strin
         });
     }
     Ok((inputs, outputs))
+}
+
+/// Parses an ONNX file with our ONNX-ML operators, refusing any operator nobody implements
+/// before tract builds the graph.
+fn parse(file: &mut std::fs::File) -> Result<InferenceModel, String> {
+    let onnx = crate::onnx_ml::onnx();
+    let proto = onnx
+        .proto_model_for_read(file)
+        .map_err(|e| format!("not an ONNX model: {e:#}"))?;
+    crate::onnx_ml::check_supported(&onnx, &proto)?;
+    onnx.model_for_proto_model(&proto)
+        .map_err(|e| format!("not a loadable ONNX model: {e:#}"))
+}
+
+/// The model's output names, in tract's output order.
+fn output_labels(model: &InferenceModel) -> Result<Vec<String>, String> {
+    Ok(model
+        .output_outlets()
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|o| {
+            model
+                .outlet_label(*o)
+                .map(str::to_owned)
+                .unwrap_or_else(|| model.node(o.node).name.clone())
+        })
+        .collect())
 }
 
 /// Fills in what the model leaves open about an input from the manifest: exporters often

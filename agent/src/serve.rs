@@ -406,49 +406,34 @@ fn run_infer(
     body: &[u8],
 ) -> Result<Response, OipError> {
     let model = find(r, name, version)?;
-    let req: InferRequest = serde_json::from_slice(body).map_err(|e| {
+    let result = infer_recorded(&model, body);
+    if result.is_err() {
+        // Every request the model refused counts in its window's error rate.
         model.window.record_error();
-        bad_request(format!("malformed inference request: {e}"))
-    })?;
+    }
+    result
+}
+
+/// Parses, infers and records one request in the model's window.
+fn infer_recorded(model: &LoadedModel, body: &[u8]) -> Result<Response, OipError> {
+    let req: InferRequest = serde_json::from_slice(body)
+        .map_err(|e| bad_request(format!("malformed inference request: {e}")))?;
     let inputs = req
         .inputs
         .iter()
         .map(parse_input)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            model.window.record_error();
-            bad_request(e)
-        })?;
+        .map_err(bad_request)?;
     let wanted: Vec<String> = req
         .outputs
         .unwrap_or_default()
         .into_iter()
         .map(|o| o.name)
         .collect();
-    if let Some(w) = wanted
-        .iter()
-        .find(|w| !model.manifest.outputs.iter().any(|s| &s.name == *w))
-    {
-        model.window.record_error();
-        return Err(bad_request(format!(
-            "unknown output {w:?}; the model's outputs are {:?}",
-            model
-                .manifest
-                .outputs
-                .iter()
-                .map(|s| &s.name)
-                .collect::<Vec<_>>()
-        )));
-    }
+    model.check_outputs(&wanted).map_err(bad_request)?;
     // Every output is computed (and profiled); `outputs` only selects what is sent back.
     let start = std::time::Instant::now();
-    let mut outputs = match model.infer_adaptive(&inputs, &[]) {
-        Ok(o) => o,
-        Err(e) => {
-            model.window.record_error();
-            return Err(bad_request(e));
-        }
-    };
+    let mut outputs = model.infer_adaptive(&inputs, &[]).map_err(bad_request)?;
     model
         .window
         .record(&inputs, &outputs, start.elapsed().as_secs_f64() * 1e6);

@@ -5,14 +5,16 @@
 //! The inference path only appends the request's numbers to a buffer (a short lock, a copy).
 //! Sketching happens in [`WindowRecorder::fold`], which the agent's folding task runs every
 //! 500 ms and whenever a buffer fills ([`BUFFER_ROWS`] rows, 72 KiB for 9 columns; [`FULL`]
-//! wakes it); emptied buffers are reused, so in steady state a request never allocates. Full buffers
-//! queue for the folder; only if [`MAX_PENDING`] are already waiting (the folder cannot keep up)
-//! does a request fold inline, so memory stays bounded however fast requests come. Folding
-//! order does not matter: the sketches summarise the same multiset either way.
+//! wakes it). Emptied buffers are reused, so in steady state a request never allocates. Full
+//! buffers queue for the folder; only if [`MAX_PENDING`] are already waiting (the folder cannot
+//! keep up) does a request fold inline, so memory stays bounded however fast requests come.
+//! Folding order does not matter: the sketches summarise the same multiset either way.
 
 use std::sync::Mutex;
 
-use edgefleet_common::sketch::{ColumnKind, ColumnSpec, LatencySketch, Profile};
+use edgefleet_common::sketch::{
+    ColumnKind, ColumnSpec, DEFAULT_K, LatencySketch, ModelColumn, Profile, model_columns,
+};
 use edgefleet_common::{ModelManifest, Tensor};
 
 /// Rows per buffer.
@@ -22,16 +24,6 @@ pub const MAX_PENDING: usize = 4;
 
 /// Woken when a buffer fills: the agent's folding task waits on it.
 pub static FULL: tokio::sync::Notify = tokio::sync::Notify::const_new();
-pub use edgefleet_common::sketch::MAX_PROFILED_WIDTH;
-
-/// Where each profile column's value comes from: (tensor index in the manifest's inputs then
-/// outputs, element within a row).
-#[derive(Debug, Clone)]
-struct Source {
-    tensor: usize,
-    element: usize,
-    batched: bool,
-}
 
 /// A closed (or current) window.
 #[derive(Debug, Clone)]
@@ -43,6 +35,18 @@ pub struct Window {
     pub errors: u64,
 }
 
+impl Window {
+    fn empty(profile: Profile, started_at: u64) -> Self {
+        Window {
+            started_at,
+            profile,
+            latency: LatencySketch::default(),
+            requests: 0,
+            errors: 0,
+        }
+    }
+}
+
 struct Buffer {
     /// Row-major values, `columns` per row.
     values: Vec<f64>,
@@ -52,7 +56,8 @@ struct Buffer {
 }
 
 pub struct WindowRecorder {
-    sources: Vec<Source>,
+    /// Where each profile column's value comes from.
+    sources: Vec<ModelColumn>,
     /// Tensor names: the manifest's inputs then outputs.
     tensors: Vec<String>,
     n_inputs: usize,
@@ -80,38 +85,30 @@ impl WindowRecorder {
                 .and_then(|p| p.column(name))
                 .map_or(ColumnKind::Numeric, |c| c.sketch.kind())
         };
-        let columns = edgefleet_common::sketch::model_columns(m);
-        let specs: Vec<ColumnSpec> = columns
+        let mut sources = model_columns(m);
+        let specs: Vec<ColumnSpec> = sources
             .iter()
             .map(|c| ColumnSpec {
                 name: c.name.clone(),
                 kind: kind_of(&c.name),
             })
             .collect();
-        let mut sources: Vec<Source> = columns
-            .iter()
-            .map(|c| Source {
-                tensor: c.tensor,
-                element: c.element,
-                batched: c.batched,
-            })
-            .collect();
         // Rows per request: the first batched input's first dimension.
-        let batch_input = columns
+        let batch_input = sources
             .iter()
             .find(|c| c.batched && c.tensor < m.inputs.len())
             .map(|c| c.tensor);
-        let profile =
-            Profile::new(&specs, edgefleet_common::sketch::DEFAULT_K).unwrap_or_else(|_| Profile {
+        // Names that cannot be profile columns (a control character, say): profile nothing
+        // rather than refuse to serve.
+        let profile = Profile::new(&specs, DEFAULT_K).unwrap_or_else(|_| {
+            sources.clear();
+            Profile {
                 rows: 0,
                 columns: vec![],
-            });
-        if profile.columns.is_empty() {
-            sources.clear();
-        }
-        let columns = sources.len();
+            }
+        });
         WindowRecorder {
-            buffer: Mutex::new(Buffer::with_capacity(columns)),
+            buffer: Mutex::new(Buffer::with_capacity(sources.len())),
             sources,
             tensors: m
                 .inputs
@@ -123,13 +120,7 @@ impl WindowRecorder {
             batch_input,
             pending: Mutex::new(Vec::new()),
             spare: Mutex::new(Vec::new()),
-            window: Mutex::new(Window {
-                started_at: now,
-                profile,
-                latency: LatencySketch::default(),
-                requests: 0,
-                errors: 0,
-            }),
+            window: Mutex::new(Window::empty(profile, now)),
         }
     }
 
@@ -187,9 +178,7 @@ impl WindowRecorder {
             if b.values.len() >= BUFFER_ROWS * self.sources.len().max(1)
                 || b.latencies_us.len() >= BUFFER_ROWS
             {
-                let spare = self.spare.lock().ok().and_then(|mut s| s.pop());
-                let fresh = spare.unwrap_or_else(|| Buffer::with_capacity(self.sources.len()));
-                Some(std::mem::replace(&mut *b, fresh))
+                Some(std::mem::replace(&mut *b, self.fresh_buffer()))
             } else {
                 None
             }
@@ -223,13 +212,8 @@ impl WindowRecorder {
             Ok(mut p) => std::mem::take(&mut *p),
             Err(_) => return,
         };
-        // The replacement is allocated here, off the request path, before taking the lock.
-        let fresh = self
-            .spare
-            .lock()
-            .ok()
-            .and_then(|mut s| s.pop())
-            .unwrap_or_else(|| Buffer::with_capacity(self.sources.len()));
+        // The replacement is found here, off the request path, before taking the lock.
+        let fresh = self.fresh_buffer();
         if let Ok(mut b) = self.buffer.lock() {
             batches.push(std::mem::replace(&mut *b, fresh));
         }
@@ -251,9 +235,7 @@ impl WindowRecorder {
             }
             w.requests += taken.requests;
             w.errors += taken.errors;
-            taken.values.clear();
-            taken.latencies_us.clear();
-            (taken.requests, taken.errors) = (0, 0);
+            taken.clear();
             // Two spares cover the steady state; more would only hold memory.
             if let Ok(mut spare) = self.spare.lock()
                 && spare.len() < 2
@@ -267,14 +249,17 @@ impl WindowRecorder {
     pub fn close(&self, now: u64) -> Option<Window> {
         self.fold();
         let mut w = self.window.lock().ok()?;
-        let fresh = Window {
-            started_at: now,
-            profile: Profile::new(&w.profile.schema(), edgefleet_common::sketch::DEFAULT_K).ok()?,
-            latency: LatencySketch::default(),
-            requests: 0,
-            errors: 0,
-        };
+        let fresh = Window::empty(Profile::new(&w.profile.schema(), DEFAULT_K).ok()?, now);
         Some(std::mem::replace(&mut *w, fresh))
+    }
+
+    /// A spare buffer if one is free, else a new one.
+    fn fresh_buffer(&self) -> Buffer {
+        self.spare
+            .lock()
+            .ok()
+            .and_then(|mut s| s.pop())
+            .unwrap_or_else(|| Buffer::with_capacity(self.sources.len()))
     }
 }
 
@@ -286,5 +271,12 @@ impl Buffer {
             requests: 0,
             errors: 0,
         }
+    }
+
+    /// Empties the buffer, keeping its capacity.
+    fn clear(&mut self) {
+        self.values.clear();
+        self.latencies_us.clear();
+        (self.requests, self.errors) = (0, 0);
     }
 }

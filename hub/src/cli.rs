@@ -381,17 +381,7 @@ fn sign(
 /// devices profile for this model (`sketch::model_columns`: feature names, output names), or
 /// drift could never be computed for them.
 fn check_reference(path: &Path, manifest: &ModelManifest) -> anyhow::Result<Vec<u8>> {
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let max = edgefleet_common::sketch::MAX_PROFILE_BYTES as u64;
-    if meta.len() > max {
-        anyhow::bail!(
-            "{} is {} bytes; a profile is at most {max}",
-            path.display(),
-            meta.len()
-        );
-    }
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = keyfile::read_at_most(path, edgefleet_common::sketch::MAX_PROFILE_BYTES as u64)?;
     let profile = edgefleet_common::sketch::Profile::from_bytes(&bytes).with_context(|| {
         format!(
             "{} is not a profile from `edgefleet profile`",

@@ -10,16 +10,27 @@ use edgefleet_common::{PublicKey, SecretKey, armor};
 const MAX_FILE_BYTES: u64 = 32 * 1024 * 1024;
 
 pub fn read_bounded(path: &Path) -> anyhow::Result<Vec<u8>> {
+    read_at_most(path, MAX_FILE_BYTES)
+}
+
+/// Reads a file of at most `max` bytes (checked before reading).
+pub fn read_at_most(path: &Path, max: u64) -> anyhow::Result<Vec<u8>> {
+    check_size(path, max)?;
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Refuses a file larger than `max` bytes, saying how large it is.
+pub fn check_size(path: &Path, max: u64) -> anyhow::Result<()> {
     let meta =
         std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if meta.len() > MAX_FILE_BYTES {
+    if meta.len() > max {
         bail!(
-            "{} is {} bytes; the limit is {MAX_FILE_BYTES}",
+            "{} is {} bytes; the limit is {max}",
             path.display(),
             meta.len()
         );
     }
-    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    Ok(())
 }
 
 /// Loads a PKCS#8 PEM private key, refusing one that group or others can read.

@@ -13,15 +13,7 @@ pub const MAX_CSV_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 /// "categorical"}]`) picks and types the columns; without it every column is numeric. Empty
 /// cells and `NaN` count as missing; any other unparsable cell is an error naming the line.
 pub fn profile_csv(data: &Path, schema: Option<&Path>, k: u16) -> anyhow::Result<Profile> {
-    let meta =
-        std::fs::metadata(data).with_context(|| format!("cannot read {}", data.display()))?;
-    if meta.len() > MAX_CSV_BYTES {
-        bail!(
-            "{} is {} bytes; the limit is {MAX_CSV_BYTES} (sample it first)",
-            data.display(),
-            meta.len()
-        );
-    }
+    crate::keyfile::check_size(data, MAX_CSV_BYTES).context("sample the data first")?;
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .trim(csv::Trim::All)

@@ -51,10 +51,6 @@ impl Kernel for OneHotEncoder {
         "OneHotEncoder"
     }
 
-    fn output_types(&self, _: &[DatumType]) -> TractResult<TVec<DatumType>> {
-        Ok(tvec!(DatumType::F32))
-    }
-
     fn output_shapes(&self, inputs: &[TVec<TDim>]) -> TractResult<TVec<TVec<TDim>>> {
         let mut shape = inputs[0].clone();
         shape.push(self.n.into());
@@ -202,10 +198,6 @@ impl Kernel for LabelEncoder {
             Value::Int(_) => DatumType::I64,
             Value::Float(_) => DatumType::F32,
         }))
-    }
-
-    fn output_shapes(&self, inputs: &[TVec<TDim>]) -> TractResult<TVec<TVec<TDim>>> {
-        Ok(tvec!(inputs[0].clone()))
     }
 
     fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
@@ -362,10 +354,6 @@ pub(crate) fn zip_map(node: &NodeProto) -> TractResult<ZipMap> {
 impl Kernel for ZipMap {
     fn name(&self) -> &'static str {
         "ZipMap"
-    }
-
-    fn output_types(&self, _: &[DatumType]) -> TractResult<TVec<DatumType>> {
-        Ok(tvec!(DatumType::F32))
     }
 
     fn output_shapes(&self, inputs: &[TVec<TDim>]) -> TractResult<TVec<TVec<TDim>>> {

@@ -18,10 +18,16 @@ pub(crate) trait Kernel: fmt::Debug + Send + Sync + 'static {
     fn n_outputs(&self) -> usize {
         1
     }
-    /// Output datum types from the input datum types.
-    fn output_types(&self, inputs: &[DatumType]) -> TractResult<TVec<DatumType>>;
-    /// Output shapes from the input shapes (batch dimensions may be symbolic).
-    fn output_shapes(&self, inputs: &[TVec<TDim>]) -> TractResult<TVec<TVec<TDim>>>;
+    /// Output datum types from the input datum types. Default: one FP32 output, what most
+    /// ONNX-ML operators produce.
+    fn output_types(&self, _inputs: &[DatumType]) -> TractResult<TVec<DatumType>> {
+        Ok(tvec!(DatumType::F32))
+    }
+    /// Output shapes from the input shapes (batch dimensions may be symbolic). Default: the
+    /// first input's shape, as for the element-wise operators.
+    fn output_shapes(&self, inputs: &[TVec<TDim>]) -> TractResult<TVec<TVec<TDim>>> {
+        Ok(tvec!(inputs[0].clone()))
+    }
     fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>>;
 }
 

@@ -6,7 +6,7 @@ use tract_onnx::tract_hir::internal::*;
 use super::kernel::{Kernel, Rows, f32_tensor, i64_tensor};
 
 /// A per-column parameter: one value for all columns, or one per column.
-fn per_column(op: &str, what: &str, v: &[f32], c: usize) -> TractResult<()> {
+fn per_column<T>(op: &str, what: &str, v: &[T], c: usize) -> TractResult<()> {
     if v.len() != 1 && v.len() != c {
         bail!(
             "{op}: {what} has {} values but the input has {c} columns (need 1 or {c})",
@@ -16,7 +16,7 @@ fn per_column(op: &str, what: &str, v: &[f32], c: usize) -> TractResult<()> {
     Ok(())
 }
 
-fn column(v: &[f32], j: usize) -> f32 {
+fn column<T: Copy>(v: &[T], j: usize) -> T {
     if v.len() == 1 { v[0] } else { v[j] }
 }
 
@@ -45,14 +45,6 @@ pub(crate) fn scaler(node: &NodeProto) -> TractResult<Scaler> {
 impl Kernel for Scaler {
     fn name(&self) -> &'static str {
         "Scaler"
-    }
-
-    fn output_types(&self, _: &[DatumType]) -> TractResult<TVec<DatumType>> {
-        Ok(tvec!(DatumType::F32))
-    }
-
-    fn output_shapes(&self, inputs: &[TVec<TDim>]) -> TractResult<TVec<TVec<TDim>>> {
-        Ok(tvec!(inputs[0].clone()))
     }
 
     fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
@@ -111,10 +103,6 @@ impl Kernel for Imputer {
         }))
     }
 
-    fn output_shapes(&self, inputs: &[TVec<TDim>]) -> TractResult<TVec<TVec<TDim>>> {
-        Ok(tvec!(inputs[0].clone()))
-    }
-
     fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (_, c) = rows_of(&inputs[0]);
         let shape = inputs[0].shape().to_vec();
@@ -142,13 +130,7 @@ impl Kernel for Imputer {
                 Ok(tvec!(f32_tensor(&shape, out)?))
             }
             Imputer::Int { values, replaced } => {
-                if values.len() != 1 && values.len() != c {
-                    bail!(
-                        "Imputer: imputed_value_int64s has {} values but the input has {c} \
-                         columns",
-                        values.len()
-                    );
-                }
+                per_column("Imputer", "imputed_value_int64s", values, c)?;
                 let x = inputs[0].cast_to::<i64>()?;
                 let data = x.try_as_plain_ram()?.as_slice::<i64>()?;
                 let out = data
@@ -156,7 +138,7 @@ impl Kernel for Imputer {
                     .enumerate()
                     .map(|(i, &v)| {
                         if v == *replaced {
-                            values[if values.len() == 1 { 0 } else { i % c.max(1) }]
+                            column(values, i % c.max(1))
                         } else {
                             v
                         }
@@ -182,14 +164,6 @@ pub(crate) fn binarizer(node: &NodeProto) -> TractResult<Binarizer> {
 impl Kernel for Binarizer {
     fn name(&self) -> &'static str {
         "Binarizer"
-    }
-
-    fn output_types(&self, _: &[DatumType]) -> TractResult<TVec<DatumType>> {
-        Ok(tvec!(DatumType::F32))
-    }
-
-    fn output_shapes(&self, inputs: &[TVec<TDim>]) -> TractResult<TVec<TVec<TDim>>> {
-        Ok(tvec!(inputs[0].clone()))
     }
 
     fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
@@ -229,14 +203,6 @@ pub(crate) fn normalizer(node: &NodeProto) -> TractResult<Normalizer> {
 impl Kernel for Normalizer {
     fn name(&self) -> &'static str {
         "Normalizer"
-    }
-
-    fn output_types(&self, _: &[DatumType]) -> TractResult<TVec<DatumType>> {
-        Ok(tvec!(DatumType::F32))
-    }
-
-    fn output_shapes(&self, inputs: &[TVec<TDim>]) -> TractResult<TVec<TVec<TDim>>> {
-        Ok(tvec!(inputs[0].clone()))
     }
 
     fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {

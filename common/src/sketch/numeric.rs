@@ -113,19 +113,15 @@ impl NumericSketch {
         (self.count > 0).then(|| (self.m2 / self.count as f64).max(0.0).sqrt())
     }
 
-    /// The approximate `q`-quantile (0 ≤ q ≤ 1).
+    /// The approximate `q`-quantile (0 ≤ q ≤ 1). For many queries, take a [`Self::view`]
+    /// once (each call here builds one, as the KLL sketch itself does).
     pub fn quantile(&self, q: f64) -> Option<f64> {
-        self.kll
-            .quantile(q.clamp(0.0, 1.0), SearchCriteria::Inclusive)
-            .ok()
-            .flatten()
-            .map(|v| f64::from(v.into_inner()))
+        self.view().quantile(q)
     }
 
     /// The approximate fraction of values ≤ `x`.
     pub fn cdf(&self, x: f64) -> Option<f64> {
-        let v = KllFloat::<f32>::new(x as f32).ok()?;
-        self.kll.rank(&v, SearchCriteria::Inclusive)
+        self.view().cdf(x)
     }
 
     /// A sorted snapshot for many rank/quantile queries (the drift metrics).
@@ -134,16 +130,7 @@ impl NumericSketch {
     }
 
     /// The documented single-sided normalised rank error of this sketch's k (99 % confidence):
-    /// every quantile's rank is within this of the truth (0 while the sketch is still exact).
-    pub fn rank_error(&self) -> f64 {
-        if self.kll.is_estimation_mode() {
-            self.kll.normalized_rank_error()
-        } else {
-            0.0
-        }
-    }
-
-    /// The documented bound whether or not the sketch has started compacting.
+    /// every quantile's rank is within this of the truth.
     pub fn rank_error_bound(&self) -> f64 {
         self.kll.normalized_rank_error()
     }
