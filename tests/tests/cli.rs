@@ -287,4 +287,26 @@ fn profile_training_data_and_sign_it_into_the_manifest() {
     );
     let (ok, out) = sign("train.csv");
     assert!(!ok && out.contains("not a profile"), "{out}");
+    // A profile file over the size limit is refused before it is read.
+    let big = std::fs::File::create(p("big.profile")).expect("create");
+    big.set_len(edgefleet_common::sketch::MAX_PROFILE_BYTES as u64 + 1)
+        .expect("grow");
+    let (ok, out) = sign("big.profile");
+    assert!(!ok && out.contains("the limit is"), "{out}");
+    // A schema that is not the expected JSON, and a KLL k out of range.
+    std::fs::write(p("s3.json"), r#"{"fuel_price": "numeric"}"#).expect("write");
+    let (ok, out) = run(ef()
+        .arg("profile")
+        .arg(p("train.csv"))
+        .arg("--schema")
+        .arg(p("s3.json"))
+        .arg("--out")
+        .arg(p("x")));
+    assert!(!ok && out.contains("expected [{\"name\""), "{out}");
+    let (ok, out) = run(ef()
+        .arg("profile")
+        .arg(p("train.csv"))
+        .args(["--k", "3", "--out"])
+        .arg(p("x")));
+    assert!(!ok && out.contains("invalid sketch"), "{out}");
 }
