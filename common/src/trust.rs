@@ -290,13 +290,30 @@ impl Signed<Delegation> {
     }
 }
 
-impl<T: Scoped> Signed<T> {
-    /// Full check: signature, then that the signer is root or holds a valid delegation (signed
-    /// by root, unexpired at `now`) with the right permission and a pattern covering the scope.
-    pub fn verify(&self, root: &TrustRoot, now: u64) -> Result<T> {
+impl<T: Document> Signed<T> {
+    /// For documents a device signs for itself (telemetry, heartbeats): the signer must be
+    /// exactly `key`, with no delegation, and the signature must cover the body.
+    pub fn verify_by(&self, key: &PublicKey) -> Result<T> {
+        if self.signer != *key || self.delegation.is_some() {
+            return Err(Error::UntrustedSigner {
+                what: T::WHAT,
+                signer: self.signer.short(),
+            });
+        }
+        self.check_signature()
+    }
+
+    /// Signature, then that the signer is root or holds a valid delegation (signed by root,
+    /// unexpired at `now`) granting `permission`. Returns the delegation when there is one.
+    fn verify_permitted(
+        &self,
+        root: &TrustRoot,
+        now: u64,
+        permission: Permission,
+    ) -> Result<(T, Option<Delegation>)> {
         let value = self.check_signature()?;
         if self.signer == root.root_key {
-            return Ok(value);
+            return Ok((value, None));
         }
         let Some(delegation) = &self.delegation else {
             return Err(Error::UntrustedSigner {
@@ -311,12 +328,30 @@ impl<T: Scoped> Signed<T> {
                 signer: self.signer.short(),
             });
         }
-        if !d.permissions.contains(&T::PERMISSION) {
+        if !d.permissions.contains(&permission) {
             return Err(Error::NotPermitted {
                 signer: self.signer.short(),
                 what: T::WHAT,
             });
         }
+        Ok((value, Some(d)))
+    }
+
+    /// For documents the hub signs about the fleet rather than one model (telemetry acks):
+    /// root, or a key root delegated `permission` to, whatever its model patterns.
+    pub fn verify_hub(&self, root: &TrustRoot, now: u64, permission: Permission) -> Result<T> {
+        self.verify_permitted(root, now, permission).map(|(v, _)| v)
+    }
+}
+
+impl<T: Scoped> Signed<T> {
+    /// Full check: signature, then that the signer is root or holds a valid delegation (signed
+    /// by root, unexpired at `now`) with the right permission and a pattern covering the scope.
+    pub fn verify(&self, root: &TrustRoot, now: u64) -> Result<T> {
+        let (value, delegation) = self.verify_permitted(root, now, T::PERMISSION)?;
+        let Some(d) = delegation else {
+            return Ok(value);
+        };
         let scope = value.scope();
         if !d.patterns.iter().any(|p| name::pattern_matches(p, scope)) {
             return Err(Error::OutOfScope {

@@ -244,6 +244,58 @@ fn latency_quantiles_are_within_one_percent_and_merge() {
     assert_eq!(back.quantile_us(0.99), sa.quantile_us(0.99));
 }
 
+/// DDSketch bytes from the network: whatever passes the check survives quantiles, merge and
+/// re-encoding; keys far outside the latency range, negative stores, foreign mappings and
+/// fractional or huge counts are refused (the crate's store would index out of bounds or
+/// overflow on them).
+#[test]
+fn hostile_latency_bytes_are_refused_or_safe() {
+    let mut good = LatencySketch::default();
+    for us in [0.0, 0.5, 3.0, 120.0, 9_000.0, 1e6] {
+        good.record_us(us);
+    }
+    let bytes: Vec<u8> = good.clone().into();
+    assert!(LatencySketch::try_from(bytes.clone()).is_ok());
+    let empty: Vec<u8> = LatencySketch::default().into();
+    assert!(LatencySketch::try_from(empty).is_ok());
+    let mut r = Rng(99);
+    let mut accepted = 0;
+    for _ in 0..20_000 {
+        let mut m = bytes.clone();
+        for _ in 0..1 + r.next() % 4 {
+            let i = (r.next() as usize) % m.len();
+            match r.next() % 3 {
+                0 => m[i] = r.next() as u8,
+                1 => m[i] ^= 1 << (r.next() % 8),
+                _ => m.insert(i, r.next() as u8),
+            }
+        }
+        if let Ok(mut s) = LatencySketch::try_from(m) {
+            accepted += 1;
+            let merged = s.merge(&good).is_ok();
+            let _ = s.quantile_us(0.99);
+            if !merged {
+                continue;
+            }
+            let again: Vec<u8> = s.into();
+            LatencySketch::try_from(again).expect("re-encoded sketch decodes");
+        }
+    }
+    assert!(accepted > 0, "some mutations are harmless");
+    // A bin key of 2^31 - 1: outside every latency we can record.
+    let mut hostile = vec![0xA0, 0x02];
+    hostile.push(0x02);
+    hostile.extend_from_slice(&((1.01f64 / 0.99).to_le_bytes()));
+    hostile.extend_from_slice(&0f64.to_le_bytes());
+    hostile.extend_from_slice(&[0x05, 0x01, 0xFE, 0xFF, 0xFF, 0xFF, 0x0F, 0x02]);
+    let err = LatencySketch::try_from(hostile).expect_err("refused");
+    assert!(format!("{err}").contains("DDSketch"), "{err}");
+    // A negative store (latencies are never negative).
+    let mut negative = bytes.clone();
+    negative.extend_from_slice(&[0x07, 0x01, 0x02, 0x02]);
+    assert!(LatencySketch::try_from(negative).is_err());
+}
+
 fn schema() -> Vec<ColumnSpec> {
     vec![
         ColumnSpec {

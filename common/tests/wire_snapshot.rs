@@ -163,3 +163,105 @@ fn profile_bytes() {
     let back = Profile::from_bytes(&bytes).expect("decode");
     assert_eq!(back.to_bytes(), bytes);
 }
+
+#[test]
+fn telemetry_record_heartbeat_and_ack_bytes() {
+    use edgefleet_common::device::ModelRef;
+    use edgefleet_common::sketch::{ColumnKind, ColumnSpec, LatencySketch, Profile};
+    use edgefleet_common::telemetry::{
+        Health, Heartbeat, ModelWindow, OutboxStats, TelemetryAck, TelemetryRecord,
+    };
+    let device = SecretKey::from_seed([5; 32]);
+    let mut profile = Profile::new(
+        &[ColumnSpec {
+            name: "fuel".into(),
+            kind: ColumnKind::Numeric,
+        }],
+        200,
+    )
+    .expect("profile");
+    profile.update_row(&[1.5]).expect("row");
+    let mut latency = LatencySketch::default();
+    latency.record_us(250.0);
+    let health = Health {
+        cpu_percent: 12.5,
+        memory_used_bytes: 1 << 30,
+        memory_total_bytes: 4 << 30,
+        disk_used_bytes: 5 << 30,
+        disk_total_bytes: 32 << 30,
+        uptime_secs: 3600,
+        temperature_celsius: Some(48.0),
+    };
+    let outbox = OutboxStats {
+        queued: 2,
+        queued_bytes: 4096,
+        dropped: 1,
+    };
+    let record = TelemetryRecord {
+        device_id: "shop-1".into(),
+        seq: 7,
+        window_start: 1_700_000_000,
+        window_end: 1_700_000_900,
+        models: vec![ModelWindow {
+            model: "demand".into(),
+            version: 2,
+            profile: profile.to_bytes(),
+            latency: latency.into(),
+            requests: 1,
+            errors: 0,
+        }],
+        health: health.clone(),
+        outbox: outbox.clone(),
+        agent_version: "0.1.0".into(),
+    };
+    record.validate().expect("valid");
+    let signed = Signed::sign(&record, &device, None).expect("sign");
+    expect![[r#"
+        0673686f702d310780e2cfaa0684e9cfaa06010664656d
+        616e640238010101046675656c000100000000000000f8
+        3f000000000000f83f000000000000f83f000000000000
+        00000c02020f04c80008000000c03f33a0028800000000
+        00406f408c0000000000406f40840000000000406f4002
+        fd4a815abf52f03f00000000000000000501a804020100
+        0000484180808080048080808010808080801480808080
+        8001901c01000040420280200105302e312e30
+    "#]]
+    .assert_eq(&wrap(&hex::encode(&signed.body)));
+    assert_eq!(
+        signed.verify_by(&device.public()).expect("verifies"),
+        record
+    );
+    let heartbeat = Heartbeat {
+        device_id: "shop-1".into(),
+        at: 1_700_000_950,
+        online: true,
+        health: Some(health),
+        active: vec![ModelRef {
+            name: "demand".into(),
+            version: 2,
+        }],
+        outbox,
+        agent_version: "0.1.0".into(),
+    };
+    let body = encoding::to_bytes(&heartbeat).expect("encode");
+    expect![[r#"
+        0673686f702d31b6e9cfaa060101000048418080808004
+        80808080108080808014808080808001901c0100004042
+        010664656d616e64020280200105302e312e30
+    "#]]
+    .assert_eq(&wrap(&hex::encode(&body)));
+    let ack = TelemetryAck {
+        device_id: "shop-1".into(),
+        seqs: vec![6, 7],
+        at: 1_700_000_960,
+    };
+    let body = encoding::to_bytes(&ack).expect("encode");
+    expect![[r#"
+        0673686f702d31020607c0e9cfaa06
+    "#]]
+    .assert_eq(&wrap(&hex::encode(&body)));
+    assert_eq!(
+        encoding::domain_prefix(TelemetryRecord::KIND),
+        b"EDGEFLEET\0telemetry\0\x01"
+    );
+}
