@@ -34,6 +34,21 @@ pub struct AgentConfig {
     pub download_deadline_secs: u64,
     /// Largest model this device accepts, whatever the manifest says.
     pub max_model_bytes: u64,
+    /// The MQTT broker telemetry goes through: `mqtt://host:port` (plain TCP) or
+    /// `mqtts://host:port` (TLS, system roots). The hub's embedded broker listens on 7883.
+    pub mqtt_url: String,
+    /// Broker credentials, when the broker asks for them.
+    pub mqtt_username: Option<String>,
+    pub mqtt_password: Option<String>,
+    /// Length of a telemetry window, seconds: each window becomes one signed record.
+    pub telemetry_window_secs: u64,
+    /// Interval between heartbeats (health, active models, outbox counters), seconds.
+    pub heartbeat_secs: u64,
+    /// A record the hub has not acknowledged this long after it was published is sent again.
+    pub telemetry_resend_secs: u64,
+    /// Bound of the telemetry outbox, bytes of records: when full, the oldest are dropped
+    /// (and counted).
+    pub outbox_max_bytes: u64,
     /// Log format: "text" or "json" (under journald, text lines carry no timestamps).
     pub log_format: String,
     /// Log level or filter directive, e.g. "info" or "edgefleet_agent=debug,info";
@@ -56,6 +71,13 @@ impl Default for AgentConfig {
             download_rate_window_secs: 10,
             download_deadline_secs: 3600,
             max_model_bytes: 1024 * 1024 * 1024,
+            mqtt_url: "mqtt://127.0.0.1:7883".into(),
+            mqtt_username: None,
+            mqtt_password: None,
+            telemetry_window_secs: 900,
+            heartbeat_secs: 60,
+            telemetry_resend_secs: 60,
+            outbox_max_bytes: 64 * 1024 * 1024,
             log_format: "text".into(),
             log_level: "info".into(),
         }
@@ -132,6 +154,22 @@ impl AgentConfig {
                 }
                 "DOWNLOAD_DEADLINE_SECS" => num(&value).map(|v| self.download_deadline_secs = v),
                 "MAX_MODEL_BYTES" => num(&value).map(|v| self.max_model_bytes = v),
+                "MQTT_URL" => {
+                    self.mqtt_url = value.clone();
+                    Ok(())
+                }
+                "MQTT_USERNAME" => {
+                    self.mqtt_username = Some(value.clone());
+                    Ok(())
+                }
+                "MQTT_PASSWORD" => {
+                    self.mqtt_password = Some(value.clone());
+                    Ok(())
+                }
+                "TELEMETRY_WINDOW_SECS" => num(&value).map(|v| self.telemetry_window_secs = v),
+                "HEARTBEAT_SECS" => num(&value).map(|v| self.heartbeat_secs = v),
+                "TELEMETRY_RESEND_SECS" => num(&value).map(|v| self.telemetry_resend_secs = v),
+                "OUTBOX_MAX_BYTES" => num(&value).map(|v| self.outbox_max_bytes = v),
                 "LOG_LEVEL" => {
                     self.log_level = value.clone();
                     Ok(())
@@ -191,6 +229,24 @@ impl AgentConfig {
         }
         if self.max_model_bytes == 0 {
             errors.push("max_model_bytes: must be positive".into());
+        }
+        if let Err(e) = edgefleet_common::telemetry::BrokerUrl::parse(&self.mqtt_url) {
+            errors.push(format!("mqtt_url: {e}"));
+        }
+        if self.mqtt_password.is_some() && self.mqtt_username.is_none() {
+            errors.push("mqtt_password: needs mqtt_username".into());
+        }
+        if !(1..=86_400).contains(&self.telemetry_window_secs) {
+            errors.push("telemetry_window_secs: must be 1..=86400 (a day)".into());
+        }
+        if !(1..=3600).contains(&self.heartbeat_secs) {
+            errors.push("heartbeat_secs: must be 1..=3600".into());
+        }
+        if !(1..=86_400).contains(&self.telemetry_resend_secs) {
+            errors.push("telemetry_resend_secs: must be 1..=86400".into());
+        }
+        if self.outbox_max_bytes < 16 * 1024 {
+            errors.push("outbox_max_bytes: must be at least 16384 (a few records)".into());
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             errors.push(format!("log_level: {e}"));

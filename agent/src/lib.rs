@@ -15,6 +15,7 @@ pub mod model;
 pub mod onnx_ml;
 pub mod serve;
 pub mod state;
+pub mod telemetry;
 pub mod update;
 pub mod window;
 
@@ -62,7 +63,18 @@ pub async fn run_reloadable(
     let trust = layout.load_trust(&pinned)?;
     let active = layout.load_active()?;
     let registry = Arc::new(serve::Registry::default());
-    let hub = hub_client::HubClient::new(&config, key)?;
+    let hub = hub_client::HubClient::new(&config, key.clone())?;
+    let outbox = telemetry::Outbox::open(&layout.outbox(), config.outbox_max_bytes)?;
+    let telemetry = Arc::new(telemetry::Telemetry::new(
+        config.device_id.clone(),
+        key,
+        outbox,
+        registry.clone(),
+        &config.data_dir,
+    ));
+    let _ = registry.telemetry.set(Arc::downgrade(&telemetry));
+    let uplink_settings =
+        telemetry::uplink::Settings::from_config(&config).map_err(|e| anyhow::anyhow!(e))?;
     let updater = Arc::new(update::Updater {
         layout,
         hub,
@@ -70,6 +82,7 @@ pub async fn run_reloadable(
         trust: Mutex::new(trust),
         active: Mutex::new(active),
         last_error: Mutex::new(None),
+        applying: Mutex::new(()),
         config: arc_swap::ArcSwap::from_pointee(config.clone()),
     });
     {
@@ -79,7 +92,13 @@ pub async fn run_reloadable(
     registry.set_ready();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let loop_task = tokio::spawn(updater.clone().run(stop_rx));
+    let loop_task = tokio::spawn(updater.clone().run(stop_rx.clone()));
+    let uplink_task = tokio::spawn(telemetry::uplink::run(
+        telemetry,
+        uplink_settings,
+        updater.clone(),
+        stop_rx.clone(),
+    ));
     let reloader = updater.clone();
     tokio::spawn(async move {
         while let Some(new) = reloads.recv().await {
@@ -104,12 +123,14 @@ pub async fn run_reloadable(
     lifecycle::spawn_watchdog();
     // Sketching happens here, off the request path: requests only buffer their numbers.
     let folding = registry.clone();
+    let mut folding_stop = stop_rx.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = window::FULL.notified() => {}
+                _ = folding_stop.changed() => return,
             }
             let models = folding.snapshot();
             let _ = tokio::task::spawn_blocking(move || {
@@ -128,6 +149,8 @@ pub async fn run_reloadable(
         })
         .await?;
     let _ = loop_task.await;
+    // The uplink closes the current window into the outbox before it returns.
+    let _ = uplink_task.await;
     tracing::info!("agent stopped");
     Ok(())
 }

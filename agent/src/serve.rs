@@ -31,6 +31,12 @@ pub const MAX_ELEMENTS: usize = 1 << 20;
 pub struct Registry {
     models: ArcSwap<HashMap<String, Arc<LoadedModel>>>,
     ready: AtomicBool,
+    /// Windows of models swapped out since telemetry last closed a window: their requests
+    /// are reported with the next record, not lost with the old model.
+    retired: std::sync::Mutex<Vec<crate::telemetry::RetiredWindow>>,
+    /// Telemetry, for `/metrics` (set once the agent has opened its outbox). Weak: telemetry
+    /// holds the registry, and the outbox must close when the agent stops.
+    pub telemetry: std::sync::OnceLock<std::sync::Weak<crate::telemetry::Telemetry>>,
 }
 
 impl Registry {
@@ -42,13 +48,35 @@ impl Registry {
         self.models.load_full()
     }
 
-    /// Atomically replaces (or adds) one model.
+    /// Atomically replaces (or adds) one model. The replaced model's window is closed and
+    /// kept for the next telemetry record (a request still running on it records into a
+    /// window nobody reads: at most the requests in flight at the swap).
     pub fn swap_in(&self, model: Arc<LoadedModel>) {
-        self.models.rcu(|current| {
+        let previous = self.models.rcu(|current| {
             let mut next = HashMap::clone(current);
             next.insert(model.manifest.name.clone(), model.clone());
             next
         });
+        if let Some(old) = previous.get(&model.manifest.name)
+            && !Arc::ptr_eq(old, &model)
+            && let Some(window) = old.window.close(crate::now())
+            && (window.requests > 0 || window.errors > 0)
+            && let Ok(mut retired) = self.retired.lock()
+        {
+            retired.push(crate::telemetry::RetiredWindow {
+                model: old.manifest.name.clone(),
+                version: old.manifest.version,
+                window,
+            });
+        }
+    }
+
+    /// The windows of models swapped out since the last call.
+    pub fn take_retired(&self) -> Vec<crate::telemetry::RetiredWindow> {
+        self.retired
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default()
     }
 
     pub fn set_ready(&self) {
@@ -57,6 +85,22 @@ impl Registry {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// `GET /metrics`: Prometheus (OpenMetrics) text for the node's scraper.
+async fn metrics(State(registry): State<Arc<Registry>>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match crate::telemetry::exposition(&registry) {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 
@@ -75,6 +119,7 @@ pub fn router(registry: Arc<Registry>) -> Router {
             "/v2/models/{name}/versions/{version}/ready",
             get(model_ready_v),
         )
+        .route("/metrics", get(metrics))
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer_v))
         .fallback(|| async {

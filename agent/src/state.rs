@@ -6,6 +6,7 @@
 //! DATA_DIR/active.json                    which version of each model is active, and the previous one
 //! DATA_DIR/models/NAME/VERSION/           manifest.bin (postcard Signed<ModelManifest>) + model.onnx
 //! DATA_DIR/staging/SHA256.part            a download in progress (resumed with HTTP Range)
+//! DATA_DIR/outbox/                        sled: signed telemetry records until the hub acks them
 //! ```
 //! Invariants: a `models/NAME/VERSION` directory only ever appears by an atomic rename of a
 //! complete, fsynced, hash-verified directory; `state.json` and `active.json` only change by
@@ -65,6 +66,10 @@ impl Layout {
     }
     pub fn staging(&self) -> PathBuf {
         self.root.join("staging")
+    }
+    /// The telemetry outbox (a sled database).
+    pub fn outbox(&self) -> PathBuf {
+        self.root.join("outbox")
     }
 
     pub fn create_dirs(&self) -> AgentResult<()> {

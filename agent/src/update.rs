@@ -26,6 +26,9 @@ pub struct Updater {
     pub trust: Mutex<TrustState>,
     pub active: Mutex<ActiveSet>,
     pub last_error: Mutex<Option<String>>,
+    /// Held while a bundle is applied: bundles pushed over MQTT and polled over HTTP may
+    /// arrive together, and one model must not be installed twice at once.
+    pub applying: Mutex<()>,
 }
 
 /// Test-only fault point (see ARCHITECTURE.md): abort between staging and activation.
@@ -157,6 +160,7 @@ impl Updater {
     /// Applies a bundle. `now` is fixed by the caller at the start of the update, so every
     /// expiry in it is judged against one time.
     pub async fn apply(&self, bundle: &AssignmentBundle, now: u64) -> AgentResult<()> {
+        let _applying = self.applying.lock().await;
         if !bundle.rotations.is_empty() {
             let mut trust = self.trust.lock().await;
             let rotated = trust.root.rotate_all(&bundle.rotations)?;
@@ -177,6 +181,18 @@ impl Updater {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// A bundle the hub pushed (the retained MQTT message): applied like a polled one, then
+    /// the outcome is reported over HTTP.
+    pub async fn apply_pushed(&self, bundle: &AssignmentBundle, now: u64) -> AgentResult<()> {
+        let result = self.apply(bundle, now).await;
+        *self.last_error.lock().await = result.as_ref().err().map(|e| e.to_string());
+        let status = self.status().await;
+        if let Err(e) = self.hub.report(crate::now(), &status).await {
+            tracing::debug!(error = %e, "status report failed");
+        }
+        result
     }
 
     async fn apply_one(&self, signed: &Signed<Assignment>, now: u64) -> AgentResult<()> {

@@ -199,6 +199,26 @@ impl WindowRecorder {
         }
     }
 
+    /// Requests and errors so far in the current window (buffered ones included).
+    pub fn counts(&self) -> (u64, u64) {
+        let (mut req, mut err) = self
+            .window
+            .lock()
+            .map(|w| (w.requests, w.errors))
+            .unwrap_or_default();
+        if let Ok(b) = self.buffer.lock() {
+            req += b.requests;
+            err += b.errors;
+        }
+        if let Ok(p) = self.pending.lock() {
+            for b in p.iter() {
+                req += b.requests;
+                err += b.errors;
+            }
+        }
+        (req, err)
+    }
+
     /// Records a failed inference (bad request or model error).
     pub fn record_error(&self) {
         if let Ok(mut b) = self.buffer.lock() {

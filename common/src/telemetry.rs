@@ -68,6 +68,67 @@ pub mod topic {
     }
 }
 
+/// Where an MQTT broker is: `mqtt://host[:1883]` or `tcp://…` (plain), `mqtts://host[:8883]`
+/// or `ssl://…` (TLS). IPv6 hosts in brackets: `mqtt://[::1]:7883`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+impl BrokerUrl {
+    pub fn parse(url: &str) -> std::result::Result<Self, String> {
+        let example = "e.g. mqtt://127.0.0.1:7883";
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| format!("{url:?} is not a broker URL ({example})"))?;
+        let tls = match scheme {
+            "mqtt" | "tcp" => false,
+            "mqtts" | "ssl" => true,
+            other => {
+                return Err(format!(
+                    "scheme {other:?} is not mqtt:// or mqtts:// ({example})"
+                ));
+            }
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains(['/', '?', '#', '@']) {
+            return Err(format!(
+                "{url:?}: a broker URL is scheme://host:port, nothing more"
+            ));
+        }
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("{url:?}: unclosed [ in the host"))?;
+            (h, after.strip_prefix(':'))
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            }
+        };
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            return Err(format!("{url:?} has no host"));
+        }
+        let port = match port {
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p > 0)
+                .ok_or_else(|| format!("{url:?}: port {p:?} is not 1..=65535"))?,
+            None if tls => 8883,
+            None => 1883,
+        };
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+            tls,
+        })
+    }
+}
+
 /// Machine health from sysinfo. Temperature is optional: many VMs expose no sensor.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Health {
@@ -295,6 +356,37 @@ mod tests {
             health: Health::default(),
             outbox: OutboxStats::default(),
             agent_version: "t".into(),
+        }
+    }
+
+    #[test]
+    fn broker_urls() {
+        assert_eq!(
+            BrokerUrl::parse("mqtt://127.0.0.1:7883"),
+            Ok(BrokerUrl {
+                host: "127.0.0.1".into(),
+                port: 7883,
+                tls: false
+            })
+        );
+        assert_eq!(
+            BrokerUrl::parse("mqtts://hub.example/").map(|b| (b.port, b.tls)),
+            Ok((8883, true))
+        );
+        assert_eq!(
+            BrokerUrl::parse("tcp://[::1]:1883").map(|b| (b.host, b.port)),
+            Ok(("::1".into(), 1883))
+        );
+        for bad in [
+            "http://x",
+            "mqtt://",
+            "mqtt://x/path",
+            "nonsense",
+            "mqtt://x:0",
+            "mqtt://x:99999",
+            "mqtt://u:p@x",
+        ] {
+            assert!(BrokerUrl::parse(bad).is_err(), "{bad}");
         }
     }
 

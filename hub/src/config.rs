@@ -36,6 +36,25 @@ pub struct HubConfig {
     pub max_artifact_bytes: u64,
     /// How long a device session token lives.
     pub session_ttl_secs: u64,
+    /// MQTT telemetry on or off. Off: no broker, no telemetry, assignments by HTTP only.
+    pub mqtt_enabled: bool,
+    /// Where the embedded MQTT broker (rumqttd, MQTT 3.1.1) listens, unless `mqtt_url` names
+    /// an external one. Not 1883: a machine often runs Mosquitto there already. Listen on a
+    /// non-loopback address for devices on the network.
+    pub mqtt_listen: SocketAddr,
+    /// An MQTT 5 listener for the embedded broker too (rumqttd needs one per version).
+    pub mqtt_v5_listen: Option<SocketAddr>,
+    /// An external broker (Mosquitto, EMQX, a cluster): `mqtt://host:port` or `mqtts://…`.
+    /// Set, the embedded broker is not started.
+    pub mqtt_url: Option<String>,
+    pub mqtt_username: Option<String>,
+    pub mqtt_password: Option<String>,
+    /// Largest telemetry message accepted; bigger ones are counted and dropped.
+    pub max_telemetry_bytes: u64,
+    /// A device whose last heartbeat is older than this counts as offline.
+    pub offline_after_secs: u64,
+    /// Telemetry (aggregates, dedup markers) is kept this long; older records are refused.
+    pub telemetry_retention_days: u64,
     /// Log format: "text" or "json" (under journald, text lines carry no timestamps).
     pub log_format: String,
     /// Log level or filter directive, e.g. "info" or "edgefleet_agent=debug,info";
@@ -56,6 +75,15 @@ impl Default for HubConfig {
             assignment_ttl_secs: 24 * 3600,
             max_artifact_bytes: 1024 * 1024 * 1024,
             session_ttl_secs: 3600,
+            mqtt_enabled: true,
+            mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 7883)),
+            mqtt_v5_listen: None,
+            mqtt_url: None,
+            mqtt_username: None,
+            mqtt_password: None,
+            max_telemetry_bytes: edgefleet_common::telemetry::DEFAULT_MAX_RECORD_BYTES as u64,
+            offline_after_secs: 180,
+            telemetry_retention_days: 30,
             log_format: "text".into(),
             log_level: "info".into(),
         }
@@ -67,6 +95,8 @@ impl Default for HubConfig {
 pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub listen: Option<SocketAddr>,
+    pub mqtt_listen: Option<SocketAddr>,
+    pub mqtt_url: Option<String>,
 }
 
 /// What the hub needs at run time, loaded and checked.
@@ -100,6 +130,12 @@ impl HubConfig {
         }
         if let Some(l) = overrides.listen {
             config.listen = l;
+        }
+        if let Some(l) = overrides.mqtt_listen {
+            config.mqtt_listen = l;
+        }
+        if let Some(u) = &overrides.mqtt_url {
+            config.mqtt_url = Some(u.clone());
         }
         Ok(config)
     }
@@ -151,6 +187,42 @@ impl HubConfig {
                     .parse()
                     .map(|v| self.session_ttl_secs = v)
                     .map_err(|e| format!("{e}")),
+                "MQTT_ENABLED" => value
+                    .parse()
+                    .map(|v| self.mqtt_enabled = v)
+                    .map_err(|e| format!("{e} (true or false)")),
+                "MQTT_LISTEN" => value
+                    .parse()
+                    .map(|v| self.mqtt_listen = v)
+                    .map_err(|e| format!("{e}")),
+                "MQTT_V5_LISTEN" => value
+                    .parse()
+                    .map(|v| self.mqtt_v5_listen = Some(v))
+                    .map_err(|e| format!("{e}")),
+                "MQTT_URL" => {
+                    self.mqtt_url = Some(value.clone());
+                    Ok(())
+                }
+                "MQTT_USERNAME" => {
+                    self.mqtt_username = Some(value.clone());
+                    Ok(())
+                }
+                "MQTT_PASSWORD" => {
+                    self.mqtt_password = Some(value.clone());
+                    Ok(())
+                }
+                "MAX_TELEMETRY_BYTES" => value
+                    .parse()
+                    .map(|v| self.max_telemetry_bytes = v)
+                    .map_err(|e| format!("{e}")),
+                "OFFLINE_AFTER_SECS" => value
+                    .parse()
+                    .map(|v| self.offline_after_secs = v)
+                    .map_err(|e| format!("{e}")),
+                "TELEMETRY_RETENTION_DAYS" => value
+                    .parse()
+                    .map(|v| self.telemetry_retention_days = v)
+                    .map_err(|e| format!("{e}")),
                 "LOG_LEVEL" => {
                     self.log_level = value.clone();
                     Ok(())
@@ -193,6 +265,26 @@ impl HubConfig {
                 "log_format: {:?} is neither \"text\" nor \"json\"",
                 self.log_format
             ));
+        }
+        if let Some(url) = &self.mqtt_url
+            && let Err(e) = edgefleet_common::telemetry::BrokerUrl::parse(url)
+        {
+            errors.push(format!("mqtt_url: {e}"));
+        }
+        if self.mqtt_password.is_some() && self.mqtt_username.is_none() {
+            errors.push("mqtt_password: needs mqtt_username".to_owned());
+        }
+        if self.mqtt_v5_listen.is_some_and(|v5| v5 == self.mqtt_listen) {
+            errors.push("mqtt_v5_listen: must differ from mqtt_listen".to_owned());
+        }
+        if !(4096..=64 * 1024 * 1024).contains(&self.max_telemetry_bytes) {
+            errors.push("max_telemetry_bytes: must be 4096..=67108864".to_owned());
+        }
+        if self.offline_after_secs < 10 {
+            errors.push("offline_after_secs: must be at least 10".to_owned());
+        }
+        if !(1..=3650).contains(&self.telemetry_retention_days) {
+            errors.push("telemetry_retention_days: must be 1..=3650".to_owned());
         }
         if let Some(t) = &self.enrollment_token
             && t.len() < 16

@@ -13,8 +13,10 @@ pub mod error;
 pub mod keyfile;
 #[path = "../../agent/src/lifecycle.rs"]
 pub mod lifecycle;
+pub mod mqtt;
 pub mod reference;
 pub mod store;
+pub mod telemetry;
 
 use std::future::Future;
 use std::path::Path;
@@ -90,7 +92,15 @@ pub async fn run_reloadable(
         admin_token_hash: Digest::of(token.as_bytes()),
         changes,
         stopping: Default::default(),
+        telemetry: telemetry::TelemetryStore::open(store.db())?,
+        mqtt: Default::default(),
     });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if state.loaded.load().config.mqtt_enabled {
+        let mqtt = mqtt::start(state.clone(), state.telemetry.clone(), stop_rx.clone()).await?;
+        let _ = state.mqtt.set(mqtt);
+    }
+    tokio::spawn(prune_telemetry(state.clone(), stop_rx));
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %data_dir.display(), "hub listening");
     let reload_state = state.clone();
@@ -118,9 +128,34 @@ pub async fn run_reloadable(
             shutdown.await;
             lifecycle::stopping();
             on_stop.begin_shutdown();
+            let _ = stop_tx.send(true);
         })
         .await?;
     store.flush().await?;
     tracing::info!("hub stopped");
     Ok(())
+}
+
+/// Drops telemetry older than the retention, hourly.
+async fn prune_telemetry(state: Arc<api::AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let days = state.loaded.load().config.telemetry_retention_days;
+        let cutoff = now().saturating_sub(days * 86_400);
+        match state.telemetry.prune(cutoff) {
+            Ok((0, 0)) => {}
+            Ok((markers, aggregates)) => {
+                tracing::info!(
+                    markers,
+                    aggregates,
+                    days,
+                    "pruned telemetry past the retention"
+                )
+            }
+            Err(error) => tracing::warn!(%error, "telemetry pruning failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }

@@ -111,6 +111,11 @@ impl Store {
         })
     }
 
+    /// The database, for the other stores that live in it ([`crate::telemetry`]).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     pub async fn flush(&self) -> HubResult<()> {
         self.db.flush_async().await?;
         Ok(())

@@ -112,6 +112,7 @@ async fn updater(hub: &Hub, id: &str, dir: &std::path::Path) -> Updater {
         trust: Mutex::new(trust),
         active: Mutex::new(Default::default()),
         last_error: Mutex::new(None),
+        applying: Mutex::new(()),
     }
 }
 

@@ -105,6 +105,10 @@ async fn hub_reloads_its_enrollment_token_on_sighup() {
     let mut child = Command::new(bin("edgefleet-hub"))
         .args(["serve", "--config"])
         .arg(&cfg)
+        .env(
+            "EDGEFLEET_HUB_MQTT_LISTEN",
+            support::free_addr().to_string(),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -80,6 +80,10 @@ async fn agent_speaks_the_notify_protocol() {
     let mut child = Command::new(bin("edgefleet-agent"))
         .arg("run")
         .env("NOTIFY_SOCKET", &sock_path)
+        .env(
+            "EDGEFLEET_HUB_MQTT_LISTEN",
+            support::free_addr().to_string(),
+        )
         .env("WATCHDOG_USEC", "400000")
         .env("EDGEFLEET_AGENT_DEVICE_ID", "shop-1")
         .env("EDGEFLEET_AGENT_HUB_URL", &hub.url)

@@ -78,6 +78,10 @@ pub async fn enroll(
         }
     };
     s.store.flush().await?;
+    if approved {
+        // An approved device gets its assignments pushed (retained on MQTT).
+        s.changed();
+    }
     Ok((
         StatusCode::OK,
         Json(serde_json::json!({"device_id": req.device_id, "approved": approved})),
@@ -97,6 +101,7 @@ pub async fn approve(
     d.approved = true;
     s.store.put_device(&d)?;
     s.store.flush().await?;
+    s.changed();
     tracing::info!(device = %id, "device approved");
     Ok(Json(d))
 }
@@ -112,12 +117,13 @@ pub async fn get_device(
     _: Admin,
     State(s): State<SharedState>,
     Path(id): Path<String>,
-) -> HubResult<Json<DeviceRecord>> {
+) -> HubResult<Json<super::fleet::DeviceDetail>> {
     name::validate(&id)?;
-    s.store
+    let device = s
+        .store
         .device(&id)?
-        .map(Json)
-        .ok_or_else(|| HubError::NotFound(format!("no device {id:?}")))
+        .ok_or_else(|| HubError::NotFound(format!("no device {id:?}")))?;
+    Ok(Json(super::fleet::device_detail(&s, device)?))
 }
 
 #[derive(Deserialize)]
@@ -253,7 +259,7 @@ pub async fn list_desired(
 
 /// Builds the device's signed assignments, reusing issued ones while they still match and are
 /// fresh, so the bundle's bytes (and so its ETag) only change when something changed.
-fn bundle_for(s: &SharedState, device: &DeviceRecord) -> HubResult<AssignmentBundle> {
+pub(crate) fn bundle_for(s: &SharedState, device: &DeviceRecord) -> HubResult<AssignmentBundle> {
     let now = crate::now();
     // One snapshot: every assignment of the bundle is signed under the same keys and settings.
     let loaded = s.loaded.load();

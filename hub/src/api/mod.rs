@@ -7,7 +7,10 @@
 
 mod artifact;
 mod device;
+pub mod fleet;
 mod models;
+
+pub(crate) use device::bundle_for;
 
 use std::sync::Arc;
 
@@ -33,6 +36,10 @@ pub struct AppState {
     pub changes: tokio::sync::watch::Sender<u64>,
     /// Set at shutdown so long-polls answer at once instead of holding the shutdown up.
     pub stopping: std::sync::atomic::AtomicBool,
+    /// Fleet telemetry: aggregates, latest windows, liveness, drift rules.
+    pub telemetry: crate::telemetry::TelemetryStore,
+    /// The MQTT side, once started (never, with `mqtt_enabled = false`).
+    pub mqtt: std::sync::OnceLock<std::sync::Arc<crate::mqtt::Mqtt>>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -56,6 +63,16 @@ impl AppState {
 pub fn router(state: SharedState) -> Router {
     Router::new()
         .route("/api/v1/health", get(health))
+        .route("/metrics", get(fleet::prometheus))
+        .route("/api/v1/fleet/metrics", get(fleet::metrics))
+        .route(
+            "/api/v1/models/{name}/versions/{version}/drift",
+            get(fleet::drift),
+        )
+        .route(
+            "/api/v1/models/{name}/drift-config",
+            get(fleet::get_drift_config).put(fleet::put_drift_config),
+        )
         .route(
             "/api/v1/blobs/{sha256}",
             put(models::put_blob).layer(DefaultBodyLimit::disable()),

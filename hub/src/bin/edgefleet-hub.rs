@@ -30,6 +30,12 @@ struct Common {
     /// Listen address, e.g. 127.0.0.1:7700 (overrides the config).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Where the embedded MQTT broker listens (default 127.0.0.1:7883; overrides the config).
+    #[arg(long, value_name = "ADDR")]
+    mqtt_listen: Option<SocketAddr>,
+    /// Use this external MQTT broker instead of the embedded one, e.g. mqtt://127.0.0.1:1883.
+    #[arg(long, value_name = "URL")]
+    mqtt_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -46,6 +52,8 @@ fn load(c: &Common) -> anyhow::Result<edgefleet_hub::Loaded> {
         &Overrides {
             data_dir: c.data_dir.clone(),
             listen: c.listen,
+            mqtt_listen: c.mqtt_listen,
+            mqtt_url: c.mqtt_url.clone(),
         },
     )?
     .validate()

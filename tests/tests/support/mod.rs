@@ -57,6 +57,14 @@ pub struct Hub {
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
+/// A loopback address whose port was free a moment ago: for rumqttd, which binds addresses
+/// itself and cannot take port 0.
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
 pub const ENROLL_TOKEN: &str = "enroll-token-for-tests-0123456789";
 
 impl Hub {
@@ -64,6 +72,16 @@ impl Hub {
         Self::start_with(|_| {}).await
     }
 
+    /// A hub with its embedded MQTT broker on a free port.
+    pub async fn start_mqtt() -> Self {
+        Self::start_with(|c| {
+            c.mqtt_enabled = true;
+            c.mqtt_listen = free_addr();
+        })
+        .await
+    }
+
+    /// MQTT is off unless `tweak` turns it on (tests about telemetry do).
     pub async fn start_with(tweak: impl FnOnce(&mut edgefleet_hub::HubConfig)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = SecretKey::generate().expect("root");
@@ -91,6 +109,7 @@ impl Hub {
             signing_key: dir.path().join("hub.key"),
             delegation: dir.path().join("hub.delegation"),
             enrollment_token: Some(ENROLL_TOKEN.into()),
+            mqtt_enabled: false,
             ..Default::default()
         };
         tweak(&mut config);
@@ -201,6 +220,42 @@ impl Hub {
         }
         if let Some(t) = self.task.take() {
             t.await.expect("join").expect("hub run");
+        }
+    }
+
+    /// A handle on a hub running elsewhere (a separate process) with `fixture`'s keys: the
+    /// admin helpers (push, assign, device) then talk to it.
+    pub fn attach(
+        fixture: &Hub,
+        url: String,
+        data_dir: &Path,
+        config: edgefleet_hub::HubConfig,
+    ) -> Self {
+        let token = std::fs::read_to_string(data_dir.join(edgefleet_hub::ADMIN_TOKEN_FILE))
+            .expect("the hub's admin token")
+            .trim()
+            .to_owned();
+        Hub {
+            dir: tempfile::tempdir().expect("tempdir"),
+            addr: url.trim_start_matches("http://").parse().expect("addr"),
+            url,
+            token,
+            root: fixture.root.clone(),
+            hub_key: fixture.hub_key.clone(),
+            root_pub_path: fixture.root_pub_path.clone(),
+            http: reqwest::Client::new(),
+            config,
+            stop: None,
+            task: None,
+        }
+    }
+
+    /// The broker devices use: the embedded one, the external one, or (MQTT off) a closed port.
+    pub fn mqtt_url(&self) -> String {
+        match (&self.config.mqtt_url, self.config.mqtt_enabled) {
+            (Some(u), true) => u.clone(),
+            (None, true) => format!("mqtt://{}", self.config.mqtt_listen),
+            _ => "mqtt://127.0.0.1:9".into(),
         }
     }
 
@@ -336,6 +391,7 @@ impl Hub {
             root_key: self.root_pub_path.clone(),
             enrollment_token: Some(ENROLL_TOKEN.into()),
             poll_interval_secs: 2,
+            mqtt_url: self.mqtt_url(),
             ..Default::default()
         }
     }

@@ -1,0 +1,268 @@
+//! The outbox: signed telemetry records waiting for the hub's acknowledgement, in sled.
+//!
+//! A record enters with the next sequence number in one sled transaction (record, next
+//! sequence, drop counter) and the database is flushed before [`Outbox::append`] returns, so
+//! a record that was appended survives kill -9 and power loss. It leaves only when the hub acks
+//! its sequence number ([`Outbox::ack`]) — a broker's PUBACK is not enough — or when the outbox
+//! is over its byte bound, oldest first, counted in `dropped` and reported in every record and
+//! heartbeat. rumqttc's in-memory queue is never the source of truth: after a reconnect the
+//! uplink publishes again from here.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use edgefleet_common::telemetry::OutboxStats;
+use sled::Transactional;
+
+use crate::error::{AgentError, AgentResult};
+
+const NEXT_SEQ: &[u8] = b"next_seq";
+const DROPPED: &[u8] = b"dropped";
+
+#[derive(Debug)]
+struct Counters {
+    next_seq: u64,
+    bytes: u64,
+    count: u64,
+    dropped: u64,
+}
+
+pub struct Outbox {
+    db: sled::Db,
+    records: sled::Tree,
+    meta: sled::Tree,
+    max_bytes: u64,
+    /// Serialises appends and acks, and mirrors what is on disk.
+    counters: Mutex<Counters>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Outbox({:?})", self.stats())
+    }
+}
+
+fn sled_err(e: impl std::fmt::Display) -> AgentError {
+    AgentError::Other(format!("outbox: {e}"))
+}
+
+fn be(v: Option<sled::IVec>) -> u64 {
+    v.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+impl Outbox {
+    /// Opens (or creates) the outbox at `path`, bounded to `max_bytes` of records.
+    pub fn open(path: &Path, max_bytes: u64) -> AgentResult<Self> {
+        let db = sled::Config::new().path(path).open().map_err(|e| {
+            AgentError::Other(format!("cannot open the outbox {}: {e}", path.display()))
+        })?;
+        let records = db.open_tree("records").map_err(sled_err)?;
+        let meta = db.open_tree("meta").map_err(sled_err)?;
+        let (mut bytes, mut count, mut last) = (0u64, 0u64, 0u64);
+        for item in records.iter() {
+            let (k, v) = item.map_err(sled_err)?;
+            bytes += v.len() as u64;
+            count += 1;
+            last = be(Some(k));
+        }
+        // The stored counter is authoritative; the last key only guards against a counter
+        // that a bug left behind (a reused sequence number would be dropped as a duplicate).
+        let next_seq = be(meta.get(NEXT_SEQ).map_err(sled_err)?)
+            .max(last + 1)
+            .max(1);
+        let dropped = be(meta.get(DROPPED).map_err(sled_err)?);
+        Ok(Self {
+            db,
+            records,
+            meta,
+            max_bytes,
+            counters: Mutex::new(Counters {
+                next_seq,
+                bytes,
+                count,
+                dropped,
+            }),
+        })
+    }
+
+    fn counters(&self) -> AgentResult<std::sync::MutexGuard<'_, Counters>> {
+        self.counters
+            .lock()
+            .map_err(|_| AgentError::Other("outbox lock poisoned".into()))
+    }
+
+    pub fn stats(&self) -> OutboxStats {
+        self.counters()
+            .map(|c| OutboxStats {
+                queued: c.count,
+                queued_bytes: c.bytes,
+                dropped: c.dropped,
+            })
+            .unwrap_or_default()
+    }
+
+    /// Appends the record `build(seq, stats)` returns, durably, under the next sequence
+    /// number, dropping the oldest records first if it would not fit. Returns the sequence.
+    pub fn append(
+        &self,
+        build: impl FnOnce(u64, OutboxStats) -> AgentResult<Vec<u8>>,
+    ) -> AgentResult<u64> {
+        let mut c = self.counters()?;
+        let seq = c.next_seq;
+        let stats = OutboxStats {
+            queued: c.count,
+            queued_bytes: c.bytes,
+            dropped: c.dropped,
+        };
+        let bytes = build(seq, stats)?;
+        let len = bytes.len() as u64;
+        if len > self.max_bytes {
+            return Err(AgentError::Other(format!(
+                "a telemetry record of {len} bytes does not fit the outbox of {} bytes; raise outbox_max_bytes",
+                self.max_bytes
+            )));
+        }
+        // Oldest first, until the new record fits.
+        let mut evict = Vec::new();
+        let mut freed = 0u64;
+        for item in self.records.iter() {
+            if c.bytes - freed + len <= self.max_bytes {
+                break;
+            }
+            let (k, v) = item.map_err(sled_err)?;
+            freed += v.len() as u64;
+            evict.push(k);
+        }
+        let dropped = c.dropped + evict.len() as u64;
+        (&self.records, &self.meta)
+            .transaction(|(records, meta)| {
+                for k in &evict {
+                    records.remove(k)?;
+                }
+                records.insert(&seq.to_be_bytes(), bytes.as_slice())?;
+                meta.insert(NEXT_SEQ, &(seq + 1).to_be_bytes())?;
+                meta.insert(DROPPED, &dropped.to_be_bytes())?;
+                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| sled_err(format!("{e:?}")))?;
+        self.db.flush().map_err(sled_err)?;
+        if !evict.is_empty() {
+            tracing::warn!(
+                dropped = evict.len(),
+                total_dropped = dropped,
+                max_bytes = self.max_bytes,
+                "telemetry outbox full: dropped the oldest records"
+            );
+        }
+        c.next_seq = seq + 1;
+        c.bytes = c.bytes - freed + len;
+        c.count = c.count - evict.len() as u64 + 1;
+        c.dropped = dropped;
+        Ok(seq)
+    }
+
+    /// Records in sequence order, starting after `after`, at most `limit`.
+    pub fn pending(&self, after: u64, limit: usize) -> AgentResult<Vec<(u64, Vec<u8>)>> {
+        let start = after.saturating_add(1).to_be_bytes();
+        self.records
+            .range(start..)
+            .take(limit)
+            .map(|item| {
+                let (k, v) = item.map_err(sled_err)?;
+                Ok((be(Some(k)), v.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Removes acknowledged records; returns how many were still here.
+    pub fn ack(&self, seqs: &[u64]) -> AgentResult<usize> {
+        let mut c = self.counters()?;
+        let mut removed = 0;
+        for seq in seqs {
+            if let Some(v) = self.records.remove(seq.to_be_bytes()).map_err(sled_err)? {
+                c.bytes -= v.len() as u64;
+                c.count -= 1;
+                removed += 1;
+            }
+        }
+        // Not flushed: an ack lost in a crash only means the record is sent once more, and
+        // the hub removes the duplicate.
+        Ok(removed)
+    }
+
+    pub fn contains(&self, seq: u64) -> bool {
+        self.records
+            .contains_key(seq.to_be_bytes())
+            .unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(n: usize) -> impl FnOnce(u64, OutboxStats) -> AgentResult<Vec<u8>> {
+        move |seq, _| Ok(vec![seq as u8; n])
+    }
+
+    #[test]
+    fn sequence_survives_reopen_and_acks_remove() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("outbox");
+        {
+            let o = Outbox::open(&path, 1 << 20).expect("open");
+            assert_eq!(o.append(record(10)).expect("append"), 1);
+            assert_eq!(o.append(record(10)).expect("append"), 2);
+            assert_eq!(o.append(record(10)).expect("append"), 3);
+            assert_eq!(o.ack(&[2, 99]).expect("ack"), 1);
+        }
+        let o = Outbox::open(&path, 1 << 20).expect("reopen");
+        let seqs: Vec<u64> = o
+            .pending(0, 10)
+            .expect("pending")
+            .iter()
+            .map(|r| r.0)
+            .collect();
+        assert_eq!(seqs, vec![1, 3]);
+        assert_eq!(o.pending(1, 10).expect("pending")[0].0, 3);
+        assert_eq!(o.stats().queued, 2);
+        assert_eq!(o.stats().queued_bytes, 20);
+        // Acked sequence numbers are never reused.
+        o.ack(&[1, 3]).expect("ack");
+        assert_eq!(o.append(record(10)).expect("append"), 4);
+    }
+
+    #[test]
+    fn a_full_outbox_drops_the_oldest_and_counts() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let o = Outbox::open(&dir.path().join("outbox"), 100).expect("open");
+        for _ in 0..4 {
+            o.append(record(30)).expect("append");
+        }
+        // 4 × 30 > 100: the first had to go.
+        let seqs: Vec<u64> = o
+            .pending(0, 10)
+            .expect("pending")
+            .iter()
+            .map(|r| r.0)
+            .collect();
+        assert_eq!(seqs, vec![2, 3, 4]);
+        assert_eq!(o.stats().dropped, 1);
+        // The drop count the next record is built with includes it.
+        let mut seen = None;
+        o.append(|seq, stats| {
+            seen = Some(stats.dropped);
+            Ok(vec![seq as u8; 30])
+        })
+        .expect("append");
+        assert_eq!(seen, Some(1));
+        assert_eq!(o.stats().dropped, 2);
+        let err = o.append(record(101)).expect_err("too big").to_string();
+        assert!(err.contains("outbox_max_bytes"), "{err}");
+        drop(o);
+        let o = Outbox::open(&dir.path().join("outbox"), 100).expect("reopen");
+        assert_eq!(o.stats().dropped, 2);
+        assert_eq!(o.stats().queued, 3);
+    }
+}

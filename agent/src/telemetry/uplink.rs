@@ -1,0 +1,305 @@
+//! The MQTT side of telemetry: one rumqttc connection (persistent session, QoS 1), a publisher
+//! that drains the outbox, the window and heartbeat clocks, and the handlers for the hub's
+//! acks and retained assignments.
+//!
+//! rumqttc's defaults do not fit here and are changed: the session is persistent
+//! (`clean_session = false`, so the broker keeps our subscriptions and queued acks across
+//! reconnects), packets may be up to [`MAX_PACKET_BYTES`] each way (the 10 KiB default is
+//! smaller than one record), and nothing waits on its request channel except the publisher,
+//! which keeps at most [`MAX_IN_FLIGHT`] records unacknowledged at a time.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use edgefleet_common::device::AssignmentBundle;
+use edgefleet_common::encoding;
+use edgefleet_common::telemetry::{self, BrokerUrl, TelemetryAck, topic};
+use edgefleet_common::trust::{Permission, Signed};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, Transport};
+
+use super::Telemetry;
+use crate::config::AgentConfig;
+use crate::update::Updater;
+
+/// Largest MQTT packet either way: a record of up to 1 MiB plus the header, and the hub's
+/// assignment bundle.
+pub const MAX_PACKET_BYTES: usize = telemetry::DEFAULT_MAX_RECORD_BYTES + 64 * 1024;
+/// Records published and not yet acknowledged (after a long outage the backlog goes out at
+/// this pace, as acks come back).
+pub const MAX_IN_FLIGHT: usize = 16;
+
+/// Everything the uplink reads from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub broker: BrokerUrl,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub window: Duration,
+    pub heartbeat: Duration,
+    pub resend_after: Duration,
+}
+
+impl Settings {
+    pub fn from_config(c: &AgentConfig) -> Result<Self, String> {
+        Ok(Self {
+            broker: BrokerUrl::parse(&c.mqtt_url)?,
+            username: c.mqtt_username.clone(),
+            password: c.mqtt_password.clone(),
+            window: Duration::from_secs(c.telemetry_window_secs),
+            heartbeat: Duration::from_secs(c.heartbeat_secs),
+            resend_after: Duration::from_secs(c.telemetry_resend_secs),
+        })
+    }
+}
+
+/// Runs until `shutdown` turns true, then closes the current window into the outbox (so a
+/// clean stop loses nothing) and disconnects.
+pub async fn run(
+    telemetry: Arc<Telemetry>,
+    settings: Settings,
+    updater: Arc<Updater>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let id = telemetry.device_id.clone();
+    let mut options = MqttOptions::new(
+        format!("edgefleet-agent-{id}"),
+        settings.broker.host.clone(),
+        settings.broker.port,
+    );
+    options
+        .set_clean_session(false)
+        .set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
+        .set_inflight(MAX_IN_FLIGHT as u16 * 2);
+    if settings.broker.tls {
+        options.set_transport(Transport::tls_with_default_config());
+    }
+    if let Some(user) = &settings.username {
+        options.set_credentials(user.clone(), settings.password.clone().unwrap_or_default());
+    }
+    match telemetry.heartbeat(false, crate::now()) {
+        Ok(will) => {
+            options.set_last_will(LastWill::new(
+                topic::health(&id),
+                will,
+                QoS::AtLeastOnce,
+                false,
+            ));
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot sign the last will; going without"),
+    }
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    // Bumped at every connection: the publisher then sends everything pending again.
+    let connection = Arc::new(AtomicU64::new(0));
+    let wake = Arc::new(tokio::sync::Notify::new());
+
+    let events = {
+        let (client, connection, wake, telemetry, updater) = (
+            client.clone(),
+            connection.clone(),
+            wake.clone(),
+            telemetry.clone(),
+            updater.clone(),
+        );
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(500);
+            let mut was_up = false;
+            loop {
+                let event = tokio::select! {
+                    e = eventloop.poll() => e,
+                    _ = shutdown.changed() => return,
+                };
+                match event {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        backoff = Duration::from_millis(500);
+                        was_up = true;
+                        tracing::info!(
+                            session_present = ack.session_present,
+                            "telemetry connected to the MQTT broker"
+                        );
+                        for t in [
+                            topic::ack(&telemetry.device_id),
+                            topic::assignment(&telemetry.device_id),
+                        ] {
+                            if let Err(e) = client.try_subscribe(t, QoS::AtLeastOnce) {
+                                tracing::warn!(error = %e, "cannot subscribe");
+                            }
+                        }
+                        connection.fetch_add(1, Ordering::AcqRel);
+                        wake.notify_one();
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        on_publish(&telemetry, &updater, &p.topic, &p.payload, &wake).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if was_up {
+                            tracing::warn!(error = %e, "telemetry lost the MQTT broker; the outbox keeps records until it is back");
+                            was_up = false;
+                        } else {
+                            tracing::debug!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT broker unreachable");
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.changed() => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+        })
+    };
+
+    let mut window_tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + settings.window,
+        settings.window,
+    );
+    let mut heartbeat_tick = tokio::time::interval(settings.heartbeat);
+    let mut publish_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut sent: HashMap<u64, Instant> = HashMap::new();
+    let mut seen_connection = 0;
+    loop {
+        tokio::select! {
+            _ = window_tick.tick() => {
+                close_window(&telemetry);
+            }
+            _ = heartbeat_tick.tick() => {
+                if connection.load(Ordering::Acquire) > 0 {
+                    match telemetry.heartbeat(true, crate::now()) {
+                        // Heartbeats are not precious: dropped if the channel is full.
+                        Ok(hb) => { let _ = client.try_publish(topic::health(&id), QoS::AtLeastOnce, false, hb); }
+                        Err(e) => tracing::warn!(error = %e, "cannot sign a heartbeat"),
+                    }
+                }
+            }
+            _ = publish_tick.tick() => {}
+            _ = wake.notified() => {}
+            _ = shutdown.changed() => break,
+        }
+        let current = connection.load(Ordering::Acquire);
+        if current == 0 {
+            continue;
+        }
+        if current != seen_connection {
+            seen_connection = current;
+            sent.clear();
+        }
+        publish_pending(&telemetry, &client, &mut sent, settings.resend_after).await;
+    }
+    close_window(&telemetry);
+    let _ = client.try_disconnect();
+    events.abort();
+}
+
+fn close_window(telemetry: &Telemetry) {
+    match telemetry.close_window(crate::now()) {
+        Ok(Some(seq)) => tracing::debug!(seq, "telemetry record queued"),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "telemetry window not recorded"),
+    }
+}
+
+/// Publishes outbox records in sequence order: those never sent on this connection and those
+/// sent longer than `resend_after` ago without an ack, keeping at most [`MAX_IN_FLIGHT`]
+/// outstanding.
+async fn publish_pending(
+    telemetry: &Telemetry,
+    client: &AsyncClient,
+    sent: &mut HashMap<u64, Instant>,
+    resend_after: Duration,
+) {
+    let pending = match telemetry.outbox.pending(0, MAX_IN_FLIGHT * 4) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the outbox");
+            return;
+        }
+    };
+    // Forget acked records.
+    sent.retain(|seq, _| pending.iter().any(|(s, _)| s == seq) || telemetry.outbox.contains(*seq));
+    let outstanding = sent
+        .values()
+        .filter(|at| at.elapsed() < resend_after)
+        .count();
+    let mut budget = MAX_IN_FLIGHT.saturating_sub(outstanding);
+    let topic = topic::telemetry(&telemetry.device_id);
+    for (seq, bytes) in pending {
+        if budget == 0 {
+            break;
+        }
+        if sent.get(&seq).is_some_and(|at| at.elapsed() < resend_after) {
+            continue;
+        }
+        if let Some(at) = sent.get(&seq) {
+            tracing::debug!(
+                seq,
+                after_secs = at.elapsed().as_secs(),
+                "no ack yet; publishing again"
+            );
+        }
+        if let Err(e) = client
+            .publish(topic.clone(), QoS::AtLeastOnce, false, bytes)
+            .await
+        {
+            tracing::debug!(error = %e, "publish not queued");
+            return;
+        }
+        sent.insert(seq, Instant::now());
+        budget -= 1;
+    }
+}
+
+/// Acks and assignment bundles from the hub. Anything else, or anything that fails its
+/// checks, is logged and ignored: the broker is not trusted.
+async fn on_publish(
+    telemetry: &Telemetry,
+    updater: &Arc<Updater>,
+    topic_name: &str,
+    payload: &[u8],
+    wake: &tokio::sync::Notify,
+) {
+    let id = telemetry.device_id.as_str();
+    let now = crate::now();
+    if topic_name == topic::ack(id) {
+        let root = updater.trust.lock().await.root.clone();
+        let ack = Signed::<TelemetryAck>::from_bytes(payload)
+            .and_then(|s| s.verify_hub(&root, now, Permission::Assignments));
+        match ack {
+            Ok(ack) if ack.device_id == id && ack.seqs.len() <= telemetry::MAX_ACK_SEQS => {
+                match telemetry.outbox.ack(&ack.seqs) {
+                    Ok(n) => tracing::debug!(acked = n, "hub stored telemetry"),
+                    Err(e) => tracing::warn!(error = %e, "outbox ack failed"),
+                }
+                wake.notify_one();
+            }
+            Ok(ack) => {
+                tracing::warn!(for_device = %ack.device_id, "ignored a telemetry ack for another device")
+            }
+            Err(e) => tracing::warn!(error = %e, "ignored a telemetry ack that does not verify"),
+        }
+    } else if topic_name == topic::assignment(id) {
+        if payload.is_empty() {
+            return; // A cleared retained message.
+        }
+        match encoding::from_bytes::<AssignmentBundle>("assignment bundle", payload) {
+            Ok(bundle) => {
+                let updater = updater.clone();
+                // Applying may download a model: not on the event loop.
+                tokio::spawn(async move {
+                    if let Err(e) = updater.apply_pushed(&bundle, crate::now()).await {
+                        tracing::warn!(error = %e, "pushed assignment not applied; polling continues");
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "ignored a malformed pushed assignment"),
+        }
+    } else {
+        tracing::debug!(
+            topic = topic_name,
+            "ignored a message on an unexpected topic"
+        );
+    }
+}

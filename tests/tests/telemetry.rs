@@ -1,0 +1,677 @@
+//! Telemetry end to end: real agents, real hubs, real MQTT brokers (the hub's embedded
+//! rumqttd, a Mosquitto this test starts and stops, and the machine's Mosquitto at
+//! 127.0.0.1:1883 when one runs there).
+
+mod support;
+
+use std::time::Duration;
+
+use edgefleet_common::device::AssignmentBundle;
+use edgefleet_common::sketch::{ColumnKind, ColumnSpec, Profile};
+use edgefleet_common::telemetry::{Health, ModelWindow, OutboxStats, TelemetryRecord, topic};
+use edgefleet_common::{SecretKey, Signed, encoding};
+use edgefleet_tests::{FEATURE_NAMES, Mlp, probe_rows};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+use support::*;
+
+const MODEL: &str = "demand";
+
+/// Pushes an MLP whose manifest carries a reference profile of its training inputs.
+async fn push_with_reference(hub: &Hub, version: u64) -> Mlp {
+    let mlp = Mlp::new(7);
+    let artifact = mlp.to_onnx();
+    let mut m = hub.manifest(MODEL, version, &mlp, &artifact);
+    let schema: Vec<ColumnSpec> = FEATURE_NAMES
+        .iter()
+        .map(|n| ColumnSpec {
+            name: (*n).into(),
+            kind: ColumnKind::Numeric,
+        })
+        .collect();
+    let mut reference = Profile::new(&schema, 200).expect("profile");
+    for row in probe_rows(4000, 1) {
+        let row: Vec<f64> = row.iter().map(|&v| f64::from(v)).collect();
+        reference.update_row(&row).expect("row");
+    }
+    m.reference_profile = Some(reference.to_bytes());
+    hub.push(&m, &artifact).await;
+    mlp
+}
+
+/// Rows like the training data, with the first feature shifted by `shift`.
+fn traffic(n: usize, seed: u64, shift: f32) -> Vec<Vec<f32>> {
+    probe_rows(n, seed)
+        .into_iter()
+        .map(|mut r| {
+            r[0] += shift;
+            r
+        })
+        .collect()
+}
+
+fn fast_telemetry(c: &mut edgefleet_agent::AgentConfig) {
+    c.telemetry_window_secs = 1;
+    c.heartbeat_secs = 1;
+    c.telemetry_resend_secs = 2;
+}
+
+async fn get(hub: &Hub, path: &str) -> Value {
+    let r = hub
+        .http
+        .get(hub.api(path))
+        .bearer_auth(&hub.token)
+        .send()
+        .await
+        .expect("request");
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+    r.json().await.expect("json")
+}
+
+async fn serve_model(agent: &Agent, http: &reqwest::Client) {
+    eventually("the agent to serve the model", || async {
+        infer_ok(http, &agent.url, MODEL, &traffic(1, 9, 0.0)).await
+    })
+    .await;
+}
+
+/// Sends `batches` requests of 20 rows, shifted by `shift`.
+async fn send(http: &reqwest::Client, url: &str, batches: usize, shift: f32) {
+    for i in 0..batches {
+        let r = infer(http, url, MODEL, &traffic(20, 100 + i as u64, shift)).await;
+        assert!(r.status().is_success(), "infer: {}", r.status());
+    }
+}
+
+/// Every record of the device is stored once: the fleet aggregate holds one window per
+/// sequence number the device used (each record carries one model window).
+async fn wait_all_stored_once(hub: &Hub, device: &str) -> u64 {
+    let seq = eventually("the device's outbox to drain", || async {
+        let d = get(hub, &format!("devices/{device}")).await;
+        let queued = d["liveness"]["outbox"]["queued"].as_u64()?;
+        let seq = d["telemetry"]["seq"].as_u64()?;
+        (queued == 0).then_some(seq)
+    })
+    .await;
+    let drift = get(
+        hub,
+        &format!(
+            "models/{MODEL}/versions/1/drift?from={}&to={}",
+            now() - 86_400,
+            now() + 7200
+        ),
+    )
+    .await;
+    assert_eq!(
+        drift["windows"].as_u64(),
+        Some(seq),
+        "every record stored exactly once: {drift}"
+    );
+    seq
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn windows_reach_the_hub_drift_is_detected_and_everything_is_exposed() {
+    let hub = Hub::start_mqtt().await;
+    push_with_reference(&hub, 1).await;
+    hub.assign("shop-1", MODEL, 1).await;
+    let agent = Agent::start_with(
+        &hub,
+        "shop-1",
+        tempfile::tempdir().expect("tmp"),
+        fast_telemetry,
+    )
+    .await;
+    let http = reqwest::Client::new();
+    serve_model(&agent, &http).await;
+    // Fuel prices jump: the first feature moves by three reference standard deviations.
+    send(&http, &agent.url, 100, 5.0).await;
+
+    let drift = eventually("drift of the shifted feature", || async {
+        let d = get(&hub, &format!("models/{MODEL}/versions/1/drift")).await;
+        let drifted: Vec<String> = serde_json::from_value(d["drifted"].clone()).ok()?;
+        drifted.contains(&FEATURE_NAMES[0].to_string()).then_some(d)
+    })
+    .await;
+    assert_eq!(drift["has_reference"], true);
+    let score = |name: &str| {
+        drift["columns"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["column"] == name))
+            .and_then(|c| c["score"].as_f64())
+            .expect("score")
+    };
+    assert!(
+        score(FEATURE_NAMES[0]) > 3.0 * score(FEATURE_NAMES[1]),
+        "shifted feature stands out: {drift}"
+    );
+    // Unshifted features stay near zero (2000 rows: sampling noise and the KLL rank error
+    // of k = 200 leave them well under a shifted feature's score).
+    for name in &FEATURE_NAMES[1..] {
+        assert!(score(name) < 0.2, "{name}: {drift}");
+    }
+
+    // Device detail: health, liveness, latest window with its drift.
+    let device = eventually("a heartbeat and a window", || async {
+        let d = get(&hub, "devices/shop-1").await;
+        (d["online"] == true && d["telemetry"]["seq"].as_u64().is_some()).then_some(d)
+    })
+    .await;
+    assert!(
+        device["liveness"]["health"]["memory_total_bytes"].as_u64() > Some(0),
+        "{device}"
+    );
+    assert_eq!(device["outbox_dropped"], 0);
+    assert!(device["last_seen"].as_u64().is_some(), "{device}");
+
+    // Fleet metrics and the Prometheus exposition.
+    let fleet = get(&hub, "fleet/metrics").await;
+    assert_eq!(fleet["devices"]["online"], 1, "{fleet}");
+    assert!(fleet["ingest"]["stored"].as_u64() >= Some(1), "{fleet}");
+    let text = hub
+        .http
+        .get(format!("{}/metrics", hub.url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(text.contains("edgefleet_hub_devices_online 1"), "{text}");
+    assert!(
+        text.contains(&format!("feature=\"{}\"", FEATURE_NAMES[0]))
+            && text.contains("edgefleet_hub_drift_score"),
+        "{text}"
+    );
+    assert!(
+        text.contains("edgefleet_hub_telemetry_rejected_total{reason=\"bad_signature\"} 0"),
+        "{text}"
+    );
+    // The agent's own exposition.
+    let agent_text = http
+        .get(format!("{}/metrics", agent.url))
+        .send()
+        .await
+        .expect("agent metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        agent_text.contains("edgefleet_agent_outbox_queued"),
+        "{agent_text}"
+    );
+
+    // Retained messages anyone can read: the device's signed assignment bundle and the JSON
+    // fleet summary.
+    let retained = subscribe_retained(
+        &hub.mqtt_url(),
+        &[topic::assignment("shop-1"), topic::fleet_summary(MODEL, 1)],
+    )
+    .await;
+    let bundle: AssignmentBundle = encoding::from_bytes("bundle", &retained[0]).expect("a bundle");
+    let a = bundle.assignments[0]
+        .verify(&edgefleet_common::TrustRoot::new(hub.root.public()), now())
+        .expect("signed by the hub");
+    assert_eq!((a.model.as_str(), a.version), (MODEL, 1));
+    let summary: Value = serde_json::from_slice(&retained[1]).expect("JSON summary");
+    assert_eq!(summary["model"], MODEL);
+    assert!(summary["requests"].as_u64() >= Some(1), "{summary}");
+
+    agent.stop().await;
+}
+
+/// Connects, subscribes to `topics`, returns the first message of each (retained ones
+/// arrive at once).
+async fn subscribe_retained(url: &str, topics: &[String]) -> Vec<Vec<u8>> {
+    let b = edgefleet_common::telemetry::BrokerUrl::parse(url).expect("url");
+    let mut opts = MqttOptions::new(
+        format!("test-{}", now() ^ u64::from(std::process::id())),
+        b.host,
+        b.port,
+    );
+    opts.set_max_packet_size(4 << 20, 4 << 20);
+    let (client, mut events) = AsyncClient::new(opts, 16);
+    for t in topics {
+        client
+            .subscribe(t, QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+    }
+    let mut got: Vec<Option<Vec<u8>>> = vec![None; topics.len()];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while got.iter().any(Option::is_none) {
+        let Ok(e) = tokio::time::timeout_at(deadline, events.poll()).await else {
+            let missing: Vec<&String> = topics
+                .iter()
+                .zip(&got)
+                .filter(|(_, g)| g.is_none())
+                .map(|(t, _)| t)
+                .collect();
+            panic!("no retained message on {missing:?}");
+        };
+        if let Ok(Event::Incoming(Packet::Publish(p))) = e
+            && let Some(i) = topics.iter().position(|t| *t == p.topic)
+        {
+            got[i] = Some(p.payload.to_vec());
+        }
+    }
+    let _ = client.disconnect().await;
+    got.into_iter().flatten().collect()
+}
+
+/// Publishes raw payloads on the broker, as anyone on it could.
+async fn publish_raw(url: &str, messages: Vec<(String, Vec<u8>)>) {
+    let b = edgefleet_common::telemetry::BrokerUrl::parse(url).expect("url");
+    let mut opts = MqttOptions::new("test-attacker", b.host, b.port);
+    opts.set_max_packet_size(16 << 20, 16 << 20);
+    let (client, mut events) = AsyncClient::new(opts, 64);
+    let n = messages.len();
+    for (t, p) in messages {
+        client
+            .publish(t, QoS::AtLeastOnce, false, p)
+            .await
+            .expect("publish");
+    }
+    let mut acked = 0;
+    while acked < n {
+        match tokio::time::timeout(Duration::from_secs(20), events.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            other => panic!("publishing: {other:?}"),
+        }
+    }
+    let _ = client.disconnect().await;
+}
+
+fn record(device: &str, seq: u64) -> TelemetryRecord {
+    TelemetryRecord {
+        device_id: device.into(),
+        seq,
+        window_start: now() - 60,
+        window_end: now(),
+        models: vec![ModelWindow {
+            model: MODEL.into(),
+            version: 1,
+            profile: Profile::new(&[], 200).expect("empty").to_bytes(),
+            latency: Vec::<u8>::from(edgefleet_common::sketch::LatencySketch::default()),
+            requests: 1,
+            errors: 0,
+        }],
+        health: Health::default(),
+        outbox: OutboxStats::default(),
+        agent_version: "test".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spoofed_garbage_oversize_and_unknown_messages_are_counted_and_the_hub_keeps_serving() {
+    let hub = Hub::start_mqtt().await;
+    push_with_reference(&hub, 1).await;
+    hub.assign("shop-a", MODEL, 1).await;
+    hub.assign("shop-b", MODEL, 1).await;
+    // Two real, enrolled devices (their keys are in their data dirs).
+    let a = Agent::start_with(
+        &hub,
+        "shop-a",
+        tempfile::tempdir().expect("tmp"),
+        fast_telemetry,
+    )
+    .await;
+    let b = Agent::start_with(
+        &hub,
+        "shop-b",
+        tempfile::tempdir().expect("tmp"),
+        fast_telemetry,
+    )
+    .await;
+    let http = reqwest::Client::new();
+    serve_model(&a, &http).await;
+    serve_model(&b, &http).await;
+    let b_dir = b.stop().await;
+    let b_key = SecretKey::from_pem(
+        &std::fs::read_to_string(b_dir.path().join("device.key")).expect("key"),
+    )
+    .expect("pem");
+    let stranger = SecretKey::generate().expect("key");
+    let signed = |r: &TelemetryRecord, k: &SecretKey| {
+        Signed::sign(r, k, None)
+            .and_then(|s| s.to_bytes())
+            .expect("sign")
+    };
+    let max = hub.config.max_telemetry_bytes as usize;
+    publish_raw(
+        &hub.mqtt_url(),
+        vec![
+            // shop-b's key, shop-a's name and topic: a spoof.
+            (
+                topic::telemetry("shop-a"),
+                signed(&record("shop-a", 1), &b_key),
+            ),
+            // shop-b's own record, published under shop-a's topic.
+            (
+                topic::telemetry("shop-a"),
+                signed(&record("shop-b", 1), &b_key),
+            ),
+            (topic::telemetry("shop-a"), b"garbage".to_vec()),
+            (topic::telemetry("shop-a"), vec![0u8; max + 1]),
+            (
+                topic::telemetry("nobody"),
+                signed(&record("nobody", 1), &stranger),
+            ),
+            (topic::health("shop-a"), b"\x01\x02".to_vec()),
+            ("edgefleet/v1/devices/shop-a/other".into(), b"x".to_vec()),
+        ],
+    )
+    .await;
+    let fleet = eventually("the refusals to be counted", || async {
+        let f = get(&hub, "fleet/metrics").await;
+        let r = &f["ingest"]["rejected"];
+        (r["bad_signature"].as_u64() >= Some(2)
+            && r["malformed"].as_u64() >= Some(2)
+            && r["oversize"].as_u64() >= Some(1)
+            && r["unknown_device"].as_u64() >= Some(1))
+        .then_some(f)
+    })
+    .await;
+    // The subscription is to …/telemetry and …/health only: other leaves never arrive.
+    assert_eq!(
+        fleet["ingest"]["stored"], 0,
+        "nothing forged was stored: {fleet}"
+    );
+    // Still serving, still ingesting the real device.
+    send(&http, &a.url, 3, 0.0).await;
+    eventually("the real device's window", || async {
+        let d = get(&hub, "devices/shop-a").await;
+        d["telemetry"]["seq"].as_u64()
+    })
+    .await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_outbox_drops_the_oldest_and_the_hub_hears_of_it() {
+    let hub = Hub::start_mqtt().await;
+    push_with_reference(&hub, 1).await;
+    hub.assign("shop-full", MODEL, 1).await;
+    // No broker where the agent looks: every window stays in the 16 KiB outbox.
+    let dark = free_addr();
+    let agent = Agent::start_with(&hub, "shop-full", tempfile::tempdir().expect("tmp"), |c| {
+        fast_telemetry(c);
+        c.mqtt_url = format!("mqtt://{dark}");
+        c.outbox_max_bytes = 16 * 1024;
+    })
+    .await;
+    let http = reqwest::Client::new();
+    serve_model(&agent, &http).await;
+    // Each window's record is a few KiB: after ~15 windows the first ones had to go.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let dir = loop {
+        send(&http, &agent.url, 2, 0.0).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let metrics = http
+            .get(format!("{}/metrics", agent.url))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        if metrics
+            .lines()
+            .any(|l| l.starts_with("edgefleet_agent_outbox_dropped_total") && !l.ends_with(" 0"))
+        {
+            break agent.stop().await;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no drop counted: {metrics}"
+        );
+    };
+    let outbox = open_outbox(&dir.path().join("outbox"), 16 * 1024).await;
+    let stats = outbox.stats();
+    assert!(
+        stats.dropped >= 1 && stats.queued_bytes <= 16 * 1024,
+        "{stats:?}"
+    );
+    let pending = outbox.pending(0, 1000).expect("pending");
+    let first = pending.first().expect("records kept").0;
+    assert!(
+        first > stats.dropped,
+        "the oldest went first: {first} after {stats:?}"
+    );
+    drop(outbox);
+    // Back on the hub's broker: what was kept arrives, with the drop count.
+    let agent = Agent::start_with(&hub, "shop-full", dir, fast_telemetry).await;
+    let d = eventually("the drops reported to the hub", || async {
+        let d = get(&hub, "devices/shop-full").await;
+        (d["outbox_dropped"].as_u64() >= Some(1)).then_some(d)
+    })
+    .await;
+    assert!(d["telemetry"]["seq"].as_u64() > Some(0), "{d}");
+    agent.stop().await;
+}
+
+/// The outbox of a stopped agent (sled lets go of its lock a moment after the last handle).
+async fn open_outbox(path: &std::path::Path, max: u64) -> edgefleet_agent::telemetry::Outbox {
+    eventually("the outbox to be free", || async {
+        edgefleet_agent::telemetry::Outbox::open(path, max).ok()
+    })
+    .await
+}
+
+/// Starts `mosquitto` on `port` (foreground, its own process), if the binary exists.
+fn mosquitto(port: u16) -> Option<tokio::process::Child> {
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?;
+    tokio::process::Command::new(bin)
+        .args(["-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_external_mosquitto_restart_loses_nothing() {
+    let port = free_addr().port();
+    let Some(mut broker) = mosquitto(port) else {
+        panic!("mosquitto is not installed: .ci/run installs it (apt-get install mosquitto)");
+    };
+    let url = format!("mqtt://127.0.0.1:{port}");
+    eventually("mosquitto to listen", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+    })
+    .await;
+    let hub = Hub::start_with(|c| {
+        c.mqtt_enabled = true;
+        c.mqtt_url = Some(url.clone());
+    })
+    .await;
+    push_with_reference(&hub, 1).await;
+    hub.assign("shop-m", MODEL, 1).await;
+    let agent = Agent::start_with(
+        &hub,
+        "shop-m",
+        tempfile::tempdir().expect("tmp"),
+        fast_telemetry,
+    )
+    .await;
+    let http = reqwest::Client::new();
+    serve_model(&agent, &http).await;
+    send(&http, &agent.url, 5, 0.0).await;
+    eventually("a first window through mosquitto", || async {
+        get(&hub, "devices/shop-m").await["telemetry"]["seq"].as_u64()
+    })
+    .await;
+    // The broker goes away while windows keep closing.
+    broker.kill().await.expect("kill mosquitto");
+    for _ in 0..4 {
+        send(&http, &agent.url, 3, 0.0).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    let mut broker = mosquitto(port).expect("mosquitto again");
+    send(&http, &agent.url, 3, 0.0).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let seq = wait_all_stored_once(&hub, "shop-m").await;
+    assert!(
+        seq >= 4,
+        "windows before, during and after the outage: {seq}"
+    );
+    agent.stop().await;
+    broker.kill().await.expect("kill mosquitto");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_machines_mosquitto_on_1883_carries_telemetry_when_it_runs() {
+    if tokio::net::TcpStream::connect("127.0.0.1:1883")
+        .await
+        .is_err()
+    {
+        eprintln!(
+            "SKIPPED the Mosquitto interop run: no MQTT broker at 127.0.0.1:1883 (.ci/run starts one)"
+        );
+        return;
+    }
+    let hub = Hub::start_with(|c| {
+        c.mqtt_enabled = true;
+        c.mqtt_url = Some("mqtt://127.0.0.1:1883".into());
+    })
+    .await;
+    push_with_reference(&hub, 1).await;
+    // A device id of its own: the broker is shared with whatever else runs on the machine.
+    let id = format!("shop-{}", hex::encode(now().to_be_bytes()));
+    hub.assign(&id, MODEL, 1).await;
+    let agent =
+        Agent::start_with(&hub, &id, tempfile::tempdir().expect("tmp"), fast_telemetry).await;
+    let http = reqwest::Client::new();
+    serve_model(&agent, &http).await;
+    send(&http, &agent.url, 5, 0.0).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_all_stored_once(&hub, &id).await;
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hub_killed_with_kill_9_gets_the_records_again_and_stores_them_once() {
+    let fixture = Hub::start().await;
+    let (http_addr, mqtt_addr) = (free_addr(), free_addr());
+    let data = tempfile::tempdir().expect("tmp");
+    let spawn_hub = || {
+        let mut cmd = tokio::process::Command::new(bin("edgefleet-hub"));
+        cmd.args([
+            "serve",
+            "--listen",
+            &http_addr.to_string(),
+            "--mqtt-listen",
+            &mqtt_addr.to_string(),
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .env("EDGEFLEET_HUB_ROOT_KEY", &fixture.root_pub_path)
+        .env("EDGEFLEET_HUB_SIGNING_KEY", &fixture.config.signing_key)
+        .env("EDGEFLEET_HUB_DELEGATION", &fixture.config.delegation)
+        .env("EDGEFLEET_HUB_ENROLLMENT_TOKEN", ENROLL_TOKEN)
+        .env("EDGEFLEET_LOG", "info");
+        AgentProcess::spawn_command(cmd)
+    };
+    let url = format!("http://{http_addr}");
+    let wait_up = || async {
+        eventually("the hub binary to answer", || async {
+            reqwest::get(format!("{url}/api/v1/health"))
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+        })
+        .await;
+    };
+    let process = spawn_hub();
+    wait_up().await;
+    let config = edgefleet_hub::HubConfig {
+        mqtt_enabled: true,
+        mqtt_listen: mqtt_addr,
+        ..fixture.config.clone()
+    };
+    let hub = Hub::attach(&fixture, url.clone(), data.path(), config);
+    push_with_reference(&hub, 1).await;
+    hub.assign("shop-k", MODEL, 1).await;
+    let agent = Agent::start_with(
+        &hub,
+        "shop-k",
+        tempfile::tempdir().expect("tmp"),
+        fast_telemetry,
+    )
+    .await;
+    let http = reqwest::Client::new();
+    serve_model(&agent, &http).await;
+    // Windows flow; the hub dies mid-stream, between receiving some records and acking them.
+    for _ in 0..3 {
+        send(&http, &agent.url, 3, 0.0).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eventually("records stored before the kill", || async {
+        get(&hub, "devices/shop-k").await["telemetry"]["seq"].as_u64()
+    })
+    .await;
+    send(&http, &agent.url, 3, 0.0).await;
+    process.kill9().await;
+    for _ in 0..3 {
+        send(&http, &agent.url, 3, 0.0).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let process = spawn_hub();
+    wait_up().await;
+    let seq = wait_all_stored_once(&hub, "shop-k").await;
+    assert!(seq >= 3, "{seq}");
+    agent.stop().await;
+    process.kill9().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_killed_with_kill_9_delivers_its_outbox_after_restart() {
+    let hub = Hub::start_mqtt().await;
+    push_with_reference(&hub, 1).await;
+    hub.assign("shop-9", MODEL, 1).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let spawn = |mqtt: String| {
+        let mut cmd = tokio::process::Command::new(bin("edgefleet-agent"));
+        cmd.arg("run")
+            .env("EDGEFLEET_AGENT_DEVICE_ID", "shop-9")
+            .env("EDGEFLEET_AGENT_HUB_URL", &hub.url)
+            .env("EDGEFLEET_AGENT_DATA_DIR", dir.path())
+            .env("EDGEFLEET_AGENT_ROOT_KEY", &hub.root_pub_path)
+            .env("EDGEFLEET_AGENT_ENROLLMENT_TOKEN", ENROLL_TOKEN)
+            .env("EDGEFLEET_AGENT_LISTEN", "127.0.0.1:0")
+            .env("EDGEFLEET_AGENT_POLL_INTERVAL_SECS", "2")
+            .env("EDGEFLEET_AGENT_MQTT_URL", mqtt)
+            .env("EDGEFLEET_AGENT_TELEMETRY_WINDOW_SECS", "1")
+            .env("EDGEFLEET_AGENT_HEARTBEAT_SECS", "1")
+            .env("EDGEFLEET_AGENT_TELEMETRY_RESEND_SECS", "2")
+            .env("EDGEFLEET_LOG", "info");
+        AgentProcess::spawn_command(cmd)
+    };
+    // First run: the broker it is told about is not there, so records only pile up.
+    let mut first = spawn(format!("mqtt://{}", free_addr()));
+    let url = first.wait_listening().await;
+    let http = reqwest::Client::new();
+    eventually("the model served", || async {
+        infer_ok(&http, &url, MODEL, &traffic(1, 9, 0.0)).await
+    })
+    .await;
+    for _ in 0..3 {
+        send(&http, &url, 3, 0.0).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    first.kill9().await;
+    let outbox = open_outbox(&dir.path().join("outbox"), 64 << 20).await;
+    let queued = outbox.stats().queued;
+    assert!(queued >= 2, "records waiting: {queued}");
+    drop(outbox);
+    let second = spawn(hub.mqtt_url());
+    let seq = wait_all_stored_once(&hub, "shop-9").await;
+    assert!(seq >= queued, "{seq} < {queued}");
+    second.kill9().await;
+}
