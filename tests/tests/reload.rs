@@ -127,9 +127,10 @@ async fn hub_reloads_its_enrollment_token_on_sighup() {
     let mut lines = Vec::new();
     let addr = loop {
         let l = rx.recv_timeout(DEADLINE).expect("hub log");
-        if let Some(a) = l
-            .split("addr=")
-            .nth(1)
+        // The HTTP listener's line, not the embedded broker's (rumqttd logs `listen_addr=`).
+        if let Some(a) = Some(&l)
+            .filter(|l| l.contains("hub listening"))
+            .and_then(|l| l.split(" addr=").nth(1))
             .and_then(|s| s.split_whitespace().next())
         {
             break a.to_owned();
