@@ -42,13 +42,15 @@ ef keygen --role root --out "$DIR/keys/root.key"
 ef keygen --role hub --out "$DIR/keys/hub.key"
 ef delegate --root-key "$DIR/keys/root.key" --to "$DIR/keys/hub.key.pub" --models '*' --expires-in 30d --out "$DIR/keys/hub.delegation"
 
-echo "==> starting the hub"
+echo "==> starting the hub (HTTP and its embedded MQTT broker on ports chosen here)"
+# rumqttd cannot listen on port 0: pick a free port for it (7883, its default, may be taken).
+MQTT_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 ENROLL=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 EDGEFLEET_HUB_ROOT_KEY="$DIR/keys/root.key.pub" \
 EDGEFLEET_HUB_SIGNING_KEY="$DIR/keys/hub.key" \
 EDGEFLEET_HUB_DELEGATION="$DIR/keys/hub.delegation" \
 EDGEFLEET_HUB_ENROLLMENT_TOKEN="$ENROLL" \
-  "$BIN/edgefleet-hub" serve --data-dir "$DIR/hub" --listen 127.0.0.1:0 >"$DIR/hub.log" 2>&1 &
+  "$BIN/edgefleet-hub" serve --data-dir "$DIR/hub" --listen 127.0.0.1:0 --mqtt-listen "127.0.0.1:$MQTT_PORT" >"$DIR/hub.log" 2>&1 &
 PIDS+=($!)
 HUB_ADDR=$(wait_addr "$DIR/hub.log" "hub listening")
 export EDGEFLEET_HUB="http://$HUB_ADDR"
@@ -70,6 +72,9 @@ root_key = "$DIR/keys/root.key.pub"
 enrollment_token = "$ENROLL"
 listen = "127.0.0.1:0"
 poll_interval_secs = 5
+mqtt_url = "mqtt://127.0.0.1:$MQTT_PORT"
+# Short windows for the demo (default 900 s).
+telemetry_window_secs = 10
 TOML
 "$BIN/edgefleet-agent" check-config --config "$DIR/agent.toml"
 "$BIN/edgefleet-agent" run --config "$DIR/agent.toml" >"$DIR/agent.log" 2>&1 &
@@ -106,8 +111,11 @@ cat <<MSG
 
 Hub:   $EDGEFLEET_HUB   (logs: $DIR/hub.log)
 Agent: http://$AGENT_ADDR  (logs: $DIR/agent.log)
+MQTT:  mqtt://127.0.0.1:$MQTT_PORT (embedded broker; telemetry windows every 10 s)
 Try:   export EDGEFLEET_HUB=$EDGEFLEET_HUB EDGEFLEET_TOKEN=\$(cat $DIR/hub/admin-token)
        $BIN/edgefleet models
+       $BIN/edgefleet drift demand 1          # after a window with traffic: drift per feature
+       curl -s $EDGEFLEET_HUB/metrics
        $BIN/edgefleet-testmodel $DIR/v2 --version 2 --seed 2 && \\
        $BIN/edgefleet sign --key $DIR/keys/root.key --spec $DIR/v2/spec.json --model $DIR/v2/model.onnx --out $DIR/v2/m && \\
        $BIN/edgefleet push $DIR/v2/m $DIR/v2/model.onnx && $BIN/edgefleet assign --tag shops demand 2

@@ -145,6 +145,19 @@ pub enum Command {
     },
     /// Show one device's status, or the fleet's.
     Status { device: Option<String> },
+    /// Drift of a model version's inputs and outputs against its training reference,
+    /// merged over the last HOURS of fleet telemetry (or only devices with TAG).
+    Drift {
+        model: String,
+        version: u64,
+        #[arg(long, default_value_t = 24)]
+        hours: u64,
+        #[arg(long)]
+        tag: Option<String>,
+    },
+    /// Fleet metrics of the last hour: devices online, per model version requests, errors,
+    /// latency and drift, and the hub's telemetry ingest counters.
+    Fleet,
 }
 
 /// The spec a data scientist writes next to the model; `sign` adds hash, size and time.
@@ -589,6 +602,28 @@ async fn remote(cli: &Cli) -> anyhow::Result<()> {
             name::validate(d)?;
             r.send(r.http.get(r.url(&format!("devices/{d}")))).await?
         }
+        Command::Drift {
+            model,
+            version,
+            hours,
+            tag,
+        } => {
+            name::validate(model)?;
+            if !(1..=24 * 400).contains(hours) {
+                anyhow::bail!("--hours must be 1..=9600 (400 days)");
+            }
+            let to = crate::now() + 1;
+            let mut path = format!(
+                "models/{model}/versions/{version}/drift?from={}&to={to}",
+                to.saturating_sub(hours * 3600)
+            );
+            if let Some(t) = tag {
+                name::validate(t)?;
+                path.push_str(&format!("&tag={t}"));
+            }
+            r.send(r.http.get(r.url(&path))).await?
+        }
+        Command::Fleet => r.send(r.http.get(r.url("fleet/metrics"))).await?,
         Command::Status { device: None } => {
             let devices = r.send(r.http.get(r.url("devices"))).await?;
             let desired = r.send(r.http.get(r.url("assignments"))).await?;

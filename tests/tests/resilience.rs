@@ -88,10 +88,14 @@ async fn vanished_data_dir_keeps_serving_from_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_clock_that_jumps_does_not_stop_serving() {
-    let faketime = ["/usr/bin/faketime", "/usr/local/bin/faketime"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("faketime is needed (Debian package faketime); .ci/run installs it");
+    // libfaketime preloaded into the agent itself: the `faketime` wrapper forks, so killing it
+    // would leave the agent running (and holding its outbox's lock).
+    let libfaketime = std::fs::read_dir("/usr/lib")
+        .expect("/usr/lib")
+        .flatten()
+        .map(|d| d.path().join("faketime/libfaketimeMT.so.1"))
+        .find(|p| p.exists())
+        .expect("libfaketime is needed (Debian package faketime); .ci/run installs it");
     let hub = Hub::start().await;
     hub.push_mlp("demand", 1, 1).await;
     hub.assign("shop-1", "demand", 1).await;
@@ -108,11 +112,10 @@ async fn a_clock_that_jumps_does_not_stop_serving() {
     // Two years ahead: the hub's delegation and assignments look expired; two years back, not
     // yet valid. Either way the agent serves v1 from disk, says why, and stays up.
     for (offset, needle) in [("+730d", "expired"), ("-730d", "not valid before")] {
-        let mut cmd = tokio::process::Command::new(faketime);
-        cmd.arg("-f")
-            .arg(offset)
-            .arg(bin("edgefleet-agent"))
-            .arg("run")
+        let mut cmd = tokio::process::Command::new(bin("edgefleet-agent"));
+        cmd.arg("run")
+            .env("LD_PRELOAD", &libfaketime)
+            .env("FAKETIME", offset)
             .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
             .env("EDGEFLEET_AGENT_DEVICE_ID", "shop-1")
             .env("EDGEFLEET_AGENT_HUB_URL", &hub.url)

@@ -593,6 +593,15 @@ impl AgentProcess {
     /// Waits for the "serving" log line and returns the OIP base URL.
     pub async fn wait_listening(&mut self) -> String {
         let logs = self.logs.clone();
+        let dump = self.logs.clone();
+        let exited = self.child.try_wait().ok().flatten();
+        let watchdog = tokio::spawn(async move {
+            tokio::time::sleep(DEADLINE - Duration::from_millis(500)).await;
+            eprintln!(
+                "the agent is not listening yet (exited: {exited:?}); its log so far:\n{}",
+                dump.lock().expect("lock").join("\n")
+            );
+        });
         let url = eventually("the agent to listen", || {
             let logs = logs.clone();
             async move {
@@ -606,6 +615,7 @@ impl AgentProcess {
             }
         })
         .await;
+        watchdog.abort();
         self.url = Some(url.clone());
         url
     }
