@@ -42,7 +42,9 @@ pub struct AgentConfig {
     pub mqtt_password: Option<String>,
     /// Length of a telemetry window, seconds: each window becomes one signed record.
     pub telemetry_window_secs: u64,
-    /// Interval between heartbeats (health, active models, outbox counters), seconds.
+    /// Interval between heartbeats (health, active models, outbox counters), seconds. The
+    /// hub's `offline_after_secs` must be more than twice this; a lost connection is reported
+    /// sooner by the MQTT last will.
     pub heartbeat_secs: u64,
     /// A record the hub has not acknowledged this long after it was published is sent again.
     pub telemetry_resend_secs: u64,
@@ -75,7 +77,7 @@ impl Default for AgentConfig {
             mqtt_username: None,
             mqtt_password: None,
             telemetry_window_secs: 900,
-            heartbeat_secs: 60,
+            heartbeat_secs: 300,
             telemetry_resend_secs: 60,
             outbox_max_bytes: 64 * 1024 * 1024,
             log_format: "text".into(),

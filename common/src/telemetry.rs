@@ -277,6 +277,9 @@ impl Health {
 pub struct Heartbeat {
     pub device_id: String,
     pub at: u64,
+    /// When this run of the agent started: its last will carries it too, so the hub can tell
+    /// the will of the current run (device gone) from a late one of an earlier run.
+    pub started_at: u64,
     pub online: bool,
     /// None in the last will, which is signed when the connection opens.
     pub health: Option<Health>,
@@ -320,6 +323,56 @@ pub struct TelemetryAck {
 impl Document for TelemetryAck {
     const KIND: &'static str = "telemetry-ack";
     const WHAT: &'static str = "telemetry ack";
+}
+
+/// First byte of a telemetry payload: the signed record's postcard bytes follow as they are.
+pub const PAYLOAD_PLAIN: u8 = 0x01;
+/// First byte of a telemetry payload: raw DEFLATE (RFC 1951) of the signed record's bytes.
+pub const PAYLOAD_DEFLATE: u8 = 0x02;
+
+/// The MQTT payload of a signed record: DEFLATE (sketch bytes shrink by about a fifth) unless
+/// that does not make it smaller. The signature covers the record, not the compression, so
+/// the hub checks it after inflating.
+pub fn pack_record(signed: &[u8]) -> Vec<u8> {
+    let deflated = miniz_oxide::deflate::compress_to_vec(signed, 6);
+    let (tag, body) = if deflated.len() < signed.len() {
+        (PAYLOAD_DEFLATE, deflated.as_slice())
+    } else {
+        (PAYLOAD_PLAIN, signed)
+    };
+    let mut out = Vec::with_capacity(body.len() + 1);
+    out.push(tag);
+    out.extend_from_slice(body);
+    out
+}
+
+/// The signed record's bytes from a payload, refusing more than `max_bytes` either way (a
+/// small DEFLATE stream can inflate a thousandfold).
+pub fn unpack_record(payload: &[u8], max_bytes: usize) -> Result<Vec<u8>> {
+    let too_large = |size| Error::TooLarge {
+        what: "telemetry record",
+        size,
+        limit: max_bytes,
+    };
+    if payload.len() > max_bytes + 1 {
+        return Err(too_large(payload.len()));
+    }
+    match payload.split_first() {
+        Some((&PAYLOAD_PLAIN, rest)) => Ok(rest.to_vec()),
+        Some((&PAYLOAD_DEFLATE, rest)) => {
+            miniz_oxide::inflate::decompress_to_vec_with_limit(rest, max_bytes).map_err(|e| {
+                if e.status == miniz_oxide::inflate::TINFLStatus::HasMoreOutput {
+                    too_large(max_bytes + 1)
+                } else {
+                    invalid(format!("DEFLATE: {e}"))
+                }
+            })
+        }
+        Some((other, _)) => Err(invalid(format!(
+            "payload encoding 0x{other:02x} is neither 0x01 (plain) nor 0x02 (DEFLATE)"
+        ))),
+        None => Err(invalid("empty payload")),
+    }
 }
 
 /// Decodes a device message: size bound, envelope, then the device's own key (no delegation:
@@ -411,6 +464,39 @@ mod tests {
     }
 
     #[test]
+    fn payloads_round_trip_and_bombs_are_refused() {
+        let signed = Signed::sign(&record(), &SecretKey::from_seed([1; 32]), None)
+            .and_then(|s| s.to_bytes())
+            .expect("sign");
+        let packed = pack_record(&signed);
+        assert_eq!(unpack_record(&packed, 1 << 20).expect("unpack"), signed);
+        // Incompressible bytes travel plain.
+        let noise: Vec<u8> = (0..128u32)
+            .flat_map(|i| crate::Digest::of(&i.to_le_bytes()).0)
+            .collect();
+        let packed = pack_record(&noise);
+        assert_eq!(packed[0], PAYLOAD_PLAIN);
+        assert_eq!(unpack_record(&packed, 1 << 20).expect("unpack"), noise);
+        // 64 MiB of zeros deflate to about 64 KiB: refused at the limit, never inflated whole.
+        let bomb = pack_record(&vec![0u8; 64 << 20]);
+        assert!(bomb.len() < 128 << 10, "{}", bomb.len());
+        assert!(matches!(
+            unpack_record(&bomb, 1 << 20),
+            Err(Error::TooLarge { .. })
+        ));
+        assert!(matches!(
+            unpack_record(&[2, 0xff, 0xff], 1 << 20),
+            Err(Error::Malformed { .. })
+        ));
+        assert!(unpack_record(b"garbage", 1 << 20).is_err());
+        assert!(unpack_record(&[], 1 << 20).is_err());
+        assert!(matches!(
+            unpack_record(&[1; 100], 10),
+            Err(Error::TooLarge { .. })
+        ));
+    }
+
+    #[test]
     fn bad_records_are_refused_with_a_reason() {
         record().validate().expect("valid");
         let cases: Vec<(TelemetryRecord, &str)> = vec![
@@ -485,6 +571,7 @@ mod tests {
         let hb = Heartbeat {
             device_id: "shop-1".into(),
             at: 1,
+            started_at: 1,
             online: false,
             health: None,
             active: vec![],

@@ -234,6 +234,7 @@ fn telemetry_record_heartbeat_and_ack_bytes() {
     let heartbeat = Heartbeat {
         device_id: "shop-1".into(),
         at: 1_700_000_950,
+        started_at: 1_699_990_000,
         online: true,
         health: Some(health),
         active: vec![ModelRef {
@@ -245,9 +246,10 @@ fn telemetry_record_heartbeat_and_ack_bytes() {
     };
     let body = encoding::to_bytes(&heartbeat).expect("encode");
     expect![[r#"
-        0673686f702d31b6e9cfaa060101000048418080808004
-        80808080108080808014808080808001901c0100004042
-        010664656d616e64020280200105302e312e30
+        0673686f702d31b6e9cfaa06f093cfaa06010100004841
+        808080800480808080108080808014808080808001901c
+        0100004042010664656d616e64020280200105302e312e
+        30
     "#]]
     .assert_eq(&wrap(&hex::encode(&body)));
     let ack = TelemetryAck {

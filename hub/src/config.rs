@@ -51,7 +51,9 @@ pub struct HubConfig {
     pub mqtt_password: Option<String>,
     /// Largest telemetry message accepted; bigger ones are counted and dropped.
     pub max_telemetry_bytes: u64,
-    /// A device whose last heartbeat is older than this counts as offline.
+    /// A device whose last heartbeat is older than this counts as offline: more than twice the
+    /// agents' `heartbeat_secs` (default 300). An abrupt disconnect is seen sooner, through the
+    /// device's MQTT last will.
     pub offline_after_secs: u64,
     /// Telemetry (aggregates, dedup markers) is kept this long; older records are refused.
     pub telemetry_retention_days: u64,
@@ -82,7 +84,7 @@ impl Default for HubConfig {
             mqtt_username: None,
             mqtt_password: None,
             max_telemetry_bytes: edgefleet_common::telemetry::DEFAULT_MAX_RECORD_BYTES as u64,
-            offline_after_secs: 180,
+            offline_after_secs: 660,
             telemetry_retention_days: 30,
             log_format: "text".into(),
             log_level: "info".into(),

@@ -161,6 +161,8 @@ pub struct Liveness {
     pub online: bool,
     /// The device's clock.
     pub at: u64,
+    /// When the agent's current run started (its clock).
+    pub started_at: u64,
     /// The hub's clock.
     pub received_at: u64,
     pub health: Option<Health>,

@@ -7,13 +7,15 @@
 
 use std::time::{Duration, Instant};
 
+use edgefleet_common::device::ModelRef;
 use edgefleet_common::sketch::{
     CategoricalSketch, ColumnKind, ColumnSpec, DEFAULT_K, LatencySketch, NumericSketch, Profile,
 };
 use edgefleet_common::telemetry::{
-    Health, ModelWindow, OutboxStats, TelemetryAck, TelemetryRecord, open_device_message, topic,
+    Health, Heartbeat, ModelWindow, OutboxStats, TelemetryAck, TelemetryRecord,
+    open_device_message, pack_record, topic, unpack_record,
 };
-use edgefleet_common::{SecretKey, Signed, encoding};
+use edgefleet_common::{Delegation, Permission, SecretKey, Signed, encoding};
 use edgefleet_hub::telemetry::{References, TelemetryStore};
 
 struct Rng(u64);
@@ -126,45 +128,82 @@ fn main() -> anyhow::Result<()> {
     let n = 1_000_000;
     let values: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
     let mut kll = NumericSketch::new(DEFAULT_K).expect("kll");
-    per_value("numeric (KLL k=200 + moments)", n, |i| kll.update(values[i]));
+    per_value("numeric (KLL k=200 + moments)", n, |i| {
+        kll.update(values[i])
+    });
     let mut cat = CategoricalSketch::default();
     per_value("categorical (frequent items + HLL)", n, |i| {
         cat.update_f64((values[i] * 10.0).round())
     });
     let mut lat = LatencySketch::default();
-    per_value("latency (DDSketch 1 %)", n, |i| lat.record_us(values[i].abs() * 100.0));
+    per_value("latency (DDSketch 1 %)", n, |i| {
+        lat.record_us(values[i].abs() * 100.0)
+    });
 
     // 2. Bytes per window and per day, default 15-minute windows (96 a day).
     let device = SecretKey::from_seed([9; 32]);
     let hub = SecretKey::from_seed([8; 32]);
+    let root = SecretKey::from_seed([7; 32]);
     for rows in [900usize, 9_000] {
         let r = record("shop-00001", 1, rows, &mut rng);
         let profile_bytes = r.models[0].profile.len();
         let signed = Signed::sign(&r, &device, None)?.to_bytes()?;
-        let up_record = publish_bytes(&topic::telemetry("shop-00001"), signed.len()) + 4;
+        let packed = pack_record(&signed);
+        let up_record = publish_bytes(&topic::telemetry("shop-00001"), packed.len()) + 4;
+        let delegation = Signed::sign(
+            &Delegation {
+                key: hub.public(),
+                label: "hub".into(),
+                patterns: vec!["*".into()],
+                permissions: vec![Permission::Manifests, Permission::Assignments],
+                issued_at: 1,
+                expires_at: 2,
+            },
+            &root,
+            None,
+        )?;
         let ack = Signed::sign(
             &TelemetryAck {
                 device_id: "shop-00001".into(),
                 seqs: vec![1],
-                at: 1,
+                at: 1_795_000_000,
             },
             &hub,
+            Some(delegation),
+        )?
+        .to_bytes()?;
+        let down_ack = publish_bytes(&topic::ack("shop-00001"), ack.len()) + 4;
+        let heartbeat = Signed::sign(
+            &Heartbeat {
+                device_id: "shop-00001".into(),
+                at: 1_795_000_000,
+                started_at: 1_794_000_000,
+                online: true,
+                health: Some(r.health.clone()),
+                active: vec![ModelRef {
+                    name: "demand".into(),
+                    version: 1,
+                }],
+                outbox: OutboxStats::default(),
+                agent_version: "0.1.0".into(),
+            },
+            &device,
             None,
         )?
         .to_bytes()?;
-        // Acks carry root's delegation to the hub key (about 200 bytes more).
-        let down_ack = publish_bytes(&topic::ack("shop-00001"), ack.len() + 200) + 4;
-        let heartbeat = 150 + 96; // signed heartbeat with health, one active model
-        let hb = publish_bytes(&topic::health("shop-00001"), heartbeat) + 4;
-        let per_day_up = 96 * up_record + 1440 * hb + 2880 * 2; // + PINGREQ every 30 s
+        let hb = publish_bytes(&topic::health("shop-00001"), heartbeat.len()) + 4;
+        let per_day_up = 96 * up_record + 288 * hb + 2880 * 2; // heartbeat every 300 s, PINGREQ every 30 s
         let per_day_down = 96 * down_ack + 2880 * 2;
         println!(
-            "bytes\t{rows} requests/window\tprofile {profile_bytes} B ({} B per column)\tsigned record {} B\tper day up {:.2} MB (records {:.2} MB, heartbeats {:.2} MB) down {:.2} MB",
+            "bytes\t{rows} requests/window\tprofile {profile_bytes} B ({} B per column)\tsigned record {} B, deflated {} B, heartbeat {} B, ack {} B\tper day up {:.2} MB (records {:.2} MB, heartbeats {:.2} MB) down {:.2} MB",
             profile_bytes / 9,
             signed.len(),
+            packed.len(),
+            heartbeat.len(),
+            ack.len(),
             per_day_up as f64 / 1e6,
             (96 * up_record) as f64 / 1e6,
-            (1440 * hb) as f64 / 1e6,
+            (288 * hb) as f64 / 1e6,
             per_day_down as f64 / 1e6,
         );
     }
@@ -186,18 +225,22 @@ fn main() -> anyhow::Result<()> {
         .map(|i| {
             let d = i % devices.len();
             let r = record(&devices[d].0, (i / devices.len()) as u64 + 1, 900, &mut rng);
-            (d, Signed::sign(&r, &devices[d].1, None).and_then(|s| s.to_bytes()).expect("sign"))
+            let signed = Signed::sign(&r, &devices[d].1, None)
+                .and_then(|s| s.to_bytes())
+                .expect("sign");
+            (d, pack_record(&signed))
         })
         .collect();
     let tags = vec!["shops-eu".to_owned()];
     for round in 0..3 {
         let t = Instant::now();
         for (_, bytes) in &records {
-            let s: Signed<TelemetryRecord> = Signed::from_bytes(bytes)?;
+            let s: Signed<TelemetryRecord> = Signed::from_bytes(&unpack_record(bytes, 1 << 20)?)?;
             let r: TelemetryRecord = encoding::from_bytes("record", &s.body)?;
             std::hint::black_box(r);
         }
         let plain = t.elapsed();
+        // (Both sides inflate: the comparison is verify + decode + merge + commit.)
         let dir = tempfile::tempdir()?;
         let db = sled::Config::new().path(dir.path().join("db")).open()?;
         let store = TelemetryStore::open(&db)?;
@@ -205,7 +248,8 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         for (d, bytes) in &records {
             let (id, key) = &devices[*d];
-            let r: TelemetryRecord = open_device_message(bytes, 1 << 20, &key.public())?;
+            let signed = unpack_record(bytes, 1 << 20)?;
+            let r: TelemetryRecord = open_device_message(&signed, 1 << 20, &key.public())?;
             assert_eq!(&r.device_id, id);
             let windows = r.validate()?;
             store.commit(&r, &windows, &tags, &references, 0)?;

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use edgefleet_common::device::AssignmentBundle;
 use edgefleet_common::sketch::{ColumnKind, ColumnSpec, Profile};
-use edgefleet_common::telemetry::{Health, ModelWindow, OutboxStats, TelemetryRecord, topic};
+use edgefleet_common::telemetry::{
+    Health, ModelWindow, OutboxStats, TelemetryRecord, pack_record, topic,
+};
 use edgefleet_common::{SecretKey, Signed, encoding};
 use edgefleet_tests::{FEATURE_NAMES, Mlp, probe_rows};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -68,6 +70,14 @@ async fn get(hub: &Hub, path: &str) -> Value {
     r.json().await.expect("json")
 }
 
+/// A device assigned the model, serving it, with 1-second windows.
+async fn device(hub: &Hub, id: &str) -> Agent {
+    hub.assign(id, MODEL, 1).await;
+    let agent = Agent::start_with(hub, id, tempfile::tempdir().expect("tmp"), fast_telemetry).await;
+    serve_model(&agent, &reqwest::Client::new()).await;
+    agent
+}
+
 async fn serve_model(agent: &Agent, http: &reqwest::Client) {
     eventually("the agent to serve the model", || async {
         infer_ok(http, &agent.url, MODEL, &traffic(1, 9, 0.0)).await
@@ -83,16 +93,28 @@ async fn send(http: &reqwest::Client, url: &str, batches: usize, shift: f32) {
     }
 }
 
-/// Every record of the device is stored once: the fleet aggregate holds one window per
-/// sequence number the device used (each record carries one model window).
+/// Every record of the device is stored once. Called once traffic has stopped: waits for a
+/// heartbeat sent after the last window closed that shows an empty outbox (every record acked,
+/// so committed), then checks that the fleet aggregate holds one window per sequence number
+/// (each record carries one model window; a duplicate merged twice would show).
 async fn wait_all_stored_once(hub: &Hub, device: &str) -> u64 {
-    let seq = eventually("the device's outbox to drain", || async {
+    let since = now() + 2;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
         let d = get(hub, &format!("devices/{device}")).await;
-        let queued = d["liveness"]["outbox"]["queued"].as_u64()?;
-        let seq = d["telemetry"]["seq"].as_u64()?;
-        (queued == 0).then_some(seq)
-    })
-    .await;
+        let l = &d["liveness"];
+        if l["outbox"]["queued"].as_u64() == Some(0) && l["at"].as_u64() >= Some(since) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the device's outbox did not drain (since {since}): {d}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seq = get(hub, &format!("devices/{device}")).await["telemetry"]["seq"]
+        .as_u64()
+        .expect("a stored window");
     let drift = get(
         hub,
         &format!(
@@ -114,16 +136,8 @@ async fn wait_all_stored_once(hub: &Hub, device: &str) -> u64 {
 async fn windows_reach_the_hub_drift_is_detected_and_everything_is_exposed() {
     let hub = Hub::start_mqtt().await;
     push_with_reference(&hub, 1).await;
-    hub.assign("shop-1", MODEL, 1).await;
-    let agent = Agent::start_with(
-        &hub,
-        "shop-1",
-        tempfile::tempdir().expect("tmp"),
-        fast_telemetry,
-    )
-    .await;
+    let agent = device(&hub, "shop-1").await;
     let http = reqwest::Client::new();
-    serve_model(&agent, &http).await;
     // Fuel prices jump: the first feature moves by three reference standard deviations.
     send(&http, &agent.url, 100, 5.0).await;
 
@@ -307,26 +321,9 @@ fn record(device: &str, seq: u64) -> TelemetryRecord {
 async fn spoofed_garbage_oversize_and_unknown_messages_are_counted_and_the_hub_keeps_serving() {
     let hub = Hub::start_mqtt().await;
     push_with_reference(&hub, 1).await;
-    hub.assign("shop-a", MODEL, 1).await;
-    hub.assign("shop-b", MODEL, 1).await;
-    // Two real, enrolled devices (their keys are in their data dirs).
-    let a = Agent::start_with(
-        &hub,
-        "shop-a",
-        tempfile::tempdir().expect("tmp"),
-        fast_telemetry,
-    )
-    .await;
-    let b = Agent::start_with(
-        &hub,
-        "shop-b",
-        tempfile::tempdir().expect("tmp"),
-        fast_telemetry,
-    )
-    .await;
+    let a = device(&hub, "shop-a").await;
+    let b = device(&hub, "shop-b").await;
     let http = reqwest::Client::new();
-    serve_model(&a, &http).await;
-    serve_model(&b, &http).await;
     let b_dir = b.stop().await;
     let b_key = SecretKey::from_pem(
         &std::fs::read_to_string(b_dir.path().join("device.key")).expect("key"),
@@ -334,9 +331,11 @@ async fn spoofed_garbage_oversize_and_unknown_messages_are_counted_and_the_hub_k
     .expect("pem");
     let stranger = SecretKey::generate().expect("key");
     let signed = |r: &TelemetryRecord, k: &SecretKey| {
-        Signed::sign(r, k, None)
-            .and_then(|s| s.to_bytes())
-            .expect("sign")
+        pack_record(
+            &Signed::sign(r, k, None)
+                .and_then(|s| s.to_bytes())
+                .expect("sign"),
+        )
     };
     let max = hub.config.max_telemetry_bytes as usize;
     publish_raw(
@@ -354,6 +353,11 @@ async fn spoofed_garbage_oversize_and_unknown_messages_are_counted_and_the_hub_k
             ),
             (topic::telemetry("shop-a"), b"garbage".to_vec()),
             (topic::telemetry("shop-a"), vec![0u8; max + 1]),
+            // Small on the wire, far over the limit inflated.
+            (
+                topic::telemetry("shop-a"),
+                pack_record(&vec![0u8; 16 * max]),
+            ),
             (
                 topic::telemetry("nobody"),
                 signed(&record("nobody", 1), &stranger),
@@ -368,7 +372,7 @@ async fn spoofed_garbage_oversize_and_unknown_messages_are_counted_and_the_hub_k
         let r = &f["ingest"]["rejected"];
         (r["bad_signature"].as_u64() >= Some(2)
             && r["malformed"].as_u64() >= Some(2)
-            && r["oversize"].as_u64() >= Some(1)
+            && r["oversize"].as_u64() >= Some(2)
             && r["unknown_device"].as_u64() >= Some(1))
         .then_some(f)
     })
@@ -492,16 +496,8 @@ async fn an_external_mosquitto_restart_loses_nothing() {
     })
     .await;
     push_with_reference(&hub, 1).await;
-    hub.assign("shop-m", MODEL, 1).await;
-    let agent = Agent::start_with(
-        &hub,
-        "shop-m",
-        tempfile::tempdir().expect("tmp"),
-        fast_telemetry,
-    )
-    .await;
+    let agent = device(&hub, "shop-m").await;
     let http = reqwest::Client::new();
-    serve_model(&agent, &http).await;
     send(&http, &agent.url, 5, 0.0).await;
     eventually("a first window through mosquitto", || async {
         get(&hub, "devices/shop-m").await["telemetry"]["seq"].as_u64()
@@ -544,11 +540,8 @@ async fn the_machines_mosquitto_on_1883_carries_telemetry_when_it_runs() {
     push_with_reference(&hub, 1).await;
     // A device id of its own: the broker is shared with whatever else runs on the machine.
     let id = format!("shop-{}", hex::encode(now().to_be_bytes()));
-    hub.assign(&id, MODEL, 1).await;
-    let agent =
-        Agent::start_with(&hub, &id, tempfile::tempdir().expect("tmp"), fast_telemetry).await;
+    let agent = device(&hub, &id).await;
     let http = reqwest::Client::new();
-    serve_model(&agent, &http).await;
     send(&http, &agent.url, 5, 0.0).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     wait_all_stored_once(&hub, &id).await;
@@ -597,16 +590,8 @@ async fn a_hub_killed_with_kill_9_gets_the_records_again_and_stores_them_once() 
     };
     let hub = Hub::attach(&fixture, url.clone(), data.path(), config);
     push_with_reference(&hub, 1).await;
-    hub.assign("shop-k", MODEL, 1).await;
-    let agent = Agent::start_with(
-        &hub,
-        "shop-k",
-        tempfile::tempdir().expect("tmp"),
-        fast_telemetry,
-    )
-    .await;
+    let agent = device(&hub, "shop-k").await;
     let http = reqwest::Client::new();
-    serve_model(&agent, &http).await;
     // Windows flow; the hub dies mid-stream, between receiving some records and acking them.
     for _ in 0..3 {
         send(&http, &agent.url, 3, 0.0).await;
@@ -673,5 +658,45 @@ async fn an_agent_killed_with_kill_9_delivers_its_outbox_after_restart() {
     let second = spawn(hub.mqtt_url());
     let seq = wait_all_stored_once(&hub, "shop-9").await;
     assert!(seq >= queued, "{seq} < {queued}");
+    eventually("a heartbeat saying online", || async {
+        (get(&hub, "devices/shop-9").await["online"] == true).then_some(())
+    })
+    .await;
+    // kill -9 closes no MQTT session cleanly: the broker publishes the device's last will.
     second.kill9().await;
+    eventually("the last will to mark the device offline", || async {
+        let d = get(&hub, "devices/shop-9").await;
+        (d["online"] == false && d["liveness"]["online"] == false).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_taken_mqtt_port_is_an_error_that_says_what_to_do() {
+    let fixture = Hub::start().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let data = tempfile::tempdir().expect("tmp");
+    let out = tokio::process::Command::new(bin("edgefleet-hub"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            &addr.to_string(),
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .env("EDGEFLEET_HUB_ROOT_KEY", &fixture.root_pub_path)
+        .env("EDGEFLEET_HUB_SIGNING_KEY", &fixture.config.signing_key)
+        .env("EDGEFLEET_HUB_DELEGATION", &fixture.config.delegation)
+        .output()
+        .await
+        .expect("run the hub");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    for needle in ["port is taken", "--mqtt-listen", "--mqtt-url"] {
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+    }
+    drop(taken);
 }

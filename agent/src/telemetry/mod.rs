@@ -3,7 +3,8 @@
 //! Every `telemetry_window_secs` (default 15 minutes) [`Telemetry::close_window`] closes each
 //! served model's window ([`crate::window`]), builds one [`TelemetryRecord`] (device, sequence
 //! number, window bounds, per-model profiles, latency, counters, health from sysinfo, outbox
-//! counters), signs it with the device key and appends it to the sled [`outbox::Outbox`]. The
+//! counters), signs it with the device key, deflates it and appends it to the sled
+//! [`outbox::Outbox`] (so the bound counts bytes as they travel). The
 //! uplink ([`uplink`]) publishes what the outbox holds, QoS 1, on
 //! `edgefleet/v1/devices/{id}/telemetry`, and removes a record only when the hub's signed ack
 //! for its sequence number arrives on `…/ack`. Heartbeats go to `…/health`; the MQTT last will
@@ -43,6 +44,8 @@ pub struct Telemetry {
     key: SecretKey,
     registry: Arc<Registry>,
     health: Mutex<health::HealthSampler>,
+    /// When this run started (heartbeats and the last will carry it).
+    started_at: u64,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -65,6 +68,7 @@ impl Telemetry {
             key,
             registry,
             health: Mutex::new(health::HealthSampler::new(data_dir)),
+            started_at: crate::now(),
         }
     }
 
@@ -138,6 +142,7 @@ impl Telemetry {
             };
             Signed::sign(&record, &self.key, None)
                 .and_then(|s| s.to_bytes())
+                .map(|signed| edgefleet_common::telemetry::pack_record(&signed))
                 .map_err(AgentError::from)
         })?;
         tracing::debug!(seq, "telemetry window closed and queued");
@@ -158,6 +163,7 @@ impl Telemetry {
         let hb = Heartbeat {
             device_id: self.device_id.clone(),
             at: now,
+            started_at: self.started_at,
             online,
             health: online.then(|| self.sample_health()),
             active,

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use edgefleet_common::device::AssignmentBundle;
@@ -93,12 +93,15 @@ pub async fn run(
     let (client, mut eventloop) = AsyncClient::new(options, 64);
     // Bumped at every connection: the publisher then sends everything pending again.
     let connection = Arc::new(AtomicU64::new(0));
+    // Publishing while disconnected would only fill rumqttc's request channel.
+    let up = Arc::new(AtomicBool::new(false));
     let wake = Arc::new(tokio::sync::Notify::new());
 
     let events = {
-        let (client, connection, wake, telemetry, updater) = (
+        let (client, connection, up, wake, telemetry, updater) = (
             client.clone(),
             connection.clone(),
+            up.clone(),
             wake.clone(),
             telemetry.clone(),
             updater.clone(),
@@ -129,6 +132,7 @@ pub async fn run(
                             }
                         }
                         connection.fetch_add(1, Ordering::AcqRel);
+                        up.store(true, Ordering::Release);
                         wake.notify_one();
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -136,6 +140,7 @@ pub async fn run(
                     }
                     Ok(_) => {}
                     Err(e) => {
+                        up.store(false, Ordering::Release);
                         if was_up {
                             tracing::warn!(error = %e, "telemetry lost the MQTT broker; the outbox keeps records until it is back");
                             was_up = false;
@@ -157,7 +162,10 @@ pub async fn run(
         tokio::time::Instant::now() + settings.window,
         settings.window,
     );
+    // A late tick closes one window, not a burst of empty ones.
+    window_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heartbeat_tick = tokio::time::interval(settings.heartbeat);
+    heartbeat_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut publish_tick = tokio::time::interval(Duration::from_secs(1));
     let mut sent: HashMap<u64, Instant> = HashMap::new();
     let mut seen_connection = 0;
@@ -167,7 +175,7 @@ pub async fn run(
                 close_window(&telemetry);
             }
             _ = heartbeat_tick.tick() => {
-                if connection.load(Ordering::Acquire) > 0 {
+                if up.load(Ordering::Acquire) {
                     match telemetry.heartbeat(true, crate::now()) {
                         // Heartbeats are not precious: dropped if the channel is full.
                         Ok(hb) => { let _ = client.try_publish(topic::health(&id), QoS::AtLeastOnce, false, hb); }
@@ -180,7 +188,7 @@ pub async fn run(
             _ = shutdown.changed() => break,
         }
         let current = connection.load(Ordering::Acquire);
-        if current == 0 {
+        if !up.load(Ordering::Acquire) {
             continue;
         }
         if current != seen_connection {
@@ -240,10 +248,9 @@ async fn publish_pending(
                 "no ack yet; publishing again"
             );
         }
-        if let Err(e) = client
-            .publish(topic.clone(), QoS::AtLeastOnce, false, bytes)
-            .await
-        {
+        // Never waits: a full request channel means the connection is slow or gone, and the
+        // record stays in the outbox for the next round.
+        if let Err(e) = client.try_publish(topic.clone(), QoS::AtLeastOnce, false, bytes) {
             tracing::debug!(error = %e, "publish not queued");
             return;
         }

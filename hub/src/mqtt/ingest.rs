@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use edgefleet_common::drift::DriftConfig;
 use edgefleet_common::sketch::Profile;
 use edgefleet_common::telemetry::{
-    Heartbeat, TelemetryAck, TelemetryRecord, open_device_message, topic,
+    Heartbeat, TelemetryAck, TelemetryRecord, open_device_message, topic, unpack_record,
 };
 use edgefleet_common::{Error as WireError, Signed};
 
@@ -203,7 +203,16 @@ impl Ingest {
         payload: &[u8],
     ) -> Result<Option<(u64, Vec<(String, u64)>)>, Rejected> {
         let device = self.device(id, payload.len())?;
-        let record: TelemetryRecord = self.opened(&device, payload)?;
+        let limit = self.state.loaded.load().config.max_telemetry_bytes as usize;
+        let signed = unpack_record(payload, limit).map_err(|error| {
+            let reason = match error {
+                WireError::TooLarge { .. } => Rejected::Oversize,
+                _ => Rejected::Malformed,
+            };
+            tracing::warn!(device = %id, %error, reason = reason.label(), "telemetry message rejected");
+            reason
+        })?;
+        let record: TelemetryRecord = self.opened(&device, &signed)?;
         if record.device_id != id {
             tracing::warn!(device = %id, claims = %record.device_id, "telemetry published under another device's topic");
             return Err(Rejected::BadSignature);
@@ -278,16 +287,23 @@ impl Ingest {
             Rejected::Malformed
         })?;
         let now = crate::now();
-        // A last will is signed when the connection opens: an older will must not mark a
-        // device offline that has sent a heartbeat since.
-        if let Ok(Some(prev)) = self.telemetry.liveness(id)
-            && prev.at > hb.at
-        {
-            return Ok(());
+        // Heartbeats may arrive out of order: an older one changes nothing. A last will is
+        // signed when the agent starts, so it is older than the run's heartbeats; it counts
+        // unless a later run has been heard from (a late will of an earlier run).
+        if let Ok(Some(prev)) = self.telemetry.liveness(id) {
+            let stale = if hb.online {
+                prev.at > hb.at
+            } else {
+                prev.started_at > hb.started_at
+            };
+            if stale {
+                return Ok(());
+            }
         }
         let liveness = Liveness {
             online: hb.online,
             at: hb.at,
+            started_at: hb.started_at,
             received_at: now,
             health: hb.health,
             active: hb.active,

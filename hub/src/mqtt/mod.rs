@@ -94,7 +94,7 @@ pub async fn start(
             config.mqtt_password.clone().unwrap_or_default(),
         );
     }
-    let (client, mut eventloop) = AsyncClient::new(options, 256);
+    let (client, mut eventloop) = AsyncClient::new(options, 1024);
     let counters = Arc::new(IngestCounters::default());
     let mqtt = Arc::new(Mqtt {
         counters: counters.clone(),
@@ -176,9 +176,12 @@ pub async fn start(
                         let Some(bytes) = ingest.ack(&device, chunk.to_vec()) else {
                             continue;
                         };
+                        // Never waits: the connection task may itself be waiting for this
+                        // task to take the next message, and only it drains the client's
+                        // queue. An ack that does not fit is not lost work: the device sends
+                        // the record again and the duplicate is acked.
                         if client
-                            .publish(topic::ack(&device), QoS::AtLeastOnce, false, bytes)
-                            .await
+                            .try_publish(topic::ack(&device), QoS::AtLeastOnce, false, bytes)
                             .is_ok()
                         {
                             ingest
