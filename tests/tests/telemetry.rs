@@ -165,6 +165,62 @@ async fn windows_reach_the_hub_drift_is_detected_and_everything_is_exposed() {
         assert!(score(name) < 0.2, "{name}: {drift}");
     }
 
+    let one = get(
+        &hub,
+        &format!(
+            "models/{MODEL}/versions/1/drift?feature={}",
+            FEATURE_NAMES[0]
+        ),
+    )
+    .await;
+    assert_eq!(one["columns"].as_array().map(Vec::len), Some(1), "{one}");
+    // A bad range is refused with a reason.
+    let r = hub
+        .http
+        .get(hub.api(&format!("models/{MODEL}/versions/1/drift?from=10&to=5")))
+        .bearer_auth(&hub.token)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 400);
+
+    // Drift rules per model: PSI for numbers, KS for one column; nonsense is refused.
+    let put = |body: Value| {
+        hub.http
+            .put(hub.api(&format!("models/{MODEL}/drift-config")))
+            .bearer_auth(&hub.token)
+            .json(&body)
+            .send()
+    };
+    let r = put(serde_json::json!({
+        "numeric": {"method": "psi", "threshold": 0.2},
+        "columns": {(FEATURE_NAMES[1]): {"method": "ks", "threshold": 0.1}}
+    }))
+    .await
+    .expect("put");
+    assert!(
+        r.status().is_success(),
+        "{}",
+        r.text().await.unwrap_or_default()
+    );
+    let d = get(&hub, &format!("models/{MODEL}/versions/1/drift")).await;
+    let method = |i: usize| {
+        d["columns"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["column"] == FEATURE_NAMES[i]))
+            .map(|c| c["method"].clone())
+    };
+    assert_eq!(method(0), Some("psi".into()), "{d}");
+    assert_eq!(method(1), Some("ks".into()), "{d}");
+    for bad in [
+        serde_json::json!({"numeric": {"method": "psi", "threshold": -1.0}}),
+        serde_json::json!({"numeric": {"method": "magic", "threshold": 0.1}}),
+        serde_json::json!({"numerics": {}}),
+    ] {
+        let r = put(bad.clone()).await.expect("put");
+        assert!(r.status().is_client_error(), "{bad} -> {}", r.status());
+    }
+
     // Device detail: health, liveness, latest window with its drift.
     let device = eventually("a heartbeat and a window", || async {
         let d = get(&hub, "devices/shop-1").await;

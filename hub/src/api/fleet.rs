@@ -26,6 +26,8 @@ pub struct RangeQuery {
     to: Option<u64>,
     /// A device tag: only devices with it (default: the whole fleet).
     tag: Option<String>,
+    /// One input or output column (default: all).
+    feature: Option<String>,
 }
 
 /// Drift of one model version over a time range.
@@ -70,7 +72,7 @@ fn drift_of(
     Ok((reference.is_some(), columns))
 }
 
-/// `GET /api/v1/models/{name}/versions/{version}/drift?from=&to=&tag=`
+/// `GET /api/v1/models/{name}/versions/{version}/drift?from=&to=&tag=&feature=`
 pub async fn drift(
     _: Admin,
     State(s): State<SharedState>,
@@ -93,7 +95,11 @@ pub async fn drift(
         None => ALL.to_owned(),
     };
     let merged = s.telemetry.aggregate(&model, version, &scope, from, to)?;
-    let (has_reference, columns) = drift_of(&s, &s.telemetry, &model, version, merged.as_ref())?;
+    let (has_reference, mut columns) =
+        drift_of(&s, &s.telemetry, &model, version, merged.as_ref())?;
+    if let Some(f) = &q.feature {
+        columns.retain(|c| &c.column == f);
+    }
     Ok(Json(DriftReport {
         drifted: columns
             .iter()
