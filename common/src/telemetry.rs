@@ -230,8 +230,16 @@ impl TelemetryRecord {
         let mut out = Vec::with_capacity(self.models.len());
         for w in &self.models {
             name::validate(&w.model)?;
-            if out.iter().any(|d: &DecodedWindow| d.model == w.model) {
-                return Err(invalid(format!("model {} appears twice", w.model)));
+            // The same model twice is normal (an update mid-window: the old version's
+            // requests, then the new one's); the same version twice is not.
+            if out
+                .iter()
+                .any(|d: &DecodedWindow| d.model == w.model && d.version == w.version)
+            {
+                return Err(invalid(format!(
+                    "model {} v{} appears twice",
+                    w.model, w.version
+                )));
             }
             let profile = Profile::from_bytes(&w.profile)
                 .map_err(|e| invalid(format!("model {}: profile: {e}", w.model)))?;
@@ -544,6 +552,32 @@ mod tests {
             let err = r.validate().expect_err("refused").to_string();
             assert!(err.contains(want), "{err} lacks {want}");
         }
+        // An update mid-window: the same model at two versions is one valid record; the same
+        // version twice is not.
+        let window = |version| ModelWindow {
+            model: "demand".into(),
+            version,
+            profile: Profile::new(&[], 200).expect("empty").to_bytes(),
+            latency: LatencySketch::default().into(),
+            requests: 1,
+            errors: 0,
+        };
+        let upgrade = TelemetryRecord {
+            models: vec![window(1), window(2)],
+            ..record()
+        };
+        assert_eq!(upgrade.validate().expect("valid").len(), 2);
+        let twice = TelemetryRecord {
+            models: vec![window(2), window(2)],
+            ..record()
+        };
+        assert!(
+            twice
+                .validate()
+                .expect_err("refused")
+                .to_string()
+                .contains("twice")
+        );
     }
 
     #[test]

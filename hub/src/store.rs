@@ -209,6 +209,25 @@ impl Store {
         Ok(())
     }
 
+    /// Sets `last_seen` alone (compare-and-swap), so a concurrent re-enrollment or status
+    /// report is never overwritten with an older copy of the record.
+    pub fn touch_device(&self, id: &str, now: u64) -> HubResult<()> {
+        loop {
+            let Some(current) = self.devices.get(id)? else {
+                return Ok(());
+            };
+            let mut d: DeviceRecord = decode(&current)?;
+            d.last_seen = Some(now);
+            if self
+                .devices
+                .compare_and_swap(id, Some(current), Some(encode(&d)?))?
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
+    }
+
     pub fn devices(&self) -> HubResult<Vec<DeviceRecord>> {
         self.devices.iter().values().map(|v| decode(&v?)).collect()
     }

@@ -373,6 +373,24 @@ fn record(device: &str, seq: u64) -> TelemetryRecord {
     }
 }
 
+fn ghost_model(device: &str) -> TelemetryRecord {
+    let mut r = record(device, 1);
+    r.models[0].model = "ghost".into();
+    r
+}
+
+fn wrong_columns(device: &str) -> TelemetryRecord {
+    let mut r = record(device, 2);
+    let schema = [ColumnSpec {
+        name: "not_a_feature".into(),
+        kind: ColumnKind::Numeric,
+    }];
+    let mut p = Profile::new(&schema, 200).expect("profile");
+    p.update_row(&[1.0]).expect("row");
+    r.models[0].profile = p.to_bytes();
+    r
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn spoofed_garbage_oversize_and_unknown_messages_are_counted_and_the_hub_keeps_serving() {
     let hub = Hub::start_mqtt().await;
@@ -408,6 +426,16 @@ async fn spoofed_garbage_oversize_and_unknown_messages_are_counted_and_the_hub_k
                 signed(&record("shop-b", 1), &b_key),
             ),
             (topic::telemetry("shop-a"), b"garbage".to_vec()),
+            // shop-b's own records, but of a model the hub does not have, and with columns
+            // the manifest does not name (it would set the hour's schema for everyone).
+            (
+                topic::telemetry("shop-b"),
+                signed(&ghost_model("shop-b"), &b_key),
+            ),
+            (
+                topic::telemetry("shop-b"),
+                signed(&wrong_columns("shop-b"), &b_key),
+            ),
             (topic::telemetry("shop-a"), vec![0u8; max + 1]),
             // Small on the wire, far over the limit inflated.
             (
@@ -429,7 +457,8 @@ async fn spoofed_garbage_oversize_and_unknown_messages_are_counted_and_the_hub_k
         (r["bad_signature"].as_u64() >= Some(2)
             && r["malformed"].as_u64() >= Some(2)
             && r["oversize"].as_u64() >= Some(2)
-            && r["unknown_device"].as_u64() >= Some(1))
+            && r["unknown_device"].as_u64() >= Some(1)
+            && r["unknown_model"].as_u64() >= Some(2))
         .then_some(f)
     })
     .await;
@@ -755,4 +784,49 @@ async fn a_taken_mqtt_port_is_an_error_that_says_what_to_do() {
         assert!(stderr.contains(needle), "{needle}: {stderr}");
     }
     drop(taken);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_update_mid_window_reports_both_versions() {
+    let hub = Hub::start_mqtt().await;
+    push_with_reference(&hub, 1).await;
+    // Long windows: the swap to v2 happens inside one, which then holds both versions.
+    hub.assign("shop-u", MODEL, 1).await;
+    let agent = Agent::start_with(&hub, "shop-u", tempfile::tempdir().expect("tmp"), |c| {
+        fast_telemetry(c);
+        c.telemetry_window_secs = 4;
+    })
+    .await;
+    let http = reqwest::Client::new();
+    serve_model(&agent, &http).await;
+    send(&http, &agent.url, 5, 0.0).await;
+    push_with_reference(&hub, 2).await;
+    hub.assign("shop-u", MODEL, 2).await;
+    eventually("v2 served", || async {
+        infer_ok(&http, &agent.url, MODEL, &traffic(1, 9, 0.0))
+            .await
+            .filter(|(v, _)| *v == 2)
+    })
+    .await;
+    send(&http, &agent.url, 5, 0.0).await;
+    let windows = |version: u64| {
+        let hub = &hub;
+        async move {
+            get(hub, &format!("models/{MODEL}/versions/{version}/drift")).await["requests"]
+                .as_u64()
+                .filter(|&n| n > 0)
+        }
+    };
+    eventually("v1's requests at the hub", || windows(1)).await;
+    eventually("v2's requests at the hub", || windows(2)).await;
+    let d = get(&hub, "devices/shop-u").await;
+    let models = d["telemetry"]["models"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let fleet = get(&hub, "fleet/metrics").await;
+    assert_eq!(fleet["ingest"]["rejected"]["malformed"], 0, "{fleet}");
+    assert_eq!(fleet["ingest"]["rejected"]["unknown_model"], 0, "{fleet}");
+    assert!(!models.is_empty(), "{d}");
+    agent.stop().await;
 }

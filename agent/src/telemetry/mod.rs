@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use edgefleet_common::SecretKey;
 use edgefleet_common::Signed;
 use edgefleet_common::device::ModelRef;
-use edgefleet_common::telemetry::{Heartbeat, ModelWindow, TelemetryRecord};
+use edgefleet_common::telemetry::{self, Heartbeat, ModelWindow, TelemetryRecord};
 
 use crate::error::{AgentError, AgentResult};
 use crate::serve::Registry;
@@ -129,22 +129,61 @@ impl Telemetry {
             })
             .collect();
         let health = self.sample_health();
-        let seq = self.outbox.append(|seq, outbox| {
-            let record = TelemetryRecord {
-                device_id: self.device_id.clone(),
-                seq,
-                window_start: window_start.min(now),
-                window_end: now,
-                models,
-                health,
-                outbox,
-                agent_version: AGENT_VERSION.into(),
-            };
-            Signed::sign(&record, &self.key, None)
-                .and_then(|s| s.to_bytes())
-                .map(|signed| edgefleet_common::telemetry::pack_record(&signed))
-                .map_err(AgentError::from)
-        })?;
+        let build = |models: Vec<ModelWindow>| {
+            let health = health.clone();
+            move |seq, outbox| -> AgentResult<Vec<u8>> {
+                let record = TelemetryRecord {
+                    device_id: self.device_id.clone(),
+                    seq,
+                    window_start: window_start.min(now),
+                    window_end: now,
+                    models,
+                    health,
+                    outbox,
+                    agent_version: AGENT_VERSION.into(),
+                };
+                let packed = Signed::sign(&record, &self.key, None)
+                    .and_then(|s| s.to_bytes())
+                    .map(|signed| telemetry::pack_record(&signed))?;
+                if packed.len() > telemetry::DEFAULT_MAX_RECORD_BYTES {
+                    return Err(AgentError::Other(format!(
+                        "a telemetry record of {} bytes is over the {} the hub accepts",
+                        packed.len(),
+                        telemetry::DEFAULT_MAX_RECORD_BYTES
+                    )));
+                }
+                Ok(packed)
+            }
+        };
+        // One record for the window; if it would be over the hub's limit (many models, very
+        // wide ones), one record per model; a single model's window over the limit can never
+        // be accepted and is dropped, counted.
+        let estimate: usize = models
+            .iter()
+            .map(|m| m.profile.len() + m.latency.len())
+            .sum();
+        let seq = if estimate < telemetry::DEFAULT_MAX_RECORD_BYTES * 3 / 4 || models.len() == 1 {
+            match self.outbox.append(build(models)) {
+                Ok(seq) => seq,
+                Err(e) => {
+                    self.outbox.count_dropped(1);
+                    return Err(e);
+                }
+            }
+        } else {
+            let mut last = 0;
+            for m in models {
+                let (name, version) = (m.model.clone(), m.version);
+                match self.outbox.append(build(vec![m])) {
+                    Ok(seq) => last = seq,
+                    Err(error) => {
+                        self.outbox.count_dropped(1);
+                        tracing::error!(%error, model = %name, version, "telemetry window dropped");
+                    }
+                }
+            }
+            last
+        };
         tracing::debug!(seq, "telemetry window closed and queued");
         Ok(Some(seq))
     }

@@ -146,6 +146,12 @@ impl Outbox {
                 Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(|e| sled_err(format!("{e:?}")))?;
+        // The transaction is in: the counters follow it whatever the flush says, so a
+        // sequence number is never handed out twice.
+        c.next_seq = seq + 1;
+        c.bytes = c.bytes - freed + len;
+        c.count = c.count - evict.len() as u64 + 1;
+        c.dropped = dropped;
         self.db.flush().map_err(sled_err)?;
         if !evict.is_empty() {
             tracing::warn!(
@@ -155,11 +161,18 @@ impl Outbox {
                 "telemetry outbox full: dropped the oldest records"
             );
         }
-        c.next_seq = seq + 1;
-        c.bytes = c.bytes - freed + len;
-        c.count = c.count - evict.len() as u64 + 1;
-        c.dropped = dropped;
         Ok(seq)
+    }
+
+    /// Counts records that never made it in (a window that could not be recorded).
+    pub fn count_dropped(&self, n: u64) {
+        let Ok(mut c) = self.counters() else {
+            return;
+        };
+        c.dropped += n;
+        if let Err(error) = self.meta.insert(DROPPED, &c.dropped.to_be_bytes()) {
+            tracing::warn!(%error, "cannot store the outbox drop count");
+        }
     }
 
     /// Records in sequence order, starting after `after`, at most `limit`.

@@ -97,6 +97,25 @@ pub async fn run(
     let up = Arc::new(AtomicBool::new(false));
     let wake = Arc::new(tokio::sync::Notify::new());
 
+    let (pushed, mut pushed_rx) = tokio::sync::watch::channel::<Option<AssignmentBundle>>(None);
+    let applier = {
+        let updater = updater.clone();
+        tokio::spawn(async move {
+            let mut last: Option<AssignmentBundle> = None;
+            while pushed_rx.changed().await.is_ok() {
+                let Some(bundle) = pushed_rx.borrow_and_update().clone() else {
+                    continue;
+                };
+                if last.as_ref() == Some(&bundle) {
+                    continue;
+                }
+                if let Err(e) = updater.apply_pushed(&bundle, crate::now()).await {
+                    tracing::warn!(error = %e, "pushed assignment not applied; polling continues");
+                }
+                last = Some(bundle);
+            }
+        })
+    };
     let events = {
         let (client, connection, up, wake, telemetry, updater) = (
             client.clone(),
@@ -136,7 +155,8 @@ pub async fn run(
                         wake.notify_one();
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        on_publish(&telemetry, &updater, &p.topic, &p.payload, &wake).await;
+                        on_publish(&telemetry, &updater, &p.topic, &p.payload, &wake, &pushed)
+                            .await;
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -194,12 +214,19 @@ pub async fn run(
         if current != seen_connection {
             seen_connection = current;
             sent.clear();
+            // Online at once on every (re)connect: the hub hears of a new run without waiting
+            // a heartbeat interval, and a will published for the previous connection is
+            // overridden.
+            if let Ok(hb) = telemetry.heartbeat(true, crate::now()) {
+                let _ = client.try_publish(topic::health(&id), QoS::AtLeastOnce, false, hb);
+            }
         }
         publish_pending(&telemetry, &client, &mut sent, settings.resend_after).await;
     }
     close_window(&telemetry);
     let _ = client.try_disconnect();
     events.abort();
+    applier.abort();
 }
 
 fn close_window(telemetry: &Telemetry) {
@@ -267,6 +294,7 @@ async fn on_publish(
     topic_name: &str,
     payload: &[u8],
     wake: &tokio::sync::Notify,
+    pushed: &tokio::sync::watch::Sender<Option<AssignmentBundle>>,
 ) {
     let id = telemetry.device_id.as_str();
     let now = crate::now();
@@ -293,13 +321,9 @@ async fn on_publish(
         }
         match encoding::from_bytes::<AssignmentBundle>("assignment bundle", payload) {
             Ok(bundle) => {
-                let updater = updater.clone();
-                // Applying may download a model: not on the event loop.
-                tokio::spawn(async move {
-                    if let Err(e) = updater.apply_pushed(&bundle, crate::now()).await {
-                        tracing::warn!(error = %e, "pushed assignment not applied; polling continues");
-                    }
-                });
+                // Applying may download a model: a single worker does it, off the event
+                // loop, always on the latest bundle (older ones pushed meanwhile are skipped).
+                let _ = pushed.send(Some(bundle));
             }
             Err(e) => tracing::warn!(error = %e, "ignored a malformed pushed assignment"),
         }

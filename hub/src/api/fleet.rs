@@ -253,8 +253,16 @@ fn fleet_metrics(s: &SharedState) -> HubResult<FleetMetrics> {
         .telemetry
         .versions_with_data(now.saturating_sub(HOUR) / HOUR * HOUR, now + 1)?
         .into_iter()
-        .map(|(m, v)| summary(s, &s.telemetry, &m, v, now))
-        .collect::<HubResult<Vec<_>>>()?;
+        // One version that cannot be summarised (its model record gone) must not take the
+        // whole fleet view down with it.
+        .filter_map(|(m, v)| {
+            summary(s, &s.telemetry, &m, v, now)
+                .map_err(
+                    |error| tracing::warn!(%error, model = %m, version = v, "no fleet summary"),
+                )
+                .ok()
+        })
+        .collect::<Vec<_>>();
     Ok(FleetMetrics {
         devices: DeviceCounts {
             enrolled: devices.len(),

@@ -34,10 +34,11 @@ pub enum Rejected {
     Stale,
     Unmergeable,
     UnknownTopic,
+    UnknownModel,
 }
 
 impl Rejected {
-    pub const ALL: [Rejected; 7] = [
+    pub const ALL: [Rejected; 8] = [
         Rejected::Oversize,
         Rejected::UnknownDevice,
         Rejected::BadSignature,
@@ -45,6 +46,7 @@ impl Rejected {
         Rejected::Stale,
         Rejected::Unmergeable,
         Rejected::UnknownTopic,
+        Rejected::UnknownModel,
     ];
 
     pub fn label(self) -> &'static str {
@@ -56,6 +58,7 @@ impl Rejected {
             Rejected::Stale => "stale",
             Rejected::Unmergeable => "unmergeable",
             Rejected::UnknownTopic => "unknown_topic",
+            Rejected::UnknownModel => "unknown_model",
         }
     }
 }
@@ -68,7 +71,7 @@ pub struct IngestCounters {
     pub heartbeats: AtomicU64,
     pub acks: AtomicU64,
     pub bytes: AtomicU64,
-    rejected: [AtomicU64; 7],
+    rejected: [AtomicU64; 8],
 }
 
 impl IngestCounters {
@@ -94,6 +97,8 @@ pub struct Ingest {
     pub telemetry: TelemetryStore,
     pub counters: Arc<IngestCounters>,
     references: HashMap<(String, u64), Option<Profile>>,
+    /// Column names per model version, from its manifest.
+    schemas: HashMap<(String, u64), Vec<String>>,
 }
 
 /// What a batch produced: acks to publish, model versions whose fleet summary changed.
@@ -114,6 +119,7 @@ impl Ingest {
             telemetry,
             counters,
             references: HashMap::new(),
+            schemas: HashMap::new(),
         }
     }
 
@@ -233,6 +239,13 @@ impl Ingest {
             self.counters.reject(Rejected::Stale);
             return Ok(Some((seq, vec![])));
         }
+        for w in &windows {
+            if let Err(reason) = self.check_schema(w) {
+                tracing::warn!(device = %id, seq, model = %w.model, version = w.version, %reason, "telemetry window refused (acked, not stored)");
+                self.counters.reject(Rejected::UnknownModel);
+                return Ok(Some((seq, vec![])));
+            }
+        }
         let mut references = crate::telemetry::References::new();
         for w in &windows {
             let key = (w.model.clone(), w.version);
@@ -325,10 +338,43 @@ impl Ingest {
         if device.last_seen.is_some_and(|t| t + 30 > now) {
             return; // Written at most every 30 s per device.
         }
-        let mut d = device.clone();
-        d.last_seen = Some(now);
-        if let Err(error) = self.state.store.put_device(&d) {
+        if let Err(error) = self.state.store.touch_device(&device.id, now) {
             tracing::warn!(%error, "cannot update last_seen");
+        }
+    }
+
+    /// A window must be of a model version the hub has, with exactly the columns that
+    /// version's manifest names (the rule agents profile by): otherwise it could set the
+    /// schema of an hour's aggregate and make every honest window unmergeable.
+    fn check_schema(
+        &mut self,
+        w: &edgefleet_common::telemetry::DecodedWindow,
+    ) -> Result<(), String> {
+        let key = (w.model.clone(), w.version);
+        if !self.schemas.contains_key(&key) {
+            let manifest = self
+                .state
+                .store
+                .model(&w.model, w.version)
+                .ok()
+                .flatten()
+                .and_then(|m| m.manifest.decode_unverified().ok())
+                .ok_or_else(|| format!("the hub has no model {} v{}", w.model, w.version))?;
+            let names = edgefleet_common::sketch::model_columns(&manifest)
+                .into_iter()
+                .map(|c| c.name)
+                .collect();
+            self.schemas.insert(key.clone(), names);
+        }
+        let expected = &self.schemas[&key];
+        let got: Vec<&str> = w.profile.columns.iter().map(|c| c.name.as_str()).collect();
+        // An agent that could not profile (unusable names) sends no columns at all.
+        if got.is_empty() || got.iter().copied().eq(expected.iter().map(String::as_str)) {
+            Ok(())
+        } else {
+            Err(format!(
+                "columns {got:?} are not the manifest's {expected:?}"
+            ))
         }
     }
 
