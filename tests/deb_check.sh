@@ -16,8 +16,11 @@ trap 'rm -rf "$ROOT"' EXIT
 mkdir -p "$ROOT/var/lib/dpkg/info" "$ROOT/var/lib/dpkg/updates" "$ROOT/var/lib/dpkg/triggers"
 touch "$ROOT/var/lib/dpkg/status"
 fail() { echo "deb check failed: $*" >&2; exit 1; }
+# One workspace build, then cargo-deb packages what it built: left to build each package alone,
+# cargo-deb would unify features per package and recompile most dependencies twice.
+cargo build --quiet --workspace --bins --profile "$PROFILE"
 for c in agent hub; do
-  deb=$(cargo deb --quiet -p "edgefleet-$c" --profile "$PROFILE" 2>/dev/null | tail -n1)
+  deb=$(cargo deb --quiet --no-build -p "edgefleet-$c" --profile "$PROFILE" 2>/dev/null | tail -n1)
   [ -f "$deb" ] || fail "cargo deb produced no package for $c"
   echo "== $deb ($(stat -c %s "$deb") bytes)"
   contents=$(dpkg-deb -c "$deb")
