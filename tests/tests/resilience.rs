@@ -95,7 +95,7 @@ async fn a_clock_that_jumps_does_not_stop_serving() {
         .flatten()
         .map(|d| d.path().join("faketime/libfaketimeMT.so.1"))
         .find(|p| p.exists())
-        .expect("libfaketime is needed (Debian package faketime); .ci/run installs it");
+        .expect("libfaketime is needed (Debian package faketime); tests/run.sh installs it");
     let hub = Hub::start().await;
     hub.push_mlp("demand", 1, 1).await;
     hub.assign("shop-1", "demand", 1).await;

@@ -23,7 +23,7 @@ fn exposure(unit: &Path) -> f64 {
         .args(["security", "--offline=yes", "--no-pager"])
         .arg(unit)
         .output()
-        .expect("systemd-analyze is needed (Debian package systemd); .ci/run installs it");
+        .expect("systemd-analyze is needed (Debian package systemd); tests/run.sh installs it");
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text
         .lines()

@@ -566,7 +566,7 @@ fn mosquitto(port: u16) -> Option<tokio::process::Child> {
 async fn an_external_mosquitto_restart_loses_nothing() {
     let port = free_addr().port();
     let Some(mut broker) = mosquitto(port) else {
-        panic!("mosquitto is not installed: .ci/run installs it (apt-get install mosquitto)");
+        panic!("mosquitto is not installed: tests/run.sh installs it (apt-get install mosquitto)");
     };
     let url = format!("mqtt://127.0.0.1:{port}");
     eventually("mosquitto to listen", || async {
@@ -613,7 +613,7 @@ async fn the_machines_mosquitto_on_1883_carries_telemetry_when_it_runs() {
         .is_err()
     {
         eprintln!(
-            "SKIPPED the Mosquitto interop run: no MQTT broker at 127.0.0.1:1883 (.ci/run starts one)"
+            "SKIPPED the Mosquitto interop run: no MQTT broker at 127.0.0.1:1883 (tests/run.sh starts one)"
         );
         return;
     }
