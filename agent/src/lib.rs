@@ -83,6 +83,7 @@ pub async fn run_reloadable(
         active: Mutex::new(active),
         last_error: Mutex::new(None),
         applying: Mutex::new(()),
+        stale_assignments: Default::default(),
         config: arc_swap::ArcSwap::from_pointee(config.clone()),
     });
     {

@@ -3,6 +3,7 @@
 //! backoff and jitter.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use edgefleet_common::device::{AssignmentBundle, DeviceStatus, ModelRef};
@@ -29,6 +30,9 @@ pub struct Updater {
     /// Held while a bundle is applied: bundles pushed over MQTT and polled over HTTP may
     /// arrive together, and one model must not be installed twice at once.
     pub applying: Mutex<()>,
+    /// Older assignments that arrived after a newer one for the version already served,
+    /// ignored without an error (see `apply_one`).
+    pub stale_assignments: AtomicU64,
 }
 
 /// Test-only fault point (see ARCHITECTURE.md): abort between staging and activation.
@@ -221,6 +225,15 @@ impl Updater {
             .unwrap_or(0);
         let current = self.active.lock().await.models.get(&a.model).copied();
         if a.serial < last {
+            if current.map(|c| c.version) == Some(a.version) {
+                // An older bundle arriving after a newer one for the version already served:
+                // the HTTP long-poll and the retained MQTT bundle race, and a re-issued
+                // assignment overtakes its predecessor. Nothing to do and nothing wrong with
+                // the device, so it is not its error; a replay naming another version is.
+                let stale = self.stale_assignments.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::debug!(model = %a.model, version = a.version, serial = a.serial, newest = last, stale, "older assignment for the version already served; ignored");
+                return Ok(());
+            }
             return Err(AgentError::Assignment(format!(
                 "serial {} is older than {last}, already applied for {} (replayed assignment)",
                 a.serial, a.model

@@ -94,6 +94,7 @@ pub async fn run_reloadable(
         stopping: Default::default(),
         telemetry: telemetry::TelemetryStore::open(store.db())?,
         mqtt: Default::default(),
+        issuing: Default::default(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if state.loaded.load().config.mqtt_enabled {

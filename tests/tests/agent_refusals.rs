@@ -113,6 +113,7 @@ async fn updater(hub: &Hub, id: &str, dir: &std::path::Path) -> Updater {
         active: Mutex::new(Default::default()),
         last_error: Mutex::new(None),
         applying: Mutex::new(()),
+        stale_assignments: Default::default(),
     }
 }
 
@@ -230,4 +231,90 @@ async fn hub_signed_assignment_is_refused_once_the_delegation_expired() {
         .to_string();
     assert!(e.contains("delegation expired"), "{e}");
     u.apply(&bundle, now()).await.expect("valid now");
+}
+
+/// The HTTP long-poll and the retained MQTT bundle race: an older assignment for the version
+/// the device already serves may arrive after a newer one. That is ignored and counted, not
+/// reported as the device's error. A lower serial for a version the device does not serve is
+/// still a replay: refused and reported.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_older_bundle_for_the_served_version_is_ignored_and_a_replay_is_still_reported() {
+    let hub = Hub::start().await;
+    hub.push_mlp("demand", 1, 1).await;
+    hub.push_mlp("demand", 2, 2).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let u = updater(&hub, "shop-1", dir.path()).await;
+    let now = now();
+    let a = |version: u64, serial: u64, digest: Digest| Assignment {
+        target: Target::Device("shop-1".into()),
+        model: "demand".into(),
+        version,
+        manifest_digest: digest,
+        serial,
+        issued_at: now,
+        expires_at: now + 3600,
+    };
+    let (d1, d2) = (
+        manifest_digest(&hub, "demand", 1).await,
+        manifest_digest(&hub, "demand", 2).await,
+    );
+    let stale = |u: &Updater| {
+        u.stale_assignments
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+
+    // In order: the older serial first, then the newer one for the same version.
+    u.apply_pushed(&bundle(a(1, 10, d1), &hub.root), now)
+        .await
+        .expect("v1, serial 10");
+    u.apply_pushed(&bundle(a(1, 11, d1), &hub.root), now)
+        .await
+        .expect("v1, serial 11");
+    assert_eq!(stale(&u), 0);
+    assert_eq!(u.trust.lock().await.serials["demand"], 11);
+
+    // Out of order: serial 10 arrives again after 11.
+    u.apply_pushed(&bundle(a(1, 10, d1), &hub.root), now)
+        .await
+        .expect("an older bundle for the served version is not an error");
+    assert_eq!(stale(&u), 1, "counted");
+    assert_eq!(*u.last_error.lock().await, None);
+    assert_eq!(u.trust.lock().await.serials["demand"], 11, "serial kept");
+    assert_eq!(
+        u.registry.get("demand").expect("served").manifest.version,
+        1
+    );
+    // The hub's view of the device (each apply_pushed reports its status): healthy, on v1.
+    let shop = eventually("shop-1's report of v1", || async {
+        let d = hub.device("shop-1").await?;
+        (d["status"]["active"][0]["version"] == 1).then_some(d)
+    })
+    .await;
+    assert_eq!(
+        shop["status"]["last_error"],
+        serde_json::Value::Null,
+        "{shop}"
+    );
+
+    // A lower serial naming a version the device does not serve: a replay, refused, reported.
+    let e = u
+        .apply_pushed(&bundle(a(2, 9, d2), &hub.root), now)
+        .await
+        .expect_err("a replay")
+        .to_string();
+    assert!(e.contains("replayed"), "{e}");
+    assert_eq!(stale(&u), 1, "a replay is not counted as stale");
+    assert!(
+        u.last_error
+            .lock()
+            .await
+            .as_deref()
+            .is_some_and(|e| e.contains("replayed"))
+    );
+    hub.wait_error("shop-1", "replayed").await;
+    assert_eq!(
+        u.registry.get("demand").expect("served").manifest.version,
+        1,
+        "still serving v1"
+    );
 }

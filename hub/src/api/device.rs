@@ -260,6 +260,8 @@ pub async fn list_desired(
 /// Builds the device's signed assignments, reusing issued ones while they still match and are
 /// fresh, so the bundle's bytes (and so its ETag) only change when something changed.
 pub(crate) fn bundle_for(s: &SharedState, device: &DeviceRecord) -> HubResult<AssignmentBundle> {
+    // A poisoned lock only means another issuer panicked; the store is transactional.
+    let _issuing = s.issuing.lock().unwrap_or_else(|p| p.into_inner());
     let now = crate::now();
     // One snapshot: every assignment of the bundle is signed under the same keys and settings.
     let loaded = s.loaded.load();

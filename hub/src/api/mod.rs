@@ -40,6 +40,10 @@ pub struct AppState {
     pub telemetry: crate::telemetry::TelemetryStore,
     /// The MQTT side, once started (never, with `mqtt_enabled = false`).
     pub mqtt: std::sync::OnceLock<std::sync::Arc<crate::mqtt::Mqtt>>,
+    /// Held while assignments are issued: the MQTT push and a device's HTTP long-poll build
+    /// the same device's bundle at the same moment, and without it both would allocate a
+    /// serial for the same version (the device then sees the lower one as a replay).
+    pub issuing: std::sync::Mutex<()>,
 }
 
 pub type SharedState = Arc<AppState>;
