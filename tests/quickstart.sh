@@ -4,7 +4,13 @@
 #
 #   tests/quickstart.sh                 # builds (debug), runs until Ctrl-C
 #   EDGEFLEET_DEMO_EXIT=1 tests/quickstart.sh   # exits after the first inference (CI does this)
-#   EDGEFLEET_DEMO_THEN='cmd' tests/quickstart.sh  # runs cmd with EDGEFLEET_AGENT_ADDR set, then exits
+#   EDGEFLEET_DEMO_THEN='cmd' tests/quickstart.sh  # runs cmd, then exits with its status
+#
+# The command runs with EDGEFLEET_HUB and EDGEFLEET_TOKEN (the CLI's), and EDGEFLEET_DEMO_AGENT_ADDR,
+# EDGEFLEET_DEMO_AGENT_PID, EDGEFLEET_DEMO_DIR, EDGEFLEET_DEMO_BIN, EDGEFLEET_DEMO_ENROLL (the
+# enrollment token) and EDGEFLEET_DEMO_MQTT_PORT set. None of them starts with EDGEFLEET_AGENT_ or
+# EDGEFLEET_HUB_, the config prefixes, so an agent or hub started from the command is not
+# refused for an unknown variable.
 #
 # Everything lives in $EDGEFLEET_DEMO_DIR (default: a new temp dir). Ports are chosen by the OS
 # (the hub and agent bind 127.0.0.1:0 and log their address), so nothing clashes with services
@@ -99,8 +105,10 @@ echo
 ef devices
 
 if [ -n "${EDGEFLEET_DEMO_THEN:-}" ]; then
-  echo "==> running: $EDGEFLEET_DEMO_THEN (EDGEFLEET_AGENT_ADDR=$AGENT_ADDR)"
-  EDGEFLEET_AGENT_ADDR=$AGENT_ADDR EDGEFLEET_AGENT_PID=$AGENT_PID bash -c "$EDGEFLEET_DEMO_THEN"
+  echo "==> running: $EDGEFLEET_DEMO_THEN (EDGEFLEET_DEMO_AGENT_ADDR=$AGENT_ADDR)"
+  EDGEFLEET_DEMO_AGENT_ADDR=$AGENT_ADDR EDGEFLEET_DEMO_AGENT_PID=$AGENT_PID \
+  EDGEFLEET_DEMO_DIR=$DIR EDGEFLEET_DEMO_BIN=$BIN EDGEFLEET_DEMO_ENROLL=$ENROLL \
+  EDGEFLEET_DEMO_MQTT_PORT=$MQTT_PORT bash -c "$EDGEFLEET_DEMO_THEN"
   exit $?
 fi
 if [ "${EDGEFLEET_DEMO_EXIT:-0}" = 1 ]; then
