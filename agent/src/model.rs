@@ -187,10 +187,11 @@ impl LoadedModel {
     }
 
     /// Every name in `wanted` must be a declared output.
-    pub fn check_outputs(&self, wanted: &[String]) -> Result<(), String> {
+    pub fn check_outputs(&self, wanted: &[impl AsRef<str>]) -> Result<(), String> {
         match wanted
             .iter()
-            .find(|w| !self.manifest.outputs.iter().any(|s| &s.name == *w))
+            .map(AsRef::as_ref)
+            .find(|w| !self.manifest.outputs.iter().any(|s| s.name == *w))
         {
             Some(w) => Err(format!(
                 "unknown output {w:?}; the model's outputs are {:?}",

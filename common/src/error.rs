@@ -47,6 +47,9 @@ pub enum Error {
     Rotation(String),
     #[error("invalid manifest: {0}")]
     InvalidManifest(String),
+    /// Tensor data that does not fit its datatype or shape; the message names the element.
+    #[error("{0}")]
+    InvalidTensorData(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

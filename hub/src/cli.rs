@@ -8,7 +8,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use edgefleet_common::manifest::ModelFormat;
 use edgefleet_common::trust::{Delegation, Permission, RootRotation};
 use edgefleet_common::{
-    ArtifactRef, Digest, Lineage, ModelManifest, Signed, SmokeTest, TensorSpec, name,
+    ArtifactRef, DataType, Digest, Lineage, ModelManifest, Signed, SmokeTest, Tensor, TensorData,
+    TensorSpec, name,
 };
 use serde::Deserialize;
 
@@ -171,9 +172,77 @@ struct Spec {
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
     #[serde(default)]
-    smoke_tests: Vec<SmokeTest>,
+    smoke_tests: Vec<SpecSmokeTest>,
     #[serde(default)]
     lineage: Lineage,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpecSmokeTest {
+    inputs: Vec<SpecTensor>,
+    expected: Vec<SpecTensor>,
+    /// Absolute tolerance per element.
+    tolerance: f64,
+}
+
+/// A smoke-test tensor as a user writes it: like a tensor of an inference request
+/// (`"datatype": "FP32", "data": [...]`, flat or nested, row-major), or in the older form
+/// with the datatype as the data's key (`"data": {"Fp32": [...]}`), which is still read.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpecTensor {
+    name: String,
+    shape: Vec<u64>,
+    datatype: Option<String>,
+    data: serde_json::Value,
+}
+
+/// Largest smoke-test tensor read from a spec (the spec file itself is bounded too).
+const MAX_SPEC_ELEMENTS: usize = 1 << 20;
+
+impl SpecTensor {
+    fn into_tensor(self) -> anyhow::Result<Tensor> {
+        let name = self.name;
+        let expected_form = "write it like a tensor of an inference request: \
+             {\"name\": …, \"shape\": [1, 8], \"datatype\": \"FP32\", \"data\": [0.1, …]} \
+             (data flat or nested, row-major; FP32, FP64, INT32, INT64 or BOOL)";
+        let data = match (self.datatype, self.data) {
+            (Some(datatype), data) => {
+                let dt = DataType::parse(&datatype).with_context(|| {
+                    format!("tensor {name:?}: unknown datatype {datatype:?}; {expected_form}")
+                })?;
+                TensorData::from_json(dt, &data, MAX_SPEC_ELEMENTS)
+                    .with_context(|| format!("tensor {name:?}"))?
+            }
+            (None, data @ serde_json::Value::Object(_)) => serde_json::from_value(data)
+                .with_context(|| format!("tensor {name:?}: {expected_form}"))?,
+            (None, _) => bail!("tensor {name:?} has no \"datatype\"; {expected_form}"),
+        };
+        let tensor = Tensor {
+            name,
+            shape: self.shape,
+            data,
+        };
+        tensor.validate()?;
+        Ok(tensor)
+    }
+}
+
+impl SpecSmokeTest {
+    fn into_smoke_test(self, i: usize) -> anyhow::Result<SmokeTest> {
+        let tensors = |ts: Vec<SpecTensor>, what: &str| {
+            ts.into_iter()
+                .map(SpecTensor::into_tensor)
+                .collect::<anyhow::Result<Vec<_>>>()
+                .with_context(|| format!("smoke_tests[{i}].{what}"))
+        };
+        Ok(SmokeTest {
+            inputs: tensors(self.inputs, "inputs")?,
+            expected: tensors(self.expected, "expected")?,
+            tolerance: self.tolerance,
+        })
+    }
 }
 
 pub fn parse_duration(s: &str) -> anyhow::Result<u64> {
@@ -350,6 +419,7 @@ fn sign(
             )?)?)
         })
         .transpose()?;
+    let spec_path = spec;
     let spec_text = keyfile::read_bounded(spec)?;
     let spec: Spec = serde_json::from_slice(&spec_text)
         .with_context(|| format!("spec {} is not valid", spec.display()))?;
@@ -364,7 +434,13 @@ fn sign(
         },
         inputs: spec.inputs,
         outputs: spec.outputs,
-        smoke_tests: spec.smoke_tests,
+        smoke_tests: spec
+            .smoke_tests
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| t.into_smoke_test(i))
+            .collect::<anyhow::Result<_>>()
+            .with_context(|| format!("spec {}", spec_path.display()))?,
         created_at: crate::now(),
         lineage: spec.lineage,
         reference_profile: None,

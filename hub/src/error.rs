@@ -48,6 +48,7 @@ impl HubError {
                 edgefleet_common::Error::Malformed { .. }
                 | edgefleet_common::Error::InvalidName { .. }
                 | edgefleet_common::Error::InvalidManifest(_)
+                | edgefleet_common::Error::InvalidTensorData(_)
                 | edgefleet_common::Error::InvalidKey(_) => StatusCode::BAD_REQUEST,
                 _ => StatusCode::FORBIDDEN,
             },

@@ -35,7 +35,7 @@ pub struct Mlp {
 }
 
 /// A tiny deterministic generator (splitmix64) so weights need no RNG crate.
-fn splitmix(state: &mut u64) -> f32 {
+pub(crate) fn splitmix(state: &mut u64) -> f32 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -141,7 +141,24 @@ pub fn spec_json(
         "description": format!("demand forecast MLP ({FEATURES} features), test model"),
         "inputs": [input_spec()],
         "outputs": [output_spec()],
-        "smoke_tests": tests,
+        "smoke_tests": tests.iter().map(|t| json!({
+            "inputs": t.inputs.iter().map(oip_json).collect::<Vec<_>>(),
+            "expected": t.expected.iter().map(oip_json).collect::<Vec<_>>(),
+            "tolerance": t.tolerance,
+        })).collect::<Vec<_>>(),
         "lineage": {"code_revision": "testmodel", "params": {"seed": "see edgefleet-testmodel"}},
     })
+}
+
+/// A tensor in the form of an inference request's (and a spec's smoke tests):
+/// `{"name", "shape", "datatype", "data": [flat, row-major]}`.
+pub fn oip_json(t: &Tensor) -> serde_json::Value {
+    let data = match &t.data {
+        TensorData::Bool(v) => json!(v),
+        TensorData::Int32(v) => json!(v),
+        TensorData::Int64(v) => json!(v),
+        TensorData::Fp32(v) => json!(v),
+        TensorData::Fp64(v) => json!(v),
+    };
+    json!({"name": t.name, "shape": t.shape, "datatype": t.data.datatype().as_str(), "data": data})
 }

@@ -140,3 +140,28 @@ pub fn typed() -> Vec<u8> {
     };
     model(graph)
 }
+
+/// `y = Gemm(x, w, b)`: a linear model over `features` inputs (symbolic batch `N`), for
+/// benchmarks with wide rows. Weights are deterministic from `seed`.
+pub fn linear(features: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed;
+    let w: Vec<f32> = (0..features)
+        .map(|_| crate::splitmix(&mut s) * 0.1)
+        .collect();
+    let graph = GraphProto {
+        name: "linear".into(),
+        node: vec![node("Gemm", &["x", "w", "b"], &["y"])],
+        initializer: vec![
+            f32_tensor("w", &[features as i64, 1], &w),
+            f32_tensor("b", &[1], &[0.5]),
+        ],
+        input: vec![value_info(
+            "x",
+            DataType::Float,
+            &[None, Some(features as i64)],
+        )],
+        output: vec![value_info("y", DataType::Float, &[None, Some(1)])],
+        ..Default::default()
+    };
+    model(graph)
+}

@@ -20,6 +20,46 @@ fn run(cmd: &mut Command) -> (bool, String) {
     )
 }
 
+/// Run inside the quick start (`EDGEFLEET_DEMO_THEN`): the device listing shows shop-1 serving
+/// demand@1 with no error, every 0.2 s for 3 s (an old bundle racing a new one used to show up
+/// there as "replayed assignment"); then a second agent starts from inside the quick start's
+/// environment (its variables once clashed with the agent's `EDGEFLEET_AGENT_` prefix).
+const INSIDE_QUICKSTART: &str = r#"
+set -euo pipefail
+for _ in $(seq 15); do
+  "$EDGEFLEET_DEMO_BIN/edgefleet" --json devices > "$EDGEFLEET_DEMO_DIR/devices.json"
+  python3 - "$EDGEFLEET_DEMO_DIR/devices.json" <<'PY'
+import json, sys
+devices = json.load(open(sys.argv[1]))
+shop = [d for d in devices if d["id"] == "shop-1"][0]
+active = [(m["name"], m["version"]) for m in shop["status"]["active"]]
+assert active == [("demand", 1)], active
+assert shop["status"]["last_error"] is None, "healthy device listed with an error: %s" % shop["status"]["last_error"]
+PY
+  sleep 0.2
+done
+echo "device listing: shop-1 demand@1, no error"
+cat > "$EDGEFLEET_DEMO_DIR/agent2.toml" <<TOML
+device_id = "shop-2"
+hub_url = "$EDGEFLEET_HUB"
+data_dir = "$EDGEFLEET_DEMO_DIR/agent2"
+root_key = "$EDGEFLEET_DEMO_DIR/keys/root.key.pub"
+enrollment_token = "$EDGEFLEET_DEMO_ENROLL"
+listen = "127.0.0.1:0"
+TOML
+"$EDGEFLEET_DEMO_BIN/edgefleet-agent" check-config --config "$EDGEFLEET_DEMO_DIR/agent2.toml"
+"$EDGEFLEET_DEMO_BIN/edgefleet-agent" run --config "$EDGEFLEET_DEMO_DIR/agent2.toml" > "$EDGEFLEET_DEMO_DIR/agent2.log" 2>&1 &
+pid=$!
+for _ in $(seq 300); do
+  grep -q "agent serving OIP v2" "$EDGEFLEET_DEMO_DIR/agent2.log" && break
+  kill -0 $pid 2>/dev/null || { cat "$EDGEFLEET_DEMO_DIR/agent2.log"; exit 1; }
+  sleep 0.1
+done
+grep -q "agent serving OIP v2" "$EDGEFLEET_DEMO_DIR/agent2.log" || { cat "$EDGEFLEET_DEMO_DIR/agent2.log"; exit 1; }
+kill $pid
+echo "second agent started inside the quick start"
+"#;
+
 #[test]
 fn quickstart_script_runs_end_to_end() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -29,7 +69,7 @@ fn quickstart_script_runs_end_to_end() {
         .arg(script)
         .env("EDGEFLEET_BIN", &bin_dir)
         .env("EDGEFLEET_DEMO_DIR", dir.path())
-        .env("EDGEFLEET_DEMO_EXIT", "1"));
+        .env("EDGEFLEET_DEMO_THEN", INSIDE_QUICKSTART));
     assert!(
         ok,
         "{out}\n--- hub.log\n{}\n--- agent.log\n{}",
@@ -37,7 +77,14 @@ fn quickstart_script_runs_end_to_end() {
         std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default()
     );
     assert!(out.contains("\"model_version\":\"1\""), "{out}");
-    assert!(out.contains("quick start OK"), "{out}");
+    assert!(
+        out.contains("device listing: shop-1 demand@1, no error"),
+        "{out}"
+    );
+    assert!(
+        out.contains("second agent started inside the quick start"),
+        "{out}"
+    );
     let mode = std::fs::metadata(dir.path().join("keys/root.key"))
         .expect("key")
         .permissions()
@@ -309,4 +356,146 @@ fn profile_training_data_and_sign_it_into_the_manifest() {
         .args(["--k", "3", "--out"])
         .arg(p("x")));
     assert!(!ok && out.contains("invalid sketch"), "{out}");
+}
+
+/// `sign` reads smoke tests written like an inference request's tensors (nested or flat), and
+/// still the older `{"Fp32": [...]}` form; anything else is refused naming the expected shape.
+#[test]
+fn sign_reads_smoke_tests_in_the_request_form_and_the_old_form() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = dir.path().join("root.key");
+    let ef = || Command::new(bin("edgefleet"));
+    assert!(run(ef().args(["keygen", "--role", "root", "--out"]).arg(&key)).0);
+    let mlp = edgefleet_tests::Mlp::new(1);
+    let model = dir.path().join("model.onnx");
+    std::fs::write(&model, mlp.to_onnx()).expect("model");
+    let row = edgefleet_tests::probe_rows(1, 7).remove(0);
+    let y = mlp.predict(&row);
+    let (r1, r2) = row.split_at(4);
+    let spec = |smoke: serde_json::Value| {
+        serde_json::json!({
+            "name": "demand", "version": 1,
+            "inputs": [edgefleet_tests::input_spec()],
+            "outputs": [edgefleet_tests::output_spec()],
+            "smoke_tests": [smoke],
+        })
+    };
+    let sign = |name: &str, spec: serde_json::Value| {
+        let path = dir.path().join(format!("{name}.json"));
+        std::fs::write(&path, spec.to_string()).expect("spec");
+        let out = dir.path().join(format!("{name}.manifest"));
+        let (ok, text) = run(ef()
+            .args(["sign", "--key"])
+            .arg(&key)
+            .arg("--spec")
+            .arg(&path)
+            .arg("--model")
+            .arg(&model)
+            .arg("--out")
+            .arg(&out));
+        let manifest = ok.then(|| {
+            let bytes = edgefleet_common::armor::decode(
+                "MANIFEST",
+                &std::fs::read(&out).expect("manifest"),
+            )
+            .expect("armored");
+            edgefleet_common::Signed::<edgefleet_common::ModelManifest>::from_bytes(&bytes)
+                .expect("signed")
+                .decode_unverified()
+                .expect("manifest")
+        });
+        (manifest, text)
+    };
+    let expected_tests = vec![edgefleet_common::SmokeTest {
+        inputs: vec![edgefleet_common::Tensor {
+            name: "x".into(),
+            shape: vec![1, 8],
+            data: edgefleet_common::TensorData::Fp32(row.clone()),
+        }],
+        expected: vec![edgefleet_common::Tensor {
+            name: "y".into(),
+            shape: vec![1, 1],
+            data: edgefleet_common::TensorData::Fp32(vec![y]),
+        }],
+        tolerance: 1e-4,
+    }];
+
+    // The request form, nested.
+    let (m, out) = sign(
+        "nested",
+        spec(serde_json::json!({
+            "inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [[r1, r2]]}],
+            "expected": [{"name": "y", "shape": [1, 1], "datatype": "FP32", "data": [[y]]}],
+            "tolerance": 1e-4,
+        })),
+    );
+    assert_eq!(m.expect(&out).smoke_tests, expected_tests);
+    // The request form, flat.
+    let (m, out) = sign(
+        "flat",
+        spec(serde_json::json!({
+            "inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": row}],
+            "expected": [{"name": "y", "shape": [1, 1], "datatype": "FP32", "data": [y]}],
+            "tolerance": 1e-4,
+        })),
+    );
+    assert_eq!(m.expect(&out).smoke_tests, expected_tests);
+    // The older externally tagged form.
+    let (m, out) = sign(
+        "old",
+        spec(serde_json::json!({
+            "inputs": [{"name": "x", "shape": [1, 8], "data": {"Fp32": row}}],
+            "expected": [{"name": "y", "shape": [1, 1], "data": {"Fp32": [y]}}],
+            "tolerance": 1e-4,
+        })),
+    );
+    assert_eq!(m.expect(&out).smoke_tests, expected_tests);
+
+    // Refusals name the tensor and the expected form.
+    for (name, smoke, needles) in [
+        (
+            "no-datatype",
+            serde_json::json!({"inputs": [{"name": "x", "shape": [1, 8], "data": row}], "expected": [], "tolerance": 0.1}),
+            vec![
+                "smoke_tests[0].inputs",
+                "\"x\"",
+                "has no \"datatype\"",
+                "\"datatype\": \"FP32\"",
+            ],
+        ),
+        (
+            "bad-datatype",
+            serde_json::json!({"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FLOAT", "data": row}], "expected": [], "tolerance": 0.1}),
+            vec!["unknown datatype \"FLOAT\""],
+        ),
+        (
+            "bad-element",
+            serde_json::json!({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, "a"]}], "expected": [], "tolerance": 0.1}),
+            vec!["\"x\"", "element 1", "not a valid FP32"],
+        ),
+        (
+            "out-of-range",
+            serde_json::json!({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1e300]}], "expected": [], "tolerance": 0.1}),
+            vec!["out of range for FP32"],
+        ),
+        (
+            "bad-shape",
+            serde_json::json!({"inputs": [{"name": "x", "shape": [2, 8], "datatype": "FP32", "data": row}], "expected": [], "tolerance": 0.1}),
+            vec!["needs 16 elements"],
+        ),
+        (
+            "bad-old-form",
+            serde_json::json!({"inputs": [{"name": "x", "shape": [1, 8], "data": {"Float": row}}], "expected": [], "tolerance": 0.1}),
+            vec!["\"x\"", "\"datatype\": \"FP32\""],
+        ),
+    ] {
+        let (m, out) = sign(name, spec(smoke));
+        assert!(m.is_none(), "{name}: accepted");
+        for needle in needles {
+            assert!(
+                out.contains(needle),
+                "{name}: {out:?} should contain {needle:?}"
+            );
+        }
+    }
 }

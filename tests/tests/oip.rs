@@ -198,6 +198,8 @@ async fn malformed_requests_get_a_4xx_that_says_what_was_expected() {
         ("demand", json!({"inputs": [{"name": "z", "shape": [1], "datatype": "FP32", "data": [1]}, {"name": "x", "shape": [1, 8], "datatype": "FP32", "data": ok_row}]}).to_string().into_bytes(), 400, "unknown input"),
         ("demand", json!({"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": ok_row}], "outputs": [{"name": "nope"}]}).to_string().into_bytes(), 400, "unknown output"),
         ("demand", x(json!([1, 8]), "INT32", json!([0, 1, 2, 3, 4, 5, 6, 9999999999i64])).to_string().into_bytes(), 400, "not a valid INT32"),
+        ("demand", x(json!([1, 8]), "FP32", json!([0, 1, 2, 3, 4, 5, 6, 1e300])).to_string().into_bytes(), 400, "input \"x\": element 7 (1e+300) is out of range for FP32"),
+        ("demand", x(json!([1, 8]), "FP32", json!([[0, 1, 2, 3], [4, 5, 6, -1e39]])).to_string().into_bytes(), 400, "out of range for FP32"),
     ];
     for (model, body, status, needle) in cases {
         let r = http
@@ -257,5 +259,214 @@ async fn malformed_requests_get_a_4xx_that_says_what_was_expected() {
         .await
         .is_some()
     );
+    agent.stop().await;
+}
+
+/// The Binary Tensor Data Extension: every datatype in and out as raw little-endian bytes,
+/// mixed with JSON, and the same answers as JSON.
+#[tokio::test(flavor = "multi_thread")]
+async fn binary_tensor_data_in_and_out() {
+    let (_hub, agent) = setup().await;
+    let http = reqwest::Client::new();
+    let server: Value = http
+        .get(format!("{}/v2", agent.url))
+        .send()
+        .await
+        .expect("v2")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(server["extensions"], json!(["binary_tensor_data"]));
+
+    let a: Vec<u8> = [1.5f64, -2.0, 0.25, 1e300]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    let b: Vec<u8> = [1i64, -5, 9007199254740993, 0]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    let d = [1u8, 0];
+    // a, b and d binary (in that order after the JSON), c as JSON; every output binary but c1.
+    let header = json!({
+        "id": "bin",
+        "inputs": [
+            {"name": "a", "shape": [2, 2], "datatype": "FP64", "parameters": {"binary_data_size": 32}},
+            {"name": "b", "shape": [2, 2], "datatype": "INT64", "parameters": {"binary_data_size": 32}},
+            {"name": "c", "shape": [2, 1], "datatype": "INT32", "data": [7, -8]},
+            {"name": "d", "shape": [2, 1], "datatype": "BOOL", "parameters": {"binary_data_size": 2}}
+        ],
+        "parameters": {"binary_data_output": true},
+        "outputs": [{"name": "a2"}, {"name": "b1"}, {"name": "c1", "parameters": {"binary_data": false}}, {"name": "dn"}]
+    });
+    let mut body = serde_json::to_vec(&header).expect("json");
+    let json_len = body.len();
+    body.extend_from_slice(&a);
+    body.extend_from_slice(&b);
+    body.extend_from_slice(&d);
+    let r = http
+        .post(format!("{}/v2/models/typed/infer", agent.url))
+        .header("Inference-Header-Content-Length", json_len)
+        .header("content-type", "application/octet-stream")
+        .body(body.clone())
+        .send()
+        .await
+        .expect("infer");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-type"].to_str().expect("ascii"),
+        "application/octet-stream"
+    );
+    let n: usize = r.headers()["inference-header-content-length"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("a length");
+    let bytes = r.bytes().await.expect("body");
+    let v: Value = serde_json::from_slice(&bytes[..n]).expect("JSON header");
+    assert_eq!(v["id"], "bin");
+    let outs = v["outputs"].as_array().expect("outputs");
+    let names: Vec<&str> = outs.iter().filter_map(|o| o["name"].as_str()).collect();
+    assert_eq!(names, ["a2", "b1", "c1", "dn"]);
+    assert_eq!(outs[0]["parameters"]["binary_data_size"], 32);
+    assert_eq!(outs[1]["parameters"]["binary_data_size"], 32);
+    assert_eq!(outs[3]["parameters"]["binary_data_size"], 2);
+    assert!(outs[0].get("data").is_none());
+    assert_eq!(
+        outs[2],
+        json!({"name": "c1", "datatype": "INT32", "shape": [2, 1], "data": [7, -8]})
+    );
+    let tail = &bytes[n..];
+    assert_eq!(tail.len(), 32 + 32 + 2, "exactly the binary outputs follow");
+    let a2: Vec<f64> = tail[..32]
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().expect("8")))
+        .collect();
+    assert_eq!(a2, [3.0, -4.0, 0.5, 2e300]);
+    let b1: Vec<i64> = tail[32..64]
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().expect("8")))
+        .collect();
+    assert_eq!(b1, [2, -4, 9007199254740994, 1]);
+    assert_eq!(&tail[64..], &[0u8, 1]);
+
+    // Binary in, JSON out: the same answers as an all-JSON request.
+    let mut json_out = header.clone();
+    json_out["parameters"] = json!({});
+    let mut body2 = serde_json::to_vec(&json_out).expect("json");
+    let len2 = body2.len();
+    body2.extend_from_slice(&a);
+    body2.extend_from_slice(&b);
+    body2.extend_from_slice(&d);
+    let r = http
+        .post(format!("{}/v2/models/typed/infer", agent.url))
+        .header("Inference-Header-Content-Length", len2)
+        .body(body2)
+        .send()
+        .await
+        .expect("infer");
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("inference-header-content-length").is_none());
+    let v: Value = r.json().await.expect("json");
+    let all_json = json!({
+        "id": "bin",
+        "inputs": [
+            {"name": "a", "shape": [2, 2], "datatype": "FP64", "data": [1.5, -2.0, 0.25, 1e300]},
+            {"name": "b", "shape": [2, 2], "datatype": "INT64", "data": [1, -5, 9007199254740993i64, 0]},
+            {"name": "c", "shape": [2, 1], "datatype": "INT32", "data": [7, -8]},
+            {"name": "d", "shape": [2, 1], "datatype": "BOOL", "data": [true, false]}
+        ],
+        "outputs": [{"name": "a2"}, {"name": "b1"}, {"name": "c1"}, {"name": "dn"}]
+    });
+    let w: Value = http
+        .post(format!("{}/v2/models/typed/infer", agent.url))
+        .json(&all_json)
+        .send()
+        .await
+        .expect("infer")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v, w);
+
+    // Bad sizes over the wire: each a 400 that names the problem; the agent keeps serving.
+    let x8: Vec<u8> = (0..8).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    let one = |size: u64| {
+        serde_json::to_vec(&json!({"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "parameters": {"binary_data_size": size}}]})).expect("json")
+    };
+    let with = |mut json: Vec<u8>, extra: &[u8]| {
+        let n = json.len();
+        json.extend_from_slice(extra);
+        (json, n.to_string())
+    };
+    let cases: Vec<(Vec<u8>, Option<String>, &str)> = vec![
+        {
+            let (b, _) = with(one(32), &x8);
+            (b, Some("100000".into()), "body has only")
+        },
+        {
+            let (b, n) = with(one(16), &x8);
+            (b, Some(n), "needs 8 × 4 = 32 bytes")
+        },
+        {
+            let (b, n) = with(one(32), &x8[..16]);
+            (b, Some(n), "only 16 bytes are left")
+        },
+        {
+            let (b, n) = with(one(32), &[x8.as_slice(), &[0u8; 4]].concat());
+            (b, Some(n), "must account for every byte")
+        },
+        {
+            let (b, _) = with(one(32), &x8);
+            (b, None, "malformed inference request")
+        },
+        {
+            let (b, n) = with(one(32), &x8);
+            (b, Some(format!("{n}x")), "Inference-Header-Content-Length")
+        },
+    ];
+    for (body, header, needle) in cases {
+        let mut req = http
+            .post(format!("{}/v2/models/demand/infer", agent.url))
+            .body(body);
+        if let Some(h) = header {
+            req = req.header("Inference-Header-Content-Length", h);
+        }
+        let r = req.send().await.expect("infer");
+        let status = r.status().as_u16();
+        let v: Value = r.json().await.expect("error body is JSON");
+        let msg = v["error"].as_str().unwrap_or_default();
+        assert_eq!(status, 400, "{needle}: {msg}");
+        assert!(msg.contains(needle), "{msg:?} should contain {needle:?}");
+    }
+    let r = http
+        .post(format!("{}/v2/models/demand/infer", agent.url))
+        .header("content-encoding", "gzip")
+        .body(vec![0x1f, 0x8b])
+        .send()
+        .await
+        .expect("infer");
+    assert_eq!(r.status(), 415);
+    // The demand model through the binary path gives the JSON path's answer.
+    let (b, n) = with(one(32), &x8);
+    let r = http
+        .post(format!("{}/v2/models/demand/infer", agent.url))
+        .header("Inference-Header-Content-Length", n)
+        .body(b)
+        .send()
+        .await
+        .expect("infer");
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("json");
+    let w: Value = http
+        .post(format!("{}/v2/models/demand/infer", agent.url))
+        .json(&json!({"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [0, 1, 2, 3, 4, 5, 6, 7]}]}))
+        .send()
+        .await
+        .expect("infer")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v, w);
     agent.stop().await;
 }

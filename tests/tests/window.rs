@@ -117,3 +117,86 @@ fn the_reference_profile_decides_which_columns_are_categorical() {
     assert_eq!(kind("input[0]"), Some(ColumnKind::Numeric));
     assert_eq!(kind("output_label"), Some(ColumnKind::Numeric));
 }
+
+/// Serves `model` from a registry of its own on 127.0.0.1:0; returns the base URL.
+async fn serve(model: std::sync::Arc<LoadedModel>) -> String {
+    let registry = std::sync::Arc::new(edgefleet_agent::serve::Registry::default());
+    registry.swap_in(model);
+    registry.set_ready();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, edgefleet_agent::serve::router(registry)).await;
+    });
+    url
+}
+
+/// A request sent as binary tensors is profiled exactly as the same request sent as JSON: the
+/// same rows, the same sketches byte for byte, the same counts (errors included).
+#[tokio::test(flavor = "multi_thread")]
+async fn binary_and_json_requests_give_the_same_window_profile() {
+    let f = rf_binary();
+    let load = || {
+        std::sync::Arc::new(
+            LoadedModel::load(f.manifest().expect("manifest"), &f.path).expect("load"),
+        )
+    };
+    let (json_model, binary_model) = (load(), load());
+    let (json_url, binary_url) = (
+        serve(json_model.clone()).await,
+        serve(binary_model.clone()).await,
+    );
+    let name = f.manifest().expect("manifest").name;
+    let http = reqwest::Client::new();
+    let n = f.input.shape[0] as usize;
+    for r in 0..n {
+        let row = f.row(r);
+        let TensorData::Fp32(values) = &row.data else {
+            panic!("rf_binary takes FP32");
+        };
+        let body = serde_json::json!({"inputs": [edgefleet_tests::oip_json(&row)]});
+        let a = http
+            .post(format!("{json_url}/v2/models/{name}/infer"))
+            .json(&body)
+            .send()
+            .await
+            .expect("json");
+        assert_eq!(a.status(), 200);
+        let mut bin = serde_json::to_vec(&serde_json::json!({"inputs": [{
+            "name": row.name, "shape": row.shape, "datatype": "FP32",
+            "parameters": {"binary_data_size": values.len() * 4}}]}))
+        .expect("header");
+        let header = bin.len();
+        bin.extend(values.iter().flat_map(|x| x.to_le_bytes()));
+        let b = http
+            .post(format!("{binary_url}/v2/models/{name}/infer"))
+            .header("Inference-Header-Content-Length", header)
+            .body(bin)
+            .send()
+            .await
+            .expect("binary");
+        assert_eq!(b.status(), 200);
+    }
+    // One refused request each: both count it.
+    for url in [&json_url, &binary_url] {
+        let r = http
+            .post(format!("{url}/v2/models/{name}/infer"))
+            .header("Inference-Header-Content-Length", "5")
+            .body("{\"in")
+            .send()
+            .await
+            .expect("bad");
+        assert_eq!(r.status(), 400);
+    }
+    let (wj, wb) = (
+        json_model.window.close(1).expect("json window"),
+        binary_model.window.close(1).expect("binary window"),
+    );
+    assert_eq!((wj.requests, wj.errors), (n as u64, 1));
+    assert_eq!((wb.requests, wb.errors), (wj.requests, wj.errors));
+    assert_eq!(wj.profile.rows, n as u64);
+    assert_eq!(wb.profile.to_bytes(), wj.profile.to_bytes());
+    assert_eq!(wb.latency.count(), wj.latency.count());
+}

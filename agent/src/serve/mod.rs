@@ -12,14 +12,16 @@ use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use edgefleet_common::{DataType, Tensor, TensorData, TensorSpec};
-use serde::{Deserialize, Serialize};
+use edgefleet_common::TensorSpec;
 use serde_json::{Value, json};
 
 use crate::model::LoadedModel;
+
+pub mod request;
+pub mod response;
 
 /// Largest inference request body.
 pub const MAX_INFER_BODY: usize = 8 * 1024 * 1024;
@@ -152,7 +154,7 @@ fn bad_request(message: String) -> OipError {
 
 async fn server_metadata() -> axum::Json<Value> {
     axum::Json(
-        json!({"name": "edgefleet-agent", "version": env!("CARGO_PKG_VERSION"), "extensions": []}),
+        json!({"name": "edgefleet-agent", "version": env!("CARGO_PKG_VERSION"), "extensions": ["binary_tensor_data"]}),
     )
 }
 
@@ -230,228 +232,33 @@ async fn model_ready_v(
     find(&r, &name, Some(&v)).map(|_| StatusCode::OK)
 }
 
-#[derive(Deserialize)]
-struct InferRequest {
-    id: Option<String>,
-    #[allow(dead_code)]
-    parameters: Option<Value>,
-    inputs: Vec<InputTensor>,
-    outputs: Option<Vec<RequestedOutput>>,
-}
-
-#[derive(Deserialize)]
-struct InputTensor {
-    name: String,
-    shape: Vec<i64>,
-    datatype: String,
-    /// Kept raw: flat arrays (the common case) are parsed straight into typed vectors.
-    data: Box<serde_json::value::RawValue>,
-    #[allow(dead_code)]
-    parameters: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct RequestedOutput {
-    name: String,
-}
-
-/// Flattens nested JSON arrays (row-major) into `out`, bounded by `MAX_ELEMENTS`.
-fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) -> Result<(), String> {
-    match v {
-        Value::Array(items) => {
-            for i in items {
-                flatten(i, out)?;
-            }
-        }
-        other => {
-            if out.len() >= MAX_ELEMENTS {
-                return Err(format!("more than {MAX_ELEMENTS} elements"));
-            }
-            out.push(other);
-        }
-    }
-    Ok(())
-}
-
-/// Parses a flat JSON array straight into `Vec<T>`; `None` if it is nested or not all `T`.
-fn parse_flat<T: serde::de::DeserializeOwned>(raw: &str) -> Option<Vec<T>> {
-    serde_json::from_str(raw).ok()
-}
-
-fn parse_input(t: &InputTensor) -> Result<Tensor, String> {
-    let datatype = DataType::parse(&t.datatype).ok_or_else(|| {
-        format!(
-            "input {:?}: unknown datatype {:?} (use FP32, FP64, INT32, INT64 or BOOL)",
-            t.name, t.datatype
-        )
-    })?;
-    let shape: Vec<u64> = t
-        .shape
-        .iter()
-        .map(|&d| {
-            u64::try_from(d).map_err(|_| {
-                format!(
-                    "input {:?}: negative dimension in shape {:?}",
-                    t.name, t.shape
-                )
-            })
-        })
-        .collect::<Result<_, _>>()?;
-    let raw = t.data.get();
-    if raw.len() > MAX_INFER_BODY {
-        return Err(format!("input {:?}: data too large", t.name));
-    }
-    let fast = match datatype {
-        DataType::Fp32 => parse_flat::<f32>(raw).map(TensorData::Fp32),
-        DataType::Fp64 => parse_flat::<f64>(raw).map(TensorData::Fp64),
-        DataType::Int64 => parse_flat::<i64>(raw).map(TensorData::Int64),
-        DataType::Int32 => parse_flat::<i32>(raw).map(TensorData::Int32),
-        DataType::Bool => parse_flat::<bool>(raw).map(TensorData::Bool),
-        _ => None,
-    };
-    let data = match fast {
-        Some(d) if d.len() <= MAX_ELEMENTS => d,
-        Some(_) => {
-            return Err(format!(
-                "input {:?}: more than {MAX_ELEMENTS} elements",
-                t.name
-            ));
-        }
-        None => parse_nested(t, datatype, raw)?,
-    };
-    let tensor = Tensor {
-        name: t.name.clone(),
-        shape,
-        data,
-    };
-    tensor.validate().map_err(|e| e.to_string())?;
-    Ok(tensor)
-}
-
-/// The general path: nested arrays (row-major) and precise per-element errors.
-fn parse_nested(t: &InputTensor, datatype: DataType, raw: &str) -> Result<TensorData, String> {
-    let value: Value =
-        serde_json::from_str(raw).map_err(|e| format!("input {:?}: bad data: {e}", t.name))?;
-    let mut flat = Vec::new();
-    flatten(&value, &mut flat).map_err(|e| format!("input {:?}: {e}", t.name))?;
-    let bad = |i: usize| {
-        format!(
-            "input {:?}: element {i} ({}) is not a valid {}",
-            t.name, flat[i], t.datatype
-        )
-    };
-    let each = |f: &dyn Fn(&Value) -> bool| -> Result<(), String> {
-        match flat.iter().position(|v| !f(v)) {
-            Some(i) => Err(bad(i)),
-            None => Ok(()),
-        }
-    };
-    Ok(match datatype {
-        DataType::Fp32 => {
-            each(&|v| v.is_number())?;
-            TensorData::Fp32(
-                flat.iter()
-                    .filter_map(|v| v.as_f64())
-                    .map(|x| x as f32)
-                    .collect(),
-            )
-        }
-        DataType::Fp64 => {
-            each(&|v| v.is_number())?;
-            TensorData::Fp64(flat.iter().filter_map(|v| v.as_f64()).collect())
-        }
-        DataType::Int64 => {
-            each(&|v| v.as_i64().is_some())?;
-            TensorData::Int64(flat.iter().filter_map(|v| v.as_i64()).collect())
-        }
-        DataType::Int32 => {
-            each(&|v| v.as_i64().and_then(|x| i32::try_from(x).ok()).is_some())?;
-            TensorData::Int32(
-                flat.iter()
-                    .filter_map(|v| v.as_i64().and_then(|x| i32::try_from(x).ok()))
-                    .collect(),
-            )
-        }
-        DataType::Bool => {
-            each(&|v| v.is_boolean())?;
-            TensorData::Bool(flat.iter().filter_map(|v| v.as_bool()).collect())
-        }
-        other => {
-            return Err(format!(
-                "input {:?}: datatype {other} is not supported by this agent",
-                t.name
-            ));
-        }
-    })
-}
-
-#[derive(Serialize)]
-struct OutputTensor<'a> {
-    name: &'a str,
-    datatype: &'static str,
-    shape: &'a [u64],
-    data: OutputData<'a>,
-}
-
-#[derive(Serialize)]
-#[serde(untagged)]
-enum OutputData<'a> {
-    Bool(&'a [bool]),
-    Int32(&'a [i32]),
-    Int64(&'a [i64]),
-    Fp32(&'a [f32]),
-    Fp64(&'a [f64]),
-}
-
-#[derive(Serialize)]
-struct InferResponse<'a> {
-    model_name: &'a str,
-    model_version: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<String>,
-    outputs: Vec<OutputTensor<'a>>,
-}
-
-fn output_tensor(t: &Tensor) -> OutputTensor<'_> {
-    let data = match &t.data {
-        TensorData::Bool(v) => OutputData::Bool(v),
-        TensorData::Int32(v) => OutputData::Int32(v),
-        TensorData::Int64(v) => OutputData::Int64(v),
-        TensorData::Fp32(v) => OutputData::Fp32(v),
-        TensorData::Fp64(v) => OutputData::Fp64(v),
-    };
-    OutputTensor {
-        name: &t.name,
-        datatype: t.data.datatype().as_str(),
-        shape: &t.shape,
-        data,
-    }
-}
-
 async fn infer(
     State(r): State<Arc<Registry>>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OipError> {
-    run_infer(&r, &name, None, &body)
+    run_infer(&r, &name, None, &headers, &body)
 }
 
 async fn infer_v(
     State(r): State<Arc<Registry>>,
     Path((name, v)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OipError> {
-    run_infer(&r, &name, Some(&v), &body)
+    run_infer(&r, &name, Some(&v), &headers, &body)
 }
 
 fn run_infer(
     r: &Registry,
     name: &str,
     version: Option<&str>,
+    headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, OipError> {
     let model = find(r, name, version)?;
-    let result = infer_recorded(&model, body);
+    let result = infer_recorded(&model, headers, body);
     if result.is_err() {
         // Every request the model refused counts in its window's error rate.
         model.window.record_error();
@@ -460,46 +267,70 @@ fn run_infer(
 }
 
 /// Parses, infers and records one request in the model's window.
-fn infer_recorded(model: &LoadedModel, body: &[u8]) -> Result<Response, OipError> {
-    let req: InferRequest = serde_json::from_slice(body)
-        .map_err(|e| bad_request(format!("malformed inference request: {e}")))?;
-    let inputs = req
-        .inputs
-        .iter()
-        .map(parse_input)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(bad_request)?;
-    let wanted: Vec<String> = req
-        .outputs
-        .unwrap_or_default()
-        .into_iter()
-        .map(|o| o.name)
-        .collect();
+fn infer_recorded(
+    model: &LoadedModel,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, OipError> {
+    if let Some(encoding) = headers.get(header::CONTENT_ENCODING)
+        && encoding.as_bytes() != b"identity"
+    {
+        return Err(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "Content-Encoding {:?} is not supported: send the request uncompressed",
+                String::from_utf8_lossy(encoding.as_bytes())
+            ),
+        ));
+    }
+    let req = request::decode(
+        body,
+        headers
+            .get(request::HEADER_LENGTH)
+            .map(HeaderValue::as_bytes),
+    )
+    .map_err(bad_request)?;
+    let wanted: Vec<&str> = req.outputs.iter().map(|o| o.name.as_str()).collect();
     model.check_outputs(&wanted).map_err(bad_request)?;
     // Every output is computed (and profiled); `outputs` only selects what is sent back.
     let start = std::time::Instant::now();
-    let mut outputs = model.infer_adaptive(&inputs, &[]).map_err(bad_request)?;
+    let mut outputs = model
+        .infer_adaptive(&req.inputs, &[])
+        .map_err(bad_request)?;
     model
         .window
-        .record(&inputs, &outputs, start.elapsed().as_secs_f64() * 1e6);
+        .record(&req.inputs, &outputs, start.elapsed().as_secs_f64() * 1e6);
     if !wanted.is_empty() {
-        outputs.retain(|o| wanted.contains(&o.name));
+        outputs.retain(|o| wanted.contains(&o.name.as_str()));
     }
-    let resp = InferResponse {
-        model_name: &model.manifest.name,
-        model_version: model.manifest.version.to_string(),
-        id: req.id,
-        outputs: outputs.iter().map(output_tensor).collect(),
-    };
-    let body = serde_json::to_vec(&resp).map_err(|e| {
+    let encoded = response::encode(
+        &model.manifest.name,
+        model.manifest.version,
+        req.id.as_deref(),
+        &outputs,
+        |name| req.binary(name),
+    )
+    .map_err(|e| {
         error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot encode: {e}"),
         )
     })?;
-    Ok((
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        body,
-    )
-        .into_response())
+    Ok(match encoded.header_length {
+        None => ([(header::CONTENT_TYPE, "application/json")], encoded.body).into_response(),
+        Some(n) => (
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                ),
+                (
+                    HeaderName::from_static(request::HEADER_LENGTH),
+                    HeaderValue::from(n),
+                ),
+            ],
+            encoded.body,
+        )
+            .into_response(),
+    })
 }
