@@ -6,7 +6,9 @@
 //! - 64×128: a linear model over 128 features, 64 rows a request (one output per row).
 //!
 //! Binary means binary in and out (the Triton client's default call); JSON means JSON in and
-//! out. Prints requests/s, p50 and p99 per case and the binary ÷ JSON throughput ratio.
+//! out. Prints requests/s, p50 and p99 per case and the binary ÷ JSON throughput ratio, then
+//! the time `serve::request::decode` alone takes for each body (no HTTP, inference or window
+//! profiling: the part of a request the encoding decides).
 //!
 //! Run: `cargo bench -p edgefleet-tests --bench oip_binary` (BENCH_SECS=N per round, default 2;
 //! BENCH_ROUNDS=N rounds per encoding, default 3).
@@ -162,6 +164,7 @@ fn main() -> anyhow::Result<()> {
         "| request | encoding | req/s | p50 µs | p99 µs | request bytes | binary ÷ JSON req/s |"
     );
     println!("|---|---|---|---|---|---|---|");
+    let mut decode_lines = Vec::new();
     for (model, rows, cols) in [("demand", 1usize, 8usize), ("wide", 64, 128)] {
         let data: Vec<f32> = (0..rows * cols)
             .map(|i| ((i * 7919) % 1000) as f32 / 37.0 - 13.0)
@@ -170,6 +173,31 @@ fn main() -> anyhow::Result<()> {
             ("JSON", json_request(rows, cols, &data)),
             ("binary", binary_request(rows, cols, &data)),
         ];
+        // The decoding alone (no HTTP, no inference, no profiling), alternating.
+        let mut per_call = [Duration::ZERO; 2];
+        for _ in 0..5 {
+            for (i, (_, r)) in reqs.iter().enumerate() {
+                let header = r.header_length.map(|n| n.to_string());
+                let iters = if rows > 1 { 400 } else { 40_000 };
+                let t = Instant::now();
+                for _ in 0..iters {
+                    std::hint::black_box(
+                        edgefleet_agent::serve::request::decode(
+                            &r.body,
+                            header.as_deref().map(str::as_bytes),
+                        )
+                        .expect("decode"),
+                    );
+                }
+                per_call[i] += t.elapsed() / (iters * 5);
+            }
+        }
+        decode_lines.push(format!(
+            "| {rows}×{cols} | {:.1} | {:.1} | {:.1}× |",
+            per_call[0].as_secs_f64() * 1e6,
+            per_call[1].as_secs_f64() * 1e6,
+            per_call[0].as_secs_f64() / per_call[1].as_secs_f64()
+        ));
         let url = format!("http://{addr}/v2/models/{model}/infer");
         let (lat, time) = client_rt.block_on(async {
             let http = reqwest::Client::new();
@@ -206,6 +234,13 @@ fn main() -> anyhow::Result<()> {
                 }
             );
         }
+    }
+    println!();
+    println!("request decoding alone (serve::request::decode), µs per request");
+    println!("| request | JSON | binary | JSON ÷ binary |");
+    println!("|---|---|---|---|");
+    for l in decode_lines {
+        println!("{l}");
     }
     Ok(())
 }
