@@ -80,7 +80,7 @@ listen = "127.0.0.1:0"
 poll_interval_secs = 5
 mqtt_url = "mqtt://127.0.0.1:$MQTT_PORT"
 # Short windows for the demo (default 900 s).
-telemetry_window_secs = 10
+telemetry_window_secs = ${EDGEFLEET_DEMO_WINDOW_SECS:-10}
 TOML
 "$BIN/edgefleet-agent" check-config --config "$DIR/agent.toml"
 "$BIN/edgefleet-agent" run --config "$DIR/agent.toml" >"$DIR/agent.log" 2>&1 &

@@ -59,6 +59,7 @@ pub async fn read_capped(mut resp: reqwest::Response, cap: usize) -> AgentResult
 
 impl HubClient {
     pub fn new(config: &AgentConfig, key: SecretKey) -> AgentResult<Self> {
+        crate::install_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("edgefleet-agent/", env!("CARGO_PKG_VERSION")))

@@ -27,6 +27,12 @@ use tokio::sync::Mutex;
 
 pub use config::AgentConfig;
 
+/// Installs rustls' `ring` crypto provider as the process default, which the HTTP client
+/// (reqwest) and the MQTT client's TLS both use. Idempotent: the first provider installed wins.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Seconds since the Unix epoch (0 if the clock is before 1970).
 pub fn now() -> u64 {
     std::time::SystemTime::now()

@@ -529,7 +529,10 @@ impl Remote {
             bail!("--hub {base:?} must start with http:// or https://");
         }
         Ok(Self {
-            http: reqwest::Client::new(),
+            http: {
+                crate::install_crypto_provider();
+                reqwest::Client::new()
+            },
             base,
             token,
         })

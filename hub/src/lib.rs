@@ -27,6 +27,12 @@ use edgefleet_common::Digest;
 
 pub use config::{HubConfig, Loaded};
 
+/// Installs rustls' `ring` crypto provider as the process default, which the admin CLI's
+/// HTTP client and the MQTT client's TLS (an external `mqtts://` broker) both use. Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Seconds since the Unix epoch.
 pub fn now() -> u64 {
     std::time::SystemTime::now()

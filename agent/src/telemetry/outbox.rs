@@ -46,6 +46,9 @@ fn sled_err(e: impl std::fmt::Display) -> AgentError {
     AgentError::Other(format!("outbox: {e}"))
 }
 
+/// sled's page cache for the outbox.
+pub const OUTBOX_CACHE_BYTES: u64 = 4 << 20;
+
 fn be(v: Option<sled::IVec>) -> u64 {
     v.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
         .map_or(0, u64::from_be_bytes)
@@ -54,9 +57,16 @@ fn be(v: Option<sled::IVec>) -> u64 {
 impl Outbox {
     /// Opens (or creates) the outbox at `path`, bounded to `max_bytes` of records.
     pub fn open(path: &Path, max_bytes: u64) -> AgentResult<Self> {
-        let db = sled::Config::new().path(path).open().map_err(|e| {
-            AgentError::Other(format!("cannot open the outbox {}: {e}", path.display()))
-        })?;
+        // sled's page cache defaults to 1 GiB, sized for servers. The outbox writes a record,
+        // reads it back once to publish it and deletes it on the ack: a small cache serves
+        // that, and bounds what a long outage with a full outbox can hold in memory.
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(OUTBOX_CACHE_BYTES)
+            .open()
+            .map_err(|e| {
+                AgentError::Other(format!("cannot open the outbox {}: {e}", path.display()))
+            })?;
         let records = db.open_tree("records").map_err(sled_err)?;
         let meta = db.open_tree("meta").map_err(sled_err)?;
         let (mut bytes, mut count, mut last) = (0u64, 0u64, 0u64);

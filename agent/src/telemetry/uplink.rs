@@ -74,6 +74,7 @@ pub async fn run(
         .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
         .set_inflight(MAX_IN_FLIGHT as u16 * 2);
     if settings.broker.tls {
+        crate::install_crypto_provider();
         options.set_transport(Transport::tls_with_default_config());
     }
     if let Some(user) = &settings.username {

@@ -86,6 +86,7 @@ pub async fn start(
         .set_max_packet_size(packet_limit + 4096, packet_limit + 4096)
         .set_inflight(200);
     if target.tls {
+        crate::install_crypto_provider();
         options.set_transport(Transport::tls_with_default_config());
     }
     if let Some(user) = &config.mqtt_username {
