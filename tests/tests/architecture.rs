@@ -100,3 +100,41 @@ fn binaries_are_thin() {
         );
     }
 }
+
+/// The shipped binaries carry one TLS crypto provider, rustls' `ring`: nothing in the agent's or
+/// the hub's normal dependency graph may bring aws-lc-rs back (it cost the agent ~0.7 MiB).
+#[test]
+fn shipped_binaries_carry_no_aws_lc() {
+    for package in ["edgefleet-agent", "edgefleet-hub"] {
+        let out = std::process::Command::new(env!("CARGO"))
+            .current_dir(root())
+            .args(["tree", "--offline", "-e", "normal", "-p", package, "-i"])
+            .arg("aws-lc-rs")
+            .output()
+            .expect("cargo tree");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !out.status.success() && text.contains("did not match any packages"),
+            "{package} depends on aws-lc-rs:\n{text}"
+        );
+        let out = std::process::Command::new(env!("CARGO"))
+            .current_dir(root())
+            .args([
+                "tree",
+                "--offline",
+                "-e",
+                "normal",
+                "-p",
+                package,
+                "-i",
+                "ring",
+            ])
+            .output()
+            .expect("cargo tree");
+        assert!(out.status.success(), "{package} has no ring provider");
+    }
+}
