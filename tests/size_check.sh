@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Binary-size guard (CI runs it): builds the agent alone in the dev profile, strips it, and
+# Binary-size guard (CI runs it): builds the agent in the dev profile, strips it, and
 # fails when it is more than 10 % larger than the size BENCHMARKS.md records on its
 # `size-check:` line. A feature that makes the agent grow is then a deliberate change: measure
 # the shipped `release` size (tests/footprint.sh), update BENCHMARKS.md, and record the new dev
@@ -10,8 +10,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LIMIT_PERCENT=${SIZE_CHECK_LIMIT_PERCENT:-10}
-# The agent alone: features exactly as shipped (no test-only features unified in).
-cargo build -p edgefleet-agent --bin edgefleet-agent --quiet
+# The workspace's binaries, as the quick start builds them: features as shipped (no test-only
+# dev-dependency features unified in), and the soak and interop checks after it reuse the build.
+cargo build --workspace --bins --quiet
 tmp=$(mktemp)
 trap 'rm -f "$tmp"' EXIT
 cp target/debug/edgefleet-agent "$tmp"
