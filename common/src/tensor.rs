@@ -137,15 +137,16 @@ pub struct Tensor {
 }
 
 impl Tensor {
+    /// The number of elements `shape` holds; `None` if it overflows.
+    pub fn element_count(shape: &[u64]) -> Option<u64> {
+        shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))
+    }
+
     /// Checks that the element count matches the shape.
     pub fn validate(&self) -> Result<()> {
-        let expected = self
-            .shape
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-            .ok_or_else(|| {
-                Error::InvalidManifest(format!("tensor {:?}: shape overflows", self.name))
-            })?;
+        let expected = Self::element_count(&self.shape).ok_or_else(|| {
+            Error::InvalidManifest(format!("tensor {:?}: shape overflows", self.name))
+        })?;
         if expected != self.data.len() as u64 {
             return Err(Error::InvalidManifest(format!(
                 "tensor {:?}: shape {:?} needs {expected} elements, data has {}",
@@ -174,53 +175,29 @@ impl TensorData {
     ) -> Result<TensorData> {
         let mut flat = Vec::new();
         flatten(data, &mut flat, max_elements)?;
-        let bad = |i: usize, why: &str| {
-            Error::InvalidTensorData(format!("element {i} ({}) {why}", flat[i]))
-        };
         let not_valid = format!("is not a valid {datatype}");
         Ok(match datatype {
-            DataType::Fp32 => TensorData::Fp32(
-                flat.iter()
-                    .enumerate()
-                    .map(|(i, v)| {
-                        let x = v.as_f64().ok_or_else(|| bad(i, &not_valid))?;
-                        let y = x as f32;
-                        if y.is_finite() {
-                            Ok(y)
-                        } else {
-                            Err(bad(i, "is out of range for FP32 (±3.4e38)"))
-                        }
-                    })
-                    .collect::<Result<_>>()?,
-            ),
-            DataType::Fp64 => TensorData::Fp64(
-                flat.iter()
-                    .enumerate()
-                    .map(|(i, v)| v.as_f64().ok_or_else(|| bad(i, &not_valid)))
-                    .collect::<Result<_>>()?,
-            ),
-            DataType::Int64 => TensorData::Int64(
-                flat.iter()
-                    .enumerate()
-                    .map(|(i, v)| v.as_i64().ok_or_else(|| bad(i, &not_valid)))
-                    .collect::<Result<_>>()?,
-            ),
-            DataType::Int32 => TensorData::Int32(
-                flat.iter()
-                    .enumerate()
-                    .map(|(i, v)| {
-                        v.as_i64()
-                            .and_then(|x| i32::try_from(x).ok())
-                            .ok_or_else(|| bad(i, &not_valid))
-                    })
-                    .collect::<Result<_>>()?,
-            ),
-            DataType::Bool => TensorData::Bool(
-                flat.iter()
-                    .enumerate()
-                    .map(|(i, v)| v.as_bool().ok_or_else(|| bad(i, &not_valid)))
-                    .collect::<Result<_>>()?,
-            ),
+            DataType::Fp32 => {
+                let wide = each(&flat, &not_valid, serde_json::Value::as_f64)?;
+                if let Some(i) = wide.iter().position(|&x| !(x as f32).is_finite()) {
+                    return Err(bad_element(
+                        i,
+                        flat[i],
+                        "is out of range for FP32 (±3.4e38)",
+                    ));
+                }
+                TensorData::Fp32(wide.into_iter().map(|x| x as f32).collect())
+            }
+            DataType::Fp64 => TensorData::Fp64(each(&flat, &not_valid, serde_json::Value::as_f64)?),
+            DataType::Int64 => {
+                TensorData::Int64(each(&flat, &not_valid, serde_json::Value::as_i64)?)
+            }
+            DataType::Int32 => TensorData::Int32(each(&flat, &not_valid, |v| {
+                v.as_i64().and_then(|x| i32::try_from(x).ok())
+            })?),
+            DataType::Bool => {
+                TensorData::Bool(each(&flat, &not_valid, serde_json::Value::as_bool)?)
+            }
             other => return Err(unserved(other)),
         })
     }
@@ -306,6 +283,22 @@ impl TensorData {
         };
         size * self.len()
     }
+}
+
+/// Converts every element with `convert`; the first it refuses is named with `why`.
+fn each<T>(
+    flat: &[&serde_json::Value],
+    why: &str,
+    convert: impl Fn(&serde_json::Value) -> Option<T>,
+) -> Result<Vec<T>> {
+    flat.iter()
+        .enumerate()
+        .map(|(i, v)| convert(v).ok_or_else(|| bad_element(i, v, why)))
+        .collect()
+}
+
+fn bad_element(i: usize, v: &serde_json::Value, why: &str) -> Error {
+    Error::InvalidTensorData(format!("element {i} ({v}) {why}"))
 }
 
 fn unserved(datatype: DataType) -> Error {

@@ -262,6 +262,8 @@ pub fn parse_duration(s: &str) -> anyhow::Result<u64> {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Before any HTTP client is built (the commands against a hub).
+    crate::install_crypto_provider();
     match &cli.command {
         Command::Keygen { role, out } => keygen(*role, out, cli.json),
         Command::Delegate {
@@ -529,10 +531,7 @@ impl Remote {
             bail!("--hub {base:?} must start with http:// or https://");
         }
         Ok(Self {
-            http: {
-                crate::install_crypto_provider();
-                reqwest::Client::new()
-            },
+            http: reqwest::Client::new(),
             base,
             token,
         })

@@ -18,32 +18,21 @@ use std::time::{Duration, Instant};
 
 use edgefleet_agent::model::LoadedModel;
 use edgefleet_agent::serve::{Registry, router};
-use edgefleet_common::manifest::ModelFormat;
-use edgefleet_common::{ArtifactRef, DataType, Digest, ModelManifest, TensorSpec};
+use edgefleet_common::{DataType, TensorSpec};
 
-fn manifest(name: &str, features: usize, artifact: &[u8]) -> ModelManifest {
+fn manifest(name: &str, features: usize, artifact: &[u8]) -> edgefleet_common::ModelManifest {
     let spec = |n: &str, cols: usize| TensorSpec {
         name: n.into(),
         datatype: DataType::Fp32,
         shape: vec![-1, cols as i64],
         feature_names: vec![],
     };
-    ModelManifest {
-        name: name.into(),
-        version: 1,
-        artifact: ArtifactRef {
-            sha256: Digest::of(artifact),
-            size: artifact.len() as u64,
-            format: ModelFormat::Onnx,
-        },
-        inputs: vec![spec("x", features)],
-        outputs: vec![spec("y", 1)],
-        smoke_tests: vec![],
-        created_at: 0,
-        lineage: Default::default(),
-        reference_profile: None,
-        description: String::new(),
-    }
+    edgefleet_tests::plain_manifest(
+        name,
+        artifact,
+        vec![spec("x", features)],
+        vec![spec("y", 1)],
+    )
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -13,28 +13,17 @@ use std::time::{Duration, Instant};
 
 use edgefleet_agent::model::LoadedModel;
 use edgefleet_agent::serve::{Registry, router};
-use edgefleet_common::manifest::ModelFormat;
-use edgefleet_common::{ArtifactRef, Digest, ModelManifest, Tensor, TensorData};
+use edgefleet_common::{Digest, ModelManifest, Tensor, TensorData};
 use edgefleet_tests::{FEATURES, Mlp};
 use tract_onnx::prelude::*;
 
 fn manifest(artifact: &[u8]) -> ModelManifest {
-    ModelManifest {
-        name: "demand".into(),
-        version: 1,
-        artifact: ArtifactRef {
-            sha256: Digest::of(artifact),
-            size: artifact.len() as u64,
-            format: ModelFormat::Onnx,
-        },
-        inputs: vec![edgefleet_tests::input_spec()],
-        outputs: vec![edgefleet_tests::output_spec()],
-        smoke_tests: vec![],
-        created_at: 0,
-        lineage: Default::default(),
-        reference_profile: None,
-        description: String::new(),
-    }
+    edgefleet_tests::plain_manifest(
+        "demand",
+        artifact,
+        vec![edgefleet_tests::input_spec()],
+        vec![edgefleet_tests::output_spec()],
+    )
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

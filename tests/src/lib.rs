@@ -162,3 +162,29 @@ pub fn oip_json(t: &Tensor) -> serde_json::Value {
     };
     json!({"name": t.name, "shape": t.shape, "datatype": t.data.datatype().as_str(), "data": data})
 }
+
+/// A manifest for `artifact` with the given schema, no smoke tests and no reference profile:
+/// what benchmarks load straight into `LoadedModel`, unsigned.
+pub fn plain_manifest(
+    name: &str,
+    artifact: &[u8],
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
+) -> edgefleet_common::ModelManifest {
+    edgefleet_common::ModelManifest {
+        name: name.into(),
+        version: 1,
+        artifact: edgefleet_common::ArtifactRef {
+            sha256: edgefleet_common::Digest::of(artifact),
+            size: artifact.len() as u64,
+            format: edgefleet_common::manifest::ModelFormat::Onnx,
+        },
+        inputs,
+        outputs,
+        smoke_tests: vec![],
+        created_at: 0,
+        lineage: Default::default(),
+        reference_profile: None,
+        description: String::new(),
+    }
+}

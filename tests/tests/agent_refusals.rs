@@ -140,15 +140,24 @@ fn bundle(a: Assignment, key: &SecretKey) -> AssignmentBundle {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn replayed_expired_misdirected_and_untrusted_assignments_are_refused() {
+/// A hub with demand v1 and v2, an updater for shop-1 over a fresh data dir, and the two
+/// versions' manifest digests.
+async fn demand_v1_v2() -> (Hub, tempfile::TempDir, Updater, Digest, Digest) {
     let hub = Hub::start().await;
     hub.push_mlp("demand", 1, 1).await;
     hub.push_mlp("demand", 2, 2).await;
     let dir = tempfile::tempdir().expect("tmp");
     let u = updater(&hub, "shop-1", dir.path()).await;
-    let now = now();
-    let a = |version: u64, serial: u64, digest: Digest| Assignment {
+    let (d1, d2) = (
+        manifest_digest(&hub, "demand", 1).await,
+        manifest_digest(&hub, "demand", 2).await,
+    );
+    (hub, dir, u, d1, d2)
+}
+
+/// Demand `version` for shop-1, valid for an hour from `now`.
+fn assign_demand(version: u64, serial: u64, digest: Digest, now: u64) -> Assignment {
+    Assignment {
         target: Target::Device("shop-1".into()),
         model: "demand".into(),
         version,
@@ -156,11 +165,14 @@ async fn replayed_expired_misdirected_and_untrusted_assignments_are_refused() {
         serial,
         issued_at: now,
         expires_at: now + 3600,
-    };
-    let (d1, d2) = (
-        manifest_digest(&hub, "demand", 1).await,
-        manifest_digest(&hub, "demand", 2).await,
-    );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replayed_expired_misdirected_and_untrusted_assignments_are_refused() {
+    let (hub, dir, u, d1, d2) = demand_v1_v2().await;
+    let now = now();
+    let a = |version: u64, serial: u64, digest: Digest| assign_demand(version, serial, digest, now);
     u.apply(&bundle(a(1, 10, d1), &hub.root), now)
         .await
         .expect("v1");
@@ -239,25 +251,9 @@ async fn hub_signed_assignment_is_refused_once_the_delegation_expired() {
 /// still a replay: refused and reported.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_older_bundle_for_the_served_version_is_ignored_and_a_replay_is_still_reported() {
-    let hub = Hub::start().await;
-    hub.push_mlp("demand", 1, 1).await;
-    hub.push_mlp("demand", 2, 2).await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let u = updater(&hub, "shop-1", dir.path()).await;
+    let (hub, _dir, u, d1, d2) = demand_v1_v2().await;
     let now = now();
-    let a = |version: u64, serial: u64, digest: Digest| Assignment {
-        target: Target::Device("shop-1".into()),
-        model: "demand".into(),
-        version,
-        manifest_digest: digest,
-        serial,
-        issued_at: now,
-        expires_at: now + 3600,
-    };
-    let (d1, d2) = (
-        manifest_digest(&hub, "demand", 1).await,
-        manifest_digest(&hub, "demand", 2).await,
-    );
+    let a = |version: u64, serial: u64, digest: Digest| assign_demand(version, serial, digest, now);
     let stale = |u: &Updater| {
         u.stale_assignments
             .load(std::sync::atomic::Ordering::Relaxed)

@@ -67,6 +67,13 @@ async fn setup() -> (Hub, Agent) {
     (hub, agent)
 }
 
+/// A refused request's status and the protocol's `{"error": …}` message.
+async fn refusal(r: reqwest::Response) -> (u16, String) {
+    let status = r.status().as_u16();
+    let v: Value = r.json().await.expect("error body is JSON");
+    (status, v["error"].as_str().unwrap_or_default().to_owned())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn metadata_health_and_every_datatype() {
     let (_hub, agent) = setup().await;
@@ -209,9 +216,7 @@ async fn malformed_requests_get_a_4xx_that_says_what_was_expected() {
             .send()
             .await
             .expect("infer");
-        let got = r.status().as_u16();
-        let v: Value = r.json().await.expect("error body is JSON");
-        let msg = v["error"].as_str().unwrap_or_default();
+        let (got, msg) = refusal(r).await;
         assert_eq!(got, status, "{}: {msg}", String::from_utf8_lossy(&body));
         assert!(
             msg.contains(needle),
@@ -432,10 +437,7 @@ async fn binary_tensor_data_in_and_out() {
         if let Some(h) = header {
             req = req.header("Inference-Header-Content-Length", h);
         }
-        let r = req.send().await.expect("infer");
-        let status = r.status().as_u16();
-        let v: Value = r.json().await.expect("error body is JSON");
-        let msg = v["error"].as_str().unwrap_or_default();
+        let (status, msg) = refusal(req.send().await.expect("infer")).await;
         assert_eq!(status, 400, "{needle}: {msg}");
         assert!(msg.contains(needle), "{msg:?} should contain {needle:?}");
     }

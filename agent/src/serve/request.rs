@@ -12,7 +12,7 @@
 use edgefleet_common::{DataType, Tensor, TensorData};
 use serde::Deserialize;
 
-use super::{MAX_ELEMENTS, MAX_INFER_BODY};
+use super::MAX_ELEMENTS;
 
 /// The header naming the JSON part's length in a binary request or response.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -221,9 +221,7 @@ fn take_binary(
     binary: &mut &[u8],
 ) -> Result<TensorData, String> {
     let element = TensorData::element_size(datatype).map_err(|e| e.to_string())?;
-    let elements = shape
-        .iter()
-        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+    let elements = Tensor::element_count(shape)
         .filter(|&n| n <= MAX_ELEMENTS as u64)
         .ok_or_else(|| format!("shape {shape:?} has more than {MAX_ELEMENTS} elements"))?;
     let expected = elements * element as u64;
@@ -251,9 +249,6 @@ fn take_binary(
 /// JSON `data`: a flat array straight into a typed vector (the fast path), otherwise the
 /// general decoder, which handles nesting and names the element that is wrong.
 fn from_json(datatype: DataType, raw: &str) -> Result<TensorData, String> {
-    if raw.len() > MAX_INFER_BODY {
-        return Err("data too large".into());
-    }
     fn flat<T: serde::de::DeserializeOwned>(raw: &str) -> Option<Vec<T>> {
         serde_json::from_str(raw).ok()
     }
