@@ -75,6 +75,7 @@ pub struct ModelManifest {
     pub created_at: u64,
     pub lineage: Lineage,
     /// Training-data profile (sketch envelope bytes), used for drift detection.
+    #[serde(with = "serde_bytes")]
     pub reference_profile: Option<Vec<u8>>,
     pub description: String,
 }

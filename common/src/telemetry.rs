@@ -161,8 +161,10 @@ pub struct ModelWindow {
     pub model: String,
     pub version: u64,
     /// [`Profile::to_bytes`]: inputs then outputs, named as [`crate::sketch::model_columns`].
+    #[serde(with = "serde_bytes")]
     pub profile: Vec<u8>,
     /// [`LatencySketch`] bytes: microseconds per successful request.
+    #[serde(with = "serde_bytes")]
     pub latency: Vec<u8>,
     pub requests: u64,
     pub errors: u64,

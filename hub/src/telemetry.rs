@@ -10,9 +10,10 @@
 //! - `drift_config`: model → [`DriftConfig`] (methods and thresholds; default Evidently's).
 //!
 //! Architecture invariant: a record's merge into every aggregate, its latest-window entry and
-//! its dedup marker are written in one sled transaction, and the database is flushed before
-//! the hub acks the record, so an acked record is stored exactly once, and a record that was
-//! not acked is either wholly stored (its resend is then a duplicate) or not at all.
+//! its dedup marker are written in one sled transaction (its group's, see [`TelemetryWriter`]),
+//! and the database is flushed before the hub acks the record, so an acked record is stored
+//! exactly once, and a record that was not acked is either wholly stored (its resend is then a
+//! duplicate) or not at all.
 
 use std::collections::HashMap;
 
@@ -34,7 +35,9 @@ pub const ALL: &str = "*";
 /// Merged windows of one model version, hour and scope.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Aggregate {
+    #[serde(with = "serde_bytes")]
     pub profile: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub latency: Vec<u8>,
     pub requests: u64,
     pub errors: u64,
@@ -55,6 +58,32 @@ pub struct Merged {
     pub last_window_end: u64,
 }
 
+/// What merges into an aggregate: a window's (or another aggregate's) figures, borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct MergedRef<'a> {
+    pub profile: &'a Profile,
+    pub latency: &'a LatencySketch,
+    pub requests: u64,
+    pub errors: u64,
+    pub windows: u64,
+    pub first_window_start: u64,
+    pub last_window_end: u64,
+}
+
+impl<'a> MergedRef<'a> {
+    fn window(w: &'a DecodedWindow, start: u64, end: u64) -> Self {
+        MergedRef {
+            profile: &w.profile,
+            latency: &w.latency,
+            requests: w.requests,
+            errors: w.errors,
+            windows: 1,
+            first_window_start: start,
+            last_window_end: end,
+        }
+    }
+}
+
 impl Merged {
     fn from_window(w: &DecodedWindow, start: u64, end: u64) -> Self {
         Merged {
@@ -65,6 +94,18 @@ impl Merged {
             windows: 1,
             first_window_start: start,
             last_window_end: end,
+        }
+    }
+
+    pub fn as_ref(&self) -> MergedRef<'_> {
+        MergedRef {
+            profile: &self.profile,
+            latency: &self.latency,
+            requests: self.requests,
+            errors: self.errors,
+            windows: self.windows,
+            first_window_start: self.first_window_start,
+            last_window_end: self.last_window_end,
         }
     }
 
@@ -94,14 +135,28 @@ impl Merged {
         }
     }
 
-    /// Adds `other` in; refused (with a reason) when the profiles' columns differ.
-    pub fn merge(&mut self, other: &Merged) -> Result<(), String> {
-        let mut profile = self.profile.clone();
-        profile.merge(&other.profile).map_err(|e| e.to_string())?;
-        let mut latency = self.latency.clone();
-        latency.merge(&other.latency).map_err(|e| e.to_string())?;
-        self.profile = profile;
-        self.latency = latency;
+    /// Whether [`merge`](Self::merge) would accept `other`; changes nothing.
+    pub fn check_merge(&self, other: MergedRef<'_>) -> Result<(), String> {
+        self.profile
+            .check_merge(other.profile)
+            .map_err(|e| e.to_string())?;
+        self.latency
+            .check_merge(other.latency)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Adds `other` in; refused (with a reason, nothing changed) when the profiles' columns
+    /// differ or a count would overflow.
+    pub fn merge(&mut self, other: MergedRef<'_>) -> Result<(), String> {
+        self.check_merge(other)?;
+        // Each merge refuses only what the check refused, and changes nothing when it does:
+        // after the check, neither can leave the other half done.
+        self.profile
+            .merge(other.profile)
+            .map_err(|e| e.to_string())?;
+        self.latency
+            .merge(other.latency)
+            .map_err(|e| e.to_string())?;
         self.requests = self.requests.saturating_add(other.requests);
         self.errors = self.errors.saturating_add(other.errors);
         self.windows += other.windows;
@@ -171,11 +226,16 @@ pub struct Liveness {
     pub agent_version: String,
 }
 
-/// The outcome of [`TelemetryStore::commit`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Committed {
+/// What [`TelemetryWriter::stage`] did with a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Staged {
+    /// Merged into the group; stored once the group commits.
     Stored,
+    /// Stored before (or earlier in this group): nothing to do but ack it again.
     Duplicate,
+    /// A window does not merge with its aggregates (columns differ, a count would overflow);
+    /// nothing of the record was staged.
+    Unmergeable(String),
 }
 
 #[derive(Clone)]
@@ -236,7 +296,7 @@ fn parse_agg_key(k: &[u8]) -> Option<(String, u64, u64, String)> {
     Some((model, version, hour, scope))
 }
 
-/// A reference profile and drift rules per model version, for [`TelemetryStore::commit`].
+/// A reference profile and drift rules per model version, for [`TelemetryWriter::stage`].
 pub type References = HashMap<(String, u64), (Profile, DriftConfig)>;
 
 impl TelemetryStore {
@@ -253,86 +313,6 @@ impl TelemetryStore {
 
     pub fn is_duplicate(&self, device: &str, seq: u64) -> HubResult<bool> {
         Ok(self.seen.contains_key(seen_key(device, seq))?)
-    }
-
-    /// Stores a verified record: merges each model window into the fleet-wide aggregate and
-    /// one per device tag for the hour its window ended in, replaces the device's latest
-    /// window (with drift against `references`), marks (device, seq) seen — all or nothing.
-    /// Not flushed: the caller flushes once per batch, before acking.
-    pub fn commit(
-        &self,
-        record: &TelemetryRecord,
-        windows: &[DecodedWindow],
-        tags: &[String],
-        references: &References,
-        received_at: u64,
-    ) -> HubResult<Committed> {
-        let key = seen_key(&record.device_id, record.seq);
-        if self.seen.contains_key(&key)? {
-            return Ok(Committed::Duplicate);
-        }
-        let hour = record.window_end / HOUR * HOUR;
-        let summaries: Vec<ModelWindowSummary> = windows
-            .iter()
-            .map(|w| ModelWindowSummary {
-                model: w.model.clone(),
-                version: w.version,
-                requests: w.requests,
-                errors: w.errors,
-                latency_ms: LatencyMs::of(&w.latency),
-                drift: references
-                    .get(&(w.model.clone(), w.version))
-                    .map(|(reference, config)| profile_drift(reference, &w.profile, config))
-                    .unwrap_or_default(),
-            })
-            .collect();
-        let latest = encode(&DeviceTelemetry {
-            seq: record.seq,
-            window_start: record.window_start,
-            window_end: record.window_end,
-            received_at,
-            health: record.health.clone(),
-            outbox: record.outbox.clone(),
-            agent_version: record.agent_version.clone(),
-            models: summaries,
-        })?;
-        // Merged outside the transaction (decoding is the expensive part; sled may retry the
-        // closure): the ingest task is the only writer of these trees, so what was read stays
-        // current until the transaction commits.
-        let mut scopes: Vec<&str> = vec![ALL];
-        scopes.extend(tags.iter().map(String::as_str).filter(|t| *t != ALL));
-        let mut writes: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        for w in windows {
-            let fresh = Merged::from_window(w, record.window_start, record.window_end);
-            for scope in &scopes {
-                let k = agg_key(&w.model, w.version, hour, scope);
-                let merged = match self.agg.get(&k)? {
-                    Some(bytes) => {
-                        let mut m = Merged::decode(&decode::<Aggregate>(&bytes)?)?;
-                        m.merge(&fresh).map_err(|e| {
-                            HubError::BadRequest(format!(
-                                "model {} v{}: the window does not merge with the fleet's: {e}",
-                                w.model, w.version
-                            ))
-                        })?;
-                        m
-                    }
-                    None => fresh.clone(),
-                };
-                writes.push((k, encode(&merged.encode())?));
-            }
-        }
-        let result: Result<(), TransactionError<()>> = (&self.seen, &self.agg, &self.latest)
-            .transaction(|(seen, agg, latest_tree)| {
-                for (k, v) in &writes {
-                    agg.insert(k.as_slice(), v.as_slice())?;
-                }
-                latest_tree.insert(record.device_id.as_bytes(), latest.as_slice())?;
-                seen.insert(key.as_slice(), &record.window_end.to_be_bytes())?;
-                Ok::<_, ConflictableTransactionError<()>>(())
-            });
-        result.map_err(|e| HubError::Internal(format!("telemetry commit: {e:?}")))?;
-        Ok(Committed::Stored)
     }
 
     pub async fn flush(&self) -> HubResult<()> {
@@ -393,7 +373,7 @@ impl TelemetryStore {
             let m = Merged::decode(&decode::<Aggregate>(&v)?)?;
             match out.as_mut() {
                 None => out = Some(m),
-                Some(acc) => acc.merge(&m).map_err(HubError::Internal)?,
+                Some(acc) => acc.merge(m.as_ref()).map_err(HubError::Internal)?,
             }
         }
         Ok(out)
@@ -457,9 +437,393 @@ impl TelemetryStore {
     }
 }
 
+/// Decoded aggregates kept between groups: enough for the current and the previous hour of
+/// every model version and scope of a large fleet; past it the writer starts over from disk.
+const MAX_HOT_AGGREGATES: usize = 512;
+
+/// The one writer of the telemetry trees (the ingest task owns it).
+///
+/// Records are staged into a group, and the group is committed in one sled transaction: each
+/// dirty aggregate is encoded once per group, not once per record. The aggregates of recent
+/// hours stay decoded in memory between groups (they change only through this writer), so a
+/// record costs a merge, not a decode, merge and re-encode of every aggregate it touches.
+///
+/// Architecture invariant: the hub acks a record only after the group that merged it has
+/// committed and the database is flushed ([`TelemetryStore::flush`]). A group that fails to
+/// commit is forgotten, with its aggregates: they are read back from disk, so memory never
+/// holds a merge the disk does not.
+pub struct TelemetryWriter {
+    store: TelemetryStore,
+    /// Aggregate key → (its hour, the aggregate as committed, plus this group's merges).
+    hot: HashMap<Vec<u8>, (u64, Merged)>,
+    group: Group,
+    /// The group holds part of a record: committing it would store half a record.
+    poisoned: bool,
+}
+
+/// What one group will write.
+#[derive(Default)]
+struct Group {
+    dirty: std::collections::HashSet<Vec<u8>>,
+    /// Device → its latest window (a later record of the group replaces an earlier one).
+    latest: HashMap<String, Vec<u8>>,
+    /// Dedup markers: key → window end.
+    seen: HashMap<Vec<u8>, u64>,
+}
+
+impl std::fmt::Debug for TelemetryWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelemetryWriter")
+            .field("hot", &self.hot.len())
+            .field("staged", &self.group.seen.len())
+            .finish()
+    }
+}
+
+impl TelemetryWriter {
+    pub fn new(store: TelemetryStore) -> Self {
+        Self {
+            store,
+            hot: HashMap::new(),
+            group: Group::default(),
+            poisoned: false,
+        }
+    }
+
+    /// Records staged since the last commit.
+    pub fn staged(&self) -> usize {
+        self.group.seen.len()
+    }
+
+    /// Stages a verified record: merges each model window into the fleet-wide aggregate and
+    /// one per device tag for the hour its window ended in, replaces the device's latest
+    /// window (with drift against `references`), marks (device, seq) seen. All or nothing per
+    /// record; nothing reaches the disk before [`commit`](Self::commit).
+    pub fn stage(
+        &mut self,
+        record: &TelemetryRecord,
+        windows: &[DecodedWindow],
+        tags: &[String],
+        references: &References,
+        received_at: u64,
+    ) -> HubResult<Staged> {
+        let key = seen_key(&record.device_id, record.seq);
+        if self.group.seen.contains_key(&key) || self.store.seen.contains_key(&key)? {
+            return Ok(Staged::Duplicate);
+        }
+        let hour = record.window_end / HOUR * HOUR;
+        let mut scopes: Vec<&str> = vec![ALL];
+        scopes.extend(tags.iter().map(String::as_str).filter(|t| *t != ALL));
+        // Every aggregate is checked before any is changed: a window refused by the second
+        // scope must not have merged into the first.
+        let mut targets = Vec::with_capacity(windows.len() * scopes.len());
+        for (i, w) in windows.iter().enumerate() {
+            let fresh = MergedRef::window(w, record.window_start, record.window_end);
+            for scope in &scopes {
+                let k = agg_key(&w.model, w.version, hour, scope);
+                if let Some(current) = self.load(&k, hour)?
+                    && let Err(e) = current.check_merge(fresh)
+                {
+                    return Ok(Staged::Unmergeable(format!(
+                        "model {} v{}: the window does not merge with the fleet's: {e}",
+                        w.model, w.version
+                    )));
+                }
+                targets.push((k, i));
+            }
+        }
+        let latest = encode(&DeviceTelemetry {
+            seq: record.seq,
+            window_start: record.window_start,
+            window_end: record.window_end,
+            received_at,
+            health: record.health.clone(),
+            outbox: record.outbox.clone(),
+            agent_version: record.agent_version.clone(),
+            models: window_summaries(windows, references),
+        })?;
+        for (k, i) in targets {
+            let w = &windows[i];
+            match self.hot.get_mut(&k) {
+                Some((_, current)) => {
+                    let fresh = MergedRef::window(w, record.window_start, record.window_end);
+                    if let Err(e) = current.merge(fresh) {
+                        // Checked above, so unreachable; if it were not, the group may hold
+                        // part of this record: it must not be committed.
+                        self.poisoned = true;
+                        return Err(HubError::Internal(format!("a checked merge refused: {e}")));
+                    }
+                }
+                None => {
+                    let fresh = Merged::from_window(w, record.window_start, record.window_end);
+                    self.hot.insert(k.clone(), (hour, fresh));
+                }
+            }
+            self.group.dirty.insert(k);
+        }
+        self.group.latest.insert(record.device_id.clone(), latest);
+        self.group.seen.insert(key, record.window_end);
+        Ok(Staged::Stored)
+    }
+
+    /// The aggregate under `k`, read from disk into the hot set the first time.
+    fn load(&mut self, k: &[u8], hour: u64) -> HubResult<Option<&Merged>> {
+        if !self.hot.contains_key(k)
+            && let Some(bytes) = self.store.agg.get(k)?
+        {
+            let m = Merged::decode(&decode::<Aggregate>(&bytes)?)?;
+            self.hot.insert(k.to_vec(), (hour, m));
+        }
+        Ok(self.hot.get(k).map(|(_, m)| m))
+    }
+
+    /// Writes the staged group in one transaction (not flushed: the caller flushes before it
+    /// acks). On an error nothing of the group is stored and its records are forgotten: the
+    /// devices send them again.
+    pub fn commit(&mut self) -> HubResult<usize> {
+        let group = std::mem::take(&mut self.group);
+        let records = group.seen.len();
+        if records == 0 && !self.poisoned {
+            return Ok(0);
+        }
+        let written = if std::mem::take(&mut self.poisoned) {
+            Err(HubError::Internal(
+                "the group holds part of a record; not stored".into(),
+            ))
+        } else {
+            self.write(&group)
+        };
+        if written.is_err() {
+            // The hot set holds this group's merges: drop them, the disk is the truth.
+            for k in &group.dirty {
+                self.hot.remove(k);
+            }
+        }
+        written?;
+        self.evict();
+        Ok(records)
+    }
+
+    fn write(&self, group: &Group) -> HubResult<()> {
+        let mut aggregates = Vec::with_capacity(group.dirty.len());
+        for k in &group.dirty {
+            let (_, m) = self
+                .hot
+                .get(k)
+                .ok_or_else(|| HubError::Internal("a staged aggregate is missing".into()))?;
+            aggregates.push((k.as_slice(), encode(&m.encode())?));
+        }
+        let store = &self.store;
+        let result: Result<(), TransactionError<()>> = (&store.seen, &store.agg, &store.latest)
+            .transaction(|(seen, agg, latest)| {
+                for (k, v) in &aggregates {
+                    agg.insert(*k, v.as_slice())?;
+                }
+                for (device, v) in &group.latest {
+                    latest.insert(device.as_bytes(), v.as_slice())?;
+                }
+                for (k, end) in &group.seen {
+                    seen.insert(k.as_slice(), &end.to_be_bytes())?;
+                }
+                Ok::<_, ConflictableTransactionError<()>>(())
+            });
+        result.map_err(|e| HubError::Internal(format!("telemetry commit: {e:?}")))
+    }
+
+    /// Keeps the newest two hours (late windows of the last hour are common), within
+    /// [`MAX_HOT_AGGREGATES`].
+    fn evict(&mut self) {
+        let newest = self.hot.values().map(|(h, _)| *h).max().unwrap_or(0);
+        self.hot
+            .retain(|_, (h, _)| h.saturating_add(HOUR) >= newest);
+        if self.hot.len() > MAX_HOT_AGGREGATES {
+            self.hot.clear();
+        }
+    }
+}
+
+/// Per model of a window: counts, latency quantiles, drift against its reference.
+fn window_summaries(windows: &[DecodedWindow], references: &References) -> Vec<ModelWindowSummary> {
+    windows
+        .iter()
+        .map(|w| ModelWindowSummary {
+            model: w.model.clone(),
+            version: w.version,
+            requests: w.requests,
+            errors: w.errors,
+            latency_ms: LatencyMs::of(&w.latency),
+            drift: references
+                .get(&(w.model.clone(), w.version))
+                .map(|(reference, config)| profile_drift(reference, &w.profile, config))
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edgefleet_common::sketch::{ColumnKind, ColumnSpec, DEFAULT_K};
+    use edgefleet_common::telemetry::ModelWindow;
+
+    fn columns(names: &[&str]) -> Vec<ColumnSpec> {
+        names
+            .iter()
+            .map(|n| ColumnSpec {
+                name: (*n).into(),
+                kind: ColumnKind::Numeric,
+            })
+            .collect()
+    }
+
+    /// A record of one window of `demand` v1 with `rows` rows over `names`, ending in the hour
+    /// that starts at `hour`.
+    fn record(device: &str, seq: u64, hour: u64, names: &[&str], rows: u64) -> TelemetryRecord {
+        let mut profile = Profile::new(&columns(names), DEFAULT_K).expect("profile");
+        let mut latency = LatencySketch::default();
+        for i in 0..rows {
+            let row: Vec<f64> = (0..names.len()).map(|j| (i + j as u64) as f64).collect();
+            profile.update_row(&row).expect("row");
+            latency.record_us(100.0 + i as f64);
+        }
+        TelemetryRecord {
+            device_id: device.into(),
+            seq,
+            window_start: hour + 60,
+            window_end: hour + 120,
+            models: vec![ModelWindow {
+                model: "demand".into(),
+                version: 1,
+                profile: profile.to_bytes(),
+                latency: latency.into(),
+                requests: rows,
+                errors: 0,
+            }],
+            health: Health::default(),
+            outbox: OutboxStats::default(),
+            agent_version: "test".into(),
+        }
+    }
+
+    fn stage(w: &mut TelemetryWriter, r: &TelemetryRecord, tags: &[&str]) -> Staged {
+        let windows = r.validate().expect("valid");
+        let tags: Vec<String> = tags.iter().map(|t| (*t).to_owned()).collect();
+        w.stage(r, &windows, &tags, &References::new(), 0)
+            .expect("stage")
+    }
+
+    fn store() -> (tempfile::TempDir, TelemetryStore) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .open()
+            .expect("db");
+        let store = TelemetryStore::open(&db).expect("store");
+        (dir, store)
+    }
+
+    fn windows_in(store: &TelemetryStore, scope: &str, hour: u64) -> Option<(u64, u64)> {
+        store
+            .aggregate("demand", 1, scope, hour, hour + HOUR)
+            .expect("read")
+            .map(|m| (m.windows, m.requests))
+    }
+
+    const H: u64 = 1_795_000_000 / HOUR * HOUR;
+
+    #[test]
+    fn a_group_is_stored_once_and_only_when_committed() {
+        let (_dir, store) = store();
+        let mut w = TelemetryWriter::new(store.clone());
+        let a = record("shop-a", 1, H, &["x", "y"], 10);
+        assert_eq!(stage(&mut w, &a, &["eu"]), Staged::Stored);
+        // The same record again in the same group (a QoS 1 redelivery) is a duplicate.
+        assert_eq!(stage(&mut w, &a, &["eu"]), Staged::Duplicate);
+        assert_eq!(
+            stage(&mut w, &record("shop-b", 1, H, &["x", "y"], 5), &[]),
+            Staged::Stored
+        );
+        assert_eq!(w.staged(), 2);
+        // Nothing reaches the disk before the commit.
+        assert_eq!(windows_in(&store, ALL, H), None);
+        assert!(store.latest("shop-a").expect("read").is_none());
+        assert!(!store.is_duplicate("shop-a", 1).expect("read"));
+        assert_eq!(w.commit().expect("commit"), 2);
+        assert_eq!(windows_in(&store, ALL, H), Some((2, 15)));
+        assert_eq!(windows_in(&store, "eu", H), Some((1, 10)));
+        assert_eq!(
+            store.latest("shop-b").expect("read").map(|l| l.seq),
+            Some(1)
+        );
+        assert!(store.is_duplicate("shop-a", 1).expect("read"));
+        assert_eq!(w.commit().expect("empty commit"), 0);
+        // After the commit, a resend is a duplicate too.
+        assert_eq!(stage(&mut w, &a, &["eu"]), Staged::Duplicate);
+    }
+
+    #[test]
+    fn a_new_writer_merges_into_what_the_disk_holds() {
+        let (_dir, store) = store();
+        let mut w = TelemetryWriter::new(store.clone());
+        stage(&mut w, &record("shop-a", 1, H, &["x"], 10), &[]);
+        w.commit().expect("commit");
+        drop(w);
+        let mut w = TelemetryWriter::new(store.clone());
+        stage(&mut w, &record("shop-a", 2, H, &["x"], 7), &[]);
+        w.commit().expect("commit");
+        assert_eq!(windows_in(&store, ALL, H), Some((2, 17)));
+    }
+
+    #[test]
+    fn a_window_refused_by_one_scope_merges_into_none() {
+        let (_dir, store) = store();
+        let mut w = TelemetryWriter::new(store.clone());
+        // The tag's aggregate this hour has other columns (it cannot take the window); the
+        // fleet's aggregate could.
+        stage(&mut w, &record("shop-a", 1, H, &["x"], 10), &[]);
+        w.commit().expect("commit");
+        let windows = record("shop-b", 1, H, &["other"], 3)
+            .validate()
+            .expect("valid");
+        let other = Merged::from_window(&windows[0], H + 60, H + 120);
+        store
+            .agg
+            .insert(
+                agg_key("demand", 1, H, "eu"),
+                encode(&other.encode()).expect("encode"),
+            )
+            .expect("insert");
+        assert_eq!(windows_in(&store, "eu", H), Some((1, 3)));
+        let refused = record("shop-c", 1, H, &["x"], 4);
+        assert!(matches!(
+            stage(&mut w, &refused, &["eu"]),
+            Staged::Unmergeable(reason) if reason.contains("does not merge")
+        ));
+        assert_eq!(w.commit().expect("commit"), 0);
+        // Neither in the fleet's aggregate on disk, nor in memory for the next group.
+        assert_eq!(windows_in(&store, ALL, H), Some((1, 10)));
+        stage(&mut w, &record("shop-c", 2, H, &["x"], 1), &[]);
+        w.commit().expect("commit");
+        assert_eq!(windows_in(&store, ALL, H), Some((2, 11)));
+        assert!(!store.is_duplicate("shop-c", 1).expect("read"));
+    }
+
+    #[test]
+    fn only_the_newest_two_hours_stay_decoded() {
+        let (_dir, store) = store();
+        let mut w = TelemetryWriter::new(store.clone());
+        for (seq, hour) in [(1, H), (2, H + HOUR), (3, H + 2 * HOUR)] {
+            stage(&mut w, &record("shop-a", seq, hour, &["x"], 2), &[]);
+        }
+        w.commit().expect("commit");
+        let mut hours: Vec<u64> = w.hot.values().map(|(h, _)| *h).collect();
+        hours.sort_unstable();
+        assert_eq!(hours, vec![H + HOUR, H + 2 * HOUR]);
+        // A late window of an evicted hour is merged from the disk.
+        stage(&mut w, &record("shop-a", 4, H, &["x"], 5), &[]);
+        w.commit().expect("commit");
+        assert_eq!(windows_in(&store, ALL, H), Some((2, 7)));
+    }
 
     #[test]
     fn aggregate_keys_round_trip() {

@@ -101,40 +101,51 @@ fn binaries_are_thin() {
     }
 }
 
+/// `cargo tree`'s answer to "does `package` depend on `krate`" over normal edges (what ships).
+fn depends_on(package: &str, krate: &str) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO"))
+        .current_dir(root())
+        .args([
+            "tree",
+            "--offline",
+            "-e",
+            "normal",
+            "-p",
+            package,
+            "-i",
+            krate,
+        ])
+        .output()
+        .expect("cargo tree");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let absent = !out.status.success() && text.contains("did not match any packages");
+    (!absent, text)
+}
+
+/// Native onnxruntime is the benchmark's yardstick (tests/benches/onnx_ort.rs), never part of
+/// what ships.
+#[test]
+fn shipped_binaries_do_not_link_onnxruntime() {
+    for package in ["edgefleet-agent", "edgefleet-hub", "edgefleet-common"] {
+        for krate in ["ort", "ort-sys"] {
+            let (found, text) = depends_on(package, krate);
+            assert!(!found, "{package} depends on {krate}:\n{text}");
+        }
+    }
+}
+
 /// The shipped binaries carry one TLS crypto provider, rustls' `ring`: nothing in the agent's or
 /// the hub's normal dependency graph may bring aws-lc-rs back (it cost the agent ~0.7 MiB).
 #[test]
 fn shipped_binaries_carry_no_aws_lc() {
     for package in ["edgefleet-agent", "edgefleet-hub"] {
-        let out = std::process::Command::new(env!("CARGO"))
-            .current_dir(root())
-            .args(["tree", "--offline", "-e", "normal", "-p", package, "-i"])
-            .arg("aws-lc-rs")
-            .output()
-            .expect("cargo tree");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            !out.status.success() && text.contains("did not match any packages"),
-            "{package} depends on aws-lc-rs:\n{text}"
-        );
-        let out = std::process::Command::new(env!("CARGO"))
-            .current_dir(root())
-            .args([
-                "tree",
-                "--offline",
-                "-e",
-                "normal",
-                "-p",
-                package,
-                "-i",
-                "ring",
-            ])
-            .output()
-            .expect("cargo tree");
-        assert!(out.status.success(), "{package} has no ring provider");
+        let (found, text) = depends_on(package, "aws-lc-rs");
+        assert!(!found, "{package} depends on aws-lc-rs:\n{text}");
+        let (found, text) = depends_on(package, "ring");
+        assert!(found, "{package} has no ring provider:\n{text}");
     }
 }

@@ -532,11 +532,14 @@ async fn a_full_outbox_drops_the_oldest_and_the_hub_hears_of_it() {
     // Back on the hub's broker: what was kept arrives, with the drop count.
     let agent = Agent::start_with(&hub, "shop-full", dir, fast_telemetry).await;
     // The heartbeat (which carries the drop count) may land before the queued windows do.
-    eventually("the drops and the kept windows reported to the hub", || async {
-        let d = get(&hub, "devices/shop-full").await;
-        (d["outbox_dropped"].as_u64() >= Some(1) && d["telemetry"]["seq"].as_u64() > Some(0))
-            .then_some(d)
-    })
+    eventually(
+        "the drops and the kept windows reported to the hub",
+        || async {
+            let d = get(&hub, "devices/shop-full").await;
+            (d["outbox_dropped"].as_u64() >= Some(1) && d["telemetry"]["seq"].as_u64() > Some(0))
+                .then_some(d)
+        },
+    )
     .await;
     agent.stop().await;
 }

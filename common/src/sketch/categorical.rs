@@ -102,8 +102,10 @@ struct CategoricalWire {
     count: u64,
     nulls: u64,
     /// DataSketches' frequent-items bytes (i64 items).
+    #[serde(with = "serde_bytes")]
     frequent: Vec<u8>,
     /// DataSketches' HLL bytes.
+    #[serde(with = "serde_bytes")]
     hll: Vec<u8>,
 }
 

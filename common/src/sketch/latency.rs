@@ -15,7 +15,7 @@ fn config() -> Config {
 }
 
 #[derive(Clone, Serialize, Deserialize)]
-#[serde(try_from = "Vec<u8>", into = "Vec<u8>")]
+#[serde(try_from = "serde_bytes::ByteBuf", into = "serde_bytes::ByteBuf")]
 pub struct LatencySketch(DDSketch);
 
 impl std::fmt::Debug for LatencySketch {
@@ -40,14 +40,21 @@ impl LatencySketch {
 
     /// Merges `other` in; refused (nothing changed) when the counts would pass 2^53.
     pub fn merge(&mut self, other: &Self) -> Result<(), SketchError> {
+        self.check_merge(other)?;
+        self.0
+            .merge(&other.0)
+            .map_err(|e| SketchError::Invalid(format!("DDSketch merge: {e}")))
+    }
+
+    /// Whether [`merge`](Self::merge) would accept `other`: every sketch of this type has the
+    /// one configuration (decoding re-records into it), so only the count can refuse.
+    pub fn check_merge(&self, other: &Self) -> Result<(), SketchError> {
         if self.count().saturating_add(other.count()) > super::MAX_COUNT {
             return Err(SketchError::Invalid(
                 "DDSketch merge: counts would pass 2^53".into(),
             ));
         }
-        self.0
-            .merge(&other.0)
-            .map_err(|e| SketchError::Invalid(format!("DDSketch merge: {e}")))
+        Ok(())
     }
 
     pub fn count(&self) -> u64 {
@@ -67,6 +74,20 @@ impl LatencySketch {
 impl From<LatencySketch> for Vec<u8> {
     fn from(s: LatencySketch) -> Self {
         s.0.to_java_bytes()
+    }
+}
+
+impl From<LatencySketch> for serde_bytes::ByteBuf {
+    fn from(s: LatencySketch) -> Self {
+        serde_bytes::ByteBuf::from(Vec::from(s))
+    }
+}
+
+impl TryFrom<serde_bytes::ByteBuf> for LatencySketch {
+    type Error = SketchError;
+
+    fn try_from(bytes: serde_bytes::ByteBuf) -> Result<Self, SketchError> {
+        Self::try_from(bytes.into_vec())
     }
 }
 

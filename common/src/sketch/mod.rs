@@ -160,7 +160,23 @@ impl Profile {
     /// nothing: on an error `self` is unchanged. Counts may not pass [`MAX_COUNT`] (merging
     /// fleets of windows stays far below it; reaching it means hostile input).
     pub fn merge(&mut self, other: &Profile) -> Result<(), SketchError> {
-        if self.schema() != other.schema() {
+        self.check_merge(other)?;
+        // In place, without a copy to fall back on: `check_merge` refused every case a column's
+        // merge can fail on (a KLL merge fails only when its weight overflows, and every KLL
+        // sketch we hold has the crate's one `m`), so no column is left half merged.
+        self.merge_unchecked(other)
+    }
+
+    /// Whether [`merge`](Self::merge) would accept `other`, without changing anything: callers
+    /// that merge one window into several aggregates check them all first.
+    pub fn check_merge(&self, other: &Profile) -> Result<(), SketchError> {
+        let same_columns = self.columns.len() == other.columns.len()
+            && self
+                .columns
+                .iter()
+                .zip(&other.columns)
+                .all(|(a, b)| a.name == b.name && a.sketch.kind() == b.sketch.kind());
+        if !same_columns {
             return Err(SketchError::Profile(
                 "cannot merge profiles with different columns".into(),
             ));
@@ -184,9 +200,6 @@ impl Profile {
                 "merged counts would pass {MAX_COUNT}"
             )));
         }
-        let mut merged = self.clone();
-        merged.merge_unchecked(other)?;
-        *self = merged;
         Ok(())
     }
 

@@ -165,6 +165,7 @@ struct NumericWire {
     mean: f64,
     m2: f64,
     /// The KLL sketch in Apache DataSketches' own byte format.
+    #[serde(with = "serde_bytes")]
     kll: Vec<u8>,
 }
 

@@ -5,9 +5,9 @@
 //! approved, not signed by that device's enrolled key (a spoof), malformed, older than the
 //! retention, or does not merge with the fleet's aggregates. Refusals of a message that the
 //! device itself signed are acked too: sending it again cannot make it valid, and it must not
-//! clog the device's outbox. Messages are handled in batches: each record is committed in its
-//! own transaction ([`TelemetryStore::commit`]), the database is flushed once, and only then
-//! are the acks published — so an acked record is durably stored.
+//! clog the device's outbox. Messages are handled in batches: the batch's records are staged
+//! and committed in one transaction ([`TelemetryWriter`]), the database is flushed once, and
+//! only then are the acks published — so an acked record is durably stored.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use edgefleet_common::{Error as WireError, Signed};
 
 use crate::api::SharedState;
 use crate::store::DeviceRecord;
-use crate::telemetry::{Committed, Liveness, TelemetryStore};
+use crate::telemetry::{Liveness, Staged, TelemetryStore, TelemetryWriter};
 
 /// Why a message was refused: the label of `edgefleet_hub_telemetry_rejected_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +96,7 @@ pub struct Ingest {
     pub state: SharedState,
     pub telemetry: TelemetryStore,
     pub counters: Arc<IngestCounters>,
+    writer: TelemetryWriter,
     references: HashMap<(String, u64), Option<Profile>>,
     /// Column names per model version, from its manifest.
     schemas: HashMap<(String, u64), Vec<String>>,
@@ -116,6 +117,7 @@ impl Ingest {
     ) -> Self {
         Self {
             state,
+            writer: TelemetryWriter::new(telemetry.clone()),
             telemetry,
             counters,
             references: HashMap::new(),
@@ -154,13 +156,28 @@ impl Ingest {
                 self.counters.reject(Rejected::UnknownTopic);
             }
         }
+        let stored = match self.writer.commit() {
+            Ok(n) => n,
+            Err(error) => {
+                // Nothing of the group is stored, and nothing is acked: the devices send the
+                // records again.
+                tracing::error!(%error, "cannot store telemetry; not acking this batch");
+                out.acks.clear();
+                out.touched.clear();
+                return out;
+            }
+        };
         if !out.acks.is_empty()
             && let Err(error) = self.telemetry.flush().await
         {
-            // Nothing is acked: the devices send the records again.
             tracing::error!(%error, "cannot flush telemetry; not acking this batch");
             out.acks.clear();
+            out.touched.clear();
+            return out;
         }
+        self.counters
+            .stored
+            .fetch_add(stored as u64, Ordering::Relaxed);
         out
     }
 
@@ -258,11 +275,10 @@ impl Ingest {
             }
         }
         match self
-            .telemetry
-            .commit(&record, &windows, &device.tags, &references, now)
+            .writer
+            .stage(&record, &windows, &device.tags, &references, now)
         {
-            Ok(Committed::Stored) => {
-                self.counters.stored.fetch_add(1, Ordering::Relaxed);
+            Ok(Staged::Stored) => {
                 self.touch(&device, now);
                 Ok(Some((
                     seq,
@@ -272,12 +288,12 @@ impl Ingest {
                         .collect(),
                 )))
             }
-            Ok(Committed::Duplicate) => {
+            Ok(Staged::Duplicate) => {
                 self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(device = %id, seq, "duplicate telemetry record (acked again)");
                 Ok(Some((seq, vec![])))
             }
-            Err(crate::error::HubError::BadRequest(reason)) => {
+            Ok(Staged::Unmergeable(reason)) => {
                 tracing::warn!(device = %id, seq, %reason, "telemetry record does not merge (acked, not stored)");
                 self.counters.reject(Rejected::Unmergeable);
                 Ok(Some((seq, vec![])))

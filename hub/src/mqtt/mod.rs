@@ -39,7 +39,7 @@ pub struct Mqtt {
 /// broker holds the messages).
 const INGEST_QUEUE: usize = 1024;
 /// Messages handled per flush.
-const MAX_BATCH: usize = 256;
+pub const MAX_BATCH: usize = 256;
 
 /// Starts the embedded broker (unless an external one is configured), connects, and spawns
 /// the consumer and the push tasks. They stop when `stop` turns true.
