@@ -156,29 +156,30 @@ impl Ingest {
                 self.counters.reject(Rejected::UnknownTopic);
             }
         }
-        let stored = match self.writer.commit() {
-            Ok(n) => n,
+        match self.store_group(!out.acks.is_empty()).await {
+            Ok(stored) => {
+                self.counters
+                    .stored
+                    .fetch_add(stored as u64, Ordering::Relaxed);
+            }
             Err(error) => {
-                // Nothing of the group is stored, and nothing is acked: the devices send the
-                // records again.
+                // Nothing is acked: the devices send the records again.
                 tracing::error!(%error, "cannot store telemetry; not acking this batch");
                 out.acks.clear();
                 out.touched.clear();
-                return out;
             }
-        };
-        if !out.acks.is_empty()
-            && let Err(error) = self.telemetry.flush().await
-        {
-            tracing::error!(%error, "cannot flush telemetry; not acking this batch");
-            out.acks.clear();
-            out.touched.clear();
-            return out;
         }
-        self.counters
-            .stored
-            .fetch_add(stored as u64, Ordering::Relaxed);
         out
+    }
+
+    /// Commits the staged group, then flushes when something is to be acked; the records
+    /// stored.
+    async fn store_group(&mut self, flush: bool) -> crate::error::HubResult<usize> {
+        let stored = self.writer.commit()?;
+        if flush {
+            self.telemetry.flush().await?;
+        }
+        Ok(stored)
     }
 
     fn device(&self, id: &str, size: usize) -> Result<DeviceRecord, Rejected> {
