@@ -91,6 +91,7 @@ pub async fn fetch(
     Ok(part)
 }
 
+/// Brings `part` up to the artifact's size: resumes what is on disk, or starts over.
 async fn transfer(
     hub: &HubClient,
     now: u64,
@@ -99,30 +100,60 @@ async fn transfer(
     artifact: &ArtifactRef,
     limits: &Limits,
 ) -> AgentResult<()> {
-    let mut have = tokio::fs::metadata(part)
+    let have = resume_point(part, artifact).await?;
+    if have == artifact.size {
+        return Ok(());
+    }
+    let resp = request(hub, now, url, have, artifact).await?;
+    let (file, have) = open_part(&resp, part, have, artifact).await?;
+    receive(resp, file, have, part, artifact, limits).await
+}
+
+/// Bytes already on disk from an earlier session (a file longer than the artifact is
+/// discarded).
+async fn resume_point(part: &Path, artifact: &ArtifactRef) -> AgentResult<u64> {
+    let have = tokio::fs::metadata(part)
         .await
         .map(|m| m.len())
         .unwrap_or(0);
     if have > artifact.size {
         tokio::fs::remove_file(part).await?;
-        have = 0;
+        return Ok(0);
     }
-    if have == artifact.size {
-        return Ok(());
-    }
+    Ok(have)
+}
+
+/// Asks for the artifact from byte `have` on: `If-Range` makes the hub send the whole file
+/// instead if it no longer has this hash.
+async fn request(
+    hub: &HubClient,
+    now: u64,
+    url: &str,
+    have: u64,
+    artifact: &ArtifactRef,
+) -> AgentResult<reqwest::Response> {
     let etag = format!("\"{}\"", artifact.sha256);
-    let resp = hub
-        .authed(now, |t| {
-            let mut r = hub.http.get(url).bearer_auth(t);
-            if have > 0 {
-                r = r
-                    .header(reqwest::header::RANGE, format!("bytes={have}-"))
-                    .header(reqwest::header::IF_RANGE, &etag);
-            }
-            r
-        })
-        .await?;
-    let mut file = match resp.status() {
+    hub.authed(now, |t| {
+        let mut r = hub.http.get(url).bearer_auth(t);
+        if have > 0 {
+            r = r
+                .header(reqwest::header::RANGE, format!("bytes={have}-"))
+                .header(reqwest::header::IF_RANGE, &etag);
+        }
+        r
+    })
+    .await
+}
+
+/// Opens `part` for what the hub answered: appended to for the rest of it, truncated for the
+/// whole file. Returns the file and the bytes it already holds.
+async fn open_part(
+    resp: &reqwest::Response,
+    part: &Path,
+    have: u64,
+    artifact: &ArtifactRef,
+) -> AgentResult<(tokio::fs::File, u64)> {
+    match resp.status() {
         StatusCode::PARTIAL_CONTENT if have > 0 => {
             let start = resp
                 .headers()
@@ -138,29 +169,36 @@ async fn transfer(
                 )));
             }
             tracing::info!(resume_at = have, size = artifact.size, "resuming download");
-            tokio::fs::OpenOptions::new()
+            let file = tokio::fs::OpenOptions::new()
                 .append(true)
                 .open(part)
-                .await?
+                .await?;
+            Ok((file, have))
         }
-        StatusCode::OK => {
-            have = 0;
-            tokio::fs::File::create(part).await?
-        }
+        StatusCode::OK => Ok((tokio::fs::File::create(part).await?, 0)),
         StatusCode::RANGE_NOT_SATISFIABLE => {
             tokio::fs::remove_file(part).await?;
-            return Err(AgentError::Download(
+            Err(AgentError::Download(
                 "hub refused the resume range; restarting".into(),
-            ));
+            ))
         }
-        s => {
-            return Err(AgentError::Download(format!(
-                "hub answered {s} for the artifact"
-            )));
-        }
-    };
+        s => Err(AgentError::Download(format!(
+            "hub answered {s} for the artifact"
+        ))),
+    }
+}
+
+/// Writes the body to `file` (holding `have` bytes already), enforcing the size cap and the
+/// slow-retrieval defence.
+async fn receive(
+    mut resp: reqwest::Response,
+    mut file: tokio::fs::File,
+    mut have: u64,
+    part: &Path,
+    artifact: &ArtifactRef,
+    limits: &Limits,
+) -> AgentResult<()> {
     let fault = abort_after();
-    let mut resp = resp;
     let mut window_start = Instant::now();
     let mut window_bytes = 0u64;
     loop {

@@ -6,6 +6,7 @@
 //! with a bound listener (port 0 in tests).
 #![forbid(unsafe_code)]
 
+pub mod active;
 pub mod config;
 pub mod download;
 pub mod error;
@@ -26,12 +27,7 @@ use anyhow::Context;
 use tokio::sync::Mutex;
 
 pub use config::AgentConfig;
-
-/// Installs rustls' `ring` crypto provider as the process default, which the HTTP client
-/// (reqwest) and the MQTT client's TLS both use. Idempotent: the first provider installed wins.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+pub use lifecycle::install_crypto_provider;
 
 /// Seconds since the Unix epoch (0 if the clock is before 1970).
 pub fn now() -> u64 {
@@ -59,46 +55,19 @@ pub async fn run_reloadable(
     shutdown: impl Future<Output = ()> + Send + 'static,
     mut reloads: tokio::sync::mpsc::Receiver<AgentConfig>,
 ) -> anyhow::Result<()> {
-    config.validate()?;
-    let layout = state::Layout::new(&config.data_dir);
-    layout
-        .create_dirs()
-        .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
-    let key = layout.load_or_create_device_key()?;
-    let pinned = edgefleet_common::PublicKey::parse(&std::fs::read_to_string(&config.root_key)?)?;
-    let trust = layout.load_trust(&pinned)?;
-    let active = layout.load_active()?;
-    let registry = Arc::new(serve::Registry::default());
-    let hub = hub_client::HubClient::new(&config, key.clone())?;
-    let outbox = telemetry::Outbox::open(&layout.outbox(), config.outbox_max_bytes)?;
-    let telemetry = Arc::new(telemetry::Telemetry::new(
-        config.device_id.clone(),
-        key,
-        outbox,
-        registry.clone(),
-        &config.data_dir,
-    ));
-    let _ = registry.telemetry.set(Arc::downgrade(&telemetry));
-    let uplink_settings =
-        telemetry::uplink::Settings::from_config(&config).map_err(|e| anyhow::anyhow!(e))?;
-    let updater = Arc::new(update::Updater {
-        layout,
-        hub,
-        registry: registry.clone(),
-        trust: Mutex::new(trust),
-        active: Mutex::new(active),
-        last_error: Mutex::new(None),
-        applying: Mutex::new(()),
-        stale_assignments: Default::default(),
-        config: arc_swap::ArcSwap::from_pointee(config.clone()),
-    });
-    {
-        let mut a = updater.active.lock().await;
-        updater.load_from_disk(&mut a)?;
-    }
-    registry.set_ready();
+    let Parts {
+        models,
+        telemetry,
+        uplink_settings,
+        updater,
+    } = open_parts(&config).await?;
+    models.set_ready();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let metrics = serve::Metrics {
+        telemetry: Arc::downgrade(&telemetry),
+        stale_assignments: Some(updater.stale_assignments.clone()),
+    };
     let loop_task = tokio::spawn(updater.clone().run(stop_rx.clone()));
     let uplink_task = tokio::spawn(telemetry::uplink::run(
         telemetry,
@@ -112,43 +81,10 @@ pub async fn run_reloadable(
             reloader.reload(new);
         }
     });
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, device = %config.device_id, hub = %config.hub_url, "agent serving OIP v2");
-    let serving: Vec<String> = registry
-        .snapshot()
-        .values()
-        .map(|m| format!("{} v{}", m.manifest.name, m.manifest.version))
-        .collect();
-    lifecycle::ready(&format!(
-        "serving on {addr}: {}",
-        if serving.is_empty() {
-            "no model yet".into()
-        } else {
-            serving.join(", ")
-        }
-    ));
+    announce_ready(&listener, &config, &models)?;
     lifecycle::spawn_watchdog();
-    // Sketching happens here, off the request path: requests only buffer their numbers.
-    let folding = registry.clone();
-    let mut folding_stop = stop_rx.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = window::FULL.notified() => {}
-                _ = folding_stop.changed() => return,
-            }
-            let models = folding.snapshot();
-            let _ = tokio::task::spawn_blocking(move || {
-                for m in models.values() {
-                    m.window.fold();
-                }
-            })
-            .await;
-        }
-    });
-    axum::serve(listener, serve::router(registry))
+    spawn_folding(models.clone(), stop_rx.clone());
+    axum::serve(listener, serve::router(models, metrics))
         .with_graceful_shutdown(async move {
             shutdown.await;
             lifecycle::stopping();
@@ -160,4 +96,105 @@ pub async fn run_reloadable(
     let _ = uplink_task.await;
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// What the agent runs on, opened from the configuration and the data directory.
+struct Parts {
+    models: Arc<active::ActiveModels>,
+    telemetry: Arc<telemetry::Telemetry>,
+    uplink_settings: telemetry::uplink::Settings,
+    updater: Arc<update::Updater>,
+}
+
+/// Opens the data directory (keys, trust, active set, outbox), builds the parts on it, and
+/// serves the models on disk: the agent serves what it had before the hub is reachable.
+async fn open_parts(config: &AgentConfig) -> anyhow::Result<Parts> {
+    config.validate()?;
+    let layout = state::Layout::new(&config.data_dir);
+    layout
+        .create_dirs()
+        .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    let key = layout.load_or_create_device_key()?;
+    let pinned = edgefleet_common::PublicKey::parse(&std::fs::read_to_string(&config.root_key)?)?;
+    let trust = layout.load_trust(&pinned)?;
+    let active = layout.load_active()?;
+    let models = Arc::new(active::ActiveModels::default());
+    let hub = hub_client::HubClient::new(config, key.clone())?;
+    let outbox = telemetry::Outbox::open(&layout.outbox(), config.outbox_max_bytes)?;
+    let telemetry = Arc::new(telemetry::Telemetry::new(
+        config.device_id.clone(),
+        key,
+        outbox,
+        models.clone(),
+        &config.data_dir,
+    ));
+    let uplink_settings =
+        telemetry::uplink::Settings::from_config(config).map_err(|e| anyhow::anyhow!(e))?;
+    let updater = Arc::new(update::Updater {
+        layout,
+        hub,
+        models: models.clone(),
+        trust: Mutex::new(trust),
+        active: Mutex::new(active),
+        last_error: Mutex::new(None),
+        applying: Mutex::new(()),
+        stale_assignments: Default::default(),
+        config: arc_swap::ArcSwap::from_pointee(config.clone()),
+    });
+    {
+        let mut a = updater.active.lock().await;
+        updater.load_from_disk(&mut a)?;
+    }
+    Ok(Parts {
+        models,
+        telemetry,
+        uplink_settings,
+        updater,
+    })
+}
+
+/// Logs where the agent serves and tells systemd it is ready, with what it serves.
+fn announce_ready(
+    listener: &tokio::net::TcpListener,
+    config: &AgentConfig,
+    models: &active::ActiveModels,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, device = %config.device_id, hub = %config.hub_url, "agent serving OIP v2");
+    let serving: Vec<String> = models
+        .snapshot()
+        .values()
+        .map(|s| format!("{} v{}", s.model.manifest.name, s.model.manifest.version))
+        .collect();
+    lifecycle::ready(&format!(
+        "serving on {addr}: {}",
+        if serving.is_empty() {
+            "no model yet".into()
+        } else {
+            serving.join(", ")
+        }
+    ));
+    Ok(())
+}
+
+/// Sketching happens here, off the request path: requests only buffer their numbers. Folds
+/// every 500 ms, and at once when a buffer fills, until `stop` changes.
+fn spawn_folding(models: Arc<active::ActiveModels>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = window::FULL.notified() => {}
+                _ = stop.changed() => return,
+            }
+            let served = models.snapshot();
+            let _ = tokio::task::spawn_blocking(move || {
+                for s in served.values() {
+                    s.window.fold();
+                }
+            })
+            .await;
+        }
+    });
 }

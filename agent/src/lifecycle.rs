@@ -1,12 +1,20 @@
 //! Process lifecycle of both services: systemd notify (READY=1 once the service really serves,
 //! STATUS= lines, WATCHDOG=1 at half the unit's `WatchdogSec`, STOPPING=1 on shutdown; no-ops
-//! outside systemd), logging for journald/terminals/JSON, and SIGHUP / config-file reload.
+//! outside systemd), logging for journald/terminals/JSON, SIGHUP / config-file reload, and the
+//! process-wide TLS crypto provider.
 //!
 //! This one source file is compiled into the agent's and the hub's libraries (the hub includes
 //! it with `#[path]`, without depending on the agent crate): it is process plumbing, which
 //! `common` — no I/O — cannot hold, and it must not exist twice.
 
 use std::time::Duration;
+
+/// Installs rustls' `ring` crypto provider as the process default, which the HTTP clients
+/// (reqwest) and the MQTT clients' TLS use; the shipped binaries carry no other. Idempotent:
+/// the first provider installed wins.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
 
 fn send(states: &[sd_notify::NotifyState]) {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {

@@ -8,7 +8,9 @@ use tract_onnx::prelude::*;
 
 use crate::error::{AgentError, AgentResult};
 
-/// A model ready to serve: its verified manifest and an optimised tract plan.
+/// A model ready to serve: its verified manifest and an optimised tract plan. It knows nothing
+/// of telemetry: the `active` module pairs it with its window when it is put in service, so a
+/// model can be loaded and smoke-tested without recording anything.
 pub struct LoadedModel {
     pub manifest: ModelManifest,
     plan: Arc<TypedRunnableModel>,
@@ -23,8 +25,6 @@ pub struct LoadedModel {
     /// between runs (`run` resets the turn), and a state whose run failed is dropped, never
     /// returned here.
     idle: std::sync::Mutex<Vec<TypedSimpleState>>,
-    /// This model's current window: what its requests' inputs, outputs and latencies look like.
-    pub window: crate::window::WindowRecorder,
 }
 
 /// Idle run states kept per model: more than the worker threads that can infer at once would
@@ -112,7 +112,6 @@ impl LoadedModel {
             .into_runnable()
             .map_err(|e| model_err(&manifest, format!("cannot optimise: {e:#}")))?;
         Ok(Self {
-            window: crate::window::WindowRecorder::for_manifest(&manifest, crate::now()),
             manifest,
             plan,
             input_order,

@@ -274,42 +274,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             expires_in,
             label,
             out,
-        } => {
-            let root = keyfile::load_secret_key(root_key)?;
-            let key = keyfile::load_public_key(to)?;
-            let permissions = permissions
-                .iter()
-                .map(|p| {
-                    Permission::parse(p).with_context(|| {
-                        format!("unknown permission {p:?} (manifests, assignments)")
-                    })
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let now = crate::now();
-            let d = Delegation {
-                key,
-                label: label.clone(),
-                patterns: models.clone(),
-                permissions,
-                issued_at: now.saturating_sub(300), // tolerate devices whose clock is a little behind
-                expires_at: now + parse_duration(expires_in)?,
-            };
-            d.validate()?;
-            let signed = Signed::sign(&d, &root, None)?;
-            keyfile::write_document(out, "DELEGATION", &signed.to_bytes()?)?;
-            say(
-                cli.json,
-                &format!(
-                    "wrote {} (key {} may sign {:?} until {})",
-                    out.display(),
-                    key.short(),
-                    d.patterns,
-                    d.expires_at
-                ),
-                serde_json::json!({"out": out, "key": key, "patterns": d.patterns, "expires_at": d.expires_at}),
-            );
-            Ok(())
-        }
+        } => delegate(
+            root_key,
+            to,
+            models,
+            permissions,
+            expires_in,
+            label,
+            out,
+            cli.json,
+        ),
         Command::Sign {
             key,
             delegation,
@@ -331,50 +305,111 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             schema,
             k,
             out,
-        } => {
-            let profile = crate::reference::profile_csv(data, schema.as_deref(), *k)?;
-            let bytes = profile.to_bytes();
-            std::fs::write(out, &bytes)
-                .with_context(|| format!("cannot write {}", out.display()))?;
-            say(
-                cli.json,
-                &format!(
-                    "{}→ {} ({} bytes)",
-                    crate::reference::describe(&profile),
-                    out.display(),
-                    bytes.len()
-                ),
-                serde_json::json!({"rows": profile.rows, "columns": profile.schema(), "bytes": bytes.len(), "out": out}),
-            );
-            Ok(())
-        }
+        } => profile(data, schema.as_deref(), *k, out, cli.json),
         Command::RotateRoot {
             old_key,
             new_key,
             version,
             out,
-        } => {
-            let old = keyfile::load_secret_key(old_key)?;
-            let new = keyfile::load_secret_key(new_key)?;
-            let rot = RootRotation::create(&old, &new, *version, crate::now())?;
-            keyfile::write_document(
-                out,
-                "ROOT ROTATION",
-                &edgefleet_common::encoding::to_bytes(&rot)?,
-            )?;
-            say(
-                cli.json,
-                &format!(
-                    "wrote {}: root version {version} is {}",
-                    out.display(),
-                    new.public().short()
-                ),
-                serde_json::json!({"out": out, "version": version, "new_root": new.public()}),
-            );
-            Ok(())
-        }
+        } => rotate_root(old_key, new_key, *version, out, cli.json),
         _ => remote(&cli).await,
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn delegate(
+    root_key: &Path,
+    to: &Path,
+    models: &[String],
+    permissions: &[String],
+    expires_in: &str,
+    label: &str,
+    out: &Path,
+    json: bool,
+) -> anyhow::Result<()> {
+    let root = keyfile::load_secret_key(root_key)?;
+    let key = keyfile::load_public_key(to)?;
+    let permissions = permissions
+        .iter()
+        .map(|p| {
+            Permission::parse(p)
+                .with_context(|| format!("unknown permission {p:?} (manifests, assignments)"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let now = crate::now();
+    let d = Delegation {
+        key,
+        label: label.to_owned(),
+        patterns: models.to_vec(),
+        permissions,
+        issued_at: now.saturating_sub(300), // tolerate devices whose clock is a little behind
+        expires_at: now + parse_duration(expires_in)?,
+    };
+    d.validate()?;
+    let signed = Signed::sign(&d, &root, None)?;
+    keyfile::write_document(out, "DELEGATION", &signed.to_bytes()?)?;
+    say(
+        json,
+        &format!(
+            "wrote {} (key {} may sign {:?} until {})",
+            out.display(),
+            key.short(),
+            d.patterns,
+            d.expires_at
+        ),
+        serde_json::json!({"out": out, "key": key, "patterns": d.patterns, "expires_at": d.expires_at}),
+    );
+    Ok(())
+}
+
+fn profile(
+    data: &Path,
+    schema: Option<&Path>,
+    k: u16,
+    out: &Path,
+    json: bool,
+) -> anyhow::Result<()> {
+    let profile = crate::reference::profile_csv(data, schema, k)?;
+    let bytes = profile.to_bytes();
+    std::fs::write(out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
+    say(
+        json,
+        &format!(
+            "{}→ {} ({} bytes)",
+            crate::reference::describe(&profile),
+            out.display(),
+            bytes.len()
+        ),
+        serde_json::json!({"rows": profile.rows, "columns": profile.schema(), "bytes": bytes.len(), "out": out}),
+    );
+    Ok(())
+}
+
+fn rotate_root(
+    old_key: &Path,
+    new_key: &Path,
+    version: u64,
+    out: &Path,
+    json: bool,
+) -> anyhow::Result<()> {
+    let old = keyfile::load_secret_key(old_key)?;
+    let new = keyfile::load_secret_key(new_key)?;
+    let rot = RootRotation::create(&old, &new, version, crate::now())?;
+    keyfile::write_document(
+        out,
+        "ROOT ROTATION",
+        &edgefleet_common::encoding::to_bytes(&rot)?,
+    )?;
+    say(
+        json,
+        &format!(
+            "wrote {}: root version {version} is {}",
+            out.display(),
+            new.public().short()
+        ),
+        serde_json::json!({"out": out, "version": version, "new_root": new.public()}),
+    );
+    Ok(())
 }
 
 fn say(json: bool, human: &str, value: serde_json::Value) {
@@ -562,162 +597,196 @@ impl Remote {
 
 async fn remote(cli: &Cli) -> anyhow::Result<()> {
     let r = Remote::new(cli)?;
+    let get = |path: &str| r.send(r.http.get(r.url(path)));
     let value = match &cli.command {
-        Command::Push { manifest, model } => {
-            let bytes = keyfile::read_document(manifest, "MANIFEST")?;
-            let signed = Signed::<ModelManifest>::from_bytes(&bytes)?;
-            let m = signed.decode_unverified()?;
-            let (sha, size) = hash_file(model)?;
-            if sha != m.artifact.sha256 || size != m.artifact.size {
-                bail!(
-                    "{} (sha256 {sha}, {size} bytes) is not the artifact the manifest signs ({}, {} bytes)",
-                    model.display(),
-                    m.artifact.sha256,
-                    m.artifact.size
-                );
-            }
-            let file = tokio::fs::File::open(model).await?;
-            let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
-            r.send(r.http.put(r.url(&format!("blobs/{sha}"))).body(body))
-                .await?;
-            let v = r
-                .send(
-                    r.http
-                        .post(r.url("models"))
-                        .header("content-type", "application/octet-stream")
-                        .body(bytes),
-                )
-                .await?;
-            if !cli.json {
-                println!(
-                    "pushed {} v{} (manifest {})",
-                    m.name,
-                    m.version,
-                    signed.digest()
-                );
-                return Ok(());
-            }
-            v
-        }
+        Command::Push { manifest, model } => push(&r, manifest, model, cli.json).await?,
         Command::Models { name: Some(n) } => {
             name::validate(n)?;
-            r.send(r.http.get(r.url(&format!("models/{n}")))).await?
+            Some(get(&format!("models/{n}")).await?)
         }
-        Command::Models { name: None } => {
-            let v = r.send(r.http.get(r.url("models"))).await?;
-            if !cli.json {
-                for m in v.as_array().into_iter().flatten() {
-                    let versions: Vec<String> = m["versions"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|v| v["version"].to_string())
-                        .collect();
-                    println!(
-                        "{:<24} versions {}",
-                        m["name"].as_str().unwrap_or("?"),
-                        versions.join(", ")
-                    );
-                }
-                return Ok(());
-            }
-            v
-        }
-        Command::Devices => {
-            let v = r.send(r.http.get(r.url("devices"))).await?;
-            if !cli.json {
-                println!(
-                    "{:<20} {:<9} {:<24} {:<12} LAST ERROR",
-                    "DEVICE", "APPROVED", "ACTIVE", "LAST SEEN"
-                );
-                for d in v.as_array().into_iter().flatten() {
-                    let active: Vec<String> = d["status"]["active"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|m| format!("{}@{}", m["name"].as_str().unwrap_or("?"), m["version"]))
-                        .collect();
-                    println!(
-                        "{:<20} {:<9} {:<24} {:<12} {}",
-                        d["id"].as_str().unwrap_or("?"),
-                        d["approved"].to_string(),
-                        active.join(","),
-                        d["last_seen"]
-                            .as_u64()
-                            .map(|t| format!("{}s ago", crate::now().saturating_sub(t)))
-                            .unwrap_or("never".into()),
-                        d["status"]["last_error"].as_str().unwrap_or("-")
-                    );
-                }
-                return Ok(());
-            }
-            v
-        }
+        Command::Models { name: None } => models_table(get("models").await?, cli.json),
+        Command::Devices => devices_table(get("devices").await?, cli.json),
         Command::Approve { device } => {
             name::validate(device)?;
-            r.send(r.http.post(r.url(&format!("devices/{device}/approve"))))
-                .await?
+            Some(
+                r.send(r.http.post(r.url(&format!("devices/{device}/approve"))))
+                    .await?,
+            )
         }
         Command::Assign {
             device,
             tag,
             model,
             version,
-        } => {
-            let target = match (device, tag) {
-                (Some(d), _) => serde_json::json!({"device": d}),
-                (None, Some(t)) => serde_json::json!({"tag": t}),
-                (None, None) => bail!("give --device ID or --tag TAG"),
-            };
-            r.send(
-                r.http.post(r.url("assignments")).json(
-                    &serde_json::json!({"target": target, "model": model, "version": version}),
-                ),
-            )
-            .await?
-        }
+        } => Some(assign(&r, device.as_deref(), tag.as_deref(), model, *version).await?),
         Command::Status { device: Some(d) } => {
             name::validate(d)?;
-            r.send(r.http.get(r.url(&format!("devices/{d}")))).await?
+            Some(get(&format!("devices/{d}")).await?)
         }
         Command::Drift {
             model,
             version,
             hours,
             tag,
-        } => {
-            name::validate(model)?;
-            if !(1..=24 * 400).contains(hours) {
-                anyhow::bail!("--hours must be 1..=9600 (400 days)");
-            }
-            let to = crate::now() + 1;
-            let mut path = format!(
-                "models/{model}/versions/{version}/drift?from={}&to={to}",
-                to.saturating_sub(hours * 3600)
-            );
-            if let Some(t) = tag {
-                name::validate(t)?;
-                path.push_str(&format!("&tag={t}"));
-            }
-            r.send(r.http.get(r.url(&path))).await?
-        }
-        Command::Fleet => r.send(r.http.get(r.url("fleet/metrics"))).await?,
+        } => Some(drift(&r, model, *version, *hours, tag.as_deref()).await?),
+        Command::Fleet => Some(get("fleet/metrics").await?),
         Command::Status { device: None } => {
-            let devices = r.send(r.http.get(r.url("devices"))).await?;
-            let desired = r.send(r.http.get(r.url("assignments"))).await?;
-            serde_json::json!({"devices": devices, "desired": desired})
+            let devices = get("devices").await?;
+            let desired = get("assignments").await?;
+            Some(serde_json::json!({"devices": devices, "desired": desired}))
         }
         _ => unreachable!("offline commands are handled in run()"),
     };
-    println!(
-        "{}",
-        if cli.json {
-            value.to_string()
-        } else {
-            serde_json::to_string_pretty(&value)?
-        }
-    );
+    if let Some(value) = value {
+        println!(
+            "{}",
+            if cli.json {
+                value.to_string()
+            } else {
+                serde_json::to_string_pretty(&value)?
+            }
+        );
+    }
     Ok(())
+}
+
+/// Uploads the artifact (checked against the manifest first), then the signed manifest.
+async fn push(
+    r: &Remote,
+    manifest: &Path,
+    model: &Path,
+    json: bool,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let bytes = keyfile::read_document(manifest, "MANIFEST")?;
+    let signed = Signed::<ModelManifest>::from_bytes(&bytes)?;
+    let m = signed.decode_unverified()?;
+    let (sha, size) = hash_file(model)?;
+    if sha != m.artifact.sha256 || size != m.artifact.size {
+        bail!(
+            "{} (sha256 {sha}, {size} bytes) is not the artifact the manifest signs ({}, {} bytes)",
+            model.display(),
+            m.artifact.sha256,
+            m.artifact.size
+        );
+    }
+    let file = tokio::fs::File::open(model).await?;
+    let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+    r.send(r.http.put(r.url(&format!("blobs/{sha}"))).body(body))
+        .await?;
+    let v = r
+        .send(
+            r.http
+                .post(r.url("models"))
+                .header("content-type", "application/octet-stream")
+                .body(bytes),
+        )
+        .await?;
+    if !json {
+        println!(
+            "pushed {} v{} (manifest {})",
+            m.name,
+            m.version,
+            signed.digest()
+        );
+        return Ok(None);
+    }
+    Ok(Some(v))
+}
+
+/// `edgefleet models`: a table, or the JSON with `--json`.
+fn models_table(v: serde_json::Value, json: bool) -> Option<serde_json::Value> {
+    if json {
+        return Some(v);
+    }
+    for m in v.as_array().into_iter().flatten() {
+        let versions: Vec<String> = m["versions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| v["version"].to_string())
+            .collect();
+        println!(
+            "{:<24} versions {}",
+            m["name"].as_str().unwrap_or("?"),
+            versions.join(", ")
+        );
+    }
+    None
+}
+
+/// `edgefleet devices`: a table, or the JSON with `--json`.
+fn devices_table(v: serde_json::Value, json: bool) -> Option<serde_json::Value> {
+    if json {
+        return Some(v);
+    }
+
+    println!(
+        "{:<20} {:<9} {:<24} {:<12} LAST ERROR",
+        "DEVICE", "APPROVED", "ACTIVE", "LAST SEEN"
+    );
+    for d in v.as_array().into_iter().flatten() {
+        let active: Vec<String> = d["status"]["active"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| format!("{}@{}", m["name"].as_str().unwrap_or("?"), m["version"]))
+            .collect();
+        println!(
+            "{:<20} {:<9} {:<24} {:<12} {}",
+            d["id"].as_str().unwrap_or("?"),
+            d["approved"].to_string(),
+            active.join(","),
+            d["last_seen"]
+                .as_u64()
+                .map(|t| format!("{}s ago", crate::now().saturating_sub(t)))
+                .unwrap_or("never".into()),
+            d["status"]["last_error"].as_str().unwrap_or("-")
+        );
+    }
+    None
+}
+
+async fn assign(
+    r: &Remote,
+    device: Option<&str>,
+    tag: Option<&str>,
+    model: &str,
+    version: u64,
+) -> anyhow::Result<serde_json::Value> {
+    let target = match (device, tag) {
+        (Some(d), _) => serde_json::json!({"device": d}),
+        (None, Some(t)) => serde_json::json!({"tag": t}),
+        (None, None) => bail!("give --device ID or --tag TAG"),
+    };
+    r.send(
+        r.http
+            .post(r.url("assignments"))
+            .json(&serde_json::json!({"target": target, "model": model, "version": version})),
+    )
+    .await
+}
+
+async fn drift(
+    r: &Remote,
+    model: &str,
+    version: u64,
+    hours: u64,
+    tag: Option<&str>,
+) -> anyhow::Result<serde_json::Value> {
+    name::validate(model)?;
+    if !(1..=24 * 400).contains(&hours) {
+        anyhow::bail!("--hours must be 1..=9600 (400 days)");
+    }
+    let to = crate::now() + 1;
+    let mut path = format!(
+        "models/{model}/versions/{version}/drift?from={}&to={to}",
+        to.saturating_sub(hours * 3600)
+    );
+    if let Some(t) = tag {
+        name::validate(t)?;
+        path.push_str(&format!("&tag={t}"));
+    }
+    r.send(r.http.get(r.url(&path))).await
 }
 
 #[cfg(test)]

@@ -101,15 +101,20 @@ pub struct Overrides {
     pub mqtt_url: Option<String>,
 }
 
-/// What the hub needs at run time, loaded and checked.
+/// What the hub needs at run time, loaded and checked: the configuration and the keys it
+/// names. SIGHUP swaps in a newly validated one as a whole ([`SharedConfig`]).
 #[derive(Debug, Clone)]
-pub struct Loaded {
+pub struct RuntimeConfig {
     pub config: HubConfig,
     pub trust: TrustRoot,
     pub signing_key: SecretKey,
     pub delegation: Signed<Delegation>,
     pub rotations: Vec<RootRotation>,
 }
+
+/// The running configuration, shared by the domain modules; a reload swaps it whole, so a
+/// reader that loads it once sees one consistent set of keys and settings.
+pub type SharedConfig = std::sync::Arc<arc_swap::ArcSwap<RuntimeConfig>>;
 
 const ENV_PREFIX: &str = "EDGEFLEET_HUB_";
 
@@ -248,7 +253,7 @@ impl HubConfig {
     }
 
     /// Checks every value and loads the keys; reports all problems at once.
-    pub fn validate(self) -> anyhow::Result<Loaded> {
+    pub fn validate(self) -> anyhow::Result<RuntimeConfig> {
         let mut errors = Vec::new();
         if self.assignment_ttl_secs < 60 {
             errors.push("assignment_ttl_secs: must be at least 60".to_owned());
@@ -348,7 +353,7 @@ impl HubConfig {
             }
         }
         match (errors.is_empty(), trust, signing_key, delegation) {
-            (true, Some(trust), Some(signing_key), Some(delegation)) => Ok(Loaded {
+            (true, Some(trust), Some(signing_key), Some(delegation)) => Ok(RuntimeConfig {
                 trust,
                 signing_key,
                 delegation,

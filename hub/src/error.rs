@@ -1,28 +1,28 @@
-//! The hub's error type and its mapping to HTTP responses.
+//! The domain's error: what went wrong, in the domain's words. The transports map it to their
+//! own answers (`http::error` to a status and a JSON body; the MQTT consumer to a verdict).
 
-use axum::Json;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-
-/// Every way a hub operation can fail. HTTP handlers return it; `IntoResponse` maps it to a
-/// status and a JSON `{"error": message}` without leaking internals (storage errors are logged
-/// in full and answered with a generic message).
+/// Every way a hub operation can fail. Messages are for the caller: they say what was wrong
+/// and what to do. Storage and internal errors carry details for the log only; the HTTP layer
+/// answers them with a generic message.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
+    /// The caller's input is malformed or breaks a rule.
     #[error("{0}")]
-    BadRequest(String),
+    Invalid(String),
+    /// No credentials, or credentials the hub does not know.
     #[error("{0}")]
-    Unauthorized(String),
+    Unauthenticated(String),
+    /// Known caller, not allowed (or a signature that does not verify).
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    /// The request conflicts with what is stored (a version that is not new, a missing blob).
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
-    PayloadTooLarge(String),
-    #[error("{0}")]
-    RangeNotSatisfiable(String),
+    TooLarge(String),
+    /// A signed document or wire value refused by the common checks.
     #[error("rejected: {0}")]
     Rejected(#[from] edgefleet_common::Error),
     #[error("storage error: {0}")]
@@ -31,43 +31,6 @@ pub enum HubError {
     Io(#[from] std::io::Error),
     #[error("internal error: {0}")]
     Internal(String),
-}
-
-impl HubError {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
-            Self::Rejected(e) => match e {
-                edgefleet_common::Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-                edgefleet_common::Error::Malformed { .. }
-                | edgefleet_common::Error::InvalidName { .. }
-                | edgefleet_common::Error::InvalidManifest(_)
-                | edgefleet_common::Error::InvalidTensorData(_)
-                | edgefleet_common::Error::InvalidKey(_) => StatusCode::BAD_REQUEST,
-                _ => StatusCode::FORBIDDEN,
-            },
-            Self::Storage(_) | Self::Io(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-}
-
-impl IntoResponse for HubError {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        let message = if status.is_server_error() {
-            tracing::error!(error = %self, "request failed");
-            "internal error; the hub's log has the details".to_owned()
-        } else {
-            self.to_string()
-        };
-        (status, Json(serde_json::json!({ "error": message }))).into_response()
-    }
 }
 
 pub type HubResult<T> = Result<T, HubError>;

@@ -16,8 +16,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use edgefleet_agent::active::{ActiveModels, Served};
 use edgefleet_agent::model::LoadedModel;
-use edgefleet_agent::serve::{Registry, router};
+use edgefleet_agent::serve::router;
 use edgefleet_common::{DataType, TensorSpec};
 
 fn manifest(name: &str, features: usize, artifact: &[u8]) -> edgefleet_common::ModelManifest {
@@ -120,19 +121,19 @@ fn main() -> anyhow::Result<()> {
     };
     let (secs, rounds) = (env("BENCH_SECS", 2), env("BENCH_ROUNDS", 3));
     let dir = tempfile::tempdir()?;
-    let registry = Arc::new(Registry::default());
+    let models = Arc::new(ActiveModels::default());
     for (name, features, artifact) in [
         ("demand", 8, edgefleet_tests::Mlp::new(1).to_onnx()),
         ("wide", 128, edgefleet_tests::onnx::linear(128, 3)),
     ] {
         let path = dir.path().join(format!("{name}.onnx"));
         std::fs::write(&path, &artifact)?;
-        registry.swap_in(Arc::new(LoadedModel::load(
+        models.swap_in(Arc::new(Served::new(LoadedModel::load(
             manifest(name, features, &artifact),
             &path,
-        )?));
+        )?)));
     }
-    registry.set_ready();
+    models.set_ready();
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -140,7 +141,9 @@ fn main() -> anyhow::Result<()> {
     let addr = server_rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        tokio::spawn(async move { axum::serve(listener, router(registry)).await });
+        tokio::spawn(
+            async move { axum::serve(listener, router(models, Default::default())).await },
+        );
         anyhow::Ok(addr)
     })?;
     let client_rt = tokio::runtime::Builder::new_current_thread()

@@ -11,8 +11,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use edgefleet_agent::active::{ActiveModels, Served};
 use edgefleet_agent::model::LoadedModel;
-use edgefleet_agent::serve::{Registry, router};
+use edgefleet_agent::serve::router;
 use edgefleet_common::{Digest, ModelManifest, Tensor, TensorData};
 use edgefleet_tests::{FEATURES, Mlp};
 use tract_onnx::prelude::*;
@@ -108,13 +109,13 @@ fn main() -> anyhow::Result<()> {
     // latency), alternating with plain inference so both see the same machine; and the
     // sketching done off the path, per request.
     // The agent's folding task, as a thread here.
-    let model = std::sync::Arc::new(model);
+    let served = std::sync::Arc::new(Served::new(model));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let folder = {
-        let (model, stop) = (model.clone(), stop.clone());
+        let (served, stop) = (served.clone(), stop.clone());
         std::thread::spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                model.window.fold();
+                served.window.fold();
                 std::thread::sleep(Duration::from_millis(1));
             }
         })
@@ -123,16 +124,18 @@ fn main() -> anyhow::Result<()> {
     for _ in 0..5 {
         plain += time_per_iter(100_000, || {
             std::hint::black_box(
-                model
+                served
+                    .model
                     .infer(std::slice::from_ref(&tensor), &[])
                     .expect("infer"),
             );
         });
         recorded += time_per_iter(100_000, || {
-            let out = model
+            let out = served
+                .model
                 .infer(std::slice::from_ref(&tensor), &[])
                 .expect("infer");
-            model
+            served
                 .window
                 .record(std::slice::from_ref(&tensor), &out, 2.0);
             std::hint::black_box(out);
@@ -140,21 +143,22 @@ fn main() -> anyhow::Result<()> {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = folder.join();
-    let outputs = model
+    let outputs = served
+        .model
         .infer(std::slice::from_ref(&tensor), &[])
         .expect("infer");
     let n_fold = 200_000u32;
-    model.window.fold();
+    served.window.fold();
     let fold = {
         let t = Instant::now();
         let mut done = 0;
         while done < n_fold {
             for _ in 0..1000 {
-                model
+                served
                     .window
                     .record(std::slice::from_ref(&tensor), &outputs, 2.0);
             }
-            model.window.fold();
+            served.window.fold();
             done += 1000;
         }
         t.elapsed() / n_fold
@@ -170,7 +174,7 @@ fn main() -> anyhow::Result<()> {
     // What a window's profile weighs: 15 minutes at one request per second (900 requests of
     // varied rows), and at 10 per second.
     for per_window in [900usize, 9_000] {
-        let fresh = LoadedModel::load(manifest(&artifact), &path)?;
+        let fresh = Served::new(LoadedModel::load(manifest(&artifact), &path)?);
         for (i, r) in edgefleet_tests::probe_rows(per_window, 3)
             .into_iter()
             .enumerate()
@@ -180,7 +184,10 @@ fn main() -> anyhow::Result<()> {
                 shape: vec![1, FEATURES as u64],
                 data: TensorData::Fp32(r),
             };
-            let out = fresh.infer(std::slice::from_ref(&t), &[]).expect("infer");
+            let out = fresh
+                .model
+                .infer(std::slice::from_ref(&t), &[])
+                .expect("infer");
             // Latencies spread like real ones: 20–400 µs.
             let latency = 20.0 * (1.0 + (i % 97) as f64 / 5.0);
             fresh.window.record(std::slice::from_ref(&t), &out, latency);
@@ -208,9 +215,9 @@ fn main() -> anyhow::Result<()> {
     println!("sha256 verify: {mbps:.0} MB/s");
 
     // HTTP: OIP infer vs bare echo, served by one 2-worker runtime on loopback.
-    let registry = Arc::new(Registry::default());
-    registry.swap_in(model);
-    registry.set_ready();
+    let models = Arc::new(ActiveModels::default());
+    models.swap_in(served);
+    models.set_ready();
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -219,7 +226,7 @@ fn main() -> anyhow::Result<()> {
         let oip = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let (a, b) = (oip.local_addr()?, echo.local_addr()?);
-        tokio::spawn(async move { axum::serve(oip, router(registry)).await });
+        tokio::spawn(async move { axum::serve(oip, router(models, Default::default())).await });
         let echo_app = axum::Router::new().route(
             "/echo",
             axum::routing::post(|b: axum::body::Bytes| async move { b }),

@@ -4,8 +4,8 @@ mod support;
 
 use std::sync::Arc;
 
+use edgefleet_agent::active::ActiveModels;
 use edgefleet_agent::hub_client::HubClient;
-use edgefleet_agent::serve::Registry;
 use edgefleet_agent::state::Layout;
 use edgefleet_agent::update::Updater;
 use edgefleet_common::device::AssignmentBundle;
@@ -108,7 +108,7 @@ async fn updater(hub: &Hub, id: &str, dir: &std::path::Path) -> Updater {
         hub: HubClient::new(&config, key).expect("client"),
         config: arc_swap::ArcSwap::from_pointee(config),
         layout,
-        registry: Arc::new(Registry::default()),
+        models: Arc::new(ActiveModels::default()),
         trust: Mutex::new(trust),
         active: Mutex::new(Default::default()),
         last_error: Mutex::new(None),
@@ -180,7 +180,12 @@ async fn replayed_expired_misdirected_and_untrusted_assignments_are_refused() {
         .await
         .expect("v2");
     assert_eq!(
-        u.registry.get("demand").expect("served").manifest.version,
+        u.models
+            .get("demand")
+            .expect("served")
+            .model
+            .manifest
+            .version,
         2
     );
 
@@ -210,7 +215,12 @@ async fn replayed_expired_misdirected_and_untrusted_assignments_are_refused() {
     let e = err(u.apply(&bundle(a(1, 33, d2), &hub.root), now).await);
     assert!(e.contains("binds"), "{e}");
     assert_eq!(
-        u.registry.get("demand").expect("served").manifest.version,
+        u.models
+            .get("demand")
+            .expect("served")
+            .model
+            .manifest
+            .version,
         2,
         "still serving v2"
     );
@@ -277,13 +287,18 @@ async fn an_older_bundle_for_the_served_version_is_ignored_and_a_replay_is_still
     assert_eq!(*u.last_error.lock().await, None);
     assert_eq!(u.trust.lock().await.serials["demand"], 11, "serial kept");
     assert_eq!(
-        u.registry.get("demand").expect("served").manifest.version,
+        u.models
+            .get("demand")
+            .expect("served")
+            .model
+            .manifest
+            .version,
         1
     );
     // The hub's view of the device (each apply_pushed reports its status): healthy, on v1.
     let shop = eventually("shop-1's report of v1", || async {
-        let d = hub.device("shop-1").await?;
-        (d["status"]["active"][0]["version"] == 1).then_some(d)
+        let d = hub.try_device("shop-1").await?;
+        when(d["status"]["active"][0]["version"] == 1, d)
     })
     .await;
     assert_eq!(
@@ -309,7 +324,12 @@ async fn an_older_bundle_for_the_served_version_is_ignored_and_a_replay_is_still
     );
     hub.wait_error("shop-1", "replayed").await;
     assert_eq!(
-        u.registry.get("demand").expect("served").manifest.version,
+        u.models
+            .get("demand")
+            .expect("served")
+            .model
+            .manifest
+            .version,
         1,
         "still serving v1"
     );

@@ -2,6 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
+#[path = "architecture/modgraph.rs"]
+mod modgraph;
+
+use modgraph::{Crate, Root, SourceFile};
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -13,20 +18,9 @@ fn read(p: &str) -> String {
     std::fs::read_to_string(root().join(p)).unwrap_or_else(|e| panic!("{p}: {e}"))
 }
 
-fn sources(dir: &str) -> Vec<(PathBuf, String)> {
-    fn walk(d: &Path, out: &mut Vec<(PathBuf, String)>) {
-        for e in std::fs::read_dir(d).expect("dir").flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|x| x == "rs") {
-                out.push((p.clone(), std::fs::read_to_string(&p).expect("read")));
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&root().join(dir), &mut out);
-    out
+/// A crate's `src/`, parsed.
+fn load(krate: &str) -> Crate {
+    Crate::load(&root().join(krate).join("src"), &format!("{krate}/src"))
 }
 
 fn dependencies(manifest: &str) -> String {
@@ -38,6 +32,37 @@ fn dependencies(manifest: &str) -> String {
     rest[..end].to_owned()
 }
 
+/// Paths that do I/O or read a clock: what `common` never names.
+const IO_PATHS: [&[&str]; 6] = [
+    &["std", "fs"],
+    &["std", "net"],
+    &["std", "env"],
+    &["std", "process"],
+    &["std", "time", "SystemTime", "now"],
+    &["std", "time", "Instant", "now"],
+];
+
+/// Crates that do I/O (or pull a runtime or an inference engine in).
+const IO_CRATES: [&str; 8] = [
+    "tokio", "reqwest", "sled", "axum", "hyper", "rumqttc", "rumqttd", "tract",
+];
+
+/// What a file names that does I/O: `file: path (= resolved)`.
+fn io_uses(file: &SourceFile) -> Vec<String> {
+    file.refs
+        .iter()
+        .filter(|r| {
+            IO_PATHS.iter().any(|p| r.starts_with(p))
+                || r.path.first().is_some_and(|c| {
+                    IO_CRATES
+                        .iter()
+                        .any(|k| c == k || (*k == "tract" && c.starts_with("tract_")))
+                })
+        })
+        .map(|r| format!("{}: {r}", file.file.display()))
+        .collect()
+}
+
 #[test]
 fn common_does_no_io() {
     let deps = dependencies("common/Cargo.toml");
@@ -47,20 +72,154 @@ fn common_does_no_io() {
             "common must not depend on {forbidden}"
         );
     }
-    for (path, text) in sources("common/src") {
-        for forbidden in [
-            "std::fs",
-            "std::net",
-            "SystemTime::now",
-            "std::env",
-            "std::process",
-        ] {
-            assert!(
-                !text.contains(forbidden),
-                "{} uses {forbidden}: common does no I/O",
-                path.display()
-            );
+    let common = load("common");
+    assert!(
+        common.files.len() > 10,
+        "common's sources were not found: {:?}",
+        common.files.iter().map(|f| &f.file).collect::<Vec<_>>()
+    );
+    let found: Vec<String> = common.files.iter().flat_map(io_uses).collect();
+    assert!(
+        found.is_empty(),
+        "common does no I/O and reads no clock (the caller passes `now`), but:\n{}",
+        found.join("\n")
+    );
+}
+
+/// No two top-level modules of the hub or of the agent reach each other through `crate::`
+/// paths (re-exports followed; the crate roots, binaries and test-only code aside).
+#[test]
+fn no_import_cycles_between_modules() {
+    let mut found = Vec::new();
+    for krate in ["hub", "agent"] {
+        let c = load(krate);
+        let graph = c.top_level_graph();
+        assert!(graph.len() > 3, "{krate}: no modules found: {graph:?}");
+        for cycle in modgraph::cycles(&graph) {
+            found.push(format!("{krate}: {cycle}"));
         }
+    }
+    assert!(
+        found.is_empty(),
+        "import cycles between top-level modules (each edge with a reference that makes it):\n{}",
+        found.join("\n")
+    );
+}
+
+/// The hub's layers. Transports (`http`, `mqtt`) and `drivers` never reference each other;
+/// the domain (`hub`, `error`, `store`, `registry`, `devices`, `desired`, `telemetry`) names
+/// no HTTP or MQTT crate and references no transport, driver or the CLI. Test-only code aside.
+#[test]
+fn hub_layers() {
+    const TRANSPORTS: [&str; 3] = ["http", "mqtt", "drivers"];
+    const DOMAIN: [&str; 7] = [
+        "hub",
+        "error",
+        "store",
+        "registry",
+        "devices",
+        "desired",
+        "telemetry",
+    ];
+    const WIRE_CRATES: [&str; 3] = ["axum", "rumqttc", "rumqttd"];
+    let hub = load("hub");
+    let tops = hub.top_modules();
+    let mut problems = Problems::default();
+    for m in DOMAIN
+        .iter()
+        .chain(&TRANSPORTS)
+        .filter(|m| !tops.contains(**m))
+    {
+        problems.missing(format!("hub/src/{m}.rs or hub/src/{m}/mod.rs"));
+    }
+    for f in hub.lib_modules() {
+        let Some(top) = f.top() else { continue };
+        for r in f.refs.iter().filter(|r| !r.test) {
+            let to = r.crate_top();
+            if TRANSPORTS.contains(&top)
+                && let Some(to) = to.filter(|t| *t != top && TRANSPORTS.contains(t))
+            {
+                problems.add(
+                    f,
+                    format!("`{top}` references `{to}` (transports and drivers stay apart)"),
+                    r,
+                );
+            }
+            if DOMAIN.contains(&top) {
+                if let Some(c) = r.path.first().filter(|c| WIRE_CRATES.contains(&c.as_str())) {
+                    problems.add(f, format!("domain module `{top}` names {c}"), r);
+                }
+                if let Some(to) = to.filter(|t| TRANSPORTS.contains(t) || *t == "cli") {
+                    problems.add(f, format!("domain module `{top}` references `{to}`"), r);
+                }
+            }
+        }
+    }
+    problems.check("hub layering");
+}
+
+/// The agent's layers: the active-model set knows nothing of serving, telemetry or updates; a
+/// loaded model nothing of windows, serving or telemetry. Test-only code aside.
+#[test]
+fn agent_layers() {
+    const RULES: [(&str, &[&str]); 2] = [
+        ("active", &["serve", "telemetry", "update"]),
+        ("model", &["window", "serve", "telemetry"]),
+    ];
+    let agent = load("agent");
+    let tops = agent.top_modules();
+    let mut problems = Problems::default();
+    for (m, _) in RULES.iter().filter(|(m, _)| !tops.contains(*m)) {
+        problems.missing(format!("agent/src/{m}.rs or agent/src/{m}/mod.rs"));
+    }
+    for f in agent.lib_modules() {
+        let Some((top, banned)) = RULES.iter().find(|(m, _)| f.top() == Some(*m)) else {
+            continue;
+        };
+        for r in f.refs.iter().filter(|r| !r.test) {
+            if let Some(to) = r.crate_top().filter(|t| banned.contains(t)) {
+                problems.add(f, format!("`{top}` references `{to}`"), r);
+            }
+        }
+    }
+    problems.check("agent layering");
+}
+
+/// Rule violations, grouped by file and rule (a file naming `StatusCode::X` ten times is one
+/// line, with its first few paths).
+#[derive(Default)]
+struct Problems {
+    missing: Vec<String>,
+    found: std::collections::BTreeMap<(String, String), Vec<String>>,
+}
+
+impl Problems {
+    fn missing(&mut self, what: String) {
+        self.missing.push(format!("missing module: {what}"));
+    }
+
+    fn add(&mut self, f: &SourceFile, rule: String, r: &modgraph::Ref) {
+        let paths = self
+            .found
+            .entry((f.file.display().to_string(), rule))
+            .or_default();
+        let r = r.to_string();
+        if !paths.contains(&r) {
+            paths.push(r);
+        }
+    }
+
+    fn check(self, what: &str) {
+        let mut lines = self.missing;
+        for ((file, rule), paths) in self.found {
+            let more = match paths.len() {
+                n if n > 3 => format!(" (and {} more)", n - 3),
+                _ => String::new(),
+            };
+            let shown: Vec<&str> = paths.iter().take(3).map(String::as_str).collect();
+            lines.push(format!("{file}: {rule}: {}{more}", shown.join(", ")));
+        }
+        assert!(lines.is_empty(), "{what}:\n{}", lines.join("\n"));
     }
 }
 
@@ -147,5 +306,207 @@ fn shipped_binaries_carry_no_aws_lc() {
         assert!(!found, "{package} depends on aws-lc-rs:\n{text}");
         let (found, text) = depends_on(package, "ring");
         assert!(found, "{package} has no ring provider:\n{text}");
+    }
+}
+
+/// The extractor itself, on sources written here.
+mod extractor {
+    use super::*;
+
+    fn file(module: &[&str], text: &str) -> SourceFile {
+        modgraph::parse(
+            Path::new("x.rs"),
+            Root::Lib,
+            module.iter().map(|m| (*m).to_owned()).collect(),
+            text,
+        )
+    }
+
+    fn resolved(f: &SourceFile) -> Vec<String> {
+        f.refs.iter().map(|r| r.resolved()).collect()
+    }
+
+    #[test]
+    fn module_paths_come_from_file_paths() {
+        for (path, root, module) in [
+            ("lib.rs", Root::Lib, vec![]),
+            ("main.rs", Root::Bin("main".into()), vec![]),
+            ("store.rs", Root::Lib, vec!["store"]),
+            ("store/mod.rs", Root::Lib, vec!["store"]),
+            ("store/keys.rs", Root::Lib, vec!["store", "keys"]),
+            ("bin/edgefleet.rs", Root::Bin("edgefleet".into()), vec![]),
+            ("bin/tool/main.rs", Root::Bin("tool".into()), vec![]),
+            ("bin/tool/x.rs", Root::Bin("tool".into()), vec!["x"]),
+        ] {
+            let module: Vec<String> = module.into_iter().map(str::to_owned).collect();
+            assert_eq!(
+                modgraph::module_of(Path::new(path)),
+                (root, module),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn uses_aliases_super_self_and_macros_are_resolved() {
+        let f = file(
+            &["a", "b"],
+            r#"
+            use std::{fs};
+            use std::time::Instant;
+            use crate::{c, d::e as f};
+            use super::g::{self, H};
+            use edgefleet_common::telemetry;
+            use telemetry::topic;
+            mod m {
+                pub fn x() { super::super::g::go() }
+            }
+            fn run() {
+                let _ = fs::read("x");
+                let _t = Instant::now();
+                tracing::info!(elapsed = ?Instant::now(), "{}", crate::k::now());
+                f::go(); g::go(); H::new(); self::m::x(); super::super::z::y(); m::x();
+                let _: Vec<::tokio::fs::File> = vec![];
+                topic::ack("d");
+                format!("{}", Vec::<u8>::new().len());
+            }
+            #[cfg(test)]
+            mod tests {
+                use super::*;
+                fn t() { axum::serve(); }
+            }
+            "#,
+        );
+        let got = resolved(&f);
+        for want in [
+            "std::fs",
+            "std::fs::read",
+            "std::time::Instant",
+            "std::time::Instant::now",
+            "tracing::info",
+            "crate::k::now",
+            "crate::c",
+            "crate::d::e",
+            "crate::d::e::go",
+            "crate::a::g",
+            "crate::a::g::go",
+            "crate::a::g::H::new",
+            "crate::a::b::m::x",
+            "crate::z::y",
+            "tokio::fs::File",
+            "edgefleet_common::telemetry::topic::ack",
+        ] {
+            assert!(got.iter().any(|g| g == want), "{want} not in {got:#?}");
+        }
+        // Instant::now twice: in code and inside the macro's tokens.
+        assert_eq!(
+            got.iter()
+                .filter(|g| *g == "std::time::Instant::now")
+                .count(),
+            2,
+            "{got:#?}"
+        );
+        // `Vec::<u8>::new` inside a macro is not a crate called `new`.
+        assert!(!got.iter().any(|g| g == "new"), "{got:#?}");
+        let axum: Vec<&modgraph::Ref> =
+            f.refs.iter().filter(|r| r.starts_with(&["axum"])).collect();
+        assert!(
+            axum.len() == 1 && axum[0].test,
+            "test-only code is marked: {axum:?}"
+        );
+        assert!(
+            f.refs
+                .iter()
+                .filter(|r| !r.test)
+                .all(|r| !r.written.starts_with("axum")),
+            "{got:#?}"
+        );
+    }
+
+    #[test]
+    fn the_io_check_sees_grouped_imports_aliases_and_macros() {
+        let f = file(
+            &["sketch"],
+            r#"
+            use std::{fs};
+            use std::time::{Duration, Instant, SystemTime as Clock};
+            fn a() -> Duration { let t = Instant::now(); t.elapsed() }
+            fn b() { tracing::debug!(at = ?Clock::now()); }
+            fn c() { let _ = std::env::var("X"); }
+            fn d(i: Instant) -> Instant { i }
+            "#,
+        );
+        let found = io_uses(&f);
+        for want in [
+            "x.rs: std::fs",
+            "x.rs: Instant::now (= std::time::Instant::now)",
+            "x.rs: Clock::now (= std::time::SystemTime::now)",
+            "x.rs: std::env::var",
+        ] {
+            assert!(found.iter().any(|g| g == want), "{want} not in {found:#?}");
+        }
+        // An `Instant` passed in is no clock reading; `Duration` is no I/O.
+        assert_eq!(found.len(), 4, "{found:#?}");
+        let clean = file(
+            &["x"],
+            "fn now(at: u64) -> u64 { at }\nuse core::time::Duration;",
+        );
+        assert!(io_uses(&clean).is_empty(), "{:#?}", io_uses(&clean));
+    }
+
+    #[test]
+    fn crate_paths_follow_reexports_to_the_defining_module() {
+        let lib = modgraph::parse(
+            Path::new("lib.rs"),
+            Root::Lib,
+            vec![],
+            "pub mod config; pub mod api; pub mod mqtt; pub use config::HubConfig; use mqtt::Rejected as R;",
+        );
+        let api = file(
+            &["api"],
+            "fn f() { crate::HubConfig::default(); crate::R::ALL; crate::now(); }",
+        );
+        let c = Crate::from_files(vec![lib, api, file(&["config"], ""), file(&["mqtt"], "")]);
+        let api = &c.files[1];
+        let got = resolved(api);
+        for want in [
+            "crate::config::HubConfig::default",
+            "crate::mqtt::Rejected::ALL",
+            "crate::now",
+        ] {
+            assert!(got.iter().any(|g| g == want), "{want} not in {got:#?}");
+        }
+        let graph = c.top_level_graph();
+        assert_eq!(
+            graph["api"].keys().collect::<Vec<_>>(),
+            ["config", "mqtt"],
+            "{graph:#?}"
+        );
+    }
+
+    #[test]
+    fn cycles_are_found_and_named() {
+        let lib = modgraph::parse(
+            Path::new("lib.rs"),
+            Root::Lib,
+            vec![],
+            "mod a; mod b; mod c; mod d;",
+        );
+        let files = vec![
+            lib,
+            file(&["a"], "use crate::b::X;"),
+            file(&["b"], "fn f() { super::a::g(); }"),
+            file(&["c"], "use crate::a;"),
+            file(&["d"], "#[cfg(test)] mod tests { use crate::c::Y; }"),
+            file(&["c", "inner"], "fn f() { crate::d::z(); }"),
+        ];
+        let c = Crate::from_files(files);
+        let cycles = modgraph::cycles(&c.top_level_graph());
+        assert_eq!(cycles.len(), 1, "{cycles:#?}");
+        assert!(
+            cycles[0].starts_with("a -> b -> a\n    a -> b: x.rs: crate::b::X\n    b -> a: x.rs: super::a::g (= crate::a::g)"),
+            "{}",
+            cycles[0]
+        );
     }
 }

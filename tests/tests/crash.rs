@@ -57,12 +57,7 @@ async fn kill_during_download_resumes_and_never_serves_a_partial_model() {
     // Hub back: the download resumes where it stopped and v2 is served.
     let mut d = AgentProcess::spawn(&hub.url, &hub.root_pub_path, "shop-1", data.path(), None);
     let url = d.wait_listening().await;
-    let (_, out) = eventually("v2", || async {
-        infer_ok(&http, &url, "demand", &rows)
-            .await
-            .filter(|(v, _)| *v == 2)
-    })
-    .await;
+    let (_, out) = eventually("v2", || infer_version(&http, &url, "demand", &rows, 2)).await;
     assert_close(
         &out,
         &rows.iter().map(|r| mlp2.predict(r)).collect::<Vec<_>>(),
@@ -128,12 +123,7 @@ async fn kill_during_swap_serves_a_whole_model_after_restart() {
 
     let mut d = AgentProcess::spawn(&hub.url, &hub.root_pub_path, "shop-1", data.path(), None);
     let url = d.wait_listening().await;
-    let (_, out) = eventually("v2", || async {
-        infer_ok(&http, &url, "demand", &rows)
-            .await
-            .filter(|(v, _)| *v == 2)
-    })
-    .await;
+    let (_, out) = eventually("v2", || infer_version(&http, &url, "demand", &rows, 2)).await;
     assert_close(
         &out,
         &rows.iter().map(|r| mlp2.predict(r)).collect::<Vec<_>>(),
@@ -152,10 +142,8 @@ async fn a_damaged_active_model_falls_back_to_the_previous_one() {
     eventually("v1", || infer_ok(&http, &agent.url, "demand", &rows)).await;
     hub.push_mlp("demand", 2, 2).await;
     hub.assign("shop-1", "demand", 2).await;
-    eventually("v2", || async {
-        infer_ok(&http, &agent.url, "demand", &rows)
-            .await
-            .filter(|(v, _)| *v == 2)
+    eventually("v2", || {
+        infer_version(&http, &agent.url, "demand", &rows, 2)
     })
     .await;
     let dir = agent.stop().await;

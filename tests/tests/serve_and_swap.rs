@@ -55,10 +55,8 @@ async fn push_assign_serve_then_swap_under_load() {
     }
     let (mlp2, _) = hub.push_mlp("demand", 2, 2).await;
     hub.assign("shop-1", "demand", 2).await;
-    let (_, out2) = eventually("v2 to be served", || async {
-        infer_ok(&http, &agent.url, "demand", &rows)
-            .await
-            .filter(|(v, _)| *v == 2)
+    let (_, out2) = eventually("v2 to be served", || {
+        infer_version(&http, &agent.url, "demand", &rows, 2)
     })
     .await;
     assert_close(
@@ -81,8 +79,8 @@ async fn push_assign_serve_then_swap_under_load() {
 
     // The device reported its state: v2 active, v1 kept for rollback.
     let d = eventually("status report with v2", || async {
-        let d = hub.device("shop-1").await?;
-        (d["status"]["active"][0]["version"] == 2).then_some(d)
+        let d = hub.try_device("shop-1").await?;
+        when(d["status"]["active"][0]["version"] == 2, d)
     })
     .await;
     assert_eq!(d["status"]["previous"][0]["version"], 1);

@@ -132,59 +132,192 @@ async fn wait_all_stored_once(hub: &Hub, device: &str) -> u64 {
     seq
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn windows_reach_the_hub_drift_is_detected_and_everything_is_exposed() {
-    let hub = Hub::start_mqtt().await;
-    push_with_reference(&hub, 1).await;
-    let agent = device(&hub, "shop-1").await;
-    let http = reqwest::Client::new();
-    // Fuel prices jump: the first feature moves by three reference standard deviations.
-    send(&http, &agent.url, 100, 5.0).await;
+/// A fleet of one device whose inputs drifted: the hub (embedded broker) holds the model with
+/// its reference profile; `shop-1`, tagged `shops`, serves it with 1-second windows and has
+/// answered 100 requests of 20 rows whose first feature (fuel prices jump) moved by three
+/// reference standard deviations; the hub reports that feature drifted.
+struct Drifted {
+    hub: Hub,
+    agent: Agent,
+    http: reqwest::Client,
+    /// The first drift report that showed the shift.
+    drift: Value,
+}
 
-    let drift = eventually("drift of the shifted feature", || async {
-        let d = get(&hub, &format!("models/{MODEL}/versions/1/drift")).await;
-        let drifted: Vec<String> = serde_json::from_value(d["drifted"].clone()).ok()?;
-        drifted.contains(&FEATURE_NAMES[0].to_string()).then_some(d)
-    })
-    .await;
-    assert_eq!(drift["has_reference"], true);
-    let score = |name: &str| {
-        drift["columns"]
+const TAG: &str = "shops";
+
+fn drift_path(query: &str) -> String {
+    format!("models/{MODEL}/versions/1/drift{query}")
+}
+
+impl Drifted {
+    async fn start() -> Self {
+        let hub = Hub::start_mqtt().await;
+        push_with_reference(&hub, 1).await;
+        hub.assign("shop-1", MODEL, 1).await;
+        let agent = Agent::start_with(&hub, "shop-1", tempfile::tempdir().expect("tmp"), |c| {
+            fast_telemetry(c);
+            c.tags = vec![TAG.into()];
+        })
+        .await;
+        let http = reqwest::Client::new();
+        serve_model(&agent, &http).await;
+        send(&http, &agent.url, 100, 5.0).await;
+        let drift = eventually("drift of the shifted feature", || async {
+            let d = get(&hub, &drift_path("")).await;
+            when(drifted(&d).contains(&FEATURE_NAMES[0].to_owned()), d)
+        })
+        .await;
+        Drifted {
+            hub,
+            agent,
+            http,
+            drift,
+        }
+    }
+
+    /// A column's score in the first report that showed the drift.
+    fn score(&self, name: &str) -> f64 {
+        self.drift["columns"]
             .as_array()
             .and_then(|c| c.iter().find(|c| c["column"] == name))
             .and_then(|c| c["score"].as_f64())
-            .expect("score")
-    };
-    assert!(
-        score(FEATURE_NAMES[0]) > 3.0 * score(FEATURE_NAMES[1]),
-        "shifted feature stands out: {drift}"
-    );
-    // Unshifted features stay near zero (2000 rows: sampling noise and the KLL rank error
-    // of k = 200 leave them well under a shifted feature's score).
-    for name in &FEATURE_NAMES[1..] {
-        assert!(score(name) < 0.2, "{name}: {drift}");
+            .unwrap_or_else(|| panic!("no score for {name}: {}", self.drift))
     }
 
-    let one = get(
-        &hub,
-        &format!(
-            "models/{MODEL}/versions/1/drift?feature={}",
-            FEATURE_NAMES[0]
-        ),
-    )
-    .await;
-    assert_eq!(one["columns"].as_array().map(Vec::len), Some(1), "{one}");
-    // A bad range is refused with a reason.
+    /// The device detail once the hub has both a heartbeat (online) and a window from it.
+    async fn online(&self) -> Value {
+        eventually("a heartbeat and a window", || async {
+            let d = get(&self.hub, "devices/shop-1").await;
+            when(
+                d["online"] == true && d["telemetry"]["seq"].as_u64().is_some(),
+                d,
+            )
+        })
+        .await
+    }
+
+    async fn stop(self) {
+        self.agent.stop().await;
+    }
+}
+
+/// A drift report's `drifted` list.
+fn drifted(report: &Value) -> Vec<String> {
+    serde_json::from_value(report["drifted"].clone())
+        .unwrap_or_else(|e| panic!("drifted: {e}: {report}"))
+}
+
+/// A drift report's columns, by name.
+fn column_names(report: &Value) -> Vec<String> {
+    report["columns"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no columns: {report}"))
+        .iter()
+        .map(|c| c["column"].as_str().expect("a column name").to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drift_is_detected_on_the_shifted_feature() {
+    let f = Drifted::start().await;
+    assert_eq!(f.drift["has_reference"], true, "{}", f.drift);
+    assert!(
+        f.score(FEATURE_NAMES[0]) > 3.0 * f.score(FEATURE_NAMES[1]),
+        "shifted feature stands out: {}",
+        f.drift
+    );
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unshifted_features_stay_near_zero_drift() {
+    let f = Drifted::start().await;
+    // 2000 rows: sampling noise and the KLL rank error of k = 200 leave them well under a
+    // shifted feature's score.
+    for name in &FEATURE_NAMES[1..] {
+        assert!(f.score(name) < 0.2, "{name}: {}", f.drift);
+    }
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_feature_filter_returns_that_column_only() {
+    let f = Drifted::start().await;
+    let all = column_names(&f.drift);
+    assert_eq!(all.len(), FEATURE_NAMES.len(), "{}", f.drift);
+    // The shifted first column, one from the middle and the last: a filter that returned the
+    // first column, or any fixed one, fails here.
+    for name in [
+        FEATURE_NAMES[0],
+        FEATURE_NAMES[3],
+        FEATURE_NAMES[FEATURE_NAMES.len() - 1],
+    ] {
+        let one = get(&f.hub, &drift_path(&format!("?feature={name}"))).await;
+        assert_eq!(column_names(&one), [name], "?feature={name}: {one}");
+        // `drifted` is filtered too: the shifted feature only when asked for.
+        let want: Vec<String> = if name == FEATURE_NAMES[0] {
+            vec![name.to_owned()]
+        } else {
+            vec![]
+        };
+        assert_eq!(
+            drifted(&one)
+                .into_iter()
+                .filter(|d| d == FEATURE_NAMES[0])
+                .collect::<Vec<_>>(),
+            want,
+            "?feature={name}: {one}"
+        );
+    }
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bad_drift_range_is_refused() {
+    let hub = Hub::start_mqtt().await;
+    push_with_reference(&hub, 1).await;
     let r = hub
         .http
-        .get(hub.api(&format!("models/{MODEL}/versions/1/drift?from=10&to=5")))
+        .get(hub.api(&drift_path("?from=10&to=5")))
         .bearer_auth(&hub.token)
         .send()
         .await
         .expect("request");
     assert_eq!(r.status(), 400);
+    let reason = r.text().await.expect("text");
+    assert!(reason.contains("range"), "a reason: {reason}");
+}
 
-    // Drift rules per model: PSI for numbers, KS for one column; nonsense is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_tag_scope_covers_the_tagged_devices_only() {
+    let f = Drifted::start().await;
+    let shops = get(&f.hub, &drift_path(&format!("?tag={TAG}"))).await;
+    assert_eq!(shops["scope"], TAG, "{shops}");
+    assert!(
+        shops["windows"].as_u64() >= Some(1) && shops["requests"].as_u64() >= Some(1),
+        "{shops}"
+    );
+    assert!(
+        drifted(&shops).contains(&FEATURE_NAMES[0].to_owned()),
+        "{shops}"
+    );
+    let vans = get(&f.hub, &drift_path("?tag=vans")).await;
+    assert_eq!(vans["scope"], "vans", "{vans}");
+    assert_eq!(
+        (&vans["windows"], &vans["requests"], &vans["rows"]),
+        (&Value::from(0u64), &Value::from(0u64), &Value::from(0u64)),
+        "no device is tagged vans: {vans}"
+    );
+    assert!(column_names(&vans).is_empty(), "{vans}");
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drift_rules_are_set_per_model_and_nonsense_is_refused() {
+    let f = Drifted::start().await;
+    let hub = &f.hub;
+    // PSI for numbers, KS for one column.
     let put = |body: Value| {
         hub.http
             .put(hub.api(&format!("models/{MODEL}/drift-config")))
@@ -203,7 +336,7 @@ async fn windows_reach_the_hub_drift_is_detected_and_everything_is_exposed() {
         "{}",
         r.text().await.unwrap_or_default()
     );
-    let d = get(&hub, &format!("models/{MODEL}/versions/1/drift")).await;
+    let d = get(hub, &drift_path("")).await;
     let method = |i: usize| {
         d["columns"]
             .as_array()
@@ -220,27 +353,47 @@ async fn windows_reach_the_hub_drift_is_detected_and_everything_is_exposed() {
         let r = put(bad.clone()).await.expect("put");
         assert!(r.status().is_client_error(), "{bad} -> {}", r.status());
     }
+    f.stop().await;
+}
 
-    // Device detail: health, liveness, latest window with its drift.
-    let device = eventually("a heartbeat and a window", || async {
-        let d = get(&hub, "devices/shop-1").await;
-        (d["online"] == true && d["telemetry"]["seq"].as_u64().is_some()).then_some(d)
-    })
-    .await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn device_detail_shows_health_liveness_and_the_latest_window() {
+    let f = Drifted::start().await;
+    let device = f.online().await;
     assert!(
         device["liveness"]["health"]["memory_total_bytes"].as_u64() > Some(0),
         "{device}"
     );
-    assert_eq!(device["outbox_dropped"], 0);
+    assert_eq!(device["outbox_dropped"], 0, "{device}");
     assert!(device["last_seen"].as_u64().is_some(), "{device}");
+    let models = &device["telemetry"]["models"];
+    assert!(
+        models[0]["model"] == MODEL
+            && models[0]["version"] == 1
+            && models[0]["requests"].as_u64() >= Some(1),
+        "the latest window is the model's: {device}"
+    );
+    f.stop().await;
+}
 
-    // Fleet metrics and the Prometheus exposition.
-    let fleet = get(&hub, "fleet/metrics").await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fleet_metrics_count_the_online_device_and_stored_records() {
+    let f = Drifted::start().await;
+    f.online().await;
+    let fleet = get(&f.hub, "fleet/metrics").await;
     assert_eq!(fleet["devices"]["online"], 1, "{fleet}");
     assert!(fleet["ingest"]["stored"].as_u64() >= Some(1), "{fleet}");
-    let text = hub
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_hubs_prometheus_exposition_has_devices_drift_and_refusals() {
+    let f = Drifted::start().await;
+    f.online().await;
+    let text = f
+        .hub
         .http
-        .get(format!("{}/metrics", hub.url))
+        .get(format!("{}/metrics", f.hub.url))
         .send()
         .await
         .expect("metrics")
@@ -257,9 +410,15 @@ async fn windows_reach_the_hub_drift_is_detected_and_everything_is_exposed() {
         text.contains("edgefleet_hub_telemetry_rejected_total{reason=\"bad_signature\"} 0"),
         "{text}"
     );
-    // The agent's own exposition.
-    let agent_text = http
-        .get(format!("{}/metrics", agent.url))
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_agents_prometheus_exposition_has_its_outbox() {
+    let f = Drifted::start().await;
+    let agent_text = f
+        .http
+        .get(format!("{}/metrics", f.agent.url))
         .send()
         .await
         .expect("agent metrics")
@@ -270,24 +429,31 @@ async fn windows_reach_the_hub_drift_is_detected_and_everything_is_exposed() {
         agent_text.contains("edgefleet_agent_outbox_queued"),
         "{agent_text}"
     );
+    f.stop().await;
+}
 
-    // Retained messages anyone can read: the device's signed assignment bundle and the JSON
-    // fleet summary.
+/// Retained messages anyone on the broker can read: the device's signed assignment bundle
+/// and the JSON fleet summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retained_mqtt_messages_carry_the_signed_assignment_and_the_fleet_summary() {
+    let f = Drifted::start().await;
     let retained = subscribe_retained(
-        &hub.mqtt_url(),
+        &f.hub.mqtt_url(),
         &[topic::assignment("shop-1"), topic::fleet_summary(MODEL, 1)],
     )
     .await;
     let bundle: AssignmentBundle = encoding::from_bytes("bundle", &retained[0]).expect("a bundle");
     let a = bundle.assignments[0]
-        .verify(&edgefleet_common::TrustRoot::new(hub.root.public()), now())
+        .verify(
+            &edgefleet_common::TrustRoot::new(f.hub.root.public()),
+            now(),
+        )
         .expect("signed by the hub");
     assert_eq!((a.model.as_str(), a.version), (MODEL, 1));
     let summary: Value = serde_json::from_slice(&retained[1]).expect("JSON summary");
     assert_eq!(summary["model"], MODEL);
     assert!(summary["requests"].as_u64() >= Some(1), "{summary}");
-
-    agent.stop().await;
+    f.stop().await;
 }
 
 /// Connects, subscribes to `topics`, returns the first message of each (retained ones
@@ -454,12 +620,12 @@ async fn spoofed_garbage_oversize_and_unknown_messages_are_counted_and_the_hub_k
     let fleet = eventually("the refusals to be counted", || async {
         let f = get(&hub, "fleet/metrics").await;
         let r = &f["ingest"]["rejected"];
-        (r["bad_signature"].as_u64() >= Some(2)
+        let counted = r["bad_signature"].as_u64() >= Some(2)
             && r["malformed"].as_u64() >= Some(2)
             && r["oversize"].as_u64() >= Some(2)
             && r["unknown_device"].as_u64() >= Some(1)
-            && r["unknown_model"].as_u64() >= Some(2))
-        .then_some(f)
+            && r["unknown_model"].as_u64() >= Some(2);
+        when(counted, f)
     })
     .await;
     // The subscription is to …/telemetry and …/health only: other leaves never arrive.
@@ -471,7 +637,7 @@ async fn spoofed_garbage_oversize_and_unknown_messages_are_counted_and_the_hub_k
     send(&http, &a.url, 3, 0.0).await;
     eventually("the real device's window", || async {
         let d = get(&hub, "devices/shop-a").await;
-        d["telemetry"]["seq"].as_u64()
+        found(d["telemetry"]["seq"].as_u64(), &d)
     })
     .await;
     a.stop().await;
@@ -536,8 +702,10 @@ async fn a_full_outbox_drops_the_oldest_and_the_hub_hears_of_it() {
         "the drops and the kept windows reported to the hub",
         || async {
             let d = get(&hub, "devices/shop-full").await;
-            (d["outbox_dropped"].as_u64() >= Some(1) && d["telemetry"]["seq"].as_u64() > Some(0))
-                .then_some(d)
+            when(
+                d["outbox_dropped"].as_u64() >= Some(1) && d["telemetry"]["seq"].as_u64() > Some(0),
+                d,
+            )
         },
     )
     .await;
@@ -547,7 +715,7 @@ async fn a_full_outbox_drops_the_oldest_and_the_hub_hears_of_it() {
 /// The outbox of a stopped agent (sled lets go of its lock a moment after the last handle).
 async fn open_outbox(path: &std::path::Path, max: u64) -> edgefleet_agent::telemetry::Outbox {
     eventually("the outbox to be free", || async {
-        edgefleet_agent::telemetry::Outbox::open(path, max).ok()
+        edgefleet_agent::telemetry::Outbox::open(path, max).map_err(|e| e.to_string())
     })
     .await
 }
@@ -574,9 +742,7 @@ async fn an_external_mosquitto_restart_loses_nothing() {
     };
     let url = format!("mqtt://127.0.0.1:{port}");
     eventually("mosquitto to listen", || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await
     })
     .await;
     let hub = Hub::start_with(|c| {
@@ -589,7 +755,8 @@ async fn an_external_mosquitto_restart_loses_nothing() {
     let http = reqwest::Client::new();
     send(&http, &agent.url, 5, 0.0).await;
     eventually("a first window through mosquitto", || async {
-        get(&hub, "devices/shop-m").await["telemetry"]["seq"].as_u64()
+        let d = get(&hub, "devices/shop-m").await;
+        found(d["telemetry"]["seq"].as_u64(), &d)
     })
     .await;
     // The broker goes away while windows keep closing.
@@ -663,10 +830,11 @@ async fn a_hub_killed_with_kill_9_gets_the_records_again_and_stores_them_once() 
     let url = format!("http://{http_addr}");
     let wait_up = || async {
         eventually("the hub binary to answer", || async {
-            reqwest::get(format!("{url}/api/v1/health"))
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
+            match reqwest::get(format!("{url}/api/v1/health")).await {
+                Ok(r) if r.status().is_success() => Ok(r),
+                Ok(r) => Err(format!("health: {}", r.status())),
+                Err(e) => Err(format!("health: {e}")),
+            }
         })
         .await;
     };
@@ -687,7 +855,8 @@ async fn a_hub_killed_with_kill_9_gets_the_records_again_and_stores_them_once() 
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     eventually("records stored before the kill", || async {
-        get(&hub, "devices/shop-k").await["telemetry"]["seq"].as_u64()
+        let d = get(&hub, "devices/shop-k").await;
+        found(d["telemetry"]["seq"].as_u64(), &d)
     })
     .await;
     send(&http, &agent.url, 3, 0.0).await;
@@ -748,14 +917,15 @@ async fn an_agent_killed_with_kill_9_delivers_its_outbox_after_restart() {
     let seq = wait_all_stored_once(&hub, "shop-9").await;
     assert!(seq >= queued, "{seq} < {queued}");
     eventually("a heartbeat saying online", || async {
-        (get(&hub, "devices/shop-9").await["online"] == true).then_some(())
+        let d = get(&hub, "devices/shop-9").await;
+        when(d["online"] == true, d)
     })
     .await;
     // kill -9 closes no MQTT session cleanly: the broker publishes the device's last will.
     second.kill9().await;
     eventually("the last will to mark the device offline", || async {
         let d = get(&hub, "devices/shop-9").await;
-        (d["online"] == false && d["liveness"]["online"] == false).then_some(())
+        when(d["online"] == false && d["liveness"]["online"] == false, d)
     })
     .await;
 }
@@ -790,45 +960,138 @@ async fn a_taken_mqtt_port_is_an_error_that_says_what_to_do() {
     drop(taken);
 }
 
+/// Sends `batches` requests of 20 rows and checks that `version` answered each.
+async fn send_to(http: &reqwest::Client, url: &str, batches: u64, version: u64) {
+    for i in 0..batches {
+        let answer = infer_ok(http, url, MODEL, &traffic(20, 100 + i, 0.0)).await;
+        assert_eq!(
+            answer.map(|(v, _)| v),
+            Some(version),
+            "request {i}: answered by"
+        );
+    }
+}
+
+/// Waits until the agent serves `version`, without sending an inference (which would count in
+/// a window, and could race the swap).
+async fn wait_ready(http: &reqwest::Client, url: &str, version: u64) {
+    eventually(&format!("v{version} ready"), || async {
+        let r = http
+            .get(format!("{url}/v2/models/{MODEL}/versions/{version}/ready"))
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(r.status().to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_update_mid_window_reports_both_versions() {
+    const V1_REQUESTS: u64 = 5;
+    const V2_REQUESTS: u64 = 7;
     let hub = Hub::start_mqtt().await;
     push_with_reference(&hub, 1).await;
-    // Long windows: the swap to v2 happens inside one, which then holds both versions.
     hub.assign("shop-u", MODEL, 1).await;
-    let agent = Agent::start_with(&hub, "shop-u", tempfile::tempdir().expect("tmp"), |c| {
+    // A window no clock closes during the test (a day): the agent's clean stop closes it,
+    // after the swap, so the swap is inside it however slow the machine is.
+    let one_window = |c: &mut edgefleet_agent::AgentConfig| {
         fast_telemetry(c);
-        c.telemetry_window_secs = 4;
-    })
+        c.telemetry_window_secs = 86_400;
+    };
+    let opened = now();
+    let agent = Agent::start_with(
+        &hub,
+        "shop-u",
+        tempfile::tempdir().expect("tmp"),
+        one_window,
+    )
     .await;
     let http = reqwest::Client::new();
-    serve_model(&agent, &http).await;
-    send(&http, &agent.url, 5, 0.0).await;
+    wait_ready(&http, &agent.url, 1).await;
+    let first_request = now();
+    send_to(&http, &agent.url, V1_REQUESTS, 1).await;
     push_with_reference(&hub, 2).await;
     hub.assign("shop-u", MODEL, 2).await;
-    eventually("v2 served", || async {
-        infer_ok(&http, &agent.url, MODEL, &traffic(1, 9, 0.0))
-            .await
-            .filter(|(v, _)| *v == 2)
+    wait_ready(&http, &agent.url, 2).await;
+    send_to(&http, &agent.url, V2_REQUESTS, 2).await;
+    let last_request = now();
+    let dir = agent.stop().await;
+    let closed = now();
+
+    // The stop closed the one window into one record, still in the outbox (never published).
+    let outbox = open_outbox(&dir.path().join("outbox"), 64 << 20).await;
+    let pending: Vec<u64> = outbox
+        .pending(0, 100)
+        .expect("pending")
+        .into_iter()
+        .map(|(seq, _)| seq)
+        .collect();
+    assert_eq!(pending, [1], "one record for the window");
+    drop(outbox);
+
+    // Restarted, the agent delivers it.
+    let agent = Agent::start_with(&hub, "shop-u", dir, one_window).await;
+    let d = eventually("the record at the hub", || async {
+        let d = get(&hub, "devices/shop-u").await;
+        when(d["telemetry"]["seq"] == 1, d)
     })
     .await;
-    send(&http, &agent.url, 5, 0.0).await;
-    let windows = |version: u64| {
-        let hub = &hub;
-        async move {
-            get(hub, &format!("models/{MODEL}/versions/{version}/drift")).await["requests"]
-                .as_u64()
-                .filter(|&n| n > 0)
-        }
-    };
-    eventually("v1's requests at the hub", || windows(1)).await;
-    eventually("v2's requests at the hub", || windows(2)).await;
-    let d = get(&hub, "devices/shop-u").await;
-    let models = d["telemetry"]["models"]
+    let t = &d["telemetry"];
+    // (i) The window spans the requests of both versions: the swap happened inside it.
+    let (start, end) = (
+        t["window_start"].as_u64().expect("window_start"),
+        t["window_end"].as_u64().expect("window_end"),
+    );
+    assert!(
+        opened <= start && start <= first_request,
+        "the window opened with v1 ({opened}..={first_request}): {d}"
+    );
+    assert!(
+        last_request <= end && end <= closed,
+        "the window closed after v2's last request ({last_request}..={closed}): {d}"
+    );
+    // (ii) One record (seq 1) carries a window per version, with the requests each served.
+    let models: Vec<(String, u64, u64, u64)> = t["models"]
         .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let fleet = get(&hub, "fleet/metrics").await;
+        .unwrap_or_else(|| panic!("no models: {d}"))
+        .iter()
+        .map(|m| {
+            (
+                m["model"].as_str().unwrap_or_default().to_owned(),
+                m["version"].as_u64().unwrap_or_default(),
+                m["requests"].as_u64().unwrap_or_default(),
+                m["errors"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        models,
+        [
+            (MODEL.to_owned(), 1, V1_REQUESTS, 0),
+            (MODEL.to_owned(), 2, V2_REQUESTS, 0)
+        ],
+        "{d}"
+    );
+    // The fleet aggregates: one window per version, from that record, nothing refused.
+    for (version, requests) in [(1, V1_REQUESTS), (2, V2_REQUESTS)] {
+        let drift = get(&hub, &format!("models/{MODEL}/versions/{version}/drift")).await;
+        assert_eq!(
+            (drift["windows"].as_u64(), drift["requests"].as_u64()),
+            (Some(1), Some(requests)),
+            "v{version}: {drift}"
+        );
+    }
+    // The counter moves just after the commit the device detail shows.
+    let fleet = eventually("the record counted", || async {
+        let f = get(&hub, "fleet/metrics").await;
+        when(f["ingest"]["stored"].as_u64() >= Some(1), f)
+    })
+    .await;
+    assert_eq!(fleet["ingest"]["stored"], 1, "one record stored: {fleet}");
     assert_eq!(fleet["ingest"]["rejected"]["malformed"], 0, "{fleet}");
     assert_eq!(fleet["ingest"]["rejected"]["unknown_model"], 0, "{fleet}");
     assert!(!models.is_empty(), "{d}");

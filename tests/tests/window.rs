@@ -2,6 +2,7 @@
 //! the window's sketches, errors are counted, nothing is lost when buffers fill faster than the
 //! folder empties them, and the reference profile decides which columns are categorical.
 
+use edgefleet_agent::active::{ActiveModels, Served};
 use edgefleet_agent::model::LoadedModel;
 use edgefleet_agent::window::{BUFFER_ROWS, MAX_PENDING};
 use edgefleet_common::TensorData;
@@ -19,16 +20,17 @@ fn rf_binary() -> fixtures::Fixture {
 #[test]
 fn a_window_profiles_every_input_and_output_and_counts_errors() {
     let f = rf_binary();
-    let model = LoadedModel::load(f.manifest().expect("manifest"), &f.path).expect("load");
+    let served =
+        Served::new(LoadedModel::load(f.manifest().expect("manifest"), &f.path).expect("load"));
     let n = f.input.shape[0] as usize;
     for r in 0..n {
         let row = [f.row(r)];
-        let out = model.infer(&row, &[]).expect("infer");
-        model.window.record(&row, &out, 10.0 + r as f64);
+        let out = served.model.infer(&row, &[]).expect("infer");
+        served.window.record(&row, &out, 10.0 + r as f64);
     }
-    model.window.record_error();
-    model.window.record_error();
-    let w = model.window.close(123).expect("window");
+    served.window.record_error();
+    served.window.record_error();
+    let w = served.window.close(123).expect("window");
     assert_eq!(
         (w.requests, w.errors, w.profile.rows),
         (n as u64, 2, n as u64)
@@ -67,7 +69,7 @@ fn a_window_profiles_every_input_and_output_and_counts_errors() {
         assert_eq!(s.count(), n as u64);
     }
     // The next window starts empty.
-    let next = model.window.close(124).expect("window");
+    let next = served.window.close(124).expect("window");
     assert_eq!(
         (next.requests, next.profile.rows, next.started_at),
         (0, 0, 123)
@@ -77,15 +79,16 @@ fn a_window_profiles_every_input_and_output_and_counts_errors() {
 #[test]
 fn nothing_is_lost_when_buffers_fill_faster_than_they_are_folded() {
     let f = rf_binary();
-    let model = LoadedModel::load(f.manifest().expect("manifest"), &f.path).expect("load");
+    let served =
+        Served::new(LoadedModel::load(f.manifest().expect("manifest"), &f.path).expect("load"));
     let row = [f.row(0)];
-    let out = model.infer(&row, &[]).expect("infer");
+    let out = served.model.infer(&row, &[]).expect("infer");
     // No folder runs: buffers queue up to MAX_PENDING, then requests fold inline.
     let total = BUFFER_ROWS * (MAX_PENDING + 3) + 17;
     for _ in 0..total {
-        model.window.record(&row, &out, 5.0);
+        served.window.record(&row, &out, 5.0);
     }
-    let w = model.window.close(1).expect("window");
+    let w = served.window.close(1).expect("window");
     assert_eq!(w.requests, total as u64);
     assert_eq!(w.profile.rows, total as u64);
     assert_eq!(w.latency.count(), total as u64);
@@ -110,25 +113,26 @@ fn the_reference_profile_decides_which_columns_are_categorical() {
     )
     .expect("profile");
     manifest.reference_profile = Some(reference.to_bytes());
-    let model = LoadedModel::load(manifest, &f.path).expect("load");
-    let schema = model.window.schema();
+    let served = Served::new(LoadedModel::load(manifest, &f.path).expect("load"));
+    let schema = served.window.schema();
     let kind = |n: &str| schema.iter().find(|c| c.name == n).map(|c| c.kind);
     assert_eq!(kind("input[2]"), Some(ColumnKind::Categorical));
     assert_eq!(kind("input[0]"), Some(ColumnKind::Numeric));
     assert_eq!(kind("output_label"), Some(ColumnKind::Numeric));
 }
 
-/// Serves `model` from a registry of its own on 127.0.0.1:0; returns the base URL.
-async fn serve(model: std::sync::Arc<LoadedModel>) -> String {
-    let registry = std::sync::Arc::new(edgefleet_agent::serve::Registry::default());
-    registry.swap_in(model);
-    registry.set_ready();
+/// Serves `model` from a model set of its own on 127.0.0.1:0; returns the base URL.
+async fn serve(model: std::sync::Arc<Served>) -> String {
+    let models = std::sync::Arc::new(ActiveModels::default());
+    models.swap_in(model);
+    models.set_ready();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move {
-        let _ = axum::serve(listener, edgefleet_agent::serve::router(registry)).await;
+        let router = edgefleet_agent::serve::router(models, Default::default());
+        let _ = axum::serve(listener, router).await;
     });
     url
 }
@@ -139,9 +143,9 @@ async fn serve(model: std::sync::Arc<LoadedModel>) -> String {
 async fn binary_and_json_requests_give_the_same_window_profile() {
     let f = rf_binary();
     let load = || {
-        std::sync::Arc::new(
+        std::sync::Arc::new(Served::new(
             LoadedModel::load(f.manifest().expect("manifest"), &f.path).expect("load"),
-        )
+        ))
     };
     let (json_model, binary_model) = (load(), load());
     let (json_url, binary_url) = (

@@ -1,14 +1,14 @@
 //! The Open Inference Protocol v2 (KServe v2 REST) server over the active models.
 //!
-//! The set of active models is one immutable map behind an `ArcSwap`: a request takes a
-//! snapshot at its start and keeps it to the end, so a swap mid-request is invisible to it —
-//! every request sees the old or the new model, never an error or a mix.
+//! Every handler looks models up in [`ActiveModels`], which owns the served set and its
+//! snapshot contract (a request keeps the map it started with). The server only adds the
+//! protocol: routing, decoding, encoding, and recording each request in the served model's
+//! window. `/metrics` also reads telemetry's outbox and the updater's stale-assignment count,
+//! handed in at construction ([`Metrics`]).
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
-use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -18,7 +18,8 @@ use axum::routing::{get, post};
 use edgefleet_common::TensorSpec;
 use serde_json::{Value, json};
 
-use crate::model::LoadedModel;
+use crate::active::{ActiveModels, Served};
+use crate::telemetry::Telemetry;
 
 pub mod request;
 pub mod response;
@@ -28,75 +29,37 @@ pub const MAX_INFER_BODY: usize = 8 * 1024 * 1024;
 /// Largest element count of one input tensor.
 pub const MAX_ELEMENTS: usize = 1 << 20;
 
-/// The models being served.
-#[derive(Default)]
-pub struct Registry {
-    models: ArcSwap<HashMap<String, Arc<LoadedModel>>>,
-    ready: AtomicBool,
-    /// Windows of models swapped out since telemetry last closed a window: their requests
-    /// are reported with the next record, not lost with the old model.
-    retired: std::sync::Mutex<Vec<crate::telemetry::RetiredWindow>>,
-    /// Telemetry, for `/metrics` (set once the agent has opened its outbox). Weak: telemetry
-    /// holds the registry, and the outbox must close when the agent stops.
-    pub telemetry: std::sync::OnceLock<std::sync::Weak<crate::telemetry::Telemetry>>,
+/// What `/metrics` reports besides the served models. `Metrics::default()` reports the
+/// models only (a server without an agent around it, as in tests and benchmarks).
+#[derive(Clone, Default)]
+pub struct Metrics {
+    /// Telemetry, for the outbox gauges. Weak: the outbox must close when the agent stops
+    /// (the uplink drops the last strong reference), even while the server drains requests.
+    pub telemetry: Weak<Telemetry>,
+    /// The updater's count of older assignments ignored for the version already served.
+    pub stale_assignments: Option<Arc<AtomicU64>>,
 }
 
-impl Registry {
-    pub fn get(&self, name: &str) -> Option<Arc<LoadedModel>> {
-        self.models.load().get(name).cloned()
-    }
-
-    pub fn snapshot(&self) -> Arc<HashMap<String, Arc<LoadedModel>>> {
-        self.models.load_full()
-    }
-
-    /// Atomically replaces (or adds) one model. The replaced model's window is closed and
-    /// kept for the next telemetry record (a request still running on it records into a
-    /// window nobody reads: at most the requests in flight at the swap).
-    pub fn swap_in(&self, model: Arc<LoadedModel>) {
-        let previous = self.models.rcu(|current| {
-            let mut next = HashMap::clone(current);
-            next.insert(model.manifest.name.clone(), model.clone());
-            next
-        });
-        if let Some(old) = previous.get(&model.manifest.name)
-            && !Arc::ptr_eq(old, &model)
-            && let Some(window) = old.window.close(crate::now())
-            && (window.requests > 0 || window.errors > 0)
-            && let Ok(mut retired) = self.retired.lock()
-        {
-            retired.push(crate::telemetry::RetiredWindow {
-                model: old.manifest.name.clone(),
-                version: old.manifest.version,
-                window,
-            });
-        }
-    }
-
-    /// The windows of models swapped out since the last call.
-    pub fn take_retired(&self) -> Vec<crate::telemetry::RetiredWindow> {
-        self.retired
-            .lock()
-            .map(|mut r| std::mem::take(&mut *r))
-            .unwrap_or_default()
-    }
-
-    pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::Release);
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
+/// The router's state: one `Arc` cloned per request.
+struct Server {
+    models: Arc<ActiveModels>,
+    metrics: Metrics,
 }
+
+type Shared = State<Arc<Server>>;
 
 /// `GET /metrics`: Prometheus (OpenMetrics) text for the node's scraper.
-async fn metrics(State(registry): State<Arc<Registry>>) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    match crate::telemetry::exposition(&registry) {
+async fn scrape(State(server): Shared) -> Response {
+    let outbox = server.metrics.telemetry.upgrade().map(|t| t.outbox.stats());
+    let stale = server
+        .metrics
+        .stale_assignments
+        .as_ref()
+        .map(|n| n.load(Ordering::Relaxed));
+    match crate::telemetry::exposition(&server.models, outbox, stale) {
         Ok(text) => (
             [(
-                axum::http::header::CONTENT_TYPE,
+                header::CONTENT_TYPE,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             )],
             text,
@@ -106,7 +69,7 @@ async fn metrics(State(registry): State<Arc<Registry>>) -> axum::response::Respo
     }
 }
 
-pub fn router(registry: Arc<Registry>) -> Router {
+pub fn router(models: Arc<ActiveModels>, metrics: Metrics) -> Router {
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(|| async { StatusCode::OK }))
@@ -121,7 +84,7 @@ pub fn router(registry: Arc<Registry>) -> Router {
             "/v2/models/{name}/versions/{version}/ready",
             get(model_ready_v),
         )
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(scrape))
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer_v))
         .fallback(|| async {
@@ -131,7 +94,7 @@ pub fn router(registry: Arc<Registry>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_INFER_BODY))
-        .with_state(registry)
+        .with_state(Arc::new(Server { models, metrics }))
 }
 
 /// A protocol error: the status and a message that says what was expected. Rendered as the
@@ -158,120 +121,116 @@ async fn server_metadata() -> axum::Json<Value> {
     )
 }
 
-async fn server_ready(State(r): State<Arc<Registry>>) -> StatusCode {
-    if r.is_ready() {
+async fn server_ready(State(s): Shared) -> StatusCode {
+    if s.models.is_ready() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     }
 }
 
-fn find(r: &Registry, name: &str, version: Option<&str>) -> Result<Arc<LoadedModel>, OipError> {
-    let Some(m) = r.get(name) else {
-        let known: Vec<String> = r.snapshot().keys().cloned().collect();
+fn find(models: &ActiveModels, name: &str, version: Option<&str>) -> Result<Arc<Served>, OipError> {
+    let Some(s) = models.get(name) else {
+        let known: Vec<String> = models.snapshot().keys().cloned().collect();
         return Err(error(
             StatusCode::NOT_FOUND,
             format!("model {name:?} is not loaded; loaded models: {known:?}"),
         ));
     };
+    let loaded = s.model.manifest.version;
     if let Some(v) = version
-        && v != m.manifest.version.to_string()
+        && v != loaded.to_string()
     {
         return Err(error(
             StatusCode::NOT_FOUND,
             format!(
-                "version {v:?} of model {name:?} is not loaded; the loaded version is {}",
-                m.manifest.version
+                "version {v:?} of model {name:?} is not loaded; the loaded version is {loaded}"
             ),
         ));
     }
-    Ok(m)
+    Ok(s)
 }
 
 fn spec_json(s: &TensorSpec) -> Value {
     json!({"name": s.name, "datatype": s.datatype.as_str(), "shape": s.shape})
 }
 
-fn metadata(r: &Registry, name: &str, version: Option<&str>) -> Result<Response, OipError> {
-    let m = find(r, name, version)?;
+fn metadata(
+    models: &ActiveModels,
+    name: &str,
+    version: Option<&str>,
+) -> Result<Response, OipError> {
+    let served = find(models, name, version)?;
+    let m = &served.model.manifest;
     Ok(axum::Json(json!({
-            "name": m.manifest.name,
-            "versions": [m.manifest.version.to_string()],
+            "name": m.name,
+            "versions": [m.version.to_string()],
             "platform": "onnx",
-            "inputs": m.manifest.inputs.iter().map(spec_json).collect::<Vec<_>>(),
-            "outputs": m.manifest.outputs.iter().map(spec_json).collect::<Vec<_>>(),
+            "inputs": m.inputs.iter().map(spec_json).collect::<Vec<_>>(),
+            "outputs": m.outputs.iter().map(spec_json).collect::<Vec<_>>(),
     }))
     .into_response())
 }
 
-async fn model_metadata(
-    State(r): State<Arc<Registry>>,
-    Path(name): Path<String>,
-) -> Result<Response, OipError> {
-    metadata(&r, &name, None)
+async fn model_metadata(State(s): Shared, Path(name): Path<String>) -> Result<Response, OipError> {
+    metadata(&s.models, &name, None)
 }
 
 async fn model_metadata_v(
-    State(r): State<Arc<Registry>>,
+    State(s): Shared,
     Path((name, v)): Path<(String, String)>,
 ) -> Result<Response, OipError> {
-    metadata(&r, &name, Some(&v))
+    metadata(&s.models, &name, Some(&v))
 }
 
-async fn model_ready(
-    State(r): State<Arc<Registry>>,
-    Path(name): Path<String>,
-) -> Result<StatusCode, OipError> {
-    find(&r, &name, None).map(|_| StatusCode::OK)
+async fn model_ready(State(s): Shared, Path(name): Path<String>) -> Result<StatusCode, OipError> {
+    find(&s.models, &name, None).map(|_| StatusCode::OK)
 }
 
 async fn model_ready_v(
-    State(r): State<Arc<Registry>>,
+    State(s): Shared,
     Path((name, v)): Path<(String, String)>,
 ) -> Result<StatusCode, OipError> {
-    find(&r, &name, Some(&v)).map(|_| StatusCode::OK)
+    find(&s.models, &name, Some(&v)).map(|_| StatusCode::OK)
 }
 
 async fn infer(
-    State(r): State<Arc<Registry>>,
+    State(s): Shared,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OipError> {
-    run_infer(&r, &name, None, &headers, &body)
+    run_infer(&s.models, &name, None, &headers, &body)
 }
 
 async fn infer_v(
-    State(r): State<Arc<Registry>>,
+    State(s): Shared,
     Path((name, v)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OipError> {
-    run_infer(&r, &name, Some(&v), &headers, &body)
+    run_infer(&s.models, &name, Some(&v), &headers, &body)
 }
 
 fn run_infer(
-    r: &Registry,
+    models: &ActiveModels,
     name: &str,
     version: Option<&str>,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, OipError> {
-    let model = find(r, name, version)?;
-    let result = infer_recorded(&model, headers, body);
+    let served = find(models, name, version)?;
+    let result = infer_recorded(&served, headers, body);
     if result.is_err() {
         // Every request the model refused counts in its window's error rate.
-        model.window.record_error();
+        served.window.record_error();
     }
     result
 }
 
 /// Parses, infers and records one request in the model's window.
-fn infer_recorded(
-    model: &LoadedModel,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Response, OipError> {
+fn infer_recorded(served: &Served, headers: &HeaderMap, body: &[u8]) -> Result<Response, OipError> {
+    let model = &served.model;
     if let Some(encoding) = headers.get(header::CONTENT_ENCODING)
         && encoding.as_bytes() != b"identity"
     {
@@ -297,7 +256,7 @@ fn infer_recorded(
     let mut outputs = model
         .infer_adaptive(&req.inputs, &[])
         .map_err(bad_request)?;
-    model
+    served
         .window
         .record(&req.inputs, &outputs, start.elapsed().as_secs_f64() * 1e6);
     if !wanted.is_empty() {

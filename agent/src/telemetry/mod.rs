@@ -22,15 +22,18 @@ pub mod outbox;
 pub mod uplink;
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::sync::{Arc, Mutex};
 
 use edgefleet_common::SecretKey;
 use edgefleet_common::Signed;
 use edgefleet_common::device::ModelRef;
-use edgefleet_common::telemetry::{self, Heartbeat, ModelWindow, TelemetryRecord};
+use edgefleet_common::telemetry::{
+    self, Health, Heartbeat, ModelWindow, OutboxStats, TelemetryRecord,
+};
 
+use crate::active::ActiveModels;
 use crate::error::{AgentError, AgentResult};
-use crate::serve::Registry;
 use crate::window::Window;
 
 pub use outbox::Outbox;
@@ -42,7 +45,7 @@ pub struct Telemetry {
     pub device_id: String,
     pub outbox: Outbox,
     key: SecretKey,
-    registry: Arc<Registry>,
+    models: Arc<ActiveModels>,
     health: Mutex<health::HealthSampler>,
     /// When this run started (heartbeats and the last will carry it).
     started_at: u64,
@@ -59,14 +62,14 @@ impl Telemetry {
         device_id: String,
         key: SecretKey,
         outbox: Outbox,
-        registry: Arc<Registry>,
+        models: Arc<ActiveModels>,
         data_dir: &std::path::Path,
     ) -> Self {
         Self {
             device_id,
             outbox,
             key,
-            registry,
+            models,
             health: Mutex::new(health::HealthSampler::new(data_dir)),
             started_at: crate::now(),
         }
@@ -82,37 +85,7 @@ impl Telemetry {
     /// Closes every served model's window (and the windows of models swapped out since the
     /// last close) and queues one signed record if any saw a request. Returns its sequence.
     pub fn close_window(&self, now: u64) -> AgentResult<Option<u64>> {
-        let mut windows: BTreeMap<(String, u64), Window> = BTreeMap::new();
-        let mut add = |model: String, version: u64, w: Window| -> AgentResult<()> {
-            match windows.entry((model, version)) {
-                std::collections::btree_map::Entry::Vacant(e) => {
-                    e.insert(w);
-                }
-                // The same version swapped out and back in within one window.
-                std::collections::btree_map::Entry::Occupied(mut e) => {
-                    let have = e.get_mut();
-                    have.profile
-                        .merge(&w.profile)
-                        .map_err(|e| AgentError::Other(e.to_string()))?;
-                    have.latency
-                        .merge(&w.latency)
-                        .map_err(|e| AgentError::Other(e.to_string()))?;
-                    have.requests += w.requests;
-                    have.errors += w.errors;
-                    have.started_at = have.started_at.min(w.started_at);
-                }
-            }
-            Ok(())
-        };
-        for r in self.registry.take_retired() {
-            add(r.model, r.version, r.window)?;
-        }
-        for m in self.registry.snapshot().values() {
-            if let Some(w) = m.window.close(now) {
-                add(m.manifest.name.clone(), m.manifest.version, w)?;
-            }
-        }
-        windows.retain(|_, w| w.requests > 0 || w.errors > 0);
+        let windows = self.collect_windows(now)?;
         if windows.is_empty() {
             return Ok(None);
         }
@@ -128,75 +101,127 @@ impl Telemetry {
                 errors: w.errors,
             })
             .collect();
-        let health = self.sample_health();
-        let build = |models: Vec<ModelWindow>| {
-            let health = health.clone();
-            move |seq, outbox| -> AgentResult<Vec<u8>> {
-                let record = TelemetryRecord {
-                    device_id: self.device_id.clone(),
-                    seq,
-                    window_start: window_start.min(now),
-                    window_end: now,
-                    models,
-                    health,
-                    outbox,
-                    agent_version: AGENT_VERSION.into(),
-                };
-                let packed = Signed::sign(&record, &self.key, None)
-                    .and_then(|s| s.to_bytes())
-                    .map(|signed| telemetry::pack_record(&signed))?;
-                if packed.len() > telemetry::DEFAULT_MAX_RECORD_BYTES {
-                    return Err(AgentError::Other(format!(
-                        "a telemetry record of {} bytes is over the {} the hub accepts",
-                        packed.len(),
-                        telemetry::DEFAULT_MAX_RECORD_BYTES
-                    )));
+        let bounds = (window_start.min(now), now);
+        let seq = self.append_windows(models, bounds, &self.sample_health())?;
+        tracing::debug!(seq, "telemetry window closed and queued");
+        Ok(Some(seq))
+    }
+
+    /// The retired windows and the served models' current ones, closed at `now`, one per model
+    /// version; windows that saw no request are left out.
+    fn collect_windows(&self, now: u64) -> AgentResult<BTreeMap<(String, u64), Window>> {
+        let mut windows: BTreeMap<(String, u64), Window> = BTreeMap::new();
+        let mut add = |model: String, version: u64, w: Window| -> AgentResult<()> {
+            match windows.entry((model, version)) {
+                Entry::Vacant(e) => {
+                    e.insert(w);
                 }
-                Ok(packed)
+                // The same version swapped out and back in within one window.
+                Entry::Occupied(mut e) => {
+                    let have = e.get_mut();
+                    have.profile
+                        .merge(&w.profile)
+                        .map_err(|e| AgentError::Other(e.to_string()))?;
+                    have.latency
+                        .merge(&w.latency)
+                        .map_err(|e| AgentError::Other(e.to_string()))?;
+                    have.requests += w.requests;
+                    have.errors += w.errors;
+                    have.started_at = have.started_at.min(w.started_at);
+                }
             }
+            Ok(())
         };
-        // One record for the window; if it would be over the hub's limit (many models, very
-        // wide ones), one record per model; a single model's window over the limit can never
-        // be accepted and is dropped, counted.
+        for r in self.models.take_retired() {
+            add(r.model, r.version, r.window)?;
+        }
+        for s in self.models.snapshot().values() {
+            if let Some(w) = s.window.close(now) {
+                add(s.model.manifest.name.clone(), s.model.manifest.version, w)?;
+            }
+        }
+        windows.retain(|_, w| w.requests > 0 || w.errors > 0);
+        Ok(windows)
+    }
+
+    /// Queues the windows: one record; if it would be over the hub's limit (many models, very
+    /// wide ones), one record per model. A single model's window over the limit can never be
+    /// accepted and is dropped, counted. Returns the last sequence queued.
+    fn append_windows(
+        &self,
+        models: Vec<ModelWindow>,
+        bounds: (u64, u64),
+        health: &Health,
+    ) -> AgentResult<u64> {
         let estimate: usize = models
             .iter()
             .map(|m| m.profile.len() + m.latency.len())
             .sum();
-        let seq = if estimate < telemetry::DEFAULT_MAX_RECORD_BYTES * 3 / 4 || models.len() == 1 {
-            match self.outbox.append(build(models)) {
-                Ok(seq) => seq,
-                Err(e) => {
+        if estimate < telemetry::DEFAULT_MAX_RECORD_BYTES * 3 / 4 || models.len() == 1 {
+            return self
+                .outbox
+                .append(|seq, outbox| self.pack(seq, outbox, models, bounds, health.clone()))
+                .inspect_err(|_| self.outbox.count_dropped(1));
+        }
+        let mut last = 0;
+        for m in models {
+            let (name, version) = (m.model.clone(), m.version);
+            match self
+                .outbox
+                .append(|seq, outbox| self.pack(seq, outbox, vec![m], bounds, health.clone()))
+            {
+                Ok(seq) => last = seq,
+                Err(error) => {
                     self.outbox.count_dropped(1);
-                    return Err(e);
+                    tracing::error!(%error, model = %name, version, "telemetry window dropped");
                 }
             }
-        } else {
-            let mut last = 0;
-            for m in models {
-                let (name, version) = (m.model.clone(), m.version);
-                match self.outbox.append(build(vec![m])) {
-                    Ok(seq) => last = seq,
-                    Err(error) => {
-                        self.outbox.count_dropped(1);
-                        tracing::error!(%error, model = %name, version, "telemetry window dropped");
-                    }
-                }
-            }
-            last
+        }
+        Ok(last)
+    }
+
+    /// One signed, packed record with sequence number `seq`; refused if it is over the size
+    /// the hub accepts.
+    fn pack(
+        &self,
+        seq: u64,
+        outbox: OutboxStats,
+        models: Vec<ModelWindow>,
+        (window_start, window_end): (u64, u64),
+        health: Health,
+    ) -> AgentResult<Vec<u8>> {
+        let record = TelemetryRecord {
+            device_id: self.device_id.clone(),
+            seq,
+            window_start,
+            window_end,
+            models,
+            health,
+            outbox,
+            agent_version: AGENT_VERSION.into(),
         };
-        tracing::debug!(seq, "telemetry window closed and queued");
-        Ok(Some(seq))
+        let packed = Signed::sign(&record, &self.key, None)
+            .and_then(|s| s.to_bytes())
+            .map(|signed| telemetry::pack_record(&signed))?;
+        if packed.len() > telemetry::DEFAULT_MAX_RECORD_BYTES {
+            return Err(AgentError::Other(format!(
+                "a telemetry record of {} bytes is over the {} the hub accepts",
+                packed.len(),
+                telemetry::DEFAULT_MAX_RECORD_BYTES
+            )));
+        }
+        Ok(packed)
     }
 
     /// A signed heartbeat: with health when online, without (the last will) when not.
     pub fn heartbeat(&self, online: bool, now: u64) -> AgentResult<Vec<u8>> {
         let active = self
-            .registry
+            .models
             .snapshot()
             .values()
-            .map(|m| ModelRef {
-                name: m.manifest.name.clone(),
-                version: m.manifest.version,
+            .map(|s| ModelRef {
+                name: s.model.manifest.name.clone(),
+                version: s.model.manifest.version,
             })
             .collect();
         let hb = Heartbeat {
@@ -213,16 +238,13 @@ impl Telemetry {
     }
 }
 
-/// A closed window of a model that was swapped out.
-#[derive(Debug)]
-pub struct RetiredWindow {
-    pub model: String,
-    pub version: u64,
-    pub window: Window,
-}
-
-/// The agent's Prometheus exposition: served models, the current windows' counts, the outbox.
-pub fn exposition(registry: &Registry) -> Result<String, std::fmt::Error> {
+/// The agent's Prometheus exposition: served models, the current windows' counts, and, when
+/// given, the outbox and the count of stale assignments the updater ignored.
+pub fn exposition(
+    models: &ActiveModels,
+    outbox: Option<OutboxStats>,
+    stale_assignments: Option<u64>,
+) -> Result<String, std::fmt::Error> {
     use prometheus_client::metrics::counter::Counter;
     use prometheus_client::metrics::family::Family;
     use prometheus_client::metrics::gauge::Gauge;
@@ -233,13 +255,13 @@ pub fn exposition(registry: &Registry) -> Result<String, std::fmt::Error> {
         Family::<Labels, Gauge>::default(),
         Family::<Labels, Gauge>::default(),
     );
-    for m in registry.snapshot().values() {
+    for s in models.snapshot().values() {
         let labels: Labels = vec![
-            ("model".into(), m.manifest.name.clone()),
-            ("version".into(), m.manifest.version.to_string()),
+            ("model".into(), s.model.manifest.name.clone()),
+            ("version".into(), s.model.manifest.version.to_string()),
         ];
         info.get_or_create(&labels).set(1);
-        let (req, err) = m.window.counts();
+        let (req, err) = s.window.counts();
         requests.get_or_create(&labels).set(req as i64);
         errors.get_or_create(&labels).set(err as i64);
     }
@@ -254,8 +276,7 @@ pub fn exposition(registry: &Registry) -> Result<String, std::fmt::Error> {
         "Refused or failed inferences in the current telemetry window",
         errors,
     );
-    if let Some(t) = registry.telemetry.get().and_then(std::sync::Weak::upgrade) {
-        let stats = t.outbox.stats();
+    if let Some(stats) = outbox {
         let gauge = |v: u64| {
             let g = Gauge::<i64>::default();
             g.set(v as i64);
@@ -277,6 +298,15 @@ pub fn exposition(registry: &Registry) -> Result<String, std::fmt::Error> {
             "outbox_dropped",
             "Telemetry records dropped because the outbox was full",
             dropped,
+        );
+    }
+    if let Some(n) = stale_assignments {
+        let stale = Counter::<u64>::default();
+        stale.inc_by(n);
+        r.register(
+            "stale_assignments",
+            "Older assignments ignored because they name the version already served",
+            stale,
         );
     }
     let mut text = String::new();

@@ -54,15 +54,50 @@ impl Settings {
     }
 }
 
+/// What the MQTT event loop tells the publisher about the connection.
+#[derive(Default)]
+struct Link {
+    /// Bumped at every connection: the publisher then sends everything pending again.
+    connection: AtomicU64,
+    /// Publishing while disconnected would only fill rumqttc's request channel.
+    up: AtomicBool,
+    /// Wakes the publisher: connected, or acks freed room in flight.
+    wake: tokio::sync::Notify,
+}
+
 /// Runs until `shutdown` turns true, then closes the current window into the outbox (so a
 /// clean stop loses nothing) and disconnects.
 pub async fn run(
     telemetry: Arc<Telemetry>,
     settings: Settings,
     updater: Arc<Updater>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let id = telemetry.device_id.clone();
+    let options = mqtt_options(&telemetry, &settings);
+    let (client, eventloop) = AsyncClient::new(options, 64);
+    let link = Arc::new(Link::default());
+    let (pushed, pushed_rx) = tokio::sync::watch::channel::<Option<AssignmentBundle>>(None);
+    let applier = tokio::spawn(apply_pushed(updater.clone(), pushed_rx));
+    let events = tokio::spawn(drive_events(
+        eventloop,
+        client.clone(),
+        link.clone(),
+        telemetry.clone(),
+        updater,
+        pushed,
+        shutdown.clone(),
+    ));
+    publish_until_stopped(&telemetry, &client, &link, &settings, shutdown).await;
+    close_window(&telemetry);
+    let _ = client.try_disconnect();
+    events.abort();
+    applier.abort();
+}
+
+/// The connection's options: a persistent session, packets up to [`MAX_PACKET_BYTES`], TLS
+/// and credentials as configured, and a signed offline heartbeat as the last will.
+fn mqtt_options(telemetry: &Telemetry, settings: &Settings) -> MqttOptions {
+    let id = &telemetry.device_id;
     let mut options = MqttOptions::new(
         format!("edgefleet-agent-{id}"),
         settings.broker.host.clone(),
@@ -83,7 +118,7 @@ pub async fn run(
     match telemetry.heartbeat(false, crate::now()) {
         Ok(will) => {
             options.set_last_will(LastWill::new(
-                topic::health(&id),
+                topic::health(id),
                 will,
                 QoS::AtLeastOnce,
                 false,
@@ -91,94 +126,101 @@ pub async fn run(
         }
         Err(e) => tracing::warn!(error = %e, "cannot sign the last will; going without"),
     }
-    let (client, mut eventloop) = AsyncClient::new(options, 64);
-    // Bumped at every connection: the publisher then sends everything pending again.
-    let connection = Arc::new(AtomicU64::new(0));
-    // Publishing while disconnected would only fill rumqttc's request channel.
-    let up = Arc::new(AtomicBool::new(false));
-    let wake = Arc::new(tokio::sync::Notify::new());
+    options
+}
 
-    let (pushed, mut pushed_rx) = tokio::sync::watch::channel::<Option<AssignmentBundle>>(None);
-    let applier = {
-        let updater = updater.clone();
-        tokio::spawn(async move {
-            let mut last: Option<AssignmentBundle> = None;
-            while pushed_rx.changed().await.is_ok() {
-                let Some(bundle) = pushed_rx.borrow_and_update().clone() else {
-                    continue;
-                };
-                if last.as_ref() == Some(&bundle) {
-                    continue;
+/// Applies pushed bundles one at a time, each at most once in a row, until the sender is gone.
+async fn apply_pushed(
+    updater: Arc<Updater>,
+    mut pushed_rx: tokio::sync::watch::Receiver<Option<AssignmentBundle>>,
+) {
+    let mut last: Option<AssignmentBundle> = None;
+    while pushed_rx.changed().await.is_ok() {
+        let Some(bundle) = pushed_rx.borrow_and_update().clone() else {
+            continue;
+        };
+        if last.as_ref() == Some(&bundle) {
+            continue;
+        }
+        if let Err(e) = updater.apply_pushed(&bundle, crate::now()).await {
+            tracing::warn!(error = %e, "pushed assignment not applied; polling continues");
+        }
+        last = Some(bundle);
+    }
+}
+
+/// Drives rumqttc's event loop until `shutdown` changes: subscribes on every connection,
+/// hands publishes to [`on_publish`], and reconnects with backoff.
+async fn drive_events(
+    mut eventloop: rumqttc::EventLoop,
+    client: AsyncClient,
+    link: Arc<Link>,
+    telemetry: Arc<Telemetry>,
+    updater: Arc<Updater>,
+    pushed: tokio::sync::watch::Sender<Option<AssignmentBundle>>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(500);
+    let mut was_up = false;
+    loop {
+        let event = tokio::select! {
+            e = eventloop.poll() => e,
+            _ = shutdown.changed() => return,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                backoff = Duration::from_millis(500);
+                was_up = true;
+                tracing::info!(
+                    session_present = ack.session_present,
+                    "telemetry connected to the MQTT broker"
+                );
+                for t in [
+                    topic::ack(&telemetry.device_id),
+                    topic::assignment(&telemetry.device_id),
+                ] {
+                    if let Err(e) = client.try_subscribe(t, QoS::AtLeastOnce) {
+                        tracing::warn!(error = %e, "cannot subscribe");
+                    }
                 }
-                if let Err(e) = updater.apply_pushed(&bundle, crate::now()).await {
-                    tracing::warn!(error = %e, "pushed assignment not applied; polling continues");
-                }
-                last = Some(bundle);
+                link.connection.fetch_add(1, Ordering::AcqRel);
+                link.up.store(true, Ordering::Release);
+                link.wake.notify_one();
             }
-        })
-    };
-    let events = {
-        let (client, connection, up, wake, telemetry, updater) = (
-            client.clone(),
-            connection.clone(),
-            up.clone(),
-            wake.clone(),
-            telemetry.clone(),
-            updater.clone(),
-        );
-        let mut shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(500);
-            let mut was_up = false;
-            loop {
-                let event = tokio::select! {
-                    e = eventloop.poll() => e,
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                on_publish(
+                    &telemetry, &updater, &p.topic, &p.payload, &link.wake, &pushed,
+                )
+                .await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                link.up.store(false, Ordering::Release);
+                if was_up {
+                    tracing::warn!(error = %e, "telemetry lost the MQTT broker; the outbox keeps records until it is back");
+                    was_up = false;
+                } else {
+                    tracing::debug!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT broker unreachable");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => return,
-                };
-                match event {
-                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                        backoff = Duration::from_millis(500);
-                        was_up = true;
-                        tracing::info!(
-                            session_present = ack.session_present,
-                            "telemetry connected to the MQTT broker"
-                        );
-                        for t in [
-                            topic::ack(&telemetry.device_id),
-                            topic::assignment(&telemetry.device_id),
-                        ] {
-                            if let Err(e) = client.try_subscribe(t, QoS::AtLeastOnce) {
-                                tracing::warn!(error = %e, "cannot subscribe");
-                            }
-                        }
-                        connection.fetch_add(1, Ordering::AcqRel);
-                        up.store(true, Ordering::Release);
-                        wake.notify_one();
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        on_publish(&telemetry, &updater, &p.topic, &p.payload, &wake, &pushed)
-                            .await;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        up.store(false, Ordering::Release);
-                        if was_up {
-                            tracing::warn!(error = %e, "telemetry lost the MQTT broker; the outbox keeps records until it is back");
-                            was_up = false;
-                        } else {
-                            tracing::debug!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT broker unreachable");
-                        }
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            _ = shutdown.changed() => return,
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
-                    }
                 }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
-        })
-    };
+        }
+    }
+}
 
+/// The window and heartbeat clocks and the publisher, until `shutdown` changes.
+async fn publish_until_stopped(
+    telemetry: &Telemetry,
+    client: &AsyncClient,
+    link: &Link,
+    settings: &Settings,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let id = &telemetry.device_id;
     let mut window_tick = tokio::time::interval_at(
         tokio::time::Instant::now() + settings.window,
         settings.window,
@@ -193,23 +235,23 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = window_tick.tick() => {
-                close_window(&telemetry);
+                close_window(telemetry);
             }
             _ = heartbeat_tick.tick() => {
-                if up.load(Ordering::Acquire) {
+                if link.up.load(Ordering::Acquire) {
                     match telemetry.heartbeat(true, crate::now()) {
                         // Heartbeats are not precious: dropped if the channel is full.
-                        Ok(hb) => { let _ = client.try_publish(topic::health(&id), QoS::AtLeastOnce, false, hb); }
+                        Ok(hb) => { let _ = client.try_publish(topic::health(id), QoS::AtLeastOnce, false, hb); }
                         Err(e) => tracing::warn!(error = %e, "cannot sign a heartbeat"),
                     }
                 }
             }
             _ = publish_tick.tick() => {}
-            _ = wake.notified() => {}
+            _ = link.wake.notified() => {}
             _ = shutdown.changed() => break,
         }
-        let current = connection.load(Ordering::Acquire);
-        if !up.load(Ordering::Acquire) {
+        let current = link.connection.load(Ordering::Acquire);
+        if !link.up.load(Ordering::Acquire) {
             continue;
         }
         if current != seen_connection {
@@ -219,15 +261,11 @@ pub async fn run(
             // a heartbeat interval, and a will published for the previous connection is
             // overridden.
             if let Ok(hb) = telemetry.heartbeat(true, crate::now()) {
-                let _ = client.try_publish(topic::health(&id), QoS::AtLeastOnce, false, hb);
+                let _ = client.try_publish(topic::health(id), QoS::AtLeastOnce, false, hb);
             }
         }
-        publish_pending(&telemetry, &client, &mut sent, settings.resend_after).await;
+        publish_pending(telemetry, client, &mut sent, settings.resend_after).await;
     }
-    close_window(&telemetry);
-    let _ = client.try_disconnect();
-    events.abort();
-    applier.abort();
 }
 
 fn close_window(telemetry: &Telemetry) {

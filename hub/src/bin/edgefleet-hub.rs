@@ -46,7 +46,7 @@ enum Cmd {
     CheckConfig(Common),
 }
 
-fn load(c: &Common) -> anyhow::Result<edgefleet_hub::Loaded> {
+fn load(c: &Common) -> anyhow::Result<edgefleet_hub::RuntimeConfig> {
     HubConfig::load(
         c.config.as_deref(),
         &Overrides {

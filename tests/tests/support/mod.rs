@@ -19,21 +19,87 @@ pub fn now() -> u64 {
     edgefleet_hub::now()
 }
 
-/// Polls `f` until it returns `Some`, or panics with `what` after the deadline.
-pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+/// What a check passed to [`eventually`] returns: `Some(v)` / `Ok(v)` when satisfied;
+/// `None`, or better `Err(what it saw)`, when not yet (the timeout message shows the last).
+pub trait Outcome {
+    type Value;
+    /// The value, or a description of what was seen instead.
+    fn outcome(self) -> Result<Self::Value, String>;
+}
+
+impl<T> Outcome for Option<T> {
+    type Value = T;
+    fn outcome(self) -> Result<T, String> {
+        self.ok_or_else(|| {
+            "None (the check shows nothing it saw: return Err(value) instead of None)".into()
+        })
+    }
+}
+
+impl<T, E: std::fmt::Debug> Outcome for Result<T, E> {
+    type Value = T;
+    fn outcome(self) -> Result<T, String> {
+        self.map_err(|e| format!("{e:?}"))
+    }
+}
+
+/// A JSON value a check saw, shown as JSON (not as `Object {…}`) in a timeout message.
+pub struct Seen(pub Value);
+
+impl std::fmt::Debug for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// `v` if `cond` holds, else `v` as what was seen: `eventually(…, || async { let d = …;
+/// when(d["online"] == true, d) })`.
+pub fn when(cond: bool, v: Value) -> Result<Value, Seen> {
+    if cond { Ok(v) } else { Err(Seen(v)) }
+}
+
+/// `Some(x)` as is, `None` as `v` seen: for a check that extracts something from `v`.
+pub fn found<T>(x: Option<T>, v: &Value) -> Result<T, Seen> {
+    x.ok_or_else(|| Seen(v.clone()))
+}
+
+/// Polls `f` until it returns `Some`/`Ok`, or panics after the deadline with `what` and the
+/// last thing `f` saw (its `Err`).
+pub async fn eventually<O, F, Fut>(what: &str, mut f: F) -> O::Value
 where
+    O: Outcome,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
+    Fut: std::future::Future<Output = O>,
 {
     let start = tokio::time::Instant::now();
     loop {
-        if let Some(v) = f().await {
-            return v;
-        }
+        let last = match f().await.outcome() {
+            Ok(v) => return v,
+            Err(last) => last,
+        };
         if start.elapsed() > DEADLINE {
-            panic!("timed out waiting for {what}");
+            panic!(
+                "timed out after {} s waiting for {what}; last seen: {last}",
+                DEADLINE.as_secs()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The agent's answer once it serves `version` of `model`; else which version answered (or
+/// that none did), for [`eventually`].
+pub async fn infer_version(
+    http: &reqwest::Client,
+    agent_url: &str,
+    model: &str,
+    rows: &[Vec<f32>],
+    version: u64,
+) -> Result<(u64, Vec<f32>), String> {
+    match infer_ok(http, agent_url, model, rows).await {
+        Some((v, out)) if v == version => Ok((v, out)),
+        Some((v, _)) => Err(format!("{model} v{v} served, not v{version}")),
+        None => Err(format!("no successful answer for {model}")),
     }
 }
 
@@ -370,14 +436,35 @@ impl Hub {
         r.json().await.ok()
     }
 
+    /// The device detail, or (for [`eventually`]) what the hub answered instead.
+    pub async fn try_device(&self, id: &str) -> Result<Value, Seen> {
+        let r = self
+            .http
+            .get(self.api(&format!("devices/{id}")))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| Seen(Value::String(format!("GET devices/{id}: {e}"))))?;
+        let status = r.status();
+        let text = r.text().await.unwrap_or_default();
+        match serde_json::from_str(&text) {
+            Ok(v) if status.is_success() => Ok(v),
+            _ => Err(Seen(Value::String(format!(
+                "GET devices/{id}: {status} {text}"
+            )))),
+        }
+    }
+
     /// Waits until the device reports an update error containing `needle`.
     pub async fn wait_error(&self, id: &str, needle: &str) -> String {
         eventually(
             &format!("device {id} to report an error containing {needle:?}"),
             || async {
-                let d = self.device(id).await?;
-                let e = d["status"]["last_error"].as_str()?.to_owned();
-                e.contains(needle).then_some(e)
+                let d = self.try_device(id).await?;
+                match d["status"]["last_error"].as_str() {
+                    Some(e) if e.contains(needle) => Ok(e.to_owned()),
+                    _ => Err(Seen(d)),
+                }
             },
         )
         .await

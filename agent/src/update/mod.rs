@@ -1,29 +1,52 @@
 //! The update loop: fetch assignments → verify → download → verify → load → smoke-test →
 //! swap → persist → report. Any failure keeps the current model serving and is retried with
 //! backoff and jitter.
+//!
+//! One assignment is applied in four steps, each its own module:
+//!
+//! ```text
+//! check     verify against the trust root, target, expiry; the serial policy (pure)
+//! fetch     the manifest: bound by the assignment's digest, verified, the model named
+//! stage     an installed copy, or download → load + smoke-test in staging → install
+//! activate  active.json, swap in, collect garbage, record the serial
+//! ```
+//!
+//! Contract: bundles are applied one at a time (`applying` is held for the whole bundle,
+//! whether it was polled over HTTP or pushed over MQTT), so within [`Updater::apply`] the
+//! trust state and the active set change only by the bundle being applied. Every step is
+//! crash-safe: nothing is installed before its hash, size and smoke tests pass, and
+//! `active.json` names a new version only once it is installed, so kill -9 at any point leaves
+//! the old or the new model serving. A failure leaves the current model serving.
+
+mod activate;
+pub mod check;
+mod fetch;
+mod stage;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use edgefleet_common::device::{AssignmentBundle, DeviceStatus, ModelRef};
-use edgefleet_common::{Assignment, ModelManifest, Signed};
+use edgefleet_common::{Assignment, Signed};
 use tokio::sync::Mutex;
 
+use crate::active::{ActiveModels, Served};
 use crate::config::AgentConfig;
-use crate::download::{self, Limits};
-use crate::error::{AgentError, AgentResult};
+use crate::error::AgentResult;
 use crate::hub_client::{HubClient, Poll};
-use crate::model::LoadedModel;
-use crate::serve::Registry;
 use crate::state::{ActiveModel, ActiveSet, Layout, TrustState};
+use check::Decision;
+
+pub use stage::load_installed;
 
 pub struct Updater {
     /// The running configuration; `reload` swaps in the reloadable part of a new one.
     pub config: arc_swap::ArcSwap<AgentConfig>,
     pub layout: Layout,
     pub hub: HubClient,
-    pub registry: Arc<Registry>,
+    /// The models being served: activation swaps into it.
+    pub models: Arc<ActiveModels>,
     pub trust: Mutex<TrustState>,
     pub active: Mutex<ActiveSet>,
     pub last_error: Mutex<Option<String>>,
@@ -31,8 +54,8 @@ pub struct Updater {
     /// arrive together, and one model must not be installed twice at once.
     pub applying: Mutex<()>,
     /// Older assignments that arrived after a newer one for the version already served,
-    /// ignored without an error (see `apply_one`).
-    pub stale_assignments: AtomicU64,
+    /// ignored without an error (see [`check::decide`]). Shared so `/metrics` can report it.
+    pub stale_assignments: Arc<AtomicU64>,
 }
 
 /// Test-only fault point (see ARCHITECTURE.md): abort between staging and activation.
@@ -41,24 +64,6 @@ fn fault(point: &str) {
         tracing::error!(point, "fault injection: aborting");
         std::process::abort();
     }
-}
-
-/// Loads one installed version from disk, re-checking the artifact's hash so a damaged file is
-/// never served.
-pub fn load_installed(layout: &Layout, name: &str, version: u64) -> AgentResult<LoadedModel> {
-    let dir = layout.model_dir(name, version);
-    let signed: Signed<ModelManifest> =
-        Signed::from_bytes(&std::fs::read(dir.join("manifest.bin"))?)?;
-    let manifest = signed.decode_unverified()?;
-    let bytes = std::fs::read(dir.join("model.onnx"))?;
-    if edgefleet_common::Digest::of(&bytes) != manifest.artifact.sha256 {
-        return Err(AgentError::Model {
-            name: name.into(),
-            version,
-            message: "artifact on disk does not match its manifest".into(),
-        });
-    }
-    LoadedModel::load(manifest, &dir.join("model.onnx"))
 }
 
 impl Updater {
@@ -70,7 +75,7 @@ impl Updater {
             match load_installed(&self.layout, &name, a.version) {
                 Ok(m) => {
                     tracing::info!(model = %name, version = a.version, "serving model from disk");
-                    self.registry.swap_in(Arc::new(m));
+                    self.models.swap_in(Arc::new(Served::new(m)));
                 }
                 Err(e) => {
                     tracing::error!(error = %e, model = %name, version = a.version, "cannot load the active version");
@@ -78,7 +83,7 @@ impl Updater {
                         && let Ok(m) = load_installed(&self.layout, &name, prev)
                     {
                         tracing::warn!(model = %name, version = prev, "rolled back to the previous version");
-                        self.registry.swap_in(Arc::new(m));
+                        self.models.swap_in(Arc::new(Served::new(m)));
                         active.models.insert(
                             name.clone(),
                             ActiveModel {
@@ -199,160 +204,40 @@ impl Updater {
         result
     }
 
+    /// Applies one assignment of the bundle being applied (the caller holds `applying`).
     async fn apply_one(&self, signed: &Signed<Assignment>, now: u64) -> AgentResult<()> {
-        let root = self.trust.lock().await.root.clone();
-        let a = signed.verify(&root, now)?;
-        a.validate()?;
-        if !a.target.matches(self.hub.device_id(), self.hub.tags()) {
-            return Err(AgentError::Assignment(format!(
-                "it targets {}, not this device",
-                a.target
-            )));
-        }
-        if now >= a.expires_at {
-            return Err(AgentError::Assignment(format!(
-                "assignment expired at {} (now {now})",
-                a.expires_at
-            )));
-        }
-        let last = self
-            .trust
+        // One snapshot of the trust state: the root to verify with and the serials applied.
+        // Only the bundle being applied changes it, and its caller holds `applying`.
+        let trust = self.trust.lock().await.clone();
+        let a = check::verify(
+            signed,
+            &trust.root,
+            self.hub.device_id(),
+            self.hub.tags(),
+            now,
+        )?;
+        let last = trust.serials.get(&a.model).copied().unwrap_or(0);
+        let current = self
+            .active
             .lock()
             .await
-            .serials
+            .models
             .get(&a.model)
-            .copied()
-            .unwrap_or(0);
-        let current = self.active.lock().await.models.get(&a.model).copied();
-        if a.serial < last {
-            if current.map(|c| c.version) == Some(a.version) {
-                // An older bundle arriving after a newer one for the version already served:
-                // the HTTP long-poll and the retained MQTT bundle race, and a re-issued
-                // assignment overtakes its predecessor. Nothing to do and nothing wrong with
-                // the device, so it is not its error; a replay naming another version is.
+            .map(|c| c.version);
+        match check::decide(&a, last, current)? {
+            Decision::Ignore => {
                 let stale = self.stale_assignments.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::debug!(model = %a.model, version = a.version, serial = a.serial, newest = last, stale, "older assignment for the version already served; ignored");
                 return Ok(());
             }
-            return Err(AgentError::Assignment(format!(
-                "serial {} is older than {last}, already applied for {} (replayed assignment)",
-                a.serial, a.model
-            )));
-        }
-        if current.map(|c| c.version) == Some(a.version) {
-            self.record_serial(&a).await?;
-            return Ok(());
-        }
-        if a.serial == last {
-            return Err(AgentError::Assignment(format!(
-                "serial {} for {} was already used",
-                a.serial, a.model
-            )));
+            Decision::RecordSerialOnly => return self.record_serial(&a).await,
+            Decision::Install => {}
         }
         tracing::info!(model = %a.model, version = a.version, serial = a.serial, "applying assignment");
-
-        let manifest_signed = self.hub.manifest(now, &a.model, a.version).await?;
-        if manifest_signed.digest() != a.manifest_digest {
-            return Err(AgentError::Assignment(format!(
-                "the hub's manifest for {} v{} hashes to {}, the assignment binds {}",
-                a.model,
-                a.version,
-                manifest_signed.digest(),
-                a.manifest_digest
-            )));
-        }
-        let m = manifest_signed.verify(&root, now)?;
-        m.validate()?;
-        if m.name != a.model || m.version != a.version {
-            return Err(AgentError::Assignment(format!(
-                "manifest is {} v{}, assignment wants {} v{}",
-                m.name, m.version, a.model, a.version
-            )));
-        }
-
-        let installed = load_installed(&self.layout, &m.name, m.version)
-            .ok()
-            .filter(|l| l.manifest == m);
-        let loaded = match installed {
-            Some(l) => l,
-            None => {
-                let url = self.hub.url(&format!(
-                    "models/{}/versions/{}/artifact",
-                    m.name, m.version
-                ));
-                let config = self.config.load();
-                let limits = Limits {
-                    min_bytes_per_sec: config.download_min_bytes_per_sec,
-                    window: Duration::from_secs(config.download_rate_window_secs),
-                    deadline: Duration::from_secs(config.download_deadline_secs),
-                    max_bytes: config.max_model_bytes,
-                };
-                let file = download::fetch(
-                    &self.hub,
-                    now,
-                    &url,
-                    &self.layout.staging(),
-                    &m.artifact,
-                    &limits,
-                )
-                .await?;
-                // Load and smoke-test from staging, before anything is installed.
-                let staged = {
-                    let (m2, f2) = (m.clone(), file.clone());
-                    tokio::task::spawn_blocking(move || -> AgentResult<LoadedModel> {
-                        let l = LoadedModel::load(m2, &f2)?;
-                        l.smoke_test()?;
-                        Ok(l)
-                    })
-                    .await
-                    .map_err(|e| AgentError::Other(format!("loader panicked: {e}")))?
-                };
-                let staged = match staged {
-                    Ok(s) => s,
-                    Err(e) => {
-                        // A bad artifact will stay bad: drop it so the next try re-downloads.
-                        let _ = std::fs::remove_file(&file);
-                        return Err(e);
-                    }
-                };
-                fault("abort-before-install");
-                self.layout.install(&manifest_signed, &m, &file)?;
-                staged
-            }
-        };
-        if !m.smoke_tests.is_empty() {
-            loaded.smoke_test()?;
-        }
-        fault("abort-before-activate");
-        {
-            let mut active = self.active.lock().await;
-            let previous = active.models.get(&m.name).map(|c| c.version);
-            let mut next = active.clone();
-            next.models.insert(
-                m.name.clone(),
-                ActiveModel {
-                    version: m.version,
-                    previous,
-                },
-            );
-            self.layout.save_active(&next)?;
-            self.registry.swap_in(Arc::new(loaded));
-            *active = next;
-            self.layout.collect_garbage(&active)?;
-        }
-        self.record_serial(&a).await?;
-        tracing::info!(model = %m.name, version = m.version, "now serving");
-        crate::lifecycle::status(&format!("serving {} v{}", m.name, m.version));
-        Ok(())
-    }
-
-    async fn record_serial(&self, a: &Assignment) -> AgentResult<()> {
-        let mut trust = self.trust.lock().await;
-        if trust.serials.get(&a.model).copied().unwrap_or(0) < a.serial {
-            trust.serials.insert(a.model.clone(), a.serial);
-            self.layout.save_trust(&trust)?;
-        }
-        Ok(())
+        let manifest = fetch::manifest(&self.hub, &a, &trust.root, now).await?;
+        let limits = stage::limits(&self.config.load());
+        let loaded = stage::stage(&self.layout, &self.hub, &limits, &manifest, now).await?;
+        self.activate(&a, loaded).await
     }
 
     /// The loop: long-poll, apply, report; back off with jitter on failure.

@@ -7,8 +7,9 @@ use axum::response::{IntoResponse, Response};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
-use super::{Reader, SharedState};
-use crate::error::{HubError, HubResult};
+use super::error::{ApiResult, AppError};
+use super::{AppState, Reader};
+use crate::error::HubError;
 
 /// Parses a single `bytes=` range against `size`: `start-`, `start-end` or `-suffix`.
 /// Multiple ranges are not supported (devices never ask for them).
@@ -45,14 +46,14 @@ pub fn parse_range(value: &str, size: u64) -> Result<(u64, u64), String> {
 
 pub async fn get_artifact(
     _: Reader,
-    State(s): State<SharedState>,
+    State(hub): State<AppState>,
     Path((model, version)): Path<(String, String)>,
     headers: HeaderMap,
-) -> HubResult<Response> {
-    let (_, manifest) = super::models::find(&s, &model, &version)?;
+) -> ApiResult<Response> {
+    let (_, manifest) = hub.registry.find(&model, &version)?;
     let digest = manifest.artifact.sha256;
     let etag = format!("\"{digest}\"");
-    let path = s.store.blob_path(&digest);
+    let path = hub.registry.artifact_path(&digest);
     let mut file = tokio::fs::File::open(&path)
         .await
         .map_err(|e| HubError::Internal(format!("artifact {digest} missing: {e}")))?;
@@ -71,7 +72,10 @@ pub async fn get_artifact(
         .map(|v| v.to_str().ok() == Some(etag.as_str()))
         .unwrap_or(true);
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        Some(r) if range_ok => Some(parse_range(r, size).map_err(HubError::RangeNotSatisfiable)?),
+        Some(r) if range_ok => Some(
+            parse_range(r, size)
+                .map_err(|m| AppError::new(StatusCode::RANGE_NOT_SATISFIABLE, m))?,
+        ),
         _ => None,
     };
     let mut builder = Response::builder()
@@ -91,7 +95,7 @@ pub async fn get_artifact(
         .status(status)
         .header(header::CONTENT_LENGTH, HeaderValue::from(len))
         .body(body)
-        .map_err(|e| HubError::Internal(e.to_string()))
+        .map_err(|e| HubError::Internal(e.to_string()).into())
 }
 
 #[cfg(test)]

@@ -1,4 +1,6 @@
-//! The hub's storage: metadata in sled, artifacts as content-addressed files.
+//! The hub's storage: metadata in sled, artifacts as content-addressed files. No rules live
+//! here: the domain modules (`registry`, `devices`, `desired`, `telemetry`) decide what may be
+//! written; this module only keeps it, with the atomicity they need.
 //!
 //! Trees: `models` (name \0 version-be → ModelRecord), `devices` (id → DeviceRecord), `desired`
 //! (target \0 model → DesiredRecord), `issued` (device \0 model → Signed<Assignment> bytes),
@@ -8,44 +10,17 @@
 
 use std::path::{Path, PathBuf};
 
-use edgefleet_common::device::{DeviceStatus, ModelRef};
-use edgefleet_common::{Assignment, Digest, ModelManifest, PublicKey, Signed, Target, encoding};
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use edgefleet_common::{Assignment, Digest, Signed, encoding};
+use serde::{Serialize, de::DeserializeOwned};
 
 use crate::error::{HubError, HubResult};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ModelRecord {
-    pub manifest: Signed<ModelManifest>,
-    pub uploaded_at: u64,
-}
+pub mod keys;
+mod records;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct DeviceRecord {
-    pub id: String,
-    pub public_key: PublicKey,
-    pub tags: Vec<String>,
-    pub hostname: String,
-    pub agent_version: String,
-    pub approved: bool,
-    pub enrolled_at: u64,
-    pub last_seen: Option<u64>,
-    pub status: Option<DeviceStatus>,
-}
+use keys::{model_key, pair_key};
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct DesiredRecord {
-    pub target: Target,
-    pub model: String,
-    pub version: u64,
-    pub set_at: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SessionRecord {
-    pub device_id: String,
-    pub expires_at: u64,
-}
+pub use records::{DesiredRecord, DeviceRecord, ModelRecord, SessionRecord};
 
 #[derive(Clone)]
 pub struct Store {
@@ -61,27 +36,19 @@ pub struct Store {
     tmp_dir: PathBuf,
 }
 
-fn encode<T: Serialize>(v: &T) -> HubResult<Vec<u8>> {
+/// A value as the hub stores it (postcard).
+pub fn encode<T: Serialize>(v: &T) -> HubResult<Vec<u8>> {
     encoding::to_bytes(v).map_err(|e| HubError::Internal(e.to_string()))
 }
 
+/// A stored value back; `what` names it in the error. The hub wrote it, so a failure means
+/// corruption, not bad input: an internal error.
+pub fn decode_stored<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> HubResult<T> {
+    encoding::from_bytes(what, bytes).map_err(|e| HubError::Internal(e.to_string()))
+}
+
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> HubResult<T> {
-    // Our own records: a decode failure means corruption, not bad input.
-    encoding::from_bytes("stored record", bytes).map_err(|e| HubError::Internal(e.to_string()))
-}
-
-fn model_key(name: &str, version: u64) -> Vec<u8> {
-    let mut k = name.as_bytes().to_vec();
-    k.push(0);
-    k.extend_from_slice(&version.to_be_bytes());
-    k
-}
-
-fn pair_key(a: &str, b: &str) -> Vec<u8> {
-    let mut k = a.as_bytes().to_vec();
-    k.push(0);
-    k.extend_from_slice(b.as_bytes());
-    k
+    decode_stored("stored record", bytes)
 }
 
 impl Store {
@@ -111,7 +78,7 @@ impl Store {
         })
     }
 
-    /// The database, for the other stores that live in it ([`crate::telemetry`]).
+    /// The database, for the trees the telemetry store keeps in it.
     pub fn db(&self) -> &sled::Db {
         &self.db
     }
@@ -163,11 +130,16 @@ impl Store {
         }
     }
 
-    /// Stores a new version; fails if it is not above every stored version of the name.
-    pub fn insert_model(&self, record: &ModelRecord, name: &str, version: u64) -> HubResult<()> {
+    /// Stores a new version if it is above every version of the name stored so far (checked
+    /// and claimed atomically, so two concurrent publishers cannot both get one version).
+    /// `Ok(Err(latest))` when it is not.
+    pub fn insert_model_above_latest(
+        &self,
+        record: &ModelRecord,
+        name: &str,
+        version: u64,
+    ) -> HubResult<Result<(), u64>> {
         let value = encode(record)?;
-        let key = model_key(name, version);
-        // Serialise version checks with a compare-and-swap on a per-name latest marker.
         let latest_key = pair_key("latest", name);
         loop {
             let current = self.meta.get(&latest_key)?;
@@ -177,10 +149,7 @@ impl Store {
                 .map(u64::from_be_bytes)
                 .unwrap_or(0);
             if version <= current_v {
-                return Err(HubError::Conflict(format!(
-                    "model {name} already has version {current_v}; versions must strictly increase (use {})",
-                    current_v + 1
-                )));
+                return Ok(Err(current_v));
             }
             if self
                 .meta
@@ -190,8 +159,8 @@ impl Store {
                 break;
             }
         }
-        self.models.insert(key, value)?;
-        Ok(())
+        self.models.insert(model_key(name, version), value)?;
+        Ok(Ok(()))
     }
 
     pub fn models(&self) -> HubResult<Vec<ModelRecord>> {
@@ -321,33 +290,4 @@ impl Store {
         }
         Ok(())
     }
-}
-
-/// Which model versions a device should serve: device targets win over tag targets; among tags
-/// the most recently set wins.
-pub fn resolve_desired(all: &[DesiredRecord], device: &DeviceRecord) -> Vec<ModelRef> {
-    let mut chosen: std::collections::BTreeMap<&str, (&DesiredRecord, bool)> = Default::default();
-    for d in all {
-        if !d.target.matches(&device.id, &device.tags) {
-            continue;
-        }
-        let is_device = matches!(d.target, Target::Device(_));
-        let better = match chosen.get(d.model.as_str()) {
-            None => true,
-            Some((old, old_is_device)) => {
-                (is_device && !old_is_device)
-                    || (is_device == *old_is_device && d.set_at >= old.set_at)
-            }
-        };
-        if better {
-            chosen.insert(&d.model, (d, is_device));
-        }
-    }
-    chosen
-        .values()
-        .map(|(d, _)| ModelRef {
-            name: d.model.clone(),
-            version: d.version,
-        })
-        .collect()
 }

@@ -1,0 +1,262 @@
+//! Desired state: which model version each device should serve, and the signed assignments
+//! that tell it so.
+//!
+//! Rules:
+//! - an admin sets a version for a device or a tag; the hub refuses up front a model its
+//!   delegation does not let it assign (rather than failing on every device poll);
+//! - a device's desired set is resolved by [`resolve_desired`]: a device target wins over a
+//!   tag target; among tags the most recently set wins;
+//! - issuing: an assignment already issued is reused while it names the same version and
+//!   manifest and is fresh (more than half its lifetime left), so a bundle's bytes — and its
+//!   ETag — change only when something changed; otherwise a new one is signed with the next
+//!   serial, which is durable before it is used, so a serial is never reused.
+//!
+//! The generation ([`Desired::watch_generation`]) is bumped whenever what devices should serve may
+//! have changed (an assignment, a new model version, an approval, a reload, shutdown): the
+//! long-polls and the MQTT push wait on it.
+
+use std::collections::BTreeMap;
+
+use edgefleet_common::device::{AssignmentBundle, ModelRef};
+use edgefleet_common::{Assignment, Permission, Signed, Target, name};
+use serde::Deserialize;
+
+use crate::config::SharedConfig;
+use crate::error::{HubError, HubResult};
+use crate::registry::Registry;
+use crate::store::{DesiredRecord, DeviceRecord, Store};
+
+pub struct Desired {
+    store: Store,
+    config: SharedConfig,
+    registry: Registry,
+    generation: tokio::sync::watch::Sender<u64>,
+    /// Held while assignments are issued: the MQTT push and a device's HTTP long-poll build
+    /// the same device's bundle at the same moment, and without it both would allocate a
+    /// serial for the same version (the device then sees the lower one as a replay).
+    issuing: std::sync::Mutex<()>,
+}
+
+/// What an admin asks for.
+#[derive(Debug, Deserialize)]
+pub struct AssignRequest {
+    pub target: Target,
+    pub model: String,
+    pub version: u64,
+}
+
+impl Desired {
+    pub fn new(store: Store, config: SharedConfig, registry: Registry) -> Self {
+        Self {
+            store,
+            config,
+            registry,
+            generation: tokio::sync::watch::channel(0).0,
+            issuing: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// Bumps the generation: what devices should serve may have changed.
+    pub fn bump_generation(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Wakes on every [`bump_generation`](Self::bump_generation).
+    pub fn watch_generation(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Sets the desired version for a device or a tag; durable on return.
+    pub async fn assign(&self, req: AssignRequest) -> HubResult<DesiredRecord> {
+        name::validate(&req.model)?;
+        match &req.target {
+            Target::Device(d) | Target::Tag(d) => name::validate(d)?,
+        }
+        if self.registry.record(&req.model, req.version)?.is_none() {
+            return Err(HubError::NotFound(format!(
+                "model {} has no version {}; push it first",
+                req.model, req.version
+            )));
+        }
+        let delegation = self.config.load().delegation.decode_unverified()?;
+        if !delegation
+            .patterns
+            .iter()
+            .any(|p| name::pattern_matches(p, &req.model))
+            || !delegation.permissions.contains(&Permission::Assignments)
+        {
+            return Err(HubError::Forbidden(format!(
+                "the hub's delegation ({:?}) does not allow assigning {}; delegate it with `edgefleet delegate --permission assignments`",
+                delegation.patterns, req.model
+            )));
+        }
+        let record = DesiredRecord {
+            target: req.target,
+            model: req.model,
+            version: req.version,
+            set_at: crate::now(),
+        };
+        self.store.set_desired(&record)?;
+        self.store.flush().await?;
+        self.bump_generation();
+        tracing::info!(target = %record.target, model = %record.model, version = record.version, "desired state set");
+        Ok(record)
+    }
+
+    pub fn list(&self) -> HubResult<Vec<DesiredRecord>> {
+        self.store.desired()
+    }
+
+    /// The device's signed assignments (and the root rotations it must know), reusing issued
+    /// ones while they still match and are fresh.
+    pub fn issue(&self, device: &DeviceRecord) -> HubResult<AssignmentBundle> {
+        // A poisoned lock only means another issuer panicked; the store is transactional.
+        let _issuing = self.issuing.lock().unwrap_or_else(|p| p.into_inner());
+        let now = crate::now();
+        // One snapshot: every assignment of the bundle is signed under the same keys and settings.
+        let config = self.config.load();
+        let ttl = config.config.assignment_ttl_secs;
+        let mut out = Vec::new();
+        for want in resolve_desired(&self.store.desired()?, device) {
+            let Some(model) = self.registry.record(&want.name, want.version)? else {
+                continue;
+            };
+            let digest = model.manifest.digest();
+            if let Some(prev) = self.store.issued(&device.id, &want.name)? {
+                let a = prev.decode_unverified()?;
+                if a.version == want.version
+                    && a.manifest_digest == digest
+                    && a.expires_at > now + ttl / 2
+                {
+                    out.push(prev);
+                    continue;
+                }
+            }
+            let a = Assignment {
+                target: Target::Device(device.id.clone()),
+                model: want.name.clone(),
+                version: want.version,
+                manifest_digest: digest,
+                serial: self.store.next_serial()?,
+                issued_at: now,
+                expires_at: now + ttl,
+            };
+            let signed = Signed::sign(&a, &config.signing_key, Some(config.delegation.clone()))?;
+            self.store.put_issued(&device.id, &signed)?;
+            out.push(signed);
+        }
+        Ok(AssignmentBundle {
+            assignments: out,
+            rotations: config.rotations.clone(),
+        })
+    }
+}
+
+/// Which model versions a device should serve: device targets win over tag targets; among tags
+/// the most recently set wins (on a tie, the later record in `all`).
+pub fn resolve_desired(all: &[DesiredRecord], device: &DeviceRecord) -> Vec<ModelRef> {
+    let mut chosen: BTreeMap<&str, (&DesiredRecord, bool)> = BTreeMap::new();
+    for d in all {
+        if !d.target.matches(&device.id, &device.tags) {
+            continue;
+        }
+        let is_device = matches!(d.target, Target::Device(_));
+        let better = match chosen.get(d.model.as_str()) {
+            None => true,
+            Some((old, old_is_device)) => {
+                (is_device && !old_is_device)
+                    || (is_device == *old_is_device && d.set_at >= old.set_at)
+            }
+        };
+        if better {
+            chosen.insert(&d.model, (d, is_device));
+        }
+    }
+    chosen
+        .values()
+        .map(|(d, _)| ModelRef {
+            name: d.model.clone(),
+            version: d.version,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgefleet_common::SecretKey;
+
+    fn device(id: &str, tags: &[&str]) -> DeviceRecord {
+        DeviceRecord {
+            id: id.into(),
+            public_key: SecretKey::generate().expect("key").public(),
+            tags: tags.iter().map(|t| (*t).into()).collect(),
+            hostname: "h".into(),
+            agent_version: "test".into(),
+            approved: true,
+            enrolled_at: 0,
+            last_seen: None,
+            status: None,
+        }
+    }
+
+    fn want(target: Target, model: &str, version: u64, set_at: u64) -> DesiredRecord {
+        DesiredRecord {
+            target,
+            model: model.into(),
+            version,
+            set_at,
+        }
+    }
+
+    fn versions(all: &[DesiredRecord], d: &DeviceRecord) -> Vec<(String, u64)> {
+        resolve_desired(all, d)
+            .into_iter()
+            .map(|m| (m.name, m.version))
+            .collect()
+    }
+
+    #[test]
+    fn a_device_target_wins_over_a_tag_even_a_newer_one() {
+        let d = device("shop-1", &["eu"]);
+        let all = [
+            want(Target::Device("shop-1".into()), "demand", 2, 100),
+            want(Target::Tag("eu".into()), "demand", 3, 200),
+        ];
+        assert_eq!(versions(&all, &d), vec![("demand".into(), 2)]);
+        // In either order.
+        let all = [all[1].clone(), all[0].clone()];
+        assert_eq!(versions(&all, &d), vec![("demand".into(), 2)]);
+    }
+
+    #[test]
+    fn among_tags_the_latest_set_wins() {
+        let d = device("shop-1", &["eu", "fuel"]);
+        let all = [
+            want(Target::Tag("fuel".into()), "demand", 5, 300),
+            want(Target::Tag("eu".into()), "demand", 4, 200),
+        ];
+        assert_eq!(versions(&all, &d), vec![("demand".into(), 5)]);
+        let all = [
+            want(Target::Tag("fuel".into()), "demand", 5, 100),
+            want(Target::Tag("eu".into()), "demand", 4, 200),
+        ];
+        assert_eq!(versions(&all, &d), vec![("demand".into(), 4)]);
+    }
+
+    #[test]
+    fn targets_of_other_devices_and_tags_do_not_apply_and_models_resolve_apart() {
+        let d = device("shop-1", &["eu"]);
+        let all = [
+            want(Target::Device("shop-2".into()), "demand", 9, 900),
+            want(Target::Tag("us".into()), "demand", 8, 800),
+            want(Target::Tag("eu".into()), "demand", 1, 100),
+            want(Target::Device("shop-1".into()), "stock", 7, 50),
+        ];
+        assert_eq!(
+            versions(&all, &d),
+            vec![("demand".into(), 1), ("stock".into(), 7)]
+        );
+        assert!(versions(&all, &device("shop-3", &[])).is_empty());
+    }
+}

@@ -1,0 +1,223 @@
+//! The telemetry trees: what devices reported, merged, and the reads over them.
+//!
+//! Trees (in the hub's sled database):
+//! - `telemetry_seen`: device \0 seq-be → window end. The dedup set: a record whose key is
+//!   here was stored before (QoS 1 and the agent's resends deliver duplicates).
+//! - `telemetry_agg`: model \0 version-be \0 hour-be \0 scope → [`Aggregate`], scope `*` (every
+//!   device) or a device tag. Profiles and latency merged across devices and windows.
+//! - `telemetry_latest`: device → [`DeviceTelemetry`], its latest window with per-model drift.
+//! - `liveness`: device → [`Liveness`], from heartbeats and last wills.
+//! - `drift_config`: model → [`DriftConfig`] (methods and thresholds; default Evidently's).
+//!
+//! Written only through [`super::TelemetryWriter`] (aggregates, latest windows, dedup markers)
+//! and by the heartbeat path (liveness); read by the queries.
+
+use edgefleet_common::device::ModelRef;
+use edgefleet_common::drift::{ColumnDrift, DriftConfig};
+use edgefleet_common::telemetry::{Health, OutboxStats};
+use serde::{Deserialize, Serialize};
+
+use super::aggregate::{Aggregate, Merged};
+use super::{ALL, HOUR};
+use crate::error::{HubError, HubResult};
+use crate::store::keys::{parse_agg_key, seen_key, version_prefix};
+use crate::store::{decode_stored, encode};
+
+/// One model in a device's latest window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatestModelWindow {
+    pub model: String,
+    pub version: u64,
+    pub requests: u64,
+    pub errors: u64,
+    pub latency_ms: super::LatencyMs,
+    /// Per column against the model's reference profile; empty without one.
+    pub drift: Vec<ColumnDrift>,
+}
+
+/// A device's latest window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceTelemetry {
+    pub seq: u64,
+    pub window_start: u64,
+    pub window_end: u64,
+    pub received_at: u64,
+    pub health: Health,
+    pub outbox: OutboxStats,
+    pub agent_version: String,
+    pub models: Vec<LatestModelWindow>,
+}
+
+/// What the latest heartbeat (or last will) said.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Liveness {
+    pub online: bool,
+    /// The device's clock.
+    pub at: u64,
+    /// When the agent's current run started (its clock).
+    pub started_at: u64,
+    /// The hub's clock.
+    pub received_at: u64,
+    pub health: Option<Health>,
+    pub active: Vec<ModelRef>,
+    pub outbox: OutboxStats,
+    pub agent_version: String,
+}
+
+#[derive(Clone)]
+pub struct TelemetryStore {
+    db: sled::Db,
+    pub(super) seen: sled::Tree,
+    pub(super) agg: sled::Tree,
+    pub(super) latest: sled::Tree,
+    liveness: sled::Tree,
+    drift_config: sled::Tree,
+}
+
+impl std::fmt::Debug for TelemetryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TelemetryStore")
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> HubResult<T> {
+    decode_stored("stored telemetry", bytes)
+}
+
+impl TelemetryStore {
+    pub fn open(db: &sled::Db) -> HubResult<Self> {
+        Ok(Self {
+            seen: db.open_tree("telemetry_seen")?,
+            agg: db.open_tree("telemetry_agg")?,
+            latest: db.open_tree("telemetry_latest")?,
+            liveness: db.open_tree("liveness")?,
+            drift_config: db.open_tree("drift_config")?,
+            db: db.clone(),
+        })
+    }
+
+    pub fn is_duplicate(&self, device: &str, seq: u64) -> HubResult<bool> {
+        Ok(self.seen.contains_key(seen_key(device, seq))?)
+    }
+
+    pub async fn flush(&self) -> HubResult<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn latest(&self, device: &str) -> HubResult<Option<DeviceTelemetry>> {
+        self.latest.get(device)?.map(|v| decode(&v)).transpose()
+    }
+
+    pub fn put_liveness(&self, device: &str, l: &Liveness) -> HubResult<()> {
+        self.liveness.insert(device.as_bytes(), encode(l)?)?;
+        Ok(())
+    }
+
+    pub fn liveness(&self, device: &str) -> HubResult<Option<Liveness>> {
+        self.liveness.get(device)?.map(|v| decode(&v)).transpose()
+    }
+
+    pub fn all_liveness(&self) -> HubResult<Vec<(String, Liveness)>> {
+        self.liveness
+            .iter()
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), decode(&v)?))
+            })
+            .collect()
+    }
+
+    /// The merged aggregate of a model version over hours `[from, to)` for one scope.
+    pub fn aggregate(
+        &self,
+        model: &str,
+        version: u64,
+        scope: &str,
+        from: u64,
+        to: u64,
+    ) -> HubResult<Option<Merged>> {
+        let prefix = version_prefix(model, version);
+        let mut start = prefix.clone();
+        start.extend_from_slice(&(from / HOUR * HOUR).to_be_bytes());
+        let mut out: Option<Merged> = None;
+        for item in self.agg.range(start..) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let Some((_, _, hour, s)) = parse_agg_key(&k) else {
+                continue;
+            };
+            if hour >= to {
+                break;
+            }
+            if s != scope {
+                continue;
+            }
+            let m = Merged::decode(&decode::<Aggregate>(&v)?)?;
+            match out.as_mut() {
+                None => out = Some(m),
+                Some(acc) => acc.merge(m.as_ref()).map_err(HubError::Internal)?,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Model versions with data in hours `[from, to)` (fleet-wide scope).
+    pub fn versions_with_data(&self, from: u64, to: u64) -> HubResult<Vec<(String, u64)>> {
+        let mut out: Vec<(String, u64)> = Vec::new();
+        for item in self.agg.iter().keys() {
+            let k = item?;
+            if let Some((model, version, hour, scope)) = parse_agg_key(&k)
+                && scope == ALL
+                && (from..to).contains(&hour)
+                && out.last() != Some(&(model.clone(), version))
+            {
+                out.push((model, version));
+            }
+        }
+        out.dedup();
+        Ok(out)
+    }
+
+    pub fn drift_config(&self, model: &str) -> HubResult<DriftConfig> {
+        Ok(self
+            .drift_config
+            .get(model)?
+            .map(|v| serde_json::from_slice(&v))
+            .transpose()
+            .map_err(|e| HubError::Internal(format!("stored drift config: {e}")))?
+            .unwrap_or_default())
+    }
+
+    pub fn put_drift_config(&self, model: &str, c: &DriftConfig) -> HubResult<()> {
+        let bytes = serde_json::to_vec(c).map_err(|e| HubError::Internal(e.to_string()))?;
+        self.drift_config.insert(model.as_bytes(), bytes)?;
+        Ok(())
+    }
+
+    /// Drops dedup markers and aggregates older than `cutoff` (seconds since the epoch).
+    pub fn prune(&self, cutoff: u64) -> HubResult<(usize, usize)> {
+        let mut markers = 0;
+        for item in self.seen.iter() {
+            let (k, v) = item?;
+            let end = <[u8; 8]>::try_from(v.as_ref())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            if end < cutoff {
+                self.seen.remove(k)?;
+                markers += 1;
+            }
+        }
+        let mut aggregates = 0;
+        for item in self.agg.iter().keys() {
+            let k = item?;
+            if parse_agg_key(&k).is_some_and(|(_, _, hour, _)| hour + HOUR <= cutoff) {
+                self.agg.remove(k)?;
+                aggregates += 1;
+            }
+        }
+        Ok((markers, aggregates))
+    }
+}

@@ -1,0 +1,127 @@
+//! A real hub on a temp dir, for the domain's unit tests: keys, a published model version,
+//! enrolled devices. Everything goes through the domain's own entry points.
+
+use std::sync::Arc;
+
+use edgefleet_common::device::EnrollRequest;
+use edgefleet_common::manifest::{ArtifactRef, ModelFormat};
+use edgefleet_common::trust::Delegation;
+use edgefleet_common::{
+    DataType, Digest, Lineage, ModelManifest, Permission, SecretKey, Signed, TensorSpec, TrustRoot,
+};
+
+use crate::config::{HubConfig, RuntimeConfig};
+use crate::hub::Hub;
+
+pub const TOKEN: &str = "enrollment-token-for-tests";
+
+pub struct Kit {
+    pub hub: Arc<Hub>,
+    pub hub_key: SecretKey,
+    pub delegation: Signed<Delegation>,
+    _dir: tempfile::TempDir,
+}
+
+fn tensor(name: &str, shape: Vec<i64>, features: &[&str]) -> TensorSpec {
+    TensorSpec {
+        name: name.into(),
+        datatype: DataType::Fp32,
+        shape,
+        feature_names: features.iter().map(|f| (*f).into()).collect(),
+    }
+}
+
+impl Kit {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (root, hub_key) = (
+            SecretKey::generate().expect("key"),
+            SecretKey::generate().expect("key"),
+        );
+        let now = crate::now();
+        let delegation = Signed::sign(
+            &Delegation {
+                key: hub_key.public(),
+                label: "test hub".into(),
+                patterns: vec!["*".into()],
+                permissions: vec![Permission::Manifests, Permission::Assignments],
+                issued_at: now,
+                expires_at: now + 3600,
+            },
+            &root,
+            None,
+        )
+        .expect("delegation");
+        let config = RuntimeConfig {
+            config: HubConfig {
+                data_dir: dir.path().to_owned(),
+                enrollment_token: Some(TOKEN.into()),
+                ..HubConfig::default()
+            },
+            trust: TrustRoot::new(root.public()),
+            signing_key: hub_key.clone(),
+            delegation: delegation.clone(),
+            rotations: vec![],
+        };
+        Kit {
+            hub: Arc::new(Hub::open(config, "admin").expect("open")),
+            hub_key,
+            delegation,
+            _dir: dir,
+        }
+    }
+
+    /// Publishes `model` `version` with inputs `price`, `temp` and output `y`.
+    pub async fn publish(&self, model: &str, version: u64) {
+        let artifact = format!("{model} v{version}").into_bytes();
+        let digest = Digest::of(&artifact);
+        let chunks = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(artifact.clone())]);
+        self.hub
+            .registry
+            .receive_blob(&digest.to_hex(), chunks)
+            .await
+            .expect("blob");
+        let manifest = ModelManifest {
+            name: model.into(),
+            version,
+            artifact: ArtifactRef {
+                sha256: digest,
+                size: artifact.len() as u64,
+                format: ModelFormat::Onnx,
+            },
+            inputs: vec![tensor("x", vec![-1, 2], &["price", "temp"])],
+            outputs: vec![tensor("y", vec![-1, 1], &[])],
+            smoke_tests: vec![],
+            created_at: crate::now(),
+            lineage: Lineage::default(),
+            reference_profile: None,
+            description: String::new(),
+        };
+        let signed =
+            Signed::sign(&manifest, &self.hub_key, Some(self.delegation.clone())).expect("sign");
+        self.hub
+            .publish_model(&signed.to_bytes().expect("bytes"))
+            .await
+            .expect("publish");
+    }
+
+    /// Enrolls `id` (approved with the enrollment token when `approved`); its key.
+    pub async fn enroll(&self, id: &str, tags: &[&str], approved: bool) -> SecretKey {
+        let key = SecretKey::generate().expect("key");
+        let req = EnrollRequest {
+            device_id: id.into(),
+            public_key: key.public(),
+            tags: tags.iter().map(|t| (*t).into()).collect(),
+            hostname: "test".into(),
+            agent_version: "test".into(),
+            enrollment_token: approved.then(|| TOKEN.into()),
+            requested_at: crate::now(),
+        };
+        let signed = Signed::sign(&req, &key, None).expect("sign");
+        self.hub
+            .enroll(&signed.to_bytes().expect("bytes"))
+            .await
+            .expect("enroll");
+        key
+    }
+}
