@@ -206,9 +206,69 @@ impl Ensemble {
     }
 }
 
+/// The per-node attributes, parallel arrays in attribute order (one entry per node).
+struct NodeAttrs {
+    tree_ids: Vec<i64>,
+    node_ids: Vec<i64>,
+    features: Vec<i64>,
+    yes_ids: Vec<i64>,
+    no_ids: Vec<i64>,
+    values: Vec<f32>,
+    modes: Vec<Mode>,
+    missing: Vec<i64>,
+}
+
+/// The leaf-weight attributes (`{prefix}_*`), parallel arrays with one entry per weight.
+struct LeafAttrs {
+    tree_ids: Vec<i64>,
+    node_ids: Vec<i64>,
+    targets: Vec<i64>,
+    weights: Vec<f32>,
+}
+
+/// Where each node is: (tree, node id) -> attribute position, and the nodes of each tree,
+/// trees in order of first appearance (the order onnxruntime sums them in).
+struct NodeIndex {
+    at: HashMap<(i64, i64), usize>,
+    trees: Vec<(i64, Vec<usize>)>,
+}
+
+/// Children as attribute positions; which nodes some branch leads to.
+struct Links {
+    children: Vec<[usize; 2]>,
+    referenced: Vec<bool>,
+}
+
+/// The weights of each leaf, by attribute position, in attribute order.
+type LeafWeights = HashMap<usize, Vec<(u32, f32)>>;
+
 /// Parses the node and leaf attributes shared by both operators. `prefix` is "target" or
 /// "class".
 fn parse_ensemble(node: &NodeProto, prefix: &str, n_targets: usize) -> TractResult<Ensemble> {
+    refuse_double_attributes(node)?;
+    let attrs = read_node_attrs(node)?;
+    let leaves = read_leaf_attrs(node, prefix)?;
+    let index = index_nodes(node, &attrs)?;
+    let leaf_weights = group_leaf_weights(node, prefix, n_targets, &attrs, &index, &leaves)?;
+    let links = link_children(node, &attrs, &index)?;
+    let mut ensemble = Ensemble {
+        nodes: Vec::with_capacity(attrs.modes.len()),
+        modes: Vec::with_capacity(attrs.modes.len()),
+        roots: Vec::with_capacity(index.trees.len()),
+        depths: Vec::with_capacity(index.trees.len()),
+        leaf_weights: Vec::with_capacity(attrs.modes.len()),
+        weights: Vec::with_capacity(leaves.weights.len()),
+        n_targets,
+        n_features: 0,
+        walk_kind: (MIXED, true),
+    };
+    lay_out_trees(node, &mut ensemble, &attrs, &index, &links, leaf_weights)?;
+    ensemble.choose_walk();
+    Ok(ensemble)
+}
+
+/// Refuses the `*_as_tensor` attributes (double precision): this walk is f32.
+fn refuse_double_attributes(node: &NodeProto) -> TractResult<()> {
     let op = node.op_type.as_str();
     let name = node.name.as_str();
     for attr in [
@@ -225,6 +285,13 @@ fn parse_ensemble(node: &NodeProto, prefix: &str, n_targets: usize) -> TractResu
             );
         }
     }
+    Ok(())
+}
+
+/// Reads the `nodes_*` attributes, checking each has one entry per node.
+fn read_node_attrs(node: &NodeProto) -> TractResult<NodeAttrs> {
+    let op = node.op_type.as_str();
+    let name = node.name.as_str();
     let tree_ids: Vec<i64> = node.get_attr_vec("nodes_treeids")?;
     let n = tree_ids.len();
     let ints = |attr: &str| -> TractResult<Vec<i64>> {
@@ -256,9 +323,22 @@ fn parse_ensemble(node: &NodeProto, prefix: &str, n_targets: usize) -> TractResu
         missing.len() == n,
         "one flag per node",
     )?;
+    Ok(NodeAttrs {
+        tree_ids,
+        node_ids,
+        features,
+        yes_ids,
+        no_ids,
+        values,
+        modes,
+        missing,
+    })
+}
 
-    let leaf_tree: Vec<i64> = node.get_attr_vec(&format!("{prefix}_treeids"))?;
-    let m = leaf_tree.len();
+/// Reads the `{prefix}_*` leaf-weight attributes, checking each has one entry per weight.
+fn read_leaf_attrs(node: &NodeProto, prefix: &str) -> TractResult<LeafAttrs> {
+    let tree_ids: Vec<i64> = node.get_attr_vec(&format!("{prefix}_treeids"))?;
+    let m = tree_ids.len();
     let leaf_ints = |attr: String| -> TractResult<Vec<i64>> {
         let v: Vec<i64> = node.get_attr_vec(&attr)?;
         node.expect_attr(&attr, v.len() == m, || {
@@ -266,18 +346,29 @@ fn parse_ensemble(node: &NodeProto, prefix: &str, n_targets: usize) -> TractResu
         })?;
         Ok(v)
     };
-    let leaf_node = leaf_ints(format!("{prefix}_nodeids"))?;
-    let leaf_target = leaf_ints(format!("{prefix}_ids"))?;
-    let leaf_weight: Vec<f32> = node.get_attr_vec(&format!("{prefix}_weights"))?;
+    let node_ids = leaf_ints(format!("{prefix}_nodeids"))?;
+    let targets = leaf_ints(format!("{prefix}_ids"))?;
+    let weights: Vec<f32> = node.get_attr_vec(&format!("{prefix}_weights"))?;
     node.expect_attr(
         &format!("{prefix}_weights"),
-        leaf_weight.len() == m,
+        weights.len() == m,
         "one weight per leaf weight",
     )?;
+    Ok(LeafAttrs {
+        tree_ids,
+        node_ids,
+        targets,
+        weights,
+    })
+}
 
-    // (tree, node id) -> attribute position, and the nodes of each tree, trees in order of
-    // first appearance (the order onnxruntime sums them in). One pass: loading stays linear
-    // in the node count.
+/// Indexes the nodes by (tree, node id), refusing a node listed twice, and groups them per
+/// tree. One pass: loading stays linear in the node count.
+fn index_nodes(node: &NodeProto, attrs: &NodeAttrs) -> TractResult<NodeIndex> {
+    let op = node.op_type.as_str();
+    let name = node.name.as_str();
+    let (tree_ids, node_ids) = (&attrs.tree_ids, &attrs.node_ids);
+    let n = tree_ids.len();
     let mut at: HashMap<(i64, i64), usize> = HashMap::with_capacity(n);
     let mut tree_slot: HashMap<i64, usize> = HashMap::new();
     let mut trees: Vec<(i64, Vec<usize>)> = Vec::new();
@@ -295,191 +386,272 @@ fn parse_ensemble(node: &NodeProto, prefix: &str, n_targets: usize) -> TractResu
         });
         trees[slot].1.push(i);
     }
-    let mut leaf_weights: HashMap<usize, Vec<(u32, f32)>> = HashMap::new();
-    for j in 0..m {
-        let &i = at.get(&(leaf_tree[j], leaf_node[j])).ok_or_else(|| {
-            format_err!(
-                "{op} node {name:?}: a weight names node {} of tree {}, which does not exist",
-                leaf_node[j],
-                leaf_tree[j]
-            )
-        })?;
+    Ok(NodeIndex { at, trees })
+}
+
+/// Groups the leaf weights per node, refusing a weight on a node that does not exist or
+/// for a target (class) out of range.
+fn group_leaf_weights(
+    node: &NodeProto,
+    prefix: &str,
+    n_targets: usize,
+    attrs: &NodeAttrs,
+    index: &NodeIndex,
+    leaves: &LeafAttrs,
+) -> TractResult<LeafWeights> {
+    let op = node.op_type.as_str();
+    let name = node.name.as_str();
+    let mut leaf_weights: LeafWeights = HashMap::new();
+    for j in 0..leaves.tree_ids.len() {
+        let &i = index
+            .at
+            .get(&(leaves.tree_ids[j], leaves.node_ids[j]))
+            .ok_or_else(|| {
+                format_err!(
+                    "{op} node {name:?}: a weight names node {} of tree {}, which does not exist",
+                    leaves.node_ids[j],
+                    leaves.tree_ids[j]
+                )
+            })?;
         // Weights on a branch node are ignored, as onnxruntime does (old converters wrote them).
-        if modes[i] != Mode::Leaf {
+        if attrs.modes[i] != Mode::Leaf {
             continue;
         }
-        let target = usize::try_from(leaf_target[j])
+        let target = usize::try_from(leaves.targets[j])
             .ok()
             .filter(|&t| t < n_targets)
             .ok_or_else(|| {
                 format_err!(
                     "{op} node {name:?}: weight for {prefix} {} but there are {n_targets}",
-                    leaf_target[j]
+                    leaves.targets[j]
                 )
             })?;
         leaf_weights
             .entry(i)
             .or_default()
-            .push((target as u32, leaf_weight[j]));
+            .push((target as u32, leaves.weights[j]));
     }
+    Ok(leaf_weights)
+}
 
-    // Children as attribute positions; which nodes some branch leads to.
+/// Resolves each branch's children to attribute positions, refusing a child that does not
+/// exist in the branch's tree.
+fn link_children(node: &NodeProto, attrs: &NodeAttrs, index: &NodeIndex) -> TractResult<Links> {
+    let op = node.op_type.as_str();
+    let name = node.name.as_str();
+    let n = attrs.modes.len();
     let mut children = vec![[0usize; 2]; n];
     let mut referenced = vec![false; n];
-    for i in 0..n {
-        if modes[i] != Mode::Leaf {
-            for (k, child) in [yes_ids[i], no_ids[i]].into_iter().enumerate() {
-                match at.get(&(tree_ids[i], child)) {
+    for (i, kids) in children.iter_mut().enumerate() {
+        if attrs.modes[i] != Mode::Leaf {
+            for (k, child) in [attrs.yes_ids[i], attrs.no_ids[i]].into_iter().enumerate() {
+                match index.at.get(&(attrs.tree_ids[i], child)) {
                     Some(&c) => {
                         referenced[c] = true;
-                        children[i][k] = c;
+                        kids[k] = c;
                     }
                     None => bail!(
                         "{op} node {name:?}: node {} of tree {} branches to node {child}, \
                          which does not exist",
-                        node_ids[i],
-                        tree_ids[i]
+                        attrs.node_ids[i],
+                        attrs.tree_ids[i]
                     ),
                 }
             }
         }
     }
+    Ok(Links {
+        children,
+        referenced,
+    })
+}
 
-    let mut ensemble = Ensemble {
-        nodes: Vec::with_capacity(n),
-        modes: Vec::with_capacity(n),
-        roots: Vec::with_capacity(trees.len()),
-        depths: Vec::with_capacity(trees.len()),
-        leaf_weights: Vec::with_capacity(n),
-        weights: Vec::with_capacity(m),
-        n_targets,
-        n_features: 0,
-        walk_kind: (MIXED, true),
-    };
+/// Appends every tree to `ensemble`, in order: its one root, checked for cycles, its depth,
+/// its nodes placed. Then refuses weights left over (on a node no tree reaches).
+fn lay_out_trees(
+    node: &NodeProto,
+    ensemble: &mut Ensemble,
+    attrs: &NodeAttrs,
+    index: &NodeIndex,
+    links: &Links,
+    mut leaf_weights: LeafWeights,
+) -> TractResult<()> {
+    let op = node.op_type.as_str();
+    let name = node.name.as_str();
+    let n = attrs.modes.len();
     // 0: not seen, 1: on the current path, 2: finished.
     let mut state = vec![0u8; n];
     let mut depth_of = vec![0u32; n];
     let mut placed: Vec<Option<u32>> = vec![None; n];
-    for (tree, members) in &trees {
-        let roots: Vec<usize> = members
-            .iter()
-            .copied()
-            .filter(|&i| !referenced[i])
-            .collect();
-        let [root] = roots[..] else {
-            bail!(
-                "{op} node {name:?}: tree {tree} has {} roots (nodes no branch leads to); \
-                 a tree has exactly one",
-                roots.len()
-            );
-        };
-        // Cycles and depth: an iterative post-order walk (a hostile file cannot overflow our
-        // stack). A node met again while still on the path is a cycle; one met again after it
-        // finished is a shared subtree, which LightGBM's category splits produce and
-        // onnxruntime accepts.
-        let mut stack: Vec<(usize, bool)> = vec![(root, false)];
-        while let Some((i, finished)) = stack.pop() {
-            let leaf = modes[i] == Mode::Leaf;
-            if finished {
-                state[i] = 2;
-                depth_of[i] = if leaf {
-                    0
-                } else {
-                    1 + depth_of[children[i][0]].max(depth_of[children[i][1]])
-                };
-                continue;
-            }
-            match state[i] {
-                2 => continue,
-                1 => bail!(
-                    "{op} node {name:?}: tree {tree} has a cycle through node {}",
-                    node_ids[i]
-                ),
-                _ => {}
-            }
-            state[i] = 1;
-            stack.push((i, true));
-            if !leaf {
-                for c in children[i] {
-                    if state[c] == 1 {
-                        bail!(
-                            "{op} node {name:?}: tree {tree} has a cycle through node {}",
-                            node_ids[c]
-                        );
-                    }
-                    if state[c] == 0 {
-                        stack.push((c, false));
-                    }
-                }
-            }
-        }
-        // Placement, depth-first with the "yes" subtree right after its parent; a shared node
-        // is placed once and every parent points at it.
-        let mut stack: Vec<Pending> = vec![(root, None)];
-        while let Some((i, parent)) = stack.pop() {
-            let index = match placed[i] {
-                Some(index) => index,
-                None => {
-                    let index = u32::try_from(ensemble.nodes.len())?;
-                    placed[i] = Some(index);
-                    place(
-                        &mut ensemble,
-                        &mut leaf_weights,
-                        i,
-                        index,
-                        &modes,
-                        &features,
-                        &values,
-                        &missing,
-                    )
-                    .map_err(|e| format_err!("{op} node {name:?}: {e}"))?;
-                    if modes[i] != Mode::Leaf {
-                        let me = index as usize;
-                        stack.push((children[i][1], Some((me, false))));
-                        stack.push((children[i][0], Some((me, true))));
-                    }
-                    index
-                }
-            };
-            if let Some((p, is_yes)) = parent {
-                let p = &mut ensemble.nodes[p];
-                if is_yes {
-                    p.yes = index;
-                } else {
-                    p.no = index;
-                }
-            }
-        }
+    for (tree, members) in &index.trees {
+        let root = tree_root(node, *tree, members, &links.referenced)?;
+        measure_tree(
+            node,
+            *tree,
+            root,
+            attrs,
+            &links.children,
+            &mut state,
+            &mut depth_of,
+        )?;
+        place_tree(
+            node,
+            ensemble,
+            &mut leaf_weights,
+            attrs,
+            links,
+            &mut placed,
+            root,
+        )?;
         ensemble.roots.push(placed[root].unwrap_or_default());
         ensemble.depths.push(depth_of[root]);
     }
-    if let Some(&i) = leaf_weights.keys().next() {
+    // The lowest position, so the same model always names the same node.
+    if let Some(&i) = leaf_weights.keys().min() {
         bail!(
             "{op} node {name:?}: node {} of tree {} has weights but is not a reachable leaf",
-            node_ids[i],
-            tree_ids[i]
+            attrs.node_ids[i],
+            attrs.tree_ids[i]
         );
     }
-    ensemble.choose_walk();
-    Ok(ensemble)
+    Ok(())
+}
+
+/// The one node of `members` that no branch leads to.
+fn tree_root(
+    node: &NodeProto,
+    tree: i64,
+    members: &[usize],
+    referenced: &[bool],
+) -> TractResult<usize> {
+    let op = node.op_type.as_str();
+    let name = node.name.as_str();
+    let roots: Vec<usize> = members
+        .iter()
+        .copied()
+        .filter(|&i| !referenced[i])
+        .collect();
+    let [root] = roots[..] else {
+        bail!(
+            "{op} node {name:?}: tree {tree} has {} roots (nodes no branch leads to); \
+             a tree has exactly one",
+            roots.len()
+        );
+    };
+    Ok(root)
+}
+
+/// Refuses a cycle under `root` and records the depth of every node under it in `depth_of`.
+fn measure_tree(
+    node: &NodeProto,
+    tree: i64,
+    root: usize,
+    attrs: &NodeAttrs,
+    children: &[[usize; 2]],
+    state: &mut [u8],
+    depth_of: &mut [u32],
+) -> TractResult<()> {
+    let op = node.op_type.as_str();
+    let name = node.name.as_str();
+    // Cycles and depth: an iterative post-order walk (a hostile file cannot overflow our
+    // stack). A node met again while still on the path is a cycle; one met again after it
+    // finished is a shared subtree, which LightGBM's category splits produce and
+    // onnxruntime accepts.
+    let mut stack: Vec<(usize, bool)> = vec![(root, false)];
+    while let Some((i, finished)) = stack.pop() {
+        let leaf = attrs.modes[i] == Mode::Leaf;
+        if finished {
+            state[i] = 2;
+            depth_of[i] = if leaf {
+                0
+            } else {
+                1 + depth_of[children[i][0]].max(depth_of[children[i][1]])
+            };
+            continue;
+        }
+        match state[i] {
+            2 => continue,
+            1 => bail!(
+                "{op} node {name:?}: tree {tree} has a cycle through node {}",
+                attrs.node_ids[i]
+            ),
+            _ => {}
+        }
+        state[i] = 1;
+        stack.push((i, true));
+        if !leaf {
+            for c in children[i] {
+                if state[c] == 1 {
+                    bail!(
+                        "{op} node {name:?}: tree {tree} has a cycle through node {}",
+                        attrs.node_ids[c]
+                    );
+                }
+                if state[c] == 0 {
+                    stack.push((c, false));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A node waiting to be placed: its attribute position, (parent index, is the "yes" child).
 type Pending = (usize, Option<(usize, bool)>);
 
+/// Places the tree under `root` (already checked acyclic) into `ensemble`, recording each
+/// node's index in `placed`.
+fn place_tree(
+    node: &NodeProto,
+    ensemble: &mut Ensemble,
+    leaf_weights: &mut LeafWeights,
+    attrs: &NodeAttrs,
+    links: &Links,
+    placed: &mut [Option<u32>],
+    root: usize,
+) -> TractResult<()> {
+    let op = node.op_type.as_str();
+    let name = node.name.as_str();
+    // Placement, depth-first with the "yes" subtree right after its parent; a shared node
+    // is placed once and every parent points at it.
+    let mut stack: Vec<Pending> = vec![(root, None)];
+    while let Some((i, parent)) = stack.pop() {
+        let index = match placed[i] {
+            Some(index) => index,
+            None => {
+                let index = u32::try_from(ensemble.nodes.len())?;
+                placed[i] = Some(index);
+                place(ensemble, leaf_weights, attrs, i, index)
+                    .map_err(|e| format_err!("{op} node {name:?}: {e}"))?;
+                if attrs.modes[i] != Mode::Leaf {
+                    let me = index as usize;
+                    stack.push((links.children[i][1], Some((me, false))));
+                    stack.push((links.children[i][0], Some((me, true))));
+                }
+                index
+            }
+        };
+        if let Some((p, is_yes)) = parent {
+            let p = &mut ensemble.nodes[p];
+            if is_yes {
+                p.yes = index;
+            } else {
+                p.no = index;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Appends attribute node `i` as ensemble node `index` (children patched in later).
-#[allow(clippy::too_many_arguments)]
 fn place(
     ensemble: &mut Ensemble,
-    leaf_weights: &mut HashMap<usize, Vec<(u32, f32)>>,
+    leaf_weights: &mut LeafWeights,
+    attrs: &NodeAttrs,
     i: usize,
     index: u32,
-    modes: &[Mode],
-    features: &[i64],
-    values: &[f32],
-    missing: &[i64],
 ) -> TractResult<()> {
-    if modes[i] == Mode::Leaf {
+    if attrs.modes[i] == Mode::Leaf {
         let start = u32::try_from(ensemble.weights.len())?;
         if let Some(w) = leaf_weights.remove(&i) {
             ensemble.weights.extend(w);
@@ -494,14 +666,14 @@ fn place(
         ensemble.leaf_weights.push((start, end));
         ensemble.modes.push(Mode::Leaf);
     } else {
-        let feature = u32::try_from(features[i])
+        let feature = u32::try_from(attrs.features[i])
             .ok()
             .filter(|&f| f <= FEATURE)
-            .ok_or_else(|| format_err!("bad feature index {}", features[i]))?;
+            .ok_or_else(|| format_err!("bad feature index {}", attrs.features[i]))?;
         ensemble.n_features = ensemble.n_features.max(feature as usize + 1);
         ensemble.nodes.push(Node {
-            threshold: values[i],
-            feature: if missing[i] != 0 {
+            threshold: attrs.values[i],
+            feature: if attrs.missing[i] != 0 {
                 feature | MISSING
             } else {
                 feature
@@ -510,7 +682,7 @@ fn place(
             no: 0,
         });
         ensemble.leaf_weights.push((0, 0));
-        ensemble.modes.push(modes[i]);
+        ensemble.modes.push(attrs.modes[i]);
     }
     Ok(())
 }
