@@ -16,6 +16,7 @@
 //! long-polls and the MQTT push wait on it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use edgefleet_common::device::{AssignmentBundle, ModelRef};
 use edgefleet_common::{Assignment, Permission, Signed, Target, name};
@@ -26,15 +27,16 @@ use crate::error::{HubError, HubResult};
 use crate::registry::Registry;
 use crate::store::{DesiredRecord, DeviceRecord, Store};
 
+#[derive(Clone)]
 pub struct Desired {
     store: Store,
     config: SharedConfig,
     registry: Registry,
-    generation: tokio::sync::watch::Sender<u64>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
     /// Held while assignments are issued: the MQTT push and a device's HTTP long-poll build
     /// the same device's bundle at the same moment, and without it both would allocate a
     /// serial for the same version (the device then sees the lower one as a replay).
-    issuing: std::sync::Mutex<()>,
+    issuing: Arc<std::sync::Mutex<()>>,
 }
 
 /// What an admin asks for.
@@ -51,8 +53,8 @@ impl Desired {
             store,
             config,
             registry,
-            generation: tokio::sync::watch::channel(0).0,
-            issuing: std::sync::Mutex::new(()),
+            generation: Arc::new(tokio::sync::watch::channel(0).0),
+            issuing: Default::default(),
         }
     }
 
@@ -105,6 +107,29 @@ impl Desired {
 
     pub fn list(&self) -> HubResult<Vec<DesiredRecord>> {
         self.store.desired()
+    }
+
+    /// Sets (`Some`) or removes (`None`) one device's own target for `model`, without the
+    /// admin checks of [`assign`](Self::assign): for drivers acting on a rollout an admin
+    /// created. Not flushed and no generation bump: the caller does both once per step.
+    pub fn set_for_device(&self, device: &str, model: &str, version: Option<u64>) -> HubResult<()> {
+        let target = Target::Device(device.to_owned());
+        match version {
+            Some(version) => self.store.set_desired(&DesiredRecord {
+                target,
+                model: model.to_owned(),
+                version,
+                set_at: crate::now(),
+            }),
+            None => self.store.remove_desired(&target, model),
+        }
+    }
+
+    /// Makes what was set durable and tells devices.
+    pub async fn commit(&self) -> HubResult<()> {
+        self.store.flush().await?;
+        self.bump_generation();
+        Ok(())
     }
 
     /// The device's signed assignments (and the root rotations it must know), reusing issued

@@ -13,6 +13,7 @@ use crate::desired::Desired;
 use crate::devices::{Devices, Enrolled};
 use crate::error::HubResult;
 use crate::registry::{Published, Registry};
+use crate::rollout::Rollouts;
 use crate::store::{DeviceRecord, Store};
 use crate::telemetry::Telemetry;
 
@@ -21,6 +22,7 @@ pub struct Hub {
     pub devices: Devices,
     pub desired: Desired,
     pub telemetry: Telemetry,
+    pub rollouts: Rollouts,
     config: SharedConfig,
     store: Store,
     admin_token_hash: Digest,
@@ -42,7 +44,15 @@ impl Hub {
             devices.clone(),
             config.clone(),
         )?;
+        let rollouts = Rollouts::new(
+            store.clone(),
+            registry.clone(),
+            devices.clone(),
+            desired.clone(),
+            telemetry.clone(),
+        );
         Ok(Self {
+            rollouts,
             registry,
             devices,
             desired,

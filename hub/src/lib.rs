@@ -2,6 +2,7 @@
 //!
 //! Layers (ARCHITECTURE.md has the picture):
 //! - domain: [`hub`] (the handle), [`registry`], [`devices`], [`desired`], [`telemetry`],
+//!   [`rollout`],
 //!   over [`store`]; errors in [`error`]. No axum, no rumqttc.
 //! - transports: [`http`] (axum) and [`mqtt`] (rumqttc, rumqttd); drivers: [`drivers`]. They
 //!   call the domain and never import each other.
@@ -27,6 +28,7 @@ pub mod lifecycle;
 pub mod mqtt;
 pub mod reference;
 pub mod registry;
+pub mod rollout;
 pub mod store;
 pub mod telemetry;
 #[cfg(test)]
@@ -94,7 +96,8 @@ pub async fn run_reloadable(
     if hub.config().config.mqtt_enabled {
         mqtt::start(hub.clone(), stop_rx.clone()).await?;
     }
-    tokio::spawn(drivers::prune::run(hub.clone(), stop_rx));
+    tokio::spawn(drivers::prune::run(hub.clone(), stop_rx.clone()));
+    tokio::spawn(drivers::rollout::run(hub.clone(), stop_rx));
     let reloading = hub.clone();
     tokio::spawn(async move {
         while let Some(new) = reloads.recv().await {

@@ -107,12 +107,13 @@ fn no_import_cycles_between_modules() {
 }
 
 /// The hub's layers. Transports (`http`, `mqtt`) and `drivers` never reference each other;
-/// the domain (`hub`, `error`, `store`, `registry`, `devices`, `desired`, `telemetry`) names
+/// the domain (`hub`, `error`, `store`, `registry`, `devices`, `desired`, `telemetry`,
+/// `rollout`) names
 /// no HTTP or MQTT crate and references no transport, driver or the CLI. Test-only code aside.
 #[test]
 fn hub_layers() {
     const TRANSPORTS: [&str; 3] = ["http", "mqtt", "drivers"];
-    const DOMAIN: [&str; 7] = [
+    const DOMAIN: [&str; 8] = [
         "hub",
         "error",
         "store",
@@ -120,6 +121,7 @@ fn hub_layers() {
         "devices",
         "desired",
         "telemetry",
+        "rollout",
     ];
     const WIRE_CRATES: [&str; 3] = ["axum", "rumqttc", "rumqttd"];
     let hub = load("hub");

@@ -2,5 +2,7 @@
 //! transports call. Each is `run(hub, stop)`; none imports a transport.
 //!
 //! - [`prune`]: drops telemetry past the retention, hourly.
+//! - [`rollout`]: advances the staged rollouts, every second.
 
 pub mod prune;
+pub mod rollout;

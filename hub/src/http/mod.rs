@@ -14,6 +14,7 @@ pub mod error;
 mod fleet;
 mod models;
 mod prometheus;
+mod rollouts;
 
 use std::sync::Arc;
 
@@ -68,6 +69,13 @@ pub fn router(hub: AppState) -> Router {
             "/api/v1/assignments",
             post(assignments::assign).get(assignments::list),
         )
+        .route(
+            "/api/v1/rollouts",
+            post(rollouts::create).get(rollouts::list),
+        )
+        .route("/api/v1/rollouts/{id}", get(rollouts::get))
+        .route("/api/v1/rollouts/{id}/audit", get(rollouts::audit))
+        .route("/api/v1/rollouts/{id}/{action}", post(rollouts::act))
         .route("/api/v1/enroll", post(device::enroll))
         .route("/api/v1/device/challenge", post(device::challenge))
         .route("/api/v1/device/session", post(device::session))

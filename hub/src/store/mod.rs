@@ -4,7 +4,8 @@
 //!
 //! Trees: `models` (name \0 version-be → ModelRecord), `devices` (id → DeviceRecord), `desired`
 //! (target \0 model → DesiredRecord), `issued` (device \0 model → Signed<Assignment> bytes),
-//! `sessions` (sha256(token) → SessionRecord), `meta` (counters). Artifacts live under
+//! `sessions` (sha256(token) → SessionRecord), `rollouts` (id-be → JSON), `rollout_audit`
+//! (id-be, sequence-be → JSON), `meta` (counters). Artifacts live under
 //! `blobs/sha256/<hex>`, written to `tmp/` first, fsynced, then renamed: a blob that exists is
 //! whole and has the hash it is named by.
 
@@ -31,6 +32,8 @@ pub struct Store {
     issued: sled::Tree,
     sessions: sled::Tree,
     challenges: sled::Tree,
+    rollouts: sled::Tree,
+    rollout_audit: sled::Tree,
     meta: sled::Tree,
     blob_dir: PathBuf,
     tmp_dir: PathBuf,
@@ -71,6 +74,8 @@ impl Store {
             issued: db.open_tree("issued")?,
             sessions: db.open_tree("sessions")?,
             challenges: db.open_tree("challenges")?,
+            rollouts: db.open_tree("rollouts")?,
+            rollout_audit: db.open_tree("rollout_audit")?,
             meta: db.open_tree("meta")?,
             db,
             blob_dir,
@@ -209,6 +214,11 @@ impl Store {
         Ok(())
     }
 
+    pub fn remove_desired(&self, target: &edgefleet_common::Target, model: &str) -> HubResult<()> {
+        self.desired.remove(pair_key(&target.to_string(), model))?;
+        Ok(())
+    }
+
     pub fn desired(&self) -> HubResult<Vec<DesiredRecord>> {
         self.desired.iter().values().map(|v| decode(&v?)).collect()
     }
@@ -228,7 +238,12 @@ impl Store {
 
     /// The next assignment serial; durable before it is used so a serial is never reused.
     pub fn next_serial(&self) -> HubResult<u64> {
-        let v = self.meta.update_and_fetch("serial", |old| {
+        self.next_counter("serial")
+    }
+
+    /// The next value of a durable counter (1, 2, …), flushed before it is returned.
+    fn next_counter(&self, name: &str) -> HubResult<u64> {
+        let v = self.meta.update_and_fetch(name, |old| {
             let n = old
                 .and_then(|b| <[u8; 8]>::try_from(b).ok())
                 .map(u64::from_be_bytes)
@@ -238,7 +253,47 @@ impl Store {
         self.db.flush()?;
         v.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
             .map(u64::from_be_bytes)
-            .ok_or_else(|| HubError::Internal("serial counter missing".into()))
+            .ok_or_else(|| HubError::Internal(format!("counter {name} missing")))
+    }
+
+    // ---- rollouts (JSON documents: their shape grows with the rollout rules) ----
+
+    pub fn next_rollout_id(&self) -> HubResult<u64> {
+        self.next_counter("rollout")
+    }
+
+    pub fn put_rollout(&self, id: u64, json: &[u8]) -> HubResult<()> {
+        self.rollouts.insert(id.to_be_bytes(), json)?;
+        Ok(())
+    }
+
+    pub fn rollout(&self, id: u64) -> HubResult<Option<Vec<u8>>> {
+        Ok(self.rollouts.get(id.to_be_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// Every rollout, oldest first.
+    pub fn rollouts(&self) -> HubResult<Vec<Vec<u8>>> {
+        self.rollouts
+            .iter()
+            .values()
+            .map(|v| Ok(v?.to_vec()))
+            .collect()
+    }
+
+    /// Appends to a rollout's audit log (ordered by insertion).
+    pub fn append_audit(&self, id: u64, json: &[u8]) -> HubResult<()> {
+        let mut key = id.to_be_bytes().to_vec();
+        key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
+        self.rollout_audit.insert(key, json)?;
+        Ok(())
+    }
+
+    pub fn audit(&self, id: u64) -> HubResult<Vec<Vec<u8>>> {
+        self.rollout_audit
+            .scan_prefix(id.to_be_bytes())
+            .values()
+            .map(|v| Ok(v?.to_vec()))
+            .collect()
     }
 
     // ---- sessions ----

@@ -362,9 +362,19 @@ impl Accept {
                 return refuse(Rejected::UnknownModel);
             }
         };
+        // Its tags, and the rollout cohort it is in, if any.
+        let mut scopes = device.tags.clone();
+        match self.store.cohort(id) {
+            Ok(Some(cohort)) => scopes.push(cohort),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::error!(%error, "cannot read the cohort; the device will send it again");
+                return Verdict::Retry;
+            }
+        }
         match self
             .writer
-            .stage(record, &windows, &device.tags, &references, now)
+            .stage(record, &windows, &scopes, &references, now)
         {
             Ok(Staged::Stored) => Verdict::Stored {
                 seq,

@@ -8,6 +8,8 @@
 //! - `telemetry_latest`: device → [`DeviceTelemetry`], its latest window with per-model drift.
 //! - `liveness`: device → [`Liveness`], from heartbeats and last wills.
 //! - `drift_config`: model → [`DriftConfig`] (methods and thresholds; default Evidently's).
+//! - `telemetry_cohort`: device → a cohort scope (a rollout's wave): the device's windows are
+//!   also merged into that scope's aggregates, so a rollout compares exactly its own devices.
 //!
 //! Written only through [`super::TelemetryWriter`] (aggregates, latest windows, dedup markers)
 //! and by the heartbeat path (liveness); read by the queries.
@@ -72,6 +74,7 @@ pub struct TelemetryStore {
     pub(super) latest: sled::Tree,
     liveness: sled::Tree,
     drift_config: sled::Tree,
+    cohort: sled::Tree,
 }
 
 impl std::fmt::Debug for TelemetryStore {
@@ -92,6 +95,7 @@ impl TelemetryStore {
             latest: db.open_tree("telemetry_latest")?,
             liveness: db.open_tree("liveness")?,
             drift_config: db.open_tree("drift_config")?,
+            cohort: db.open_tree("telemetry_cohort")?,
             db: db.clone(),
         })
     }
@@ -165,6 +169,39 @@ impl TelemetryStore {
     }
 
     /// Model versions with data in hours `[from, to)` (fleet-wide scope).
+    /// Puts a device in a cohort (`Some`) or takes it out (`None`).
+    pub fn set_cohort(&self, device: &str, scope: Option<&str>) -> HubResult<()> {
+        match scope {
+            Some(s) => self.cohort.insert(device.as_bytes(), s.as_bytes())?,
+            None => self.cohort.remove(device.as_bytes())?,
+        };
+        Ok(())
+    }
+
+    /// The cohort scope a device's windows also merge into, if any.
+    pub fn cohort(&self, device: &str) -> HubResult<Option<String>> {
+        Ok(self
+            .cohort
+            .get(device.as_bytes())?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// The versions of `model` with data in `scope`, any hour.
+    pub fn versions_in_scope(&self, model: &str, scope: &str) -> HubResult<Vec<u64>> {
+        let mut prefix = model.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out: Vec<u64> = Vec::new();
+        for k in self.agg.scan_prefix(&prefix).keys() {
+            if let Some((_, version, _, s)) = parse_agg_key(&k?)
+                && s == scope
+                && !out.contains(&version)
+            {
+                out.push(version);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn versions_with_data(&self, from: u64, to: u64) -> HubResult<Vec<(String, u64)>> {
         let mut out: Vec<(String, u64)> = Vec::new();
         for item in self.agg.iter().keys() {

@@ -92,14 +92,15 @@ impl TelemetryWriter {
     }
 
     /// Stages a verified record: merges each model window into the fleet-wide aggregate and
-    /// one per device tag for the hour its window ended in, replaces the device's latest
+    /// one per other scope (the device's tags, its rollout cohort) for the hour its window
+    /// ended in, replaces the device's latest
     /// window (with drift against `references`), marks (device, seq) seen. All or nothing per
     /// record; nothing reaches the disk before [`commit`](Self::commit).
     pub fn stage(
         &mut self,
         record: &TelemetryRecord,
         windows: &[DecodedWindow],
-        tags: &[String],
+        scopes: &[String],
         references: &References,
         received_at: u64,
     ) -> HubResult<Staged> {
@@ -108,8 +109,9 @@ impl TelemetryWriter {
             return Ok(Staged::Duplicate);
         }
         let hour = record.window_end / HOUR * HOUR;
-        let mut scopes: Vec<&str> = vec![ALL];
-        scopes.extend(tags.iter().map(String::as_str).filter(|t| *t != ALL));
+        let scopes: Vec<&str> = std::iter::once(ALL)
+            .chain(scopes.iter().map(String::as_str).filter(|t| *t != ALL))
+            .collect();
         // Every aggregate is checked before any is changed: a window refused by the second
         // scope must not have merged into the first.
         let mut targets = Vec::with_capacity(windows.len() * scopes.len());

@@ -1,5 +1,5 @@
 //! The admin CLI `edgefleet`: keys, delegations and offline signing (no hub needed), and the
-//! hub's admin API (push, models, devices, approve, assign, status).
+//! hub's admin API (push, models, devices, approve, assign, rollout, status, drift, fleet).
 
 use std::path::{Path, PathBuf};
 
@@ -15,12 +15,16 @@ use serde::Deserialize;
 
 use crate::keyfile;
 
+mod rollout;
+
+pub use rollout::RolloutCommand;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "edgefleet",
     version,
     about = "Edgefleet admin CLI: keys, signing, and the hub's admin API",
-    long_about = "Edgefleet admin CLI.\n\nOffline (no hub): keygen, delegate, sign, rotate-root.\nAgainst a hub (--hub/EDGEFLEET_HUB, --token/EDGEFLEET_TOKEN): push, models, devices, approve, assign, status.\n\nTypical first run:\n  edgefleet keygen --role root --out keys/root.key\n  edgefleet keygen --role hub --out keys/hub.key\n  edgefleet delegate --root-key keys/root.key --to keys/hub.key.pub --out keys/hub.delegation\n  edgefleet sign --key keys/root.key --spec model.json --model model.onnx --out model.manifest\n  edgefleet push model.manifest model.onnx\n  edgefleet assign --device shop-1 demand 1"
+    long_about = "Edgefleet admin CLI.\n\nOffline (no hub): keygen, delegate, sign, rotate-root.\nAgainst a hub (--hub/EDGEFLEET_HUB, --token/EDGEFLEET_TOKEN): push, models, devices, approve, assign, rollout, status, drift, fleet.\n\nTypical first run:\n  edgefleet keygen --role root --out keys/root.key\n  edgefleet keygen --role hub --out keys/hub.key\n  edgefleet delegate --root-key keys/root.key --to keys/hub.key.pub --out keys/hub.delegation\n  edgefleet sign --key keys/root.key --spec model.json --model model.onnx --out model.manifest\n  edgefleet push model.manifest model.onnx\n  edgefleet assign --device shop-1 demand 1"
 )]
 pub struct Cli {
     /// Hub base URL.
@@ -159,6 +163,11 @@ pub enum Command {
     /// Fleet metrics of the last hour: devices online, per model version requests, errors,
     /// latency and drift, and the hub's telemetry ingest counters.
     Fleet,
+    /// Staged rollouts: create, list, status (--watch), pause, resume, abort, rollback, audit.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
 }
 
 /// The spec a data scientist writes next to the model; `sign` adds hash, size and time.
@@ -630,6 +639,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<()> {
             tag,
         } => Some(drift(&r, model, *version, *hours, tag.as_deref()).await?),
         Command::Fleet => Some(get("fleet/metrics").await?),
+        Command::Rollout { command } => rollout::run(&r, command, cli.json).await?,
         Command::Status { device: None } => {
             let devices = get("devices").await?;
             let desired = get("assignments").await?;

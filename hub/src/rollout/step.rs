@@ -1,0 +1,414 @@
+//! The state machine: one step looks at every active rollout and does what its state and the
+//! clock call for. Each step is idempotent (a hub killed between two writes redoes the rest
+//! on its next step, and nothing happens twice):
+//!
+//! ```text
+//! pending ─► running(wave k) ─install gate passes─► baking(wave k) ─gates pass─► running(k+1) … ─► succeeded
+//!               │ install fails / times out              │ a gate fails, or inconclusive past max bake
+//!               └────────────────┬───────────────────────┘
+//!                       policy: rolling back ─► rolled back      (or: failed, paused for an operator)
+//! ```
+
+use edgefleet_common::Target;
+
+use super::gates::{self, GateVerdict, InstallCounts, Outcome, Side};
+use super::model::{Moved, Policy, Rollout, State, WaveRecord, ordered};
+use super::{DeviceProgress, Rollouts, device_progress};
+use crate::error::HubResult;
+use crate::store::DeviceRecord;
+
+/// One side of a gate from its merged aggregate (none: no data).
+fn side(m: Option<&crate::telemetry::Merged>, devices: u64) -> Side<'_> {
+    match m {
+        Some(m) => Side {
+            devices,
+            requests: m.requests,
+            errors: m.errors,
+            latency: Some(&m.latency),
+            profile: Some(&m.profile),
+        },
+        None => Side::empty(),
+    }
+}
+
+/// Longest a rollback waits for its devices to leave the version before it calls it done.
+const ROLLBACK_WAIT_SECS: u64 = 600;
+
+impl Rollouts {
+    /// Advances every active rollout; returns how many changed state.
+    pub async fn step(&self, now: u64) -> HubResult<usize> {
+        let _guard = self.lock.lock().await;
+        let mut changed = 0;
+        for r in self.list()? {
+            if !r.state.is_active() || r.state == State::Paused {
+                continue;
+            }
+            let before = r.state;
+            let mut r = r;
+            if let Err(error) = self.advance(&mut r, now).await {
+                tracing::warn!(%error, rollout = r.id, "rollout step failed; retried on the next");
+                continue;
+            }
+            if r.state != before {
+                changed += 1;
+            }
+        }
+        if changed > 0 {
+            self.store.flush().await?;
+        }
+        Ok(changed)
+    }
+
+    async fn advance(&self, r: &mut Rollout, now: u64) -> HubResult<()> {
+        match r.state {
+            State::Pending => self.start_wave(r, 0, now).await,
+            State::Running => {
+                self.move_members(r, now).await?;
+                self.check_install(r, now).await
+            }
+            State::Baking => {
+                self.move_members(r, now).await?;
+                self.check_bake(r, now).await
+            }
+            State::RollingBack => self.check_rolled_back(r, now).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Starts wave `k`: records it, then moves its devices.
+    async fn start_wave(&self, r: &mut Rollout, k: usize, now: u64) -> HubResult<()> {
+        r.wave = k;
+        r.waves.truncate(k);
+        r.waves.push(WaveRecord {
+            index: k,
+            started_at: now,
+            baking_since: None,
+            verdicts: vec![],
+            outcome: None,
+        });
+        self.transition(
+            r,
+            State::Running,
+            "timer",
+            format!("wave {} of {} started", k + 1, r.spec.waves.len()),
+            vec![],
+        )?;
+        self.move_members(r, now).await
+    }
+
+    /// Moves the devices the current wave reaches that are not moved yet (late joiners too),
+    /// puts the selected devices in the wave's telemetry cohort, and re-applies the moves a
+    /// crash may have left half done.
+    async fn move_members(&self, r: &mut Rollout, now: u64) -> HubResult<()> {
+        let selected = self.selected(&r.spec.selector)?;
+        let order = ordered(r.id, &selected);
+        let reach = r.spec.waves[r.wave].reach(order.len());
+        let desired = self.desired.list()?;
+        let own = |id: &str| {
+            desired
+                .iter()
+                .find(|d| {
+                    d.model == r.spec.model && matches!(&d.target, Target::Device(x) if x == id)
+                })
+                .map(|d| d.version)
+        };
+        let newly: Vec<String> = order
+            .iter()
+            .take(reach)
+            .filter(|id| !r.moved.contains_key(*id))
+            .cloned()
+            .collect();
+        if !newly.is_empty() {
+            for id in &newly {
+                // Recorded before the device is moved: a rollback restores exactly this.
+                let previous = own(id);
+                r.moved.insert(
+                    id.clone(),
+                    Moved {
+                        wave: r.wave,
+                        at: now,
+                        previous,
+                    },
+                );
+            }
+            r.updated_at = now;
+            self.save(r)?;
+        }
+        let mut wrote = false;
+        for id in r.moved.keys() {
+            if own(id) != Some(r.spec.version) {
+                self.desired
+                    .set_for_device(id, &r.spec.model, Some(r.spec.version))?;
+                wrote = true;
+            }
+        }
+        let cohort = r.cohort();
+        for d in &selected {
+            if self.telemetry.store().cohort(&d.id)?.as_deref() != Some(cohort.as_str()) {
+                self.telemetry.store().set_cohort(&d.id, Some(&cohort))?;
+            }
+        }
+        if wrote {
+            self.desired.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// The devices the current wave moved, counted.
+    fn install_counts(&self, r: &Rollout) -> HubResult<(InstallCounts, Vec<String>)> {
+        let mut c = InstallCounts::default();
+        let mut failures = Vec::new();
+        for (id, _) in r.moved.iter().filter(|(_, m)| m.wave == r.wave) {
+            c.targeted += 1;
+            let Some(d) = self.devices.get(id)? else {
+                continue;
+            };
+            let live = self.telemetry.store().liveness(id)?;
+            match device_progress(&d, live.as_ref(), &r.spec.model, r.spec.version) {
+                DeviceProgress::Active => c.installed += 1,
+                DeviceProgress::Failed(e) => {
+                    c.failed += 1;
+                    failures.push(format!("{id}: {e}"));
+                }
+                DeviceProgress::Downloading => {}
+            }
+        }
+        Ok((c, failures))
+    }
+
+    async fn check_install(&self, r: &mut Rollout, now: u64) -> HubResult<()> {
+        let (counts, failures) = self.install_counts(r)?;
+        let verdict = gates::install(counts, &r.spec.gates);
+        let started = r.current().map_or(now, |w| w.started_at);
+        match verdict.outcome {
+            Outcome::Pass => {
+                if let Some(w) = r.waves.get_mut(r.wave) {
+                    w.baking_since = Some(now);
+                    w.verdicts = vec![verdict.clone()];
+                }
+                let detail = format!("wave {} installed: {}", r.wave + 1, verdict.detail);
+                self.transition(r, State::Baking, "gate", detail, vec![verdict])
+            }
+            Outcome::Fail => {
+                let detail = format!(
+                    "wave {} failed to install: {}; {}",
+                    r.wave + 1,
+                    verdict.detail,
+                    failures.join("; ")
+                );
+                self.fail(r, detail, vec![verdict]).await
+            }
+            _ if now >= started.saturating_add(r.spec.install_timeout_secs) => {
+                let detail = format!(
+                    "wave {} did not install within {} s: {}",
+                    r.wave + 1,
+                    r.spec.install_timeout_secs,
+                    verdict.detail
+                );
+                self.fail(r, detail, vec![verdict]).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// At the end of the bake: every gate, canary against baseline.
+    async fn check_bake(&self, r: &mut Rollout, now: u64) -> HubResult<()> {
+        let since = r.current().and_then(|w| w.baking_since).unwrap_or(now);
+        if now < since.saturating_add(r.spec.bake_secs) {
+            return Ok(());
+        }
+        let verdicts = self.judge(r, since)?;
+        let outcome = gates::combine(&verdicts);
+        if let Some(w) = r.waves.get_mut(r.wave) {
+            w.verdicts = verdicts.clone();
+        }
+        let summary = |r: &Rollout| {
+            verdicts
+                .iter()
+                .map(|v| format!("{} {:?}: {}", v.gate, v.outcome, v.detail))
+                .collect::<Vec<_>>()
+                .join("; ")
+                + &format!(" (wave {})", r.wave + 1)
+        };
+        match outcome {
+            Outcome::Pass | Outcome::NotConfigured => {
+                if let Some(w) = r.waves.get_mut(r.wave) {
+                    w.outcome = Some(Outcome::Pass);
+                }
+                if r.wave + 1 < r.spec.waves.len() {
+                    let k = r.wave + 1;
+                    self.save(r)?;
+                    self.audit_entry(
+                        r.id,
+                        &super::AuditEntry {
+                            at: now,
+                            from: r.state,
+                            to: r.state,
+                            wave: r.wave,
+                            cause: "gate".into(),
+                            detail: format!("passed: {}", summary(r)),
+                            verdicts: verdicts.clone(),
+                        },
+                    )?;
+                    self.start_wave(r, k, now).await
+                } else {
+                    let detail = format!("every wave passed: {}", summary(r));
+                    self.succeed(r, detail, verdicts).await
+                }
+            }
+            Outcome::Fail => {
+                if let Some(w) = r.waves.get_mut(r.wave) {
+                    w.outcome = Some(Outcome::Fail);
+                }
+                let detail = format!("a gate failed: {}", summary(r));
+                self.fail(r, detail, verdicts).await
+            }
+            Outcome::Inconclusive => {
+                if now < since.saturating_add(r.spec.max_bake()) {
+                    // Extended: judged again on the next step, until the longest bake.
+                    self.save(r)
+                } else {
+                    if let Some(w) = r.waves.get_mut(r.wave) {
+                        w.outcome = Some(Outcome::Inconclusive);
+                    }
+                    let detail = format!(
+                        "still inconclusive after the longest bake ({} s): {}",
+                        r.spec.max_bake(),
+                        summary(r)
+                    );
+                    self.fail(r, detail, verdicts).await
+                }
+            }
+        }
+    }
+
+    /// The gates' verdicts on the current wave: install again, then canary against baseline
+    /// from the wave's telemetry cohort. With no bake, the install gate alone.
+    fn judge(&self, r: &Rollout, since: u64) -> HubResult<Vec<GateVerdict>> {
+        let (counts, _) = self.install_counts(r)?;
+        let mut verdicts = vec![gates::install(counts, &r.spec.gates)];
+        if r.spec.bake_secs == 0 {
+            return Ok(verdicts);
+        }
+        let cohort = r.cohort();
+        let store = self.telemetry.store();
+        let canary = store.aggregate(&r.spec.model, r.spec.version, &cohort, 0, u64::MAX)?;
+        // The baseline: the old version with the most calls in the cohort.
+        let mut baseline: Option<(u64, crate::telemetry::Merged)> = None;
+        for v in store.versions_in_scope(&r.spec.model, &cohort)? {
+            if v == r.spec.version {
+                continue;
+            }
+            if let Some(m) = store.aggregate(&r.spec.model, v, &cohort, 0, u64::MAX)?
+                && baseline
+                    .as_ref()
+                    .is_none_or(|(_, b)| b.requests + b.errors < m.requests + m.errors)
+            {
+                baseline = Some((v, m));
+            }
+        }
+        let selected = self.selected(&r.spec.selector)?;
+        let reporting =
+            |version: u64| self.reporting_devices(&selected, &r.spec.model, version, since);
+        let c = side(canary.as_ref(), reporting(r.spec.version)?);
+        let b = match &baseline {
+            Some((v, m)) => side(Some(m), reporting(*v)?),
+            None => Side::empty(),
+        };
+        let outputs = self
+            .registry
+            .record(&r.spec.model, r.spec.version)?
+            .map(|rec| rec.manifest.decode_unverified())
+            .transpose()?
+            .map(|m| {
+                edgefleet_common::sketch::model_columns(&m)
+                    .into_iter()
+                    .filter(|c| c.tensor >= m.inputs.len())
+                    .map(|c| c.name)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        let rules = store.drift_config(&r.spec.model)?;
+        let cfg = &r.spec.gates;
+        verdicts.push(gates::error_rate(&c, &b, cfg));
+        verdicts.push(gates::latency(&c, &b, cfg));
+        verdicts.push(gates::output_drift(&c, &b, &outputs, &rules, cfg));
+        verdicts.push(gates::quality());
+        Ok(verdicts)
+    }
+
+    /// Selected devices whose latest window, ended after `since`, served `version`.
+    fn reporting_devices(
+        &self,
+        selected: &[DeviceRecord],
+        model: &str,
+        version: u64,
+        since: u64,
+    ) -> HubResult<u64> {
+        let mut n = 0;
+        for d in selected {
+            if let Some(t) = self.telemetry.store().latest(&d.id)?
+                && t.window_end >= since
+                && t.models
+                    .iter()
+                    .any(|m| m.model == model && m.version == version && m.requests + m.errors > 0)
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// The failure policy: roll back (default) or pause.
+    async fn fail(
+        &self,
+        r: &mut Rollout,
+        detail: String,
+        verdicts: Vec<GateVerdict>,
+    ) -> HubResult<()> {
+        match r.spec.on_failure {
+            Policy::Rollback => self.roll_back(r, "gate", detail, verdicts).await,
+            Policy::Pause => self.transition(r, State::Paused, "gate", detail, verdicts),
+        }
+    }
+
+    async fn succeed(
+        &self,
+        r: &mut Rollout,
+        detail: String,
+        verdicts: Vec<GateVerdict>,
+    ) -> HubResult<()> {
+        self.transition(r, State::Succeeded, "gate", detail, verdicts)?;
+        self.leave_cohort(r)
+    }
+
+    /// Rolled back once no moved device still serves the version (or after a while: a
+    /// device that is offline learns of it when it returns).
+    async fn check_rolled_back(&self, r: &mut Rollout, now: u64) -> HubResult<()> {
+        self.restore_previous(r).await?;
+        let mut still = 0;
+        for id in r.moved.keys() {
+            let Some(d) = self.devices.get(id)? else {
+                continue;
+            };
+            let live = self.telemetry.store().liveness(id)?;
+            if device_progress(&d, live.as_ref(), &r.spec.model, r.spec.version)
+                == DeviceProgress::Active
+            {
+                still += 1;
+            }
+        }
+        let since = r.updated_at;
+        if still == 0 || now >= since.saturating_add(ROLLBACK_WAIT_SECS) {
+            let detail = if still == 0 {
+                "every moved device left the version".to_owned()
+            } else {
+                format!(
+                    "{still} devices had not reported the previous version after {ROLLBACK_WAIT_SECS} s; they get it when they return"
+                )
+            };
+            self.transition(r, State::RolledBack, "timer", detail, vec![])?;
+        }
+        Ok(())
+    }
+}

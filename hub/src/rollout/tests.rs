@@ -1,0 +1,299 @@
+//! The state machine, stepped by hand with a chosen clock, on a real hub in a temp dir.
+
+use edgefleet_common::Target;
+use edgefleet_common::device::{DeviceStatus, ModelRef};
+
+use super::*;
+use crate::desired::AssignRequest;
+use crate::testkit::Kit;
+
+const FLEET: usize = 10;
+
+fn id(i: usize) -> String {
+    format!("shop-{i}")
+}
+
+/// A hub with `demand` v1 and v2, FLEET approved devices tagged `eu`, all assigned v1 by tag.
+async fn fleet() -> Kit {
+    let kit = Kit::new();
+    kit.publish("demand", 1).await;
+    kit.publish("demand", 2).await;
+    for i in 0..FLEET {
+        kit.enroll(&id(i), &["eu"], true).await;
+    }
+    kit.hub
+        .desired
+        .assign(AssignRequest {
+            target: Target::Tag("eu".into()),
+            model: "demand".into(),
+            version: 1,
+        })
+        .await
+        .expect("assign");
+    kit
+}
+
+fn spec(waves: &[&str], bake_secs: u64) -> RolloutSpec {
+    RolloutSpec {
+        model: "demand".into(),
+        version: 2,
+        selector: Selector::Tags(vec!["eu".into()]),
+        waves: waves
+            .iter()
+            .map(|w| WaveSize::parse(w).expect("wave"))
+            .collect(),
+        bake_secs,
+        max_bake_secs: None,
+        install_timeout_secs: 900,
+        gates: Default::default(),
+        on_failure: Policy::Rollback,
+        supersedes: None,
+    }
+}
+
+/// What the device reports after an update attempt.
+fn report(kit: &Kit, device: &str, version: u64, error: Option<&str>) {
+    kit.hub
+        .report_status(
+            device,
+            DeviceStatus {
+                active: vec![ModelRef {
+                    name: "demand".into(),
+                    version,
+                }],
+                previous: vec![],
+                last_error: error.map(str::to_owned),
+                agent_version: "test".into(),
+            },
+        )
+        .expect("report");
+}
+
+/// The version each device is told to serve.
+fn wanted(kit: &Kit) -> Vec<u64> {
+    let all = kit.hub.desired.list().expect("desired");
+    (0..FLEET)
+        .map(|i| {
+            let d = kit.hub.devices.get(&id(i)).expect("read").expect("device");
+            crate::desired::resolve_desired(&all, &d)
+                .into_iter()
+                .find(|m| m.name == "demand")
+                .map_or(0, |m| m.version)
+        })
+        .collect()
+}
+
+/// Devices told to serve v2 report it (they installed it).
+fn install_wanted(kit: &Kit) {
+    for (i, v) in wanted(kit).into_iter().enumerate() {
+        report(kit, &id(i), v, None);
+    }
+}
+
+async fn step(kit: &Kit, now: u64) -> Rollout {
+    kit.hub.rollouts.step(now).await.expect("step");
+    let all = kit.hub.rollouts.list().expect("list");
+    all.last().expect("a rollout").clone()
+}
+
+#[tokio::test]
+async fn a_rollout_passes_its_waves_to_success_moving_only_each_waves_devices() {
+    let kit = fleet().await;
+    let r = kit
+        .hub
+        .rollouts
+        .create(spec(&["1", "50%", "100%"], 0))
+        .await
+        .expect("create");
+    assert_eq!(r.state, State::Pending);
+    let t = crate::now();
+    let r = step(&kit, t).await;
+    assert_eq!((r.state, r.wave), (State::Running, 0));
+    assert_eq!(
+        wanted(&kit).iter().filter(|v| **v == 2).count(),
+        1,
+        "one canary"
+    );
+    // Not installed yet: the wave waits.
+    assert_eq!(step(&kit, t + 1).await.state, State::Running);
+    install_wanted(&kit);
+    assert_eq!(step(&kit, t + 2).await.state, State::Baking);
+    let r = step(&kit, t + 3).await;
+    assert_eq!((r.state, r.wave), (State::Running, 1));
+    assert_eq!(
+        wanted(&kit).iter().filter(|v| **v == 2).count(),
+        5,
+        "half the fleet"
+    );
+    let canary = r
+        .moved
+        .iter()
+        .find(|(_, m)| m.wave == 0)
+        .map(|(d, _)| d.clone());
+    install_wanted(&kit);
+    step(&kit, t + 4).await;
+    let r = step(&kit, t + 5).await;
+    assert_eq!(r.wave, 2);
+    install_wanted(&kit);
+    step(&kit, t + 6).await;
+    let r = step(&kit, t + 7).await;
+    assert_eq!(r.state, State::Succeeded, "{:?}", r.reason);
+    assert_eq!(wanted(&kit), vec![2; FLEET]);
+    // Membership was kept: the first canary is still the wave-0 device.
+    assert_eq!(
+        r.moved
+            .iter()
+            .find(|(_, m)| m.wave == 0)
+            .map(|(d, _)| d.clone()),
+        canary
+    );
+    // Every device had only the tag's version: a rollback would remove its own target.
+    assert!(r.moved.values().all(|m| m.previous.is_none()));
+    let audit = kit.hub.rollouts.audit(r.id).expect("audit");
+    assert_eq!(audit.first().map(|a| a.cause.as_str()), Some("created"));
+    assert_eq!(audit.last().map(|a| a.to), Some(State::Succeeded));
+}
+
+#[tokio::test]
+async fn a_failed_install_rolls_back_wave_one_and_touches_no_other_device() {
+    let kit = fleet().await;
+    kit.hub
+        .rollouts
+        .create(spec(&["2", "100%"], 0))
+        .await
+        .expect("create");
+    let t = crate::now();
+    let r = step(&kit, t).await;
+    let canaries: Vec<String> = r.moved.keys().cloned().collect();
+    assert_eq!(canaries.len(), 2);
+    report(&kit, &canaries[0], 2, None);
+    report(
+        &kit,
+        &canaries[1],
+        1,
+        Some("model demand v2: smoke test 0 failed: output differs"),
+    );
+    let r = step(&kit, t + 1).await;
+    assert_eq!(r.state, State::RollingBack);
+    assert!(
+        r.reason.as_deref().unwrap_or("").contains("smoke test"),
+        "{:?}",
+        r.reason
+    );
+    assert_eq!(
+        wanted(&kit),
+        vec![1; FLEET],
+        "every device back on (or still on) v1"
+    );
+    // Until the canary reports v1 again, the rollback is not done.
+    assert_eq!(step(&kit, t + 2).await.state, State::RollingBack);
+    report(&kit, &canaries[0], 1, None);
+    let r = step(&kit, t + 3).await;
+    assert_eq!(r.state, State::RolledBack);
+    assert_eq!(r.moved.len(), 2, "no device outside wave 1 was moved");
+}
+
+#[tokio::test]
+async fn too_few_samples_are_inconclusive_until_the_longest_bake_then_the_policy() {
+    let kit = fleet().await;
+    let mut s = spec(&["1", "100%"], 60);
+    s.max_bake_secs = Some(120);
+    s.on_failure = Policy::Pause;
+    kit.hub.rollouts.create(s).await.expect("create");
+    let t = crate::now();
+    step(&kit, t).await;
+    install_wanted(&kit);
+    assert_eq!(step(&kit, t + 1).await.state, State::Baking);
+    // Bake not over: nothing judged.
+    assert_eq!(step(&kit, t + 30).await.state, State::Baking);
+    // Over, but no telemetry at all: inconclusive, extended.
+    let r = step(&kit, t + 62).await;
+    assert_eq!(r.state, State::Baking);
+    let verdicts = &r.current().expect("wave").verdicts;
+    let error_rate = verdicts
+        .iter()
+        .find(|v| v.gate == "error_rate")
+        .expect("gate");
+    assert_eq!(
+        error_rate.outcome,
+        gates::Outcome::Inconclusive,
+        "{}",
+        error_rate.detail
+    );
+    // Past the longest bake: the policy (pause) applies.
+    let r = step(&kit, t + 122).await;
+    assert_eq!(r.state, State::Paused);
+    assert!(
+        r.reason.as_deref().unwrap_or("").contains("inconclusive"),
+        "{:?}",
+        r.reason
+    );
+    // An operator resumes: the wave bakes again.
+    let r = kit.hub.rollouts.act(r.id, "resume").await.expect("resume");
+    assert_eq!(r.state, State::Running);
+}
+
+#[tokio::test]
+async fn overlapping_rollouts_are_refused_unless_one_supersedes_the_other() {
+    let kit = fleet().await;
+    let first = kit
+        .hub
+        .rollouts
+        .create(spec(&["1", "100%"], 0))
+        .await
+        .expect("create");
+    let err = kit
+        .hub
+        .rollouts
+        .create(spec(&["100%"], 0))
+        .await
+        .expect_err("overlap");
+    assert!(
+        err.to_string().contains(&format!("rollout {}", first.id)),
+        "{err}"
+    );
+    let mut s = spec(&["100%"], 0);
+    s.supersedes = Some(first.id);
+    let second = kit.hub.rollouts.create(s).await.expect("supersede");
+    assert_eq!(
+        kit.hub.rollouts.get(first.id).expect("get").state,
+        State::Aborted
+    );
+    assert_eq!(second.state, State::Pending);
+    // Another model's rollout does not overlap.
+    kit.publish("stock", 1).await;
+    let mut other = spec(&["100%"], 0);
+    other.model = "stock".into();
+    other.version = 1;
+    kit.hub.rollouts.create(other).await.expect("another model");
+}
+
+#[tokio::test]
+async fn pause_holds_a_rollout_and_a_late_joiner_gets_the_current_decision() {
+    let kit = fleet().await;
+    let r = kit
+        .hub
+        .rollouts
+        .create(spec(&["100%"], 0))
+        .await
+        .expect("create");
+    let t = crate::now();
+    step(&kit, t).await;
+    assert_eq!(wanted(&kit), vec![2; FLEET]);
+    kit.hub.rollouts.act(r.id, "pause").await.expect("pause");
+    install_wanted(&kit);
+    assert_eq!(
+        step(&kit, t + 1).await.state,
+        State::Paused,
+        "a paused rollout waits"
+    );
+    kit.hub.rollouts.act(r.id, "resume").await.expect("resume");
+    // A device joins the selector mid-rollout: the wave reaches it too.
+    kit.enroll("shop-late", &["eu"], true).await;
+    let r = step(&kit, t + 2).await;
+    assert!(r.moved.contains_key("shop-late"), "{:?}", r.moved.keys());
+    assert_eq!(r.state, State::Running, "it must install too");
+    report(&kit, "shop-late", 2, None);
+    step(&kit, t + 3).await;
+    assert_eq!(step(&kit, t + 4).await.state, State::Succeeded);
+}

@@ -1,0 +1,280 @@
+//! Staged rollouts with real agents against a real hub: waves to success, a version that
+//! fails its smoke tests on the devices stopped at wave one and rolled back, the CLI.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::*;
+
+/// `n` agents tagged `shops`, all serving `demand` v1 by a tag assignment; v2 pushed too
+/// (`v2` builds and pushes it).
+async fn fleet(hub: &Hub, n: usize) -> Vec<Agent> {
+    hub.push_mlp("demand", 1, 1).await;
+    let r = hub
+        .http
+        .post(hub.api("assignments"))
+        .bearer_auth(&hub.token)
+        .json(&json!({"target": {"tag": "shops"}, "model": "demand", "version": 1}))
+        .send()
+        .await
+        .expect("assign");
+    assert_eq!(r.status(), 200);
+    let mut agents = Vec::new();
+    for i in 0..n {
+        let dir = tempfile::tempdir().expect("tmp");
+        agents.push(
+            Agent::start_with(hub, &format!("shop-{i}"), dir, |c| {
+                c.tags = vec!["shops".into()]
+            })
+            .await,
+        );
+    }
+    for i in 0..n {
+        eventually(&format!("shop-{i} serving v1"), || serving(hub, i, 1)).await;
+    }
+    agents
+}
+
+/// Whether device `i` reports `demand` `version` active.
+async fn serving(hub: &Hub, i: usize, version: u64) -> Result<(), Seen> {
+    let d = hub.try_device(&format!("shop-{i}")).await?;
+    let active = d["status"]["active"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let on = active
+        .iter()
+        .any(|m| m["name"] == "demand" && m["version"] == version);
+    when(on, d).map(|_| ())
+}
+
+async fn rollout(hub: &Hub, id: u64) -> Result<Value, Seen> {
+    let r = hub
+        .http
+        .get(hub.api(&format!("rollouts/{id}")))
+        .bearer_auth(&hub.token)
+        .send()
+        .await
+        .map_err(|e| Seen(Value::String(e.to_string())))?;
+    r.json()
+        .await
+        .map_err(|e| Seen(Value::String(e.to_string())))
+}
+
+/// Polls the rollout until its state is `want`.
+async fn wait_state(hub: &Hub, id: u64, want: &str) -> Value {
+    eventually(&format!("rollout {id} {want}"), || async {
+        let v = rollout(hub, id).await?;
+        when(v["state"] == want, v)
+    })
+    .await
+}
+
+async fn create(hub: &Hub, spec: Value) -> (u16, Value) {
+    let r = hub
+        .http
+        .post(hub.api("rollouts"))
+        .bearer_auth(&hub.token)
+        .json(&spec)
+        .send()
+        .await
+        .expect("create");
+    let status = r.status().as_u16();
+    let text = r.text().await.expect("body");
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_agents_move_to_the_new_version_in_three_waves() {
+    const N: usize = 20;
+    let hub = Hub::start().await;
+    let agents = fleet(&hub, N).await;
+    hub.push_mlp("demand", 2, 2).await;
+    // Created with the CLI, as an operator would.
+    let out = tokio::process::Command::new(bin("edgefleet"))
+        .args(["--hub", &hub.url, "--token", &hub.token, "--json"])
+        .args(["rollout", "create", "demand", "2", "--tag", "shops"])
+        .args(["--waves", "1,50%,100%", "--bake", "0"])
+        .output()
+        .await
+        .expect("edgefleet");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let id = created["id"].as_u64().expect("id");
+    assert_eq!(created["selected"], N);
+
+    let done = wait_state(&hub, id, "succeeded").await;
+    let progress = done["progress"].as_array().expect("progress");
+    let reach: Vec<u64> = progress
+        .iter()
+        .map(|p| p["reach"].as_u64().unwrap_or(0))
+        .collect();
+    let moved: Vec<u64> = progress
+        .iter()
+        .map(|p| p["targeted"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(reach, vec![1, 10, 20]);
+    assert_eq!(
+        moved,
+        vec![1, 9, 10],
+        "each wave moved only its own devices"
+    );
+    for p in progress {
+        assert_eq!(p["active"], p["targeted"], "{p}");
+    }
+    for i in 0..N {
+        eventually(&format!("shop-{i} serving v2"), || serving(&hub, i, 2)).await;
+    }
+    // Every wave is in the audit log, started by the timer and passed by its install gate.
+    let audit: Value = hub
+        .http
+        .get(hub.api(&format!("rollouts/{id}/audit")))
+        .bearer_auth(&hub.token)
+        .send()
+        .await
+        .expect("audit")
+        .json()
+        .await
+        .expect("json");
+    let started = audit
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|a| a["detail"].as_str().unwrap_or("").contains("started"))
+        .count();
+    assert_eq!(started, 3, "{audit}");
+    // The CLI shows it for people.
+    let out = tokio::process::Command::new(bin("edgefleet"))
+        .args(["--hub", &hub.url, "--token", &hub.token])
+        .args(["rollout", "status", &id.to_string()])
+        .output()
+        .await
+        .expect("edgefleet");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("succeeded") && text.contains("wave 3"),
+        "{text}"
+    );
+    for a in agents {
+        a.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_version_failing_its_smoke_tests_stops_at_wave_one_and_rolls_back() {
+    const N: usize = 6;
+    let hub = Hub::start().await;
+    let agents = fleet(&hub, N).await;
+    // v2's manifest expects numbers the model does not produce: every device refuses it.
+    let mlp = edgefleet_tests::Mlp::new(2);
+    let artifact = mlp.to_onnx();
+    let mut m = hub.manifest("demand", 2, &mlp, &artifact);
+    if let edgefleet_common::TensorData::Fp32(v) = &mut m.smoke_tests[0].expected[0].data {
+        v[0] += 1.0;
+    }
+    hub.push(&m, &artifact).await;
+    let (status, created) = create(
+        &hub,
+        json!({"model": "demand", "version": 2, "selector": {"tags": ["shops"]},
+               "waves": [{"devices": 2}, {"percent": 100.0}], "bake_secs": 0}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_u64().expect("id");
+    let done = wait_state(&hub, id, "rolled_back").await;
+    assert!(
+        done["reason"].as_str().unwrap_or("").contains("smoke test"),
+        "{done}"
+    );
+    assert_eq!(
+        done["moved"].as_object().map(|m| m.len()),
+        Some(2),
+        "no device outside wave one was moved: {done}"
+    );
+    assert_eq!(done["progress"][1]["targeted"], 0);
+    // Every device serves v1 (the canaries never stopped), and is told to.
+    for i in 0..N {
+        eventually(&format!("shop-{i} on v1"), || serving(&hub, i, 1)).await;
+    }
+    let desired: Value = hub
+        .http
+        .get(hub.api("assignments"))
+        .bearer_auth(&hub.token)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        desired
+            .as_array()
+            .expect("array")
+            .iter()
+            .all(|d| d["version"] == 1),
+        "{desired}"
+    );
+    // A second rollout of the same model over the same devices would fight this one: refused
+    // while one is active, accepted now that it is over.
+    let (status, _) = create(
+        &hub,
+        json!({"model": "demand", "version": 1, "waves": [{"percent": 100.0}], "bake_secs": 0}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, refused) = create(
+        &hub,
+        json!({"model": "demand", "version": 1, "selector": {"devices": ["shop-1"]},
+               "waves": [{"percent": 100.0}]}),
+    )
+    .await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("supersedes"),
+        "{refused}"
+    );
+    for a in agents {
+        a.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_rollout_specs_are_refused_with_every_reason() {
+    let hub = Hub::start().await;
+    hub.push_mlp("demand", 1, 1).await;
+    let (status, body) = create(
+        &hub,
+        json!({"model": "demand", "version": 1, "waves": [{"percent": 0.0}, {"devices": 3}],
+               "gates": {"min_install_ratio": 2.0}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let e = body["error"].as_str().unwrap_or("");
+    for want in ["0 %", "last wave", "min_install_ratio"] {
+        assert!(e.contains(want), "{want} missing: {e}");
+    }
+    let (status, body) = create(&hub, json!({"model": "demand", "version": 9})).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = create(&hub, json!({"model": "demand", "version": 1, "wavez": []})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("wavez"),
+        "{body}"
+    );
+    let r = hub
+        .http
+        .post(hub.api("rollouts/1/explode"))
+        .bearer_auth(&hub.token)
+        .send()
+        .await
+        .expect("act");
+    assert_eq!(r.status(), 404, "no rollout 1 yet");
+}
