@@ -111,9 +111,29 @@ impl Crate {
                 let text =
                     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
                 let (root, module) = module_of(rel);
-                parse(&Path::new(label).join(rel), root, module, &text)
+                (
+                    test_modules(&module, &text),
+                    parse(&Path::new(label).join(rel), root, module, &text),
+                )
             })
+            .collect::<Vec<_>>();
+        // A file that is a `#[cfg(test)] mod x;` of its parent is test code as a whole (a
+        // `tests.rs` beside its module, the hub's `testkit`).
+        let tests: Vec<(Root, Vec<String>)> = files
+            .iter()
+            .flat_map(|(t, f)| t.iter().map(|m| (f.root.clone(), m.clone())))
             .collect();
+        let mut files: Vec<SourceFile> = files.into_iter().map(|(_, f)| f).collect();
+        for f in &mut files {
+            if tests
+                .iter()
+                .any(|(root, m)| *root == f.root && f.module.starts_with(m))
+            {
+                for r in &mut f.refs {
+                    r.test = true;
+                }
+            }
+        }
         Self::from_files(files)
     }
 
@@ -196,6 +216,29 @@ fn walk(d: &Path, out: &mut Vec<PathBuf>) {
 }
 
 /// The crate and module of a file, from its path under `src/`.
+/// Child modules declared test-only in `text` (`#[cfg(test)]` on the line before `mod x;`).
+fn test_modules(module: &[String], text: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let mut test_attr = false;
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with("#[path") {
+            continue;
+        }
+        if let Some(name) = line
+            .strip_prefix("mod ")
+            .or_else(|| line.strip_prefix("pub mod "))
+            .and_then(|r| r.strip_suffix(';'))
+            && test_attr
+        {
+            let mut m = module.to_vec();
+            m.push(name.trim().to_owned());
+            out.push(m);
+        }
+        test_attr = line == "#[cfg(test)]";
+    }
+    out
+}
+
 pub fn module_of(rel: &Path) -> (Root, Vec<String>) {
     let mut parts: Vec<String> = rel
         .components()
