@@ -278,3 +278,29 @@ async fn bad_rollout_specs_are_refused_with_every_reason() {
         .expect("act");
     assert_eq!(r.status(), 404, "no rollout 1 yet");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_refuses_bad_rollout_arguments_before_calling_the_hub() {
+    // No hub listens there: each refusal must come from the CLI's own checks.
+    for (args, want) in [
+        (vec!["--waves", "1,x%"], "--waves"),
+        (vec!["--waves", "1,a"], "--waves"),
+        (vec!["--on-failure", "explode"], "--on-failure"),
+        (vec!["--bake", "10w"], "10w"),
+    ] {
+        let out = tokio::process::Command::new(bin("edgefleet"))
+            .args(["--hub", "http://127.0.0.1:9", "--token", "t"])
+            .args(["rollout", "create", "demand", "2"])
+            .args(&args)
+            .output()
+            .await
+            .expect("edgefleet");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(
+            !err.contains("cannot reach"),
+            "{args:?} reached for the hub: {err}"
+        );
+    }
+}

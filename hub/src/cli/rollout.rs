@@ -8,6 +8,7 @@ use edgefleet_common::name;
 use serde_json::{Value, json};
 
 use super::{Remote, parse_duration};
+use crate::rollout::WaveSize;
 
 // Parsed once per process: the size of the largest variant costs nothing.
 #[allow(clippy::large_enum_variant)]
@@ -92,11 +93,8 @@ fn spec(
     let waves: Vec<Value> = waves
         .split(',')
         .map(|w| {
-            let w = w.trim();
-            Ok(match w.strip_suffix('%') {
-                Some(p) => json!({"percent": p.trim().parse::<f64>().map_err(|_| anyhow::anyhow!("--waves: {w:?} is not a percentage"))?}),
-                None => json!({"devices": w.parse::<u64>().map_err(|_| anyhow::anyhow!("--waves: {w:?}: give a count (3) or a percentage (5%)"))?}),
-            })
+            let size = WaveSize::parse(w).map_err(|e| anyhow::anyhow!("--waves: {e}"))?;
+            Ok(serde_json::to_value(size)?)
         })
         .collect::<anyhow::Result<_>>()?;
     if !matches!(on_failure, "rollback" | "pause") {

@@ -421,15 +421,25 @@ impl Rollouts {
         self.leave_cohort(r)
     }
 
+    /// Each device's own target version of `model` (device targets only, not tags).
+    fn own_targets(&self, model: &str) -> HubResult<std::collections::HashMap<String, u64>> {
+        Ok(self
+            .desired
+            .list()?
+            .into_iter()
+            .filter(|d| d.model == model)
+            .filter_map(|d| match d.target {
+                edgefleet_common::Target::Device(id) => Some((id, d.version)),
+                edgefleet_common::Target::Tag(_) => None,
+            })
+            .collect())
+    }
+
     /// Sets each moved device's desired version back to what it had (idempotent).
     async fn restore_previous(&self, r: &Rollout) -> HubResult<()> {
-        let desired = self.desired.list()?;
+        let own = self.own_targets(&r.spec.model)?;
         for (id, m) in &r.moved {
-            let now_wanted = desired.iter().find(|d| {
-                d.model == r.spec.model
-                    && matches!(&d.target, edgefleet_common::Target::Device(x) if x == id)
-            });
-            if now_wanted.map(|d| d.version) != m.previous {
+            if own.get(id).copied() != m.previous {
                 self.desired.set_for_device(id, &r.spec.model, m.previous)?;
             }
         }

@@ -9,8 +9,6 @@
 //!                       policy: rolling back ─► rolled back      (or: failed, paused for an operator)
 //! ```
 
-use edgefleet_common::Target;
-
 use super::gates::{self, GateVerdict, InstallCounts, Outcome, Side};
 use super::model::{Moved, Policy, Rollout, State, WaveRecord, ordered};
 use super::{DeviceProgress, Rollouts, device_progress};
@@ -103,15 +101,8 @@ impl Rollouts {
         let selected = self.selected(&r.spec.selector)?;
         let order = ordered(r.id, &selected);
         let reach = r.spec.waves[r.wave].reach(order.len());
-        let desired = self.desired.list()?;
-        let own = |id: &str| {
-            desired
-                .iter()
-                .find(|d| {
-                    d.model == r.spec.model && matches!(&d.target, Target::Device(x) if x == id)
-                })
-                .map(|d| d.version)
-        };
+        let targets = self.own_targets(&r.spec.model)?;
+        let own = |id: &str| targets.get(id).copied();
         let newly: Vec<String> = order
             .iter()
             .take(reach)

@@ -297,3 +297,46 @@ async fn pause_holds_a_rollout_and_a_late_joiner_gets_the_current_decision() {
     step(&kit, t + 3).await;
     assert_eq!(step(&kit, t + 4).await.state, State::Succeeded);
 }
+
+#[tokio::test]
+async fn operator_actions_that_do_not_apply_are_refused_with_the_state() {
+    let kit = fleet().await;
+    let r = kit
+        .hub
+        .rollouts
+        .create(spec(&["100%"], 0))
+        .await
+        .expect("create");
+    let err = kit
+        .hub
+        .rollouts
+        .act(r.id, "resume")
+        .await
+        .expect_err("not paused");
+    assert!(matches!(err, HubError::Conflict(_)), "{err}");
+    assert!(err.to_string().contains("Pending"), "{err}");
+    let err = kit
+        .hub
+        .rollouts
+        .act(r.id, "explode")
+        .await
+        .expect_err("unknown");
+    assert!(matches!(err, HubError::Invalid(_)), "{err}");
+    assert!(
+        err.to_string().contains("pause, resume, abort or rollback"),
+        "{err}"
+    );
+    let err = kit
+        .hub
+        .rollouts
+        .act(99, "pause")
+        .await
+        .expect_err("no such rollout");
+    assert!(matches!(err, HubError::NotFound(_)), "{err}");
+    kit.hub.rollouts.act(r.id, "abort").await.expect("abort");
+    let err = kit.hub.rollouts.act(r.id, "pause").await.expect_err("over");
+    assert!(matches!(err, HubError::Conflict(_)), "{err}");
+    // Nothing was moved and nothing changed.
+    assert!(kit.hub.rollouts.get(r.id).expect("get").moved.is_empty());
+    assert_eq!(wanted(&kit), vec![1; FLEET]);
+}

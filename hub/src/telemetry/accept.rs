@@ -167,6 +167,8 @@ pub struct Accept {
     writer: TelemetryWriter,
     /// Drift rules per model, read once per batch (an admin may change them at any time).
     drift_configs: HashMap<String, DriftConfig>,
+    /// Each device's rollout cohort, read once per batch (a rollout step may change it).
+    cohorts: HashMap<String, Option<String>>,
 }
 
 impl Accept {
@@ -185,6 +187,7 @@ impl Accept {
             config,
             stats,
             drift_configs: HashMap::new(),
+            cohorts: HashMap::new(),
         }
     }
 
@@ -196,6 +199,7 @@ impl Accept {
     /// acks may be published.
     pub async fn batch(&mut self, messages: Vec<Message>) -> BatchOutcome {
         self.drift_configs.clear();
+        self.cohorts.clear();
         let now = crate::now();
         let mut verdicts = Vec::with_capacity(messages.len());
         for m in messages {
@@ -364,7 +368,13 @@ impl Accept {
         };
         // Its tags, and the rollout cohort it is in, if any.
         let mut scopes = device.tags.clone();
-        match self.store.cohort(id) {
+        let cohort = match self.cohorts.get(id.as_str()) {
+            Some(c) => Ok(c.clone()),
+            None => self.store.cohort(id).inspect(|c| {
+                self.cohorts.insert(id.clone(), c.clone());
+            }),
+        };
+        match cohort {
             Ok(Some(cohort)) => scopes.push(cohort),
             Ok(None) => {}
             Err(error) => {
