@@ -20,7 +20,7 @@ async fn failing_smoke_test_keeps_the_old_model_and_reports_why() {
     hub.push_mlp("demand", 1, 1).await;
     hub.assign("shop-1", "demand", 1).await;
     let agent = Agent::start(&hub, "shop-1").await;
-    let http = reqwest::Client::new();
+    let http = client();
     let rows = edgefleet_tests::probe_rows(2, 5);
     eventually("v1", || infer_ok(&http, &agent.url, "demand", &rows)).await;
 
@@ -67,7 +67,7 @@ async fn tampered_or_oversize_artifacts_are_refused() {
     let agent = Agent::start(&hub, "shop-1").await;
     let e = hub.wait_error("shop-1", "hash mismatch").await;
     assert!(e.contains("discarded"), "{e}");
-    let http = reqwest::Client::new();
+    let http = client();
     let r = infer(
         &http,
         &agent.url,

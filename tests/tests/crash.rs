@@ -13,7 +13,7 @@ async fn kill_during_download_resumes_and_never_serves_a_partial_model() {
     let (mlp1, _) = hub.push_mlp("demand", 1, 1).await;
     hub.assign("shop-1", "demand", 1).await;
     let data = tempfile::tempdir().expect("tmp");
-    let http = reqwest::Client::new();
+    let http = client();
     let rows = edgefleet_tests::probe_rows(2, 3);
 
     let mut a = AgentProcess::spawn(&hub.url, &hub.root_pub_path, "shop-1", data.path(), None);
@@ -77,7 +77,7 @@ async fn kill_during_swap_serves_a_whole_model_after_restart() {
     hub.push_mlp("demand", 1, 1).await;
     hub.assign("shop-1", "demand", 1).await;
     let data = tempfile::tempdir().expect("tmp");
-    let http = reqwest::Client::new();
+    let http = client();
     let rows = edgefleet_tests::probe_rows(2, 3);
     let mut a = AgentProcess::spawn(&hub.url, &hub.root_pub_path, "shop-1", data.path(), None);
     let url = a.wait_listening().await;
@@ -137,7 +137,7 @@ async fn a_damaged_active_model_falls_back_to_the_previous_one() {
     hub.push_mlp("demand", 1, 1).await;
     hub.assign("shop-1", "demand", 1).await;
     let agent = Agent::start(&hub, "shop-1").await;
-    let http = reqwest::Client::new();
+    let http = client();
     let rows = edgefleet_tests::probe_rows(1, 3);
     eventually("v1", || infer_ok(&http, &agent.url, "demand", &rows)).await;
     hub.push_mlp("demand", 2, 2).await;

@@ -49,7 +49,7 @@ async fn setup() -> (Hub, Agent) {
     hub.assign("shop-1", "demand", 1).await;
     hub.assign("shop-1", "typed", 1).await;
     let agent = Agent::start(&hub, "shop-1").await;
-    let http = reqwest::Client::new();
+    let http = client();
     eventually("both models", || async {
         let a = http
             .get(format!("{}/v2/models/demand/ready", agent.url))
@@ -77,7 +77,7 @@ async fn refusal(r: reqwest::Response) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn metadata_health_and_every_datatype() {
     let (_hub, agent) = setup().await;
-    let http = reqwest::Client::new();
+    let http = client();
     let get = |p: &str| http.get(format!("{}{p}", agent.url)).send();
     assert_eq!(get("/v2/health/live").await.expect("live").status(), 200);
     assert_eq!(get("/v2/health/ready").await.expect("ready").status(), 200);
@@ -186,7 +186,7 @@ async fn metadata_health_and_every_datatype() {
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_requests_get_a_4xx_that_says_what_was_expected() {
     let (_hub, agent) = setup().await;
-    let http = reqwest::Client::new();
+    let http = client();
     let x = |shape: Value, dt: &str, data: Value| json!({"inputs": [{"name": "x", "shape": shape, "datatype": dt, "data": data}]});
     let ok_row = json!([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]);
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
@@ -246,7 +246,7 @@ async fn malformed_requests_get_a_4xx_that_says_what_was_expected() {
     );
     // A new client: the server may close the connection it answered 413 on while the client
     // still sends, and a pooled client would try to reuse it.
-    let r = reqwest::Client::new()
+    let r = client()
         .post(format!("{}/v2/models/demand/infer", agent.url))
         .body(many)
         .send()
@@ -256,7 +256,7 @@ async fn malformed_requests_get_a_4xx_that_says_what_was_expected() {
     // Still healthy afterwards.
     assert!(
         infer_ok(
-            &reqwest::Client::new(),
+            &client(),
             &agent.url,
             "demand",
             &edgefleet_tests::probe_rows(1, 1)
@@ -272,7 +272,7 @@ async fn malformed_requests_get_a_4xx_that_says_what_was_expected() {
 #[tokio::test(flavor = "multi_thread")]
 async fn binary_tensor_data_in_and_out() {
     let (_hub, agent) = setup().await;
-    let http = reqwest::Client::new();
+    let http = client();
     let server: Value = http
         .get(format!("{}/v2", agent.url))
         .send()

@@ -420,7 +420,7 @@ async fn a_classifier_export_is_served_end_to_end_with_its_real_schema() {
     hub.push(&manifest, &bytes).await;
     hub.assign("shop-1", &manifest.name, 1).await;
     let agent = Agent::start(&hub, "shop-1").await;
-    let http = reqwest::Client::new();
+    let http = client();
     let url = format!("{}/v2/models/{}", agent.url, manifest.name);
     let meta: Value = eventually("model served", || async {
         let r = http.get(&url).send().await.ok()?;

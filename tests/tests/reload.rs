@@ -52,7 +52,7 @@ async fn agent_reloads_on_sighup_and_keeps_serving() {
         .env("EDGEFLEET_LOG", "info");
     let mut agent = AgentProcess::spawn_command(cmd);
     let url = agent.wait_listening().await;
-    let http = reqwest::Client::new();
+    let http = client();
     let rows = edgefleet_tests::probe_rows(1, 1);
     eventually("v1", || infer_ok(&http, &url, "demand", &rows)).await;
 
@@ -137,7 +137,7 @@ async fn hub_reloads_its_enrollment_token_on_sighup() {
         }
         lines.push(l);
     };
-    let http = reqwest::Client::new();
+    let http = client();
     let key = SecretKey::generate().expect("key");
     let enroll = |token: &str| {
         let req = edgefleet_common::device::EnrollRequest {

@@ -41,7 +41,7 @@ async fn full_disk_keeps_the_model_and_frees_the_partial_download() {
     let _disk = SmallDisk::mount(&tmp.path().join("disk"), "2m");
     let data = tempfile::tempdir_in(tmp.path().join("disk")).expect("data dir");
     let agent = Agent::start_in(&hub, "shop-1", data).await;
-    let http = reqwest::Client::new();
+    let http = client();
     let rows = edgefleet_tests::probe_rows(1, 1);
     eventually("v1", || infer_ok(&http, &agent.url, "demand", &rows)).await;
 
@@ -67,7 +67,7 @@ async fn vanished_data_dir_keeps_serving_from_memory() {
     hub.push_mlp("demand", 1, 1).await;
     hub.assign("shop-1", "demand", 1).await;
     let agent = Agent::start(&hub, "shop-1").await;
-    let http = reqwest::Client::new();
+    let http = client();
     let rows = edgefleet_tests::probe_rows(1, 1);
     eventually("v1", || infer_ok(&http, &agent.url, "demand", &rows)).await;
     // The SD card is gone.
@@ -102,7 +102,7 @@ async fn a_clock_that_jumps_does_not_stop_serving() {
     let data = tempfile::tempdir().expect("tmp");
     let mut a = AgentProcess::spawn(&hub.url, &hub.root_pub_path, "shop-1", data.path(), None);
     let url = a.wait_listening().await;
-    let http = reqwest::Client::new();
+    let http = client();
     let rows = edgefleet_tests::probe_rows(1, 1);
     eventually("v1", || infer_ok(&http, &url, "demand", &rows)).await;
     a.kill9().await;

@@ -13,7 +13,7 @@ async fn devices_follow_a_root_rotation() {
     hub.push_mlp("demand", 1, 1).await;
     hub.assign("shop-1", "demand", 1).await;
     let agent = Agent::start(&hub, "shop-1").await;
-    let http = reqwest::Client::new();
+    let http = client();
     let rows = edgefleet_tests::probe_rows(1, 3);
     eventually("v1", || infer_ok(&http, &agent.url, "demand", &rows)).await;
 

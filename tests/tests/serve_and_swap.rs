@@ -14,7 +14,7 @@ async fn push_assign_serve_then_swap_under_load() {
     let (mlp1, _) = hub.push_mlp("demand", 1, 1).await;
     hub.assign("shop-1", "demand", 1).await;
     let agent = Agent::start(&hub, "shop-1").await;
-    let http = reqwest::Client::new();
+    let http = client();
     let rows = edgefleet_tests::probe_rows(3, 99);
     let (v, out) = eventually("v1 to be served", || {
         infer_ok(&http, &agent.url, "demand", &rows)

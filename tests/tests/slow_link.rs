@@ -75,7 +75,7 @@ async fn a_trickling_download_is_abandoned_and_the_current_model_kept() {
         c.download_rate_window_secs = 1;
     })
     .await;
-    let http = reqwest::Client::new();
+    let http = client();
     let rows = edgefleet_tests::probe_rows(1, 1);
     eventually("v1 (small enough to pass before the throttle)", || {
         infer_ok(&http, &agent.url, "demand", &rows)

@@ -30,7 +30,7 @@ async fn tag_assignments_reach_tagged_devices_and_device_assignments_win() {
         .expect("assign");
     assert_eq!(r.status(), 200);
     hub.assign("shop-2", "demand", 2).await;
-    let http = reqwest::Client::new();
+    let http = client();
     let rows = edgefleet_tests::probe_rows(1, 2);
     let version = |url: String| {
         let (http, rows) = (http.clone(), rows.clone());

@@ -74,7 +74,7 @@ async fn get(hub: &Hub, path: &str) -> Value {
 async fn device(hub: &Hub, id: &str) -> Agent {
     hub.assign(id, MODEL, 1).await;
     let agent = Agent::start_with(hub, id, tempfile::tempdir().expect("tmp"), fast_telemetry).await;
-    serve_model(&agent, &reqwest::Client::new()).await;
+    serve_model(&agent, &client()).await;
     agent
 }
 
@@ -160,7 +160,7 @@ impl Drifted {
             c.tags = vec![TAG.into()];
         })
         .await;
-        let http = reqwest::Client::new();
+        let http = client();
         serve_model(&agent, &http).await;
         send(&http, &agent.url, 100, 5.0).await;
         let drift = eventually("drift of the shifted feature", || async {
@@ -563,7 +563,7 @@ async fn spoofed_garbage_oversize_and_unknown_messages_are_counted_and_the_hub_k
     push_with_reference(&hub, 1).await;
     let a = device(&hub, "shop-a").await;
     let b = device(&hub, "shop-b").await;
-    let http = reqwest::Client::new();
+    let http = client();
     let b_dir = b.stop().await;
     let b_key = SecretKey::from_pem(
         &std::fs::read_to_string(b_dir.path().join("device.key")).expect("key"),
@@ -656,7 +656,7 @@ async fn a_full_outbox_drops_the_oldest_and_the_hub_hears_of_it() {
         c.outbox_max_bytes = 16 * 1024;
     })
     .await;
-    let http = reqwest::Client::new();
+    let http = client();
     serve_model(&agent, &http).await;
     // Each window's record is a few KiB: after ~15 windows the first ones had to go.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -752,7 +752,7 @@ async fn an_external_mosquitto_restart_loses_nothing() {
     .await;
     push_with_reference(&hub, 1).await;
     let agent = device(&hub, "shop-m").await;
-    let http = reqwest::Client::new();
+    let http = client();
     send(&http, &agent.url, 5, 0.0).await;
     eventually("a first window through mosquitto", || async {
         let d = get(&hub, "devices/shop-m").await;
@@ -797,7 +797,7 @@ async fn the_machines_mosquitto_on_1883_carries_telemetry_when_it_runs() {
     // A device id of its own: the broker is shared with whatever else runs on the machine.
     let id = format!("shop-{}", hex::encode(now().to_be_bytes()));
     let agent = device(&hub, &id).await;
-    let http = reqwest::Client::new();
+    let http = client();
     send(&http, &agent.url, 5, 0.0).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     wait_all_stored_once(&hub, &id).await;
@@ -848,7 +848,7 @@ async fn a_hub_killed_with_kill_9_gets_the_records_again_and_stores_them_once() 
     let hub = Hub::attach(&fixture, url.clone(), data.path(), config);
     push_with_reference(&hub, 1).await;
     let agent = device(&hub, "shop-k").await;
-    let http = reqwest::Client::new();
+    let http = client();
     // Windows flow; the hub dies mid-stream, between receiving some records and acking them.
     for _ in 0..3 {
         send(&http, &agent.url, 3, 0.0).await;
@@ -899,7 +899,7 @@ async fn an_agent_killed_with_kill_9_delivers_its_outbox_after_restart() {
     // First run: the broker it is told about is not there, so records only pile up.
     let mut first = spawn(format!("mqtt://{}", free_addr()));
     let url = first.wait_listening().await;
-    let http = reqwest::Client::new();
+    let http = client();
     eventually("the model served", || async {
         infer_ok(&http, &url, MODEL, &traffic(1, 9, 0.0)).await
     })
@@ -1010,7 +1010,7 @@ async fn an_update_mid_window_reports_both_versions() {
         one_window,
     )
     .await;
-    let http = reqwest::Client::new();
+    let http = client();
     wait_ready(&http, &agent.url, 1).await;
     let first_request = now();
     send_to(&http, &agent.url, V1_REQUESTS, 1).await;

@@ -89,8 +89,7 @@ impl Store {
     }
 
     pub async fn flush(&self) -> HubResult<()> {
-        self.db.flush_async().await?;
-        Ok(())
+        flush(&self.db).await
     }
 
     // ---- blobs ----
@@ -345,4 +344,17 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Makes every write so far durable, on the blocking pool. Not sled's `flush_async`: in sled
+/// 0.34 concurrent `flush_async` calls can miss their wake-up and hang forever
+/// (spacejam/sled#1308, #1241), and the hub flushes from several tasks at once (the rollout
+/// driver, assignment commits, the telemetry writer). The blocking `flush` serialises inside
+/// sled and always returns.
+pub async fn flush(db: &sled::Db) -> HubResult<()> {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || db.flush())
+        .await
+        .map_err(|e| HubError::Internal(format!("flush task: {e}")))??;
+    Ok(())
 }

@@ -105,8 +105,7 @@ impl TelemetryStore {
     }
 
     pub async fn flush(&self) -> HubResult<()> {
-        self.db.flush_async().await?;
-        Ok(())
+        crate::store::flush(&self.db).await
     }
 
     pub fn latest(&self, device: &str) -> HubResult<Option<DeviceTelemetry>> {

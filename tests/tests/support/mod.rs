@@ -73,7 +73,18 @@ where
 {
     let start = tokio::time::Instant::now();
     loop {
-        let last = match f().await.outcome() {
+        // The check itself is bounded too: a request that never returns (a hung server) must
+        // fail the test with this message, not hang the whole run.
+        let left = DEADLINE
+            .saturating_sub(start.elapsed())
+            .max(Duration::from_secs(1));
+        let Ok(outcome) = tokio::time::timeout(left, f()).await else {
+            panic!(
+                "timed out after {} s waiting for {what}: the check itself did not return",
+                DEADLINE.as_secs()
+            );
+        };
+        let last = match outcome.outcome() {
             Ok(v) => return v,
             Err(last) => last,
         };
@@ -185,7 +196,7 @@ impl Hub {
         let addr = listener.local_addr().expect("addr");
         let (tx, task) = Self::launch(&config, listener);
         let url = format!("http://{addr}");
-        let http = reqwest::Client::new();
+        let http = client();
         let token_path = dir
             .path()
             .join("data")
@@ -285,7 +296,11 @@ impl Hub {
             let _ = tx.send(());
         }
         if let Some(t) = self.task.take() {
-            t.await.expect("join").expect("hub run");
+            tokio::time::timeout(DEADLINE, t)
+                .await
+                .expect("the hub did not stop within the deadline")
+                .expect("join")
+                .expect("hub run");
         }
     }
 
@@ -309,7 +324,7 @@ impl Hub {
             root: fixture.root.clone(),
             hub_key: fixture.hub_key.clone(),
             root_pub_path: fixture.root_pub_path.clone(),
-            http: reqwest::Client::new(),
+            http: client(),
             config,
             stop: None,
             task: None,
@@ -582,6 +597,15 @@ pub fn assert_close(got: &[f32], want: &[f32]) {
     for (g, w) in got.iter().zip(want) {
         assert!((g - w).abs() < 1e-4, "got {got:?}, want {want:?}");
     }
+}
+
+/// The tests' HTTP client: every request bounded, so a hung server fails a test instead of
+/// hanging the run.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client")
 }
 
 /// Path of a workspace binary (built by `cargo test --workspace` / `cargo build --workspace`).
