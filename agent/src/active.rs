@@ -98,6 +98,30 @@ impl ActiveModels {
         }
     }
 
+    /// Stops serving `name` (no longer assigned); its window is kept for the next record,
+    /// as at a swap. Returns whether it was served.
+    pub fn remove(&self, name: &str) -> bool {
+        let previous = self.models.rcu(|current| {
+            let mut next = HashMap::clone(current);
+            next.remove(name);
+            next
+        });
+        let Some(old) = previous.get(name) else {
+            return false;
+        };
+        if let Some(window) = old.window.close(crate::now())
+            && (window.requests > 0 || window.errors > 0)
+            && let Ok(mut retired) = self.retired.lock()
+        {
+            retired.push(RetiredWindow {
+                model: old.model.manifest.name.clone(),
+                version: old.model.manifest.version,
+                window,
+            });
+        }
+        true
+    }
+
     /// The windows of models swapped out since the last call.
     pub fn take_retired(&self) -> Vec<RetiredWindow> {
         self.retired

@@ -34,6 +34,9 @@ pub struct AgentConfig {
     pub download_deadline_secs: u64,
     /// Largest model this device accepts, whatever the manifest says.
     pub max_model_bytes: u64,
+    /// A model whose assignment disappeared from the hub's bundle is served this many more
+    /// seconds, then stopped and deleted from disk (0: at the next check). Reloadable.
+    pub removal_grace_secs: u64,
     /// The MQTT broker telemetry goes through: `mqtt://host:port` (plain TCP) or
     /// `mqtts://host:port` (TLS, system roots). The hub's embedded broker listens on 7883.
     pub mqtt_url: String,
@@ -73,6 +76,7 @@ impl Default for AgentConfig {
             download_rate_window_secs: 10,
             download_deadline_secs: 3600,
             max_model_bytes: 1024 * 1024 * 1024,
+            removal_grace_secs: 600,
             mqtt_url: "mqtt://127.0.0.1:7883".into(),
             mqtt_username: None,
             mqtt_password: None,
@@ -156,6 +160,7 @@ impl AgentConfig {
                 }
                 "DOWNLOAD_DEADLINE_SECS" => num(&value).map(|v| self.download_deadline_secs = v),
                 "MAX_MODEL_BYTES" => num(&value).map(|v| self.max_model_bytes = v),
+                "REMOVAL_GRACE_SECS" => num(&value).map(|v| self.removal_grace_secs = v),
                 "MQTT_URL" => {
                     self.mqtt_url = value.clone();
                     Ok(())
@@ -237,6 +242,9 @@ impl AgentConfig {
         }
         if self.mqtt_password.is_some() && self.mqtt_username.is_none() {
             errors.push("mqtt_password: needs mqtt_username".into());
+        }
+        if self.removal_grace_secs > 7 * 86_400 {
+            errors.push("removal_grace_secs: at most 604800 (a week)".into());
         }
         if !(1..=86_400).contains(&self.telemetry_window_secs) {
             errors.push("telemetry_window_secs: must be 1..=86400 (a day)".into());

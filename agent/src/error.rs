@@ -16,6 +16,13 @@ pub enum AgentError {
         version: u64,
         message: String,
     },
+    /// The model loaded but its manifest's smoke tests failed on this device.
+    #[error("model {name} v{version}: {message}")]
+    SmokeTest {
+        name: String,
+        version: u64,
+        message: String,
+    },
     #[error("refused assignment: {0}")]
     Assignment(String),
     #[error("i/o: {0}")]

@@ -2,8 +2,10 @@
 
 use std::time::Duration;
 
-use edgefleet_common::device::{AssignmentBundle, DeviceStatus, EnrollRequest, SessionProof};
-use edgefleet_common::encoding;
+use edgefleet_common::device::{
+    AssignmentBundle, BUNDLE_FORMAT, BUNDLE_FORMAT_HEADER, DeviceStatus, EnrollRequest,
+    SessionProof,
+};
 use edgefleet_common::{ModelManifest, SecretKey, Signed};
 use reqwest::StatusCode;
 use tokio::sync::Mutex;
@@ -203,7 +205,7 @@ impl HubClient {
                 if let Some(e) = &etag {
                     r = r.header(reqwest::header::IF_NONE_MATCH, e);
                 }
-                r
+                r.header(BUNDLE_FORMAT_HEADER, BUNDLE_FORMAT.to_string())
             })
             .await?;
         match resp.status() {
@@ -215,7 +217,7 @@ impl HubClient {
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
                 let bytes = read_capped(resp, MAX_BUNDLE_BYTES).await?;
-                let bundle: AssignmentBundle = encoding::from_bytes("assignment bundle", &bytes)?;
+                let bundle = AssignmentBundle::from_wire(&bytes)?;
                 *self.etag.lock().await = new_etag;
                 Ok(Poll::Changed(bundle))
             }

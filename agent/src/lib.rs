@@ -24,7 +24,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
-use tokio::sync::Mutex;
 
 pub use config::AgentConfig;
 pub use lifecycle::install_crypto_provider;
@@ -130,17 +129,14 @@ async fn open_parts(config: &AgentConfig) -> anyhow::Result<Parts> {
     ));
     let uplink_settings =
         telemetry::uplink::Settings::from_config(config).map_err(|e| anyhow::anyhow!(e))?;
-    let updater = Arc::new(update::Updater {
+    let updater = Arc::new(update::Updater::new(
+        config.clone(),
         layout,
         hub,
-        models: models.clone(),
-        trust: Mutex::new(trust),
-        active: Mutex::new(active),
-        last_error: Mutex::new(None),
-        applying: Mutex::new(()),
-        stale_assignments: Default::default(),
-        config: arc_swap::ArcSwap::from_pointee(config.clone()),
-    });
+        models.clone(),
+        trust,
+        active,
+    ));
     {
         let mut a = updater.active.lock().await;
         updater.load_from_disk(&mut a)?;

@@ -253,7 +253,24 @@ impl LoadedModel {
     }
 
     /// Runs every smoke test of the manifest; the first mismatch is the error.
+    /// Runs the manifest's smoke tests; a failure is [`AgentError::SmokeTest`], so the agent
+    /// can report it as such.
     pub fn smoke_test(&self) -> AgentResult<()> {
+        self.run_smoke_tests().map_err(|e| match e {
+            AgentError::Model {
+                name,
+                version,
+                message,
+            } => AgentError::SmokeTest {
+                name,
+                version,
+                message,
+            },
+            other => other,
+        })
+    }
+
+    fn run_smoke_tests(&self) -> AgentResult<()> {
         for (i, test) in self.manifest.smoke_tests.iter().enumerate() {
             let got = self
                 .infer(&test.inputs, &[])

@@ -209,6 +209,18 @@ impl Layout {
         Ok(final_dir)
     }
 
+    /// Deletes every installed version of `name` (a model no longer assigned). Called after
+    /// `active.json` stopped naming it, so a crash midway leaves only unreferenced files,
+    /// which the next garbage collection removes.
+    pub fn remove_model(&self, name: &str) -> AgentResult<()> {
+        let dir = self.models().join(name);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => sync_dir(&self.models()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Removes installed versions that are neither active nor previous, and stale temp dirs.
     pub fn collect_garbage(&self, active: &ActiveSet) -> AgentResult<()> {
         let Ok(names) = std::fs::read_dir(self.models()) else {

@@ -61,7 +61,12 @@ pub struct ModelRef {
     pub version: u64,
 }
 
-/// What an agent reports after each update attempt (JSON over the authenticated session).
+/// What an agent reports after each update attempt, and when an install changes phase (JSON
+/// over the authenticated session).
+///
+/// Fields added after the first release carry `#[serde(default)]`, so a hub accepts the
+/// reports of older agents, and older hubs ignore the new fields (they do not deny unknown
+/// ones).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DeviceStatus {
     pub active: Vec<ModelRef>,
@@ -69,14 +74,151 @@ pub struct DeviceStatus {
     /// The last update error, if the last attempt failed.
     pub last_error: Option<String>,
     pub agent_version: String,
+    /// Where each assignment the device last received stands, one entry per model.
+    #[serde(default)]
+    pub installs: Vec<InstallStatus>,
+    /// The newest [`AssignmentBundle`] format the agent reads; 0 (an agent older than the
+    /// field) reads only format 1. The hub sends each device the newest format it reads.
+    #[serde(default)]
+    pub bundle_format: u32,
+    /// The telemetry window the agent closes now, in seconds (its own, or a hub instruction's).
+    #[serde(default)]
+    pub window_secs: Option<u64>,
 }
 
-/// The hub's reply to `GET /api/v1/device/assignments`: the signed assignments that apply to
-/// the device, postcard bytes of each `Signed<Assignment>`, plus the root rotation chain.
+/// How far a device got with one assigned model version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallStatus {
+    pub model: String,
+    pub version: u64,
+    pub phase: InstallPhase,
+    /// Why, for `failed` and `smoke_test_failed`.
+    pub reason: Option<String>,
+    /// Unix seconds of the last phase change.
+    pub at: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstallPhase {
+    /// The artifact is being downloaded (or the manifest fetched).
+    Downloading,
+    /// Verified and installed on disk, not yet serving.
+    Installed,
+    /// Loaded but its manifest's smoke tests failed: the previous version keeps serving.
+    SmokeTestFailed,
+    /// Any other failure (verification, download, disk): the previous version keeps serving.
+    Failed,
+    /// Serving.
+    Active,
+    /// No longer assigned: served until the grace period ends, then deleted.
+    Removing,
+}
+
+/// The newest bundle format: 2 added the signed telemetry-window instruction.
+pub const BUNDLE_FORMAT: u32 = 2;
+
+/// The HTTP request header in which an agent's poll names the newest bundle format it reads
+/// (before its first status report has told the hub).
+pub const BUNDLE_FORMAT_HEADER: &str = "edgefleet-bundle-format";
+
+/// The hub's reply to `GET /api/v1/device/assignments` and its retained MQTT message: the
+/// signed assignments that apply to the device, the root rotation chain, and (format 2) a
+/// signed telemetry-window instruction. Encode with [`AssignmentBundle::to_wire`] for the
+/// format the device reads, decode with [`AssignmentBundle::from_wire`], which reads both.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AssignmentBundle {
     pub assignments: Vec<crate::trust::Signed<crate::assignment::Assignment>>,
     pub rotations: Vec<crate::trust::RootRotation>,
+    /// Close telemetry windows on this schedule (a rollout's bake); none: the device's own.
+    pub window: Option<crate::trust::Signed<WindowInstruction>>,
+}
+
+/// Format 1 of the bundle, as agents older than format 2 decode it.
+#[derive(Serialize, Deserialize)]
+struct BundleV1 {
+    assignments: Vec<crate::trust::Signed<crate::assignment::Assignment>>,
+    rotations: Vec<crate::trust::RootRotation>,
+}
+
+impl AssignmentBundle {
+    /// The bundle's bytes in `format` (1, or 2 and later). Format 1 leaves the window
+    /// instruction out: an older agent refuses bytes it does not expect.
+    pub fn to_wire(&self, format: u32) -> Result<Vec<u8>> {
+        if format >= 2 {
+            crate::encoding::to_bytes(self)
+        } else {
+            crate::encoding::to_bytes(&BundleV1 {
+                assignments: self.assignments.clone(),
+                rotations: self.rotations.clone(),
+            })
+        }
+    }
+
+    /// Reads format 2, else format 1. Unambiguous: format 2 is format 1 plus an option at
+    /// the end, and both decoders refuse missing or trailing bytes.
+    pub fn from_wire(bytes: &[u8]) -> Result<Self> {
+        const WHAT: &str = "assignment bundle";
+        match crate::encoding::from_bytes::<Self>(WHAT, bytes) {
+            Ok(b) => Ok(b),
+            Err(v2) => match crate::encoding::from_bytes::<BundleV1>(WHAT, bytes) {
+                Ok(v1) => Ok(Self {
+                    assignments: v1.assignments,
+                    rotations: v1.rotations,
+                    window: None,
+                }),
+                // The newer format's complaint is the useful one.
+                Err(_) => Err(v2),
+            },
+        }
+    }
+}
+
+/// "Device `device`: close telemetry windows every `window_secs` until `expires_at`."
+///
+/// The hub sends it to a baking wave's devices and an equal baseline sample, so a bake judges
+/// minutes of telemetry, not hours. Signed like an assignment (the hub key under the root's
+/// delegation); `serial` comes from the same counter, so a replayed older instruction is
+/// refused; `expires_at` returns a device to its own window if the hub stops renewing it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowInstruction {
+    pub device: String,
+    pub window_secs: u64,
+    /// Why, for logs and status (`rollout 4 wave 2`).
+    pub reason: String,
+    pub serial: u64,
+    pub issued_at: u64,
+    pub expires_at: u64,
+}
+
+/// The shortest and longest windows an instruction may ask for.
+pub const INSTRUCTED_WINDOW_SECS: std::ops::RangeInclusive<u64> = 5..=3600;
+
+impl Document for WindowInstruction {
+    const KIND: &'static str = "window-instruction";
+    const WHAT: &'static str = "telemetry window instruction";
+}
+
+impl WindowInstruction {
+    /// Checks what a device must check beyond the signature: for it, fresh, in range.
+    pub fn validate_for(&self, device: &str, now: u64) -> Result<()> {
+        let bad = |why: String| Err(crate::Error::Instruction(why));
+        if self.device != device {
+            return bad(format!("it is for device {}, not {device}", self.device));
+        }
+        if now >= self.expires_at {
+            return bad(format!("it expired at {} (now {now})", self.expires_at));
+        }
+        if !INSTRUCTED_WINDOW_SECS.contains(&self.window_secs) {
+            return bad(format!(
+                "it asks for {} s windows; allowed {}..={} s",
+                self.window_secs,
+                INSTRUCTED_WINDOW_SECS.start(),
+                INSTRUCTED_WINDOW_SECS.end()
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Document for AssignmentBundle {

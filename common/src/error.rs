@@ -47,6 +47,9 @@ pub enum Error {
     Rotation(String),
     #[error("invalid manifest: {0}")]
     InvalidManifest(String),
+    /// A hub instruction (a telemetry window) that is not for this device, stale or out of range.
+    #[error("window instruction refused: {0}")]
+    Instruction(String),
     /// Tensor data that does not fit its datatype or shape; the message names the element.
     #[error("{0}")]
     InvalidTensorData(String),

@@ -267,3 +267,109 @@ fn telemetry_record_heartbeat_and_ack_bytes() {
         b"EDGEFLEET\0telemetry\0\x01"
     );
 }
+
+/// Bundle format 2 (the signed telemetry-window instruction) and its compatibility both ways:
+/// format 1 bytes are exactly what agents before format 2 decode, and a format-2 reader reads
+/// them; format-2 bytes are refused by a format-1 reader (so the hub sends format 1 to agents
+/// that do not report `bundle_format`).
+#[test]
+fn bundle_formats_and_window_instruction_bytes() {
+    use edgefleet_common::device::{AssignmentBundle, WindowInstruction};
+    let key = SecretKey::from_seed([5; 32]);
+    let a = Assignment {
+        target: Target::Device("shop-1".into()),
+        model: "demand".into(),
+        version: 2,
+        manifest_digest: Digest([1; 32]),
+        serial: 300,
+        issued_at: 5,
+        expires_at: 6,
+    };
+    let w = WindowInstruction {
+        device: "shop-1".into(),
+        window_secs: 60,
+        reason: "rollout 4 wave 2".into(),
+        serial: 301,
+        issued_at: 5,
+        expires_at: 600,
+    };
+    expect![[r#"
+        0673686f702d313c10726f6c6c6f757420342077617665
+        2032ad0205d804
+    "#]]
+    .assert_eq(&wrap(&hex::encode(encoding::to_bytes(&w).expect("w"))));
+    let bundle = AssignmentBundle {
+        assignments: vec![Signed::sign(&a, &key, None).expect("sign")],
+        rotations: vec![],
+        window: Some(Signed::sign(&w, &key, None).expect("sign")),
+    };
+    let v2 = bundle.to_wire(2).expect("v2");
+    let v1 = bundle.to_wire(1).expect("v1");
+    expect![[r#"
+        v1 153 bytes, v2 283 bytes
+    "#]]
+    .assert_eq(&format!("v1 {} bytes, v2 {} bytes\n", v1.len(), v2.len()));
+    // Format 1 is the format-2 bytes without the instruction, minus the option tag.
+    let none = AssignmentBundle {
+        window: None,
+        ..bundle.clone()
+    };
+    assert_eq!(none.to_wire(2).expect("v2"), [v1.clone(), vec![0]].concat());
+    // What a format-1 agent decodes: the same struct it always had.
+    #[derive(serde::Deserialize)]
+    struct OldBundle {
+        #[allow(dead_code)]
+        assignments: Vec<Signed<Assignment>>,
+        #[allow(dead_code)]
+        rotations: Vec<RootRotation>,
+    }
+    assert!(encoding::from_bytes::<OldBundle>("bundle", &v1).is_ok());
+    assert!(encoding::from_bytes::<OldBundle>("bundle", &v2).is_err());
+    // A new reader reads both.
+    assert_eq!(AssignmentBundle::from_wire(&v2).expect("v2"), bundle);
+    assert_eq!(AssignmentBundle::from_wire(&v1).expect("v1"), none);
+    let bad = AssignmentBundle::from_wire(&v2[..v2.len() - 3]).expect_err("truncated");
+    assert!(bad.to_string().contains("assignment bundle"), "{bad}");
+    // The instruction's own checks.
+    let ok = w.validate_for("shop-1", 10);
+    assert!(ok.is_ok(), "{ok:?}");
+    for (device, now, window, want) in [
+        ("shop-2", 10, 60, "not shop-2"),
+        ("shop-1", 600, 60, "expired"),
+        ("shop-1", 10, 1, "allowed 5..=3600"),
+        ("shop-1", 10, 86_400, "allowed 5..=3600"),
+    ] {
+        let w = WindowInstruction {
+            window_secs: window,
+            ..w.clone()
+        };
+        let e = w.validate_for(device, now).expect_err(want);
+        assert!(e.to_string().contains(want), "{e}");
+    }
+}
+
+/// Status reports: an older agent's JSON (no installs, no bundle format) is still accepted.
+#[test]
+fn device_status_reads_older_agents_reports() {
+    use edgefleet_common::device::{DeviceStatus, InstallPhase, InstallStatus};
+    let old = r#"{"active":[{"name":"demand","version":1}],"previous":[],"last_error":null,"agent_version":"0.1.0"}"#;
+    let s: DeviceStatus = serde_json::from_str(old).expect("old status");
+    assert_eq!(s.bundle_format, 0);
+    assert!(s.installs.is_empty());
+    let new = DeviceStatus {
+        installs: vec![InstallStatus {
+            model: "demand".into(),
+            version: 2,
+            phase: InstallPhase::SmokeTestFailed,
+            reason: Some("case 0: output differs".into()),
+            at: 7,
+        }],
+        bundle_format: 2,
+        window_secs: Some(60),
+        ..s
+    };
+    expect![[r#"
+        {"active":[{"name":"demand","version":1}],"previous":[],"last_error":null,"agent_version":"0.1.0","installs":[{"model":"demand","version":2,"phase":"smoke_test_failed","reason":"case 0: output differs","at":7}],"bundle_format":2,"window_secs":60}
+    "#]]
+    .assert_eq(&format!("{}\n", serde_json::to_string(&new).expect("json")));
+}

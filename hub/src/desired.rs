@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use edgefleet_common::device::{AssignmentBundle, ModelRef};
+use edgefleet_common::device::{AssignmentBundle, BUNDLE_FORMAT, ModelRef, WindowInstruction};
 use edgefleet_common::{Assignment, Permission, Signed, Target, name};
 use serde::Deserialize;
 
@@ -170,10 +170,54 @@ impl Desired {
             self.store.put_issued(&device.id, &signed)?;
             out.push(signed);
         }
+        let window = self.issue_window(device, &config, now)?;
         Ok(AssignmentBundle {
             assignments: out,
             rotations: config.rotations.clone(),
+            window,
         })
+    }
+
+    /// The device's bundle as bytes, in the newest format it reads: the format its last
+    /// status report declared, or `asked` (the HTTP poll's header), whichever is newer.
+    pub fn issue_bytes(&self, device: &DeviceRecord, asked: u32) -> HubResult<Vec<u8>> {
+        let reported = device.status.as_ref().map_or(0, |s| s.bundle_format);
+        let format = reported.max(asked).min(BUNDLE_FORMAT);
+        Ok(self.issue(device)?.to_wire(format)?)
+    }
+
+    /// The signed window instruction a rollout asks of the device, reused while it matches
+    /// and is fresh (the caller holds `issuing`).
+    fn issue_window(
+        &self,
+        device: &DeviceRecord,
+        config: &crate::config::RuntimeConfig,
+        now: u64,
+    ) -> HubResult<Option<Signed<WindowInstruction>>> {
+        let Some(order) = self.store.window_order(&device.id)? else {
+            return Ok(None);
+        };
+        let ttl = config.config.assignment_ttl_secs;
+        if let Some(prev) = self.store.issued_window(&device.id)? {
+            let w = prev.decode_unverified()?;
+            if w.window_secs == order.window_secs
+                && w.reason == order.reason
+                && w.expires_at > now + ttl / 2
+            {
+                return Ok(Some(prev));
+            }
+        }
+        let w = WindowInstruction {
+            device: device.id.clone(),
+            window_secs: order.window_secs,
+            reason: order.reason,
+            serial: self.store.next_serial()?,
+            issued_at: now,
+            expires_at: now + ttl,
+        };
+        let signed = Signed::sign(&w, &config.signing_key, Some(config.delegation.clone()))?;
+        self.store.put_issued_window(&device.id, &signed)?;
+        Ok(Some(signed))
     }
 }
 

@@ -215,9 +215,20 @@ impl Devices {
     }
 
     /// Stores the agent's report after an update attempt (bounded: it is the device's input).
-    pub fn report_status(&self, id: &str, status: DeviceStatus) -> HubResult<()> {
-        if status.last_error.as_ref().is_some_and(|e| e.len() > 4096) || status.active.len() > 256 {
-            return Err(HubError::Invalid("status report too large".into()));
+    /// Returns the bundle format the previous report declared.
+    pub fn report_status(&self, id: &str, status: DeviceStatus) -> HubResult<u32> {
+        if status.last_error.as_ref().is_some_and(|e| e.len() > 4096)
+            || status.active.len() > 256
+            || status.previous.len() > 256
+            || status.installs.len() > 256
+            || status
+                .installs
+                .iter()
+                .any(|i| i.model.len() > 256 || i.reason.as_ref().is_some_and(|r| r.len() > 4096))
+        {
+            return Err(HubError::Invalid(
+                "status report too large: at most 256 models, names of 256 bytes and errors of 4096".into(),
+            ));
         }
         let mut d = self
             .store
@@ -227,8 +238,10 @@ impl Devices {
             tracing::warn!(device = %d.id, error = %err, "device reports an update failure");
         }
         d.last_seen = Some(crate::now());
+        let format_before = d.status.as_ref().map_or(0, |s| s.bundle_format);
         d.status = Some(status);
-        self.store.put_device(&d)
+        self.store.put_device(&d)?;
+        Ok(format_before)
     }
 
     /// Notes that the device was heard from at `now` (written at most every 30 s).

@@ -115,7 +115,13 @@ impl Hub {
 
     /// Stores a device's status report.
     pub fn report_status(&self, device: &str, status: DeviceStatus) -> HubResult<()> {
-        self.devices.report_status(device, status)
+        let format = status.bundle_format;
+        let before = self.devices.report_status(device, status)?;
+        if before != format {
+            // The device reads a different bundle format now: push it the right bytes.
+            self.desired.bump_generation();
+        }
+        Ok(())
     }
 
     /// Long-polls answer at once from now on.

@@ -12,7 +12,6 @@ use edgefleet_common::device::AssignmentBundle;
 use edgefleet_common::{Assignment, Digest, ModelManifest, SecretKey, Signed, Target};
 use edgefleet_tests::Mlp;
 use support::*;
-use tokio::sync::Mutex;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failing_smoke_test_keeps_the_old_model_and_reports_why() {
@@ -104,17 +103,15 @@ async fn updater(hub: &Hub, id: &str, dir: &std::path::Path) -> Updater {
     layout.create_dirs().expect("dirs");
     let key = layout.load_or_create_device_key().expect("key");
     let trust = layout.load_trust(&hub.root.public()).expect("trust");
-    Updater {
-        hub: HubClient::new(&config, key).expect("client"),
-        config: arc_swap::ArcSwap::from_pointee(config),
+    let hub_client = HubClient::new(&config, key).expect("client");
+    Updater::new(
+        config,
         layout,
-        models: Arc::new(ActiveModels::default()),
-        trust: Mutex::new(trust),
-        active: Mutex::new(Default::default()),
-        last_error: Mutex::new(None),
-        applying: Mutex::new(()),
-        stale_assignments: Default::default(),
-    }
+        hub_client,
+        Arc::new(ActiveModels::default()),
+        trust,
+        Default::default(),
+    )
 }
 
 async fn manifest_digest(hub: &Hub, name: &str, version: u64) -> Digest {
@@ -137,6 +134,7 @@ fn bundle(a: Assignment, key: &SecretKey) -> AssignmentBundle {
     AssignmentBundle {
         assignments: vec![Signed::sign(&a, key, None).expect("sign")],
         rotations: vec![],
+        window: None,
     }
 }
 

@@ -11,7 +11,7 @@ use edgefleet_common::sketch::{ColumnKind, ColumnSpec, Profile};
 use edgefleet_common::telemetry::{
     Health, ModelWindow, OutboxStats, TelemetryRecord, pack_record, topic,
 };
-use edgefleet_common::{SecretKey, Signed, encoding};
+use edgefleet_common::{SecretKey, Signed};
 use edgefleet_tests::{FEATURE_NAMES, Mlp, probe_rows};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
@@ -442,7 +442,7 @@ async fn retained_mqtt_messages_carry_the_signed_assignment_and_the_fleet_summar
         &[topic::assignment("shop-1"), topic::fleet_summary(MODEL, 1)],
     )
     .await;
-    let bundle: AssignmentBundle = encoding::from_bytes("bundle", &retained[0]).expect("a bundle");
+    let bundle = AssignmentBundle::from_wire(&retained[0]).expect("a bundle");
     let a = bundle.assignments[0]
         .verify(
             &edgefleet_common::TrustRoot::new(f.hub.root.public()),

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use edgefleet_common::device::AssignmentBundle;
-use edgefleet_common::encoding;
 use edgefleet_common::telemetry::{self, BrokerUrl, TelemetryAck, topic};
 use edgefleet_common::trust::{Permission, Signed};
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, Transport};
@@ -83,11 +82,12 @@ pub async fn run(
         client.clone(),
         link.clone(),
         telemetry.clone(),
-        updater,
+        updater.clone(),
         pushed,
         shutdown.clone(),
     ));
-    publish_until_stopped(&telemetry, &client, &link, &settings, shutdown).await;
+    let instructed = updater.window.watch();
+    publish_until_stopped(&telemetry, &client, &link, &settings, instructed, shutdown).await;
     close_window(&telemetry);
     let _ = client.try_disconnect();
     events.abort();
@@ -218,15 +218,18 @@ async fn publish_until_stopped(
     client: &AsyncClient,
     link: &Link,
     settings: &Settings,
+    mut instructed: tokio::sync::watch::Receiver<Option<Duration>>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let id = &telemetry.device_id;
-    let mut window_tick = tokio::time::interval_at(
-        tokio::time::Instant::now() + settings.window,
-        settings.window,
-    );
-    // A late tick closes one window, not a burst of empty ones.
-    window_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let window_clock = |period: Duration| {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        // A late tick closes one window, not a burst of empty ones.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick
+    };
+    let period = |instructed: Option<Duration>| instructed.unwrap_or(settings.window);
+    let mut window_tick = window_clock(period(*instructed.borrow_and_update()));
     let mut heartbeat_tick = tokio::time::interval(settings.heartbeat);
     heartbeat_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut publish_tick = tokio::time::interval(Duration::from_secs(1));
@@ -236,6 +239,12 @@ async fn publish_until_stopped(
         tokio::select! {
             _ = window_tick.tick() => {
                 close_window(telemetry);
+            }
+            Ok(()) = instructed.changed() => {
+                // The hub asked for another window length (a rollout's bake began or
+                // ended): close what was gathered so far, then keep the new rhythm.
+                close_window(telemetry);
+                window_tick = window_clock(period(*instructed.borrow_and_update()));
             }
             _ = heartbeat_tick.tick() => {
                 if link.up.load(Ordering::Acquire) {
@@ -358,7 +367,7 @@ async fn on_publish(
         if payload.is_empty() {
             return; // A cleared retained message.
         }
-        match encoding::from_bytes::<AssignmentBundle>("assignment bundle", payload) {
+        match AssignmentBundle::from_wire(payload) {
             Ok(bundle) => {
                 // Applying may download a model: a single worker does it, off the event
                 // loop, always on the latest bundle (older ones pushed meanwhile are skipped).

@@ -21,19 +21,23 @@
 mod activate;
 pub mod check;
 mod fetch;
+pub mod instruction;
+mod removal;
 mod stage;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use edgefleet_common::device::{AssignmentBundle, DeviceStatus, ModelRef};
+use edgefleet_common::device::{
+    AssignmentBundle, BUNDLE_FORMAT, DeviceStatus, InstallPhase, InstallStatus, ModelRef,
+};
 use edgefleet_common::{Assignment, Signed};
 use tokio::sync::Mutex;
 
 use crate::active::{ActiveModels, Served};
 use crate::config::AgentConfig;
-use crate::error::AgentResult;
+use crate::error::{AgentError, AgentResult};
 use crate::hub_client::{HubClient, Poll};
 use crate::state::{ActiveModel, ActiveSet, Layout, TrustState};
 use check::Decision;
@@ -56,6 +60,12 @@ pub struct Updater {
     /// Older assignments that arrived after a newer one for the version already served,
     /// ignored without an error (see [`check::decide`]). Shared so `/metrics` can report it.
     pub stale_assignments: Arc<AtomicU64>,
+    /// Where the latest assignment of each model stands, for the status report.
+    pub progress: std::sync::Mutex<std::collections::BTreeMap<String, InstallStatus>>,
+    /// The hub's telemetry-window instruction in force.
+    pub window: instruction::Instructed,
+    /// Served models the hub no longer assigns, waiting out their grace period.
+    pub unassigned: Mutex<removal::Unassigned>,
 }
 
 /// Test-only fault point (see ARCHITECTURE.md): abort between staging and activation.
@@ -67,6 +77,30 @@ fn fault(point: &str) {
 }
 
 impl Updater {
+    pub fn new(
+        config: AgentConfig,
+        layout: Layout,
+        hub: HubClient,
+        models: Arc<ActiveModels>,
+        trust: TrustState,
+        active: ActiveSet,
+    ) -> Self {
+        Self {
+            config: arc_swap::ArcSwap::from_pointee(config),
+            layout,
+            hub,
+            models,
+            trust: Mutex::new(trust),
+            active: Mutex::new(active),
+            last_error: Mutex::new(None),
+            applying: Mutex::new(()),
+            stale_assignments: Default::default(),
+            progress: Default::default(),
+            window: Default::default(),
+            unassigned: Default::default(),
+        }
+    }
+
     /// Serves what `active.json` says, before the hub is reachable; falls back to the previous
     /// version of a model whose active version cannot be loaded.
     pub fn load_from_disk(&self, active: &mut ActiveSet) -> AgentResult<()> {
@@ -163,6 +197,64 @@ impl Updater {
                 .collect(),
             last_error: self.last_error.lock().await.clone(),
             agent_version: env!("CARGO_PKG_VERSION").into(),
+            installs: self.installs().await,
+            bundle_format: BUNDLE_FORMAT,
+            window_secs: Some(
+                self.window
+                    .window_secs()
+                    .unwrap_or(self.config.load().telemetry_window_secs),
+            ),
+        }
+    }
+
+    /// Each model's latest install, with models waiting out their removal grace marked so.
+    async fn installs(&self) -> Vec<InstallStatus> {
+        let unassigned = self.unassigned.lock().await.clone();
+        let active = self.active.lock().await.clone();
+        let mut out: std::collections::BTreeMap<String, InstallStatus> =
+            self.progress.lock().map(|p| p.clone()).unwrap_or_default();
+        for (name, since) in unassigned {
+            if let Some(a) = active.models.get(&name) {
+                out.insert(
+                    name.clone(),
+                    InstallStatus {
+                        model: name,
+                        version: a.version,
+                        phase: InstallPhase::Removing,
+                        reason: Some("no longer assigned".into()),
+                        at: since,
+                    },
+                );
+            }
+        }
+        out.into_values().collect()
+    }
+
+    /// Records where model `name` v`version` stands.
+    fn set_progress(&self, name: &str, version: u64, phase: InstallPhase, reason: Option<String>) {
+        if let Ok(mut p) = self.progress.lock() {
+            p.insert(
+                name.to_owned(),
+                InstallStatus {
+                    model: name.to_owned(),
+                    version,
+                    phase,
+                    reason,
+                    at: crate::now(),
+                },
+            );
+        }
+    }
+
+    /// Tells the hub at once where an install stands, so a long download shows as
+    /// downloading; bounded, and a failure only waits for the next report.
+    async fn report_progress(&self) {
+        let status = self.status().await;
+        let report = self.hub.report(crate::now(), &status);
+        match tokio::time::timeout(Duration::from_secs(5), report).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "status report failed"),
+            Err(_) => tracing::debug!("status report timed out"),
         }
     }
 
@@ -180,6 +272,13 @@ impl Updater {
             }
         }
         let mut first_error = None;
+        // The instruction only changes how telemetry windows close: a bad one is reported
+        // but never stops the assignments.
+        if let Err(e) = self.apply_window(bundle.window.as_ref(), now).await {
+            tracing::warn!(error = %e, "telemetry window instruction refused");
+            first_error = Some(e);
+        }
+        self.note_unassigned(bundle, now).await;
         for signed in &bundle.assignments {
             if let Err(e) = self.apply_one(signed, now).await {
                 tracing::warn!(error = %e, "assignment not applied");
@@ -234,10 +333,32 @@ impl Updater {
             Decision::Install => {}
         }
         tracing::info!(model = %a.model, version = a.version, serial = a.serial, "applying assignment");
-        let manifest = fetch::manifest(&self.hub, &a, &trust.root, now).await?;
-        let limits = stage::limits(&self.config.load());
-        let loaded = stage::stage(&self.layout, &self.hub, &limits, &manifest, now).await?;
-        self.activate(&a, loaded).await
+        self.set_progress(&a.model, a.version, InstallPhase::Downloading, None);
+        self.report_progress().await;
+        let result = async {
+            let manifest = fetch::manifest(&self.hub, &a, &trust.root, now).await?;
+            let limits = stage::limits(&self.config.load());
+            let loaded = stage::stage(&self.layout, &self.hub, &limits, &manifest, now).await?;
+            self.set_progress(&a.model, a.version, InstallPhase::Installed, None);
+            self.activate(&a, loaded).await
+        }
+        .await;
+        match &result {
+            Ok(()) => self.set_progress(&a.model, a.version, InstallPhase::Active, None),
+            Err(e @ AgentError::SmokeTest { .. }) => self.set_progress(
+                &a.model,
+                a.version,
+                InstallPhase::SmokeTestFailed,
+                Some(e.to_string()),
+            ),
+            Err(e) => self.set_progress(
+                &a.model,
+                a.version,
+                InstallPhase::Failed,
+                Some(e.to_string()),
+            ),
+        }
+        result
     }
 
     /// The loop: long-poll, apply, report; back off with jitter on failure.
@@ -263,6 +384,10 @@ impl Updater {
                 _ = shutdown.changed() => return,
             };
             let failed = result.is_err();
+            self.window.expire(crate::now());
+            if let Err(e) = self.remove_unassigned(crate::now()).await {
+                tracing::warn!(error = %e, "cannot remove an unassigned model; retried on the next round");
+            }
             match &result {
                 Ok(_) => {
                     backoff = Duration::from_secs(1);

@@ -5,8 +5,8 @@ use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use edgefleet_common::device::DeviceStatus;
-use edgefleet_common::{Digest, encoding};
+use edgefleet_common::Digest;
+use edgefleet_common::device::{BUNDLE_FORMAT_HEADER, DeviceStatus};
 use serde::Deserialize;
 
 use super::error::ApiResult;
@@ -61,6 +61,12 @@ pub async fn assignments(
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    // The newest bundle format the agent reads; a bad or absent header means format 1.
+    let asked = headers
+        .get(BUNDLE_FORMAT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(0);
     loop {
         // Mark the current generation seen before computing, so a change made while we compute
         // wakes the wait below instead of being missed.
@@ -69,7 +75,7 @@ pub async fn assignments(
             .devices
             .get(&dev.device_id)?
             .ok_or_else(|| HubError::NotFound("device record vanished".into()))?;
-        let bytes = encoding::to_bytes(&hub.desired.issue(&device)?)?;
+        let bytes = hub.desired.issue_bytes(&device, asked)?;
         let etag = format!("\"{}\"", Digest::of(&bytes));
         if if_none_match.as_deref() != Some(etag.as_str()) {
             return Ok((

@@ -48,11 +48,7 @@ async fn publish_bundles(hub: &Hub, client: &AsyncClient, published: &mut HashMa
         }
     };
     for d in devices.into_iter().filter(|d| d.approved) {
-        let bytes = match hub
-            .desired
-            .issue(&d)
-            .and_then(|b| edgefleet_common::encoding::to_bytes(&b).map_err(Into::into))
-        {
+        let bytes = match hub.desired.issue_bytes(&d, 0) {
             Ok(b) => b,
             Err(error) => {
                 tracing::warn!(device = %d.id, %error, "cannot build the assignment bundle to push");

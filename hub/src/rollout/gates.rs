@@ -351,6 +351,19 @@ pub fn quality() -> GateVerdict {
     )
 }
 
+/// A canary-vs-baseline gate on a wave that left no device on the old version (the last
+/// wave, at 100 %): there is nothing to compare with at the same time, and the earlier waves
+/// were judged against a baseline, so it does not hold the rollout.
+pub fn no_baseline_left(gate: &str) -> GateVerdict {
+    GateVerdict::new(
+        gate,
+        Outcome::NotConfigured,
+        "skipped: every selected device is on the new version, none is left as a baseline \
+         (the earlier waves were judged against one)"
+            .into(),
+    )
+}
+
 /// The verdict of several gates: any fail fails; else any inconclusive; else pass.
 pub fn combine(verdicts: &[GateVerdict]) -> Outcome {
     if verdicts.iter().any(|v| v.outcome == Outcome::Fail) {

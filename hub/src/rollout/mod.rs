@@ -21,6 +21,7 @@ pub mod gates;
 pub mod model;
 mod step;
 
+use edgefleet_common::device::InstallPhase;
 use edgefleet_common::name;
 use serde::Serialize;
 
@@ -62,7 +63,11 @@ pub struct AuditEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "state", content = "reason")]
 pub enum DeviceProgress {
+    /// Moved, but the device has not reported on this version yet.
+    Pending,
     Downloading,
+    /// Installed on disk, not serving yet.
+    Installed,
     Active,
     Failed(String),
 }
@@ -76,7 +81,10 @@ pub struct WaveProgress {
     pub reach: usize,
     /// Devices this wave moved.
     pub targeted: usize,
+    /// Moved devices that have not reported on the version yet.
+    pub pending: usize,
     pub downloading: usize,
+    pub installed: usize,
     pub active: usize,
     pub failed: Vec<(String, String)>,
 }
@@ -90,7 +98,8 @@ pub struct RolloutView {
     pub progress: Vec<WaveProgress>,
 }
 
-/// Where a device is with `version` of `model`.
+/// Where a device is with `version` of `model`: from the agent's install report where it
+/// gives one (agents with bundle format 2), else from what older agents report.
 pub fn device_progress(
     d: &DeviceRecord,
     liveness: Option<&Liveness>,
@@ -106,9 +115,28 @@ pub fn device_progress(
     if status.is_some_and(|s| serves(&s.active)) || liveness.is_some_and(|l| serves(&l.active)) {
         return DeviceProgress::Active;
     }
+    let install = status.and_then(|s| {
+        s.installs
+            .iter()
+            .find(|i| i.model == model && i.version == version)
+    });
+    if let Some(i) = install {
+        let reason = || i.reason.clone().unwrap_or_else(|| "no reason given".into());
+        return match i.phase {
+            InstallPhase::Downloading => DeviceProgress::Downloading,
+            InstallPhase::Installed => DeviceProgress::Installed,
+            // Reported active but not in `active`: the newer report wins; not failed.
+            InstallPhase::Active | InstallPhase::Removing => DeviceProgress::Installed,
+            InstallPhase::SmokeTestFailed => {
+                DeviceProgress::Failed(format!("smoke test failed: {}", reason()))
+            }
+            InstallPhase::Failed => DeviceProgress::Failed(reason()),
+        };
+    }
     match status.and_then(|s| s.last_error.as_ref()) {
         // The agent names the model in its errors; another model's failure is not this one's.
         Some(e) if e.contains(model) => DeviceProgress::Failed(e.clone()),
+        _ if status.is_some_and(|s| s.bundle_format >= 2) => DeviceProgress::Pending,
         _ => DeviceProgress::Downloading,
     }
 }
@@ -300,6 +328,11 @@ impl Rollouts {
         Ok(superseded)
     }
 
+    /// The telemetry windows the rollouts ask of devices now (device, order).
+    pub fn windows(&self) -> HubResult<Vec<(String, crate::store::WindowOrder)>> {
+        self.store.window_orders()
+    }
+
     /// A rollout with its per-wave progress.
     pub fn view(&self, r: Rollout) -> HubResult<RolloutView> {
         let selected = self.selected(&r.spec.selector)?;
@@ -310,7 +343,9 @@ impl Rollouts {
                 size: *size,
                 reach: size.reach(selected.len()),
                 targeted: 0,
+                pending: 0,
                 downloading: 0,
+                installed: 0,
                 active: 0,
                 failed: vec![],
             };
@@ -322,7 +357,9 @@ impl Rollouts {
                 let live = self.telemetry.store().liveness(id)?;
                 match device_progress(&d, live.as_ref(), &r.spec.model, r.spec.version) {
                     DeviceProgress::Active => p.active += 1,
+                    DeviceProgress::Pending => p.pending += 1,
                     DeviceProgress::Downloading => p.downloading += 1,
+                    DeviceProgress::Installed => p.installed += 1,
                     DeviceProgress::Failed(e) => p.failed.push((id.clone(), e)),
                 }
             }

@@ -109,6 +109,10 @@ fn default_bake() -> u64 {
     600
 }
 
+fn default_bake_window() -> u64 {
+    60
+}
+
 fn default_install_timeout() -> u64 {
     900
 }
@@ -138,6 +142,12 @@ pub struct RolloutSpec {
     /// gate alone decides (no metric gates).
     #[serde(default = "default_bake")]
     pub bake_secs: u64,
+    /// While a wave installs and bakes, its devices and an equal sample of baseline devices
+    /// close telemetry windows every this many seconds (a signed instruction in their
+    /// bundle), so a bake judges minutes of data, not one 15-minute window. 0: leave the
+    /// devices' windows alone. Unused without a bake.
+    #[serde(default = "default_bake_window")]
+    pub bake_window_secs: u64,
     /// How long an inconclusive bake may be extended (default: three bakes).
     #[serde(default)]
     pub max_bake_secs: Option<u64>,
@@ -192,6 +202,14 @@ impl RolloutSpec {
         }
         if self.bake_secs > MAX_BAKE_SECS || self.max_bake() > MAX_BAKE_SECS {
             out.push(format!("bake_secs, max_bake_secs: at most {MAX_BAKE_SECS}"));
+        }
+        let windows = edgefleet_common::device::INSTRUCTED_WINDOW_SECS;
+        if self.bake_window_secs != 0 && !windows.contains(&self.bake_window_secs) {
+            out.push(format!(
+                "bake_window_secs: 0 (devices keep their own windows) or {}..={}",
+                windows.start(),
+                windows.end()
+            ));
         }
         if self.install_timeout_secs == 0 || self.install_timeout_secs > MAX_BAKE_SECS {
             out.push(format!("install_timeout_secs: 1..={MAX_BAKE_SECS}"));

@@ -13,7 +13,7 @@ use super::gates::{self, GateVerdict, InstallCounts, Outcome, Side};
 use super::model::{Moved, Policy, Rollout, State, WaveRecord, ordered};
 use super::{DeviceProgress, Rollouts, device_progress};
 use crate::error::HubResult;
-use crate::store::DeviceRecord;
+use crate::store::{DeviceRecord, WindowOrder};
 
 /// One side of a gate from its merged aggregate (none: no data).
 fn side(m: Option<&crate::telemetry::Merged>, devices: u64) -> Side<'_> {
@@ -51,10 +51,62 @@ impl Rollouts {
                 changed += 1;
             }
         }
+        if self.sync_windows()? {
+            // Devices learn of a new or ended window instruction through their bundle.
+            self.desired.bump_generation();
+        }
         if changed > 0 {
             self.store.flush().await?;
         }
         Ok(changed)
+    }
+
+    /// Writes the telemetry windows the active rollouts ask of devices (and clears those of
+    /// rollouts that ended or paused); true when any device's instruction changed.
+    fn sync_windows(&self) -> HubResult<bool> {
+        let mut orders = std::collections::BTreeMap::new();
+        for r in self.list()?.iter().filter(|r| r.state.is_active()) {
+            for (device, order) in self.window_orders(r)? {
+                // Overlapping rollouts are refused; should two still name a device, the first
+                // (the older) keeps it.
+                orders.entry(device).or_insert(order);
+            }
+        }
+        self.store.replace_windows(&orders)
+    }
+
+    /// While wave k installs or bakes: its devices, and as many not-yet-moved devices of the
+    /// selector (the last in the rollout's order: the baseline the gates compare with), close
+    /// windows every `bake_window_secs`.
+    fn window_orders(&self, r: &Rollout) -> HubResult<Vec<(String, WindowOrder)>> {
+        let secs = r.spec.bake_window_secs;
+        if secs == 0 || r.spec.bake_secs == 0 || !matches!(r.state, State::Running | State::Baking)
+        {
+            return Ok(vec![]);
+        }
+        let order = |role: &str| WindowOrder {
+            rollout: r.id,
+            window_secs: secs,
+            reason: format!("rollout {} wave {} {role}", r.id, r.wave + 1),
+        };
+        let canaries: Vec<String> = r
+            .moved
+            .iter()
+            .filter(|(_, m)| m.wave == r.wave)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let selected = self.selected(&r.spec.selector)?;
+        let baseline: Vec<String> = ordered(r.id, &selected)
+            .into_iter()
+            .rev()
+            .filter(|id| !r.moved.contains_key(id))
+            .take(canaries.len())
+            .collect();
+        Ok(canaries
+            .into_iter()
+            .map(|id| (id, order("canary")))
+            .chain(baseline.into_iter().map(|id| (id, order("baseline"))))
+            .collect())
     }
 
     async fn advance(&self, r: &mut Rollout, now: u64) -> HubResult<()> {
@@ -161,7 +213,9 @@ impl Rollouts {
                     c.failed += 1;
                     failures.push(format!("{id}: {e}"));
                 }
-                DeviceProgress::Downloading => {}
+                DeviceProgress::Pending
+                | DeviceProgress::Downloading
+                | DeviceProgress::Installed => {}
             }
         }
         Ok((c, failures))
@@ -321,6 +375,14 @@ impl Rollouts {
             .unwrap_or_default();
         let rules = store.drift_config(&r.spec.model)?;
         let cfg = &r.spec.gates;
+        let left_on_old = selected.iter().any(|d| !r.moved.contains_key(&d.id));
+        if !left_on_old {
+            for gate in ["error_rate", "latency_p95", "output_drift"] {
+                verdicts.push(gates::no_baseline_left(gate));
+            }
+            verdicts.push(gates::quality());
+            return Ok(verdicts);
+        }
         verdicts.push(gates::error_rate(&c, &b, cfg));
         verdicts.push(gates::latency(&c, &b, cfg));
         verdicts.push(gates::output_drift(&c, &b, &outputs, &rules, cfg));

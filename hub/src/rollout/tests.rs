@@ -43,6 +43,7 @@ fn spec(waves: &[&str], bake_secs: u64) -> RolloutSpec {
             .map(|w| WaveSize::parse(w).expect("wave"))
             .collect(),
         bake_secs,
+        bake_window_secs: 60,
         max_bake_secs: None,
         install_timeout_secs: 900,
         gates: Default::default(),
@@ -64,6 +65,7 @@ fn report(kit: &Kit, device: &str, version: u64, error: Option<&str>) {
                 previous: vec![],
                 last_error: error.map(str::to_owned),
                 agent_version: "test".into(),
+                ..Default::default()
             },
         )
         .expect("report");
@@ -339,4 +341,119 @@ async fn operator_actions_that_do_not_apply_are_refused_with_the_state() {
     // Nothing was moved and nothing changed.
     assert!(kit.hub.rollouts.get(r.id).expect("get").moved.is_empty());
     assert_eq!(wanted(&kit), vec![1; FLEET]);
+}
+
+/// While a wave bakes, its devices and as many baseline devices get a signed 60 s window
+/// instruction in their bundle (format 2 only); it ends with the wave, and the last wave, which
+/// leaves no baseline, is not held by the canary-vs-baseline gates.
+#[tokio::test]
+async fn a_baking_wave_and_its_baseline_get_short_windows_until_it_ends() {
+    let kit = fleet().await;
+    // Devices that read bundle format 2 (an agent of this version reports it).
+    for i in 0..FLEET {
+        kit.hub
+            .report_status(
+                &id(i),
+                DeviceStatus {
+                    active: vec![ModelRef {
+                        name: "demand".into(),
+                        version: 1,
+                    }],
+                    bundle_format: 2,
+                    ..Default::default()
+                },
+            )
+            .expect("report");
+    }
+    let mut s = spec(&["2", "100%"], 60);
+    s.gates.min_devices = 1;
+    kit.hub.rollouts.create(s).await.expect("create");
+    let t = crate::now();
+    let r = step(&kit, t).await;
+    let orders = kit.hub.rollouts.windows().expect("orders");
+    assert_eq!(
+        orders.len(),
+        4,
+        "2 canaries and 2 baseline devices: {orders:?}"
+    );
+    let canaries: Vec<&String> = r.moved.keys().collect();
+    for (device, order) in &orders {
+        assert_eq!(order.window_secs, 60);
+        let role = if canaries.contains(&device) {
+            "canary"
+        } else {
+            "baseline"
+        };
+        assert!(order.reason.ends_with(role), "{device}: {}", order.reason);
+    }
+    // The instruction travels signed in the device's bundle, for that device only.
+    let (device, _) = &orders[0];
+    let d = kit.hub.devices.get(device).expect("read").expect("device");
+    let bytes = kit.hub.desired.issue_bytes(&d, 0).expect("bundle");
+    let bundle = edgefleet_common::device::AssignmentBundle::from_wire(&bytes).expect("decode");
+    let config = kit.hub.config();
+    let root = config.trust.clone();
+    let w = bundle
+        .window
+        .expect("a window instruction")
+        .verify_hub(&root, t, edgefleet_common::Permission::Assignments)
+        .expect("signed under the root");
+    assert_eq!((w.device.as_str(), w.window_secs), (device.as_str(), 60));
+    // Re-issued unchanged while fresh: the bundle's bytes (and its ETag) do not churn.
+    assert_eq!(kit.hub.desired.issue_bytes(&d, 0).expect("again"), bytes);
+    // A device that does not read format 2 gets format 1, without the instruction.
+    let mut old = d.clone();
+    if let Some(st) = old.status.as_mut() {
+        st.bundle_format = 0;
+    }
+    let v1 = kit.hub.desired.issue_bytes(&old, 0).expect("v1");
+    assert!(v1.len() < bytes.len());
+    assert!(
+        edgefleet_common::device::AssignmentBundle::from_wire(&v1)
+            .expect("v1")
+            .window
+            .is_none()
+    );
+    // Baking without telemetry: inconclusive, so extended; the short windows stay.
+    install_wanted(&kit);
+    assert_eq!(step(&kit, t + 1).await.state, State::Baking);
+    let r = step(&kit, t + 62).await;
+    assert_eq!(r.state, State::Baking, "{:?}", r.reason);
+    assert_eq!(kit.hub.rollouts.windows().expect("orders").len(), 4);
+    // The rollout ends: every device returns to its own window.
+    kit.hub.rollouts.act(r.id, "abort").await.expect("abort");
+    step(&kit, t + 63).await;
+    assert!(kit.hub.rollouts.windows().expect("orders").is_empty());
+    let bundle = edgefleet_common::device::AssignmentBundle::from_wire(
+        &kit.hub.desired.issue_bytes(&d, 0).expect("bundle"),
+    )
+    .expect("decode");
+    assert!(bundle.window.is_none());
+}
+
+/// A wave that leaves no device on the old version (here the only wave, at 100 %) has no
+/// baseline: the canary-vs-baseline gates do not hold it, the install gate decides.
+#[tokio::test]
+async fn a_wave_with_no_baseline_left_is_judged_by_its_installs() {
+    let kit = fleet().await;
+    kit.hub
+        .rollouts
+        .create(spec(&["100%"], 60))
+        .await
+        .expect("create");
+    let t = crate::now();
+    step(&kit, t).await;
+    install_wanted(&kit);
+    assert_eq!(step(&kit, t + 1).await.state, State::Baking);
+    let r = step(&kit, t + 62).await;
+    assert_eq!(r.state, State::Succeeded, "{:?}", r.reason);
+    let verdicts = &r.waves.last().expect("wave").verdicts;
+    assert!(
+        verdicts
+            .iter()
+            .filter(|v| v.detail.contains("none is left as a baseline"))
+            .count()
+            == 3,
+        "{verdicts:?}"
+    );
 }

@@ -5,12 +5,14 @@
 //! Trees: `models` (name \0 version-be → ModelRecord), `devices` (id → DeviceRecord), `desired`
 //! (target \0 model → DesiredRecord), `issued` (device \0 model → Signed<Assignment> bytes),
 //! `sessions` (sha256(token) → SessionRecord), `rollouts` (id-be → JSON), `rollout_audit`
-//! (id-be, sequence-be → JSON), `meta` (counters). Artifacts live under
+//! (id-be, sequence-be → JSON), `windows` (device → WindowOrder: the telemetry window a rollout
+//! asks of it), `issued_windows` (device → Signed<WindowInstruction>), `meta` (counters). Artifacts live under
 //! `blobs/sha256/<hex>`, written to `tmp/` first, fsynced, then renamed: a blob that exists is
 //! whole and has the hash it is named by.
 
 use std::path::{Path, PathBuf};
 
+use edgefleet_common::device::WindowInstruction;
 use edgefleet_common::{Assignment, Digest, Signed, encoding};
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -21,7 +23,7 @@ mod records;
 
 use keys::{model_key, pair_key};
 
-pub use records::{DesiredRecord, DeviceRecord, ModelRecord, SessionRecord};
+pub use records::{DesiredRecord, DeviceRecord, ModelRecord, SessionRecord, WindowOrder};
 
 #[derive(Clone)]
 pub struct Store {
@@ -34,6 +36,8 @@ pub struct Store {
     challenges: sled::Tree,
     rollouts: sled::Tree,
     rollout_audit: sled::Tree,
+    windows: sled::Tree,
+    issued_windows: sled::Tree,
     meta: sled::Tree,
     blob_dir: PathBuf,
     tmp_dir: PathBuf,
@@ -76,6 +80,8 @@ impl Store {
             challenges: db.open_tree("challenges")?,
             rollouts: db.open_tree("rollouts")?,
             rollout_audit: db.open_tree("rollout_audit")?,
+            windows: db.open_tree("windows")?,
+            issued_windows: db.open_tree("issued_windows")?,
             meta: db.open_tree("meta")?,
             db,
             blob_dir,
@@ -174,7 +180,10 @@ impl Store {
     // ---- devices ----
 
     pub fn device(&self, id: &str) -> HubResult<Option<DeviceRecord>> {
-        self.devices.get(id)?.map(|v| decode(&v)).transpose()
+        self.devices
+            .get(id)?
+            .map(|v| DeviceRecord::decode(&v))
+            .transpose()
     }
 
     pub fn put_device(&self, d: &DeviceRecord) -> HubResult<()> {
@@ -189,7 +198,7 @@ impl Store {
             let Some(current) = self.devices.get(id)? else {
                 return Ok(());
             };
-            let mut d: DeviceRecord = decode(&current)?;
+            let mut d = DeviceRecord::decode(&current)?;
             d.last_seen = Some(now);
             if self
                 .devices
@@ -202,7 +211,11 @@ impl Store {
     }
 
     pub fn devices(&self) -> HubResult<Vec<DeviceRecord>> {
-        self.devices.iter().values().map(|v| decode(&v?)).collect()
+        self.devices
+            .iter()
+            .values()
+            .map(|v| DeviceRecord::decode(&v?))
+            .collect()
     }
 
     // ---- desired state and issued assignments ----
@@ -232,6 +245,58 @@ impl Store {
     pub fn put_issued(&self, device: &str, a: &Signed<Assignment>) -> HubResult<()> {
         let model = a.decode_unverified()?.model;
         self.issued.insert(pair_key(device, &model), encode(a)?)?;
+        Ok(())
+    }
+
+    // ---- telemetry windows asked of devices ----
+
+    /// Makes `orders` the telemetry windows asked of devices: removes the others. Returns
+    /// whether anything changed.
+    pub fn replace_windows(
+        &self,
+        orders: &std::collections::BTreeMap<String, WindowOrder>,
+    ) -> HubResult<bool> {
+        let mut changed = false;
+        for k in self.windows.iter().keys() {
+            let k = k?;
+            if !orders.contains_key(String::from_utf8_lossy(&k).as_ref()) {
+                self.windows.remove(k)?;
+                changed = true;
+            }
+        }
+        for (device, order) in orders {
+            let bytes = encode(order)?;
+            if self.windows.get(device)?.as_deref() != Some(&bytes[..]) {
+                self.windows.insert(device.as_bytes(), bytes)?;
+                changed = true;
+            }
+        }
+        Ok(changed)
+    }
+
+    pub fn window_order(&self, device: &str) -> HubResult<Option<WindowOrder>> {
+        self.windows.get(device)?.map(|v| decode(&v)).transpose()
+    }
+
+    pub fn window_orders(&self) -> HubResult<Vec<(String, WindowOrder)>> {
+        self.windows
+            .iter()
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), decode(&v)?))
+            })
+            .collect()
+    }
+
+    pub fn issued_window(&self, device: &str) -> HubResult<Option<Signed<WindowInstruction>>> {
+        self.issued_windows
+            .get(device)?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    pub fn put_issued_window(&self, device: &str, w: &Signed<WindowInstruction>) -> HubResult<()> {
+        self.issued_windows.insert(device.as_bytes(), encode(w)?)?;
         Ok(())
     }
 
