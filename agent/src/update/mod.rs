@@ -20,7 +20,7 @@
 
 mod activate;
 pub mod check;
-mod fetch;
+pub mod fetch;
 mod stage;
 
 use std::sync::Arc;
