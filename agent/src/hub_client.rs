@@ -61,12 +61,22 @@ pub async fn read_capped(mut resp: reqwest::Response, cap: usize) -> AgentResult
 
 impl HubClient {
     pub fn new(config: &AgentConfig, key: SecretKey) -> AgentResult<Self> {
+        Ok(Self::with_http(config, key, Self::http_client()?))
+    }
+
+    /// The HTTP client [`HubClient::new`] builds: connect timeout, user agent, rustls `ring`.
+    pub fn http_client() -> AgentResult<reqwest::Client> {
         crate::install_crypto_provider();
-        let http = reqwest::Client::builder()
+        Ok(reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("edgefleet-agent/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Self {
+            .build()?)
+    }
+
+    /// A client on an HTTP client shared with others (its connection pool with it): the fleet
+    /// simulator runs thousands of devices in one process.
+    pub fn with_http(config: &AgentConfig, key: SecretKey, http: reqwest::Client) -> Self {
+        Self {
             http,
             base: config.hub_url.trim_end_matches('/').to_owned(),
             device_id: config.device_id.clone(),
@@ -75,7 +85,7 @@ impl HubClient {
             key,
             session: Mutex::new(None),
             etag: Mutex::new(None),
-        })
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -63,6 +63,8 @@ pub struct WindowRecorder {
     n_inputs: usize,
     /// The input whose first dimension counts a request's rows (none: one row).
     batch_input: Option<usize>,
+    /// Rows per buffer ([`BUFFER_ROWS`] in the agent).
+    buffer_rows: usize,
     buffer: Mutex<Buffer>,
     /// Full buffers waiting to be folded.
     pending: Mutex<Vec<Buffer>>,
@@ -75,6 +77,13 @@ impl WindowRecorder {
     /// Columns: each input's feature names (or `name[i]`), each output's `name` (one value per
     /// row) or `name[j]`. A column the reference profile marks categorical is categorical.
     pub fn for_manifest(m: &ModelManifest, now: u64) -> Self {
+        Self::with_buffer_rows(m, now, BUFFER_ROWS)
+    }
+
+    /// [`WindowRecorder::for_manifest`] with buffers of `buffer_rows` rows: the fleet
+    /// simulator keeps thousands of windows, each folded by its owner, and small buffers.
+    pub fn with_buffer_rows(m: &ModelManifest, now: u64, buffer_rows: usize) -> Self {
+        let buffer_rows = buffer_rows.max(1);
         let reference = m
             .reference_profile
             .as_deref()
@@ -108,7 +117,8 @@ impl WindowRecorder {
             }
         });
         WindowRecorder {
-            buffer: Mutex::new(Buffer::with_capacity(sources.len())),
+            buffer: Mutex::new(Buffer::with_capacity(buffer_rows, sources.len())),
+            buffer_rows,
             sources,
             tensors: m
                 .inputs
@@ -175,8 +185,8 @@ impl WindowRecorder {
                     }
                 }
             }
-            if b.values.len() >= BUFFER_ROWS * self.sources.len().max(1)
-                || b.latencies_us.len() >= BUFFER_ROWS
+            if b.values.len() >= self.buffer_rows * self.sources.len().max(1)
+                || b.latencies_us.len() >= self.buffer_rows
             {
                 Some(std::mem::replace(&mut *b, self.fresh_buffer()))
             } else {
@@ -279,15 +289,15 @@ impl WindowRecorder {
             .lock()
             .ok()
             .and_then(|mut s| s.pop())
-            .unwrap_or_else(|| Buffer::with_capacity(self.sources.len()))
+            .unwrap_or_else(|| Buffer::with_capacity(self.buffer_rows, self.sources.len()))
     }
 }
 
 impl Buffer {
-    fn with_capacity(columns: usize) -> Self {
+    fn with_capacity(rows: usize, columns: usize) -> Self {
         Buffer {
-            values: Vec::with_capacity(BUFFER_ROWS * columns),
-            latencies_us: Vec::with_capacity(BUFFER_ROWS),
+            values: Vec::with_capacity(rows * columns),
+            latencies_us: Vec::with_capacity(rows),
             requests: 0,
             errors: 0,
         }

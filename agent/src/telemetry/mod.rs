@@ -92,14 +92,7 @@ impl Telemetry {
         let window_start = windows.values().map(|w| w.started_at).min().unwrap_or(now);
         let models: Vec<ModelWindow> = windows
             .into_iter()
-            .map(|((model, version), w)| ModelWindow {
-                model,
-                version,
-                profile: w.profile.to_bytes(),
-                latency: Vec::<u8>::from(w.latency),
-                requests: w.requests,
-                errors: w.errors,
-            })
+            .map(|((model, version), w)| model_window(model, version, w))
             .collect();
         let bounds = (window_start.min(now), now);
         let seq = self.append_windows(models, bounds, &self.sample_health())?;
@@ -180,37 +173,24 @@ impl Telemetry {
         Ok(last)
     }
 
-    /// One signed, packed record with sequence number `seq`; refused if it is over the size
-    /// the hub accepts.
+    /// One signed, packed record with sequence number `seq` (see [`pack_record`]).
     fn pack(
         &self,
         seq: u64,
         outbox: OutboxStats,
         models: Vec<ModelWindow>,
-        (window_start, window_end): (u64, u64),
+        bounds: (u64, u64),
         health: Health,
     ) -> AgentResult<Vec<u8>> {
-        let record = TelemetryRecord {
-            device_id: self.device_id.clone(),
+        pack_record(
+            &self.device_id,
+            &self.key,
             seq,
-            window_start,
-            window_end,
-            models,
-            health,
             outbox,
-            agent_version: AGENT_VERSION.into(),
-        };
-        let packed = Signed::sign(&record, &self.key, None)
-            .and_then(|s| s.to_bytes())
-            .map(|signed| telemetry::pack_record(&signed))?;
-        if packed.len() > telemetry::DEFAULT_MAX_RECORD_BYTES {
-            return Err(AgentError::Other(format!(
-                "a telemetry record of {} bytes is over the {} the hub accepts",
-                packed.len(),
-                telemetry::DEFAULT_MAX_RECORD_BYTES
-            )));
-        }
-        Ok(packed)
+            models,
+            bounds,
+            health,
+        )
     }
 
     /// A signed heartbeat: with health when online, without (the last will) when not.
@@ -236,6 +216,52 @@ impl Telemetry {
         };
         Ok(Signed::sign(&hb, &self.key, None)?.to_bytes()?)
     }
+}
+
+/// A closed window of `model` `version` as a record carries it.
+pub fn model_window(model: String, version: u64, w: Window) -> ModelWindow {
+    ModelWindow {
+        model,
+        version,
+        profile: w.profile.to_bytes(),
+        latency: Vec::<u8>::from(w.latency),
+        requests: w.requests,
+        errors: w.errors,
+    }
+}
+
+/// One record of `device_id` with sequence number `seq`, signed with `key` and packed for the
+/// wire (deflated); refused if it is over the size the hub accepts.
+pub fn pack_record(
+    device_id: &str,
+    key: &SecretKey,
+    seq: u64,
+    outbox: OutboxStats,
+    models: Vec<ModelWindow>,
+    (window_start, window_end): (u64, u64),
+    health: Health,
+) -> AgentResult<Vec<u8>> {
+    let record = TelemetryRecord {
+        device_id: device_id.to_owned(),
+        seq,
+        window_start,
+        window_end,
+        models,
+        health,
+        outbox,
+        agent_version: AGENT_VERSION.into(),
+    };
+    let packed = Signed::sign(&record, key, None)
+        .and_then(|s| s.to_bytes())
+        .map(|signed| telemetry::pack_record(&signed))?;
+    if packed.len() > telemetry::DEFAULT_MAX_RECORD_BYTES {
+        return Err(AgentError::Other(format!(
+            "a telemetry record of {} bytes is over the {} the hub accepts",
+            packed.len(),
+            telemetry::DEFAULT_MAX_RECORD_BYTES
+        )));
+    }
+    Ok(packed)
 }
 
 /// The agent's Prometheus exposition: served models, the current windows' counts, and, when

@@ -31,6 +31,11 @@ pub struct Outbox {
     db: sled::Db,
     records: sled::Tree,
     meta: sled::Tree,
+    /// Prepended to every key: empty for the agent's own database; a device's prefix when
+    /// many outboxes share one database ([`Outbox::shared`], the fleet simulator).
+    prefix: Vec<u8>,
+    /// Whether [`Outbox::append`] flushes the database before it returns.
+    durable: bool,
     max_bytes: u64,
     /// Serialises appends and acks, and mirrors what is on disk.
     counters: Mutex<Counters>,
@@ -54,6 +59,13 @@ fn be(v: Option<sled::IVec>) -> u64 {
         .map_or(0, u64::from_be_bytes)
 }
 
+/// The sequence number of a record key under `prefix`.
+fn seq_of(prefix: &[u8], key: &[u8]) -> u64 {
+    key.get(prefix.len()..)
+        .and_then(|s| <[u8; 8]>::try_from(s).ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
 impl Outbox {
     /// Opens (or creates) the outbox at `path`, bounded to `max_bytes` of records.
     pub fn open(path: &Path, max_bytes: u64) -> AgentResult<Self> {
@@ -67,25 +79,44 @@ impl Outbox {
             .map_err(|e| {
                 AgentError::Other(format!("cannot open the outbox {}: {e}", path.display()))
             })?;
+        Self::on(db, Vec::new(), true, max_bytes)
+    }
+
+    /// One of many outboxes in one database `db`, its keys under `prefix` (which must not be
+    /// a prefix of another's: end it with a separator). Appends are flushed only if `durable`:
+    /// the fleet simulator's outboxes live as long as its process.
+    pub fn shared(
+        db: &sled::Db,
+        prefix: &[u8],
+        durable: bool,
+        max_bytes: u64,
+    ) -> AgentResult<Self> {
+        Self::on(db.clone(), prefix.to_vec(), durable, max_bytes)
+    }
+
+    fn on(db: sled::Db, prefix: Vec<u8>, durable: bool, max_bytes: u64) -> AgentResult<Self> {
         let records = db.open_tree("records").map_err(sled_err)?;
         let meta = db.open_tree("meta").map_err(sled_err)?;
         let (mut bytes, mut count, mut last) = (0u64, 0u64, 0u64);
-        for item in records.iter() {
+        for item in records.scan_prefix(&prefix) {
             let (k, v) = item.map_err(sled_err)?;
             bytes += v.len() as u64;
             count += 1;
-            last = be(Some(k));
+            last = seq_of(&prefix, &k);
         }
+        let key = |name: &[u8]| [prefix.as_slice(), name].concat();
         // The stored counter is authoritative; the last key only guards against a counter
         // that a bug left behind (a reused sequence number would be dropped as a duplicate).
-        let next_seq = be(meta.get(NEXT_SEQ).map_err(sled_err)?)
+        let next_seq = be(meta.get(key(NEXT_SEQ)).map_err(sled_err)?)
             .max(last + 1)
             .max(1);
-        let dropped = be(meta.get(DROPPED).map_err(sled_err)?);
+        let dropped = be(meta.get(key(DROPPED)).map_err(sled_err)?);
         Ok(Self {
             db,
             records,
             meta,
+            prefix,
+            durable,
             max_bytes,
             counters: Mutex::new(Counters {
                 next_seq,
@@ -94,6 +125,11 @@ impl Outbox {
                 dropped,
             }),
         })
+    }
+
+    /// The key of `name` (a record's sequence number, or a counter) in this outbox.
+    fn key(&self, name: &[u8]) -> Vec<u8> {
+        [self.prefix.as_slice(), name].concat()
     }
 
     fn counters(&self) -> AgentResult<std::sync::MutexGuard<'_, Counters>> {
@@ -136,7 +172,7 @@ impl Outbox {
         // Oldest first, until the new record fits.
         let mut evict = Vec::new();
         let mut freed = 0u64;
-        for item in self.records.iter() {
+        for item in self.records.scan_prefix(&self.prefix) {
             if c.bytes - freed + len <= self.max_bytes {
                 break;
             }
@@ -145,14 +181,19 @@ impl Outbox {
             evict.push(k);
         }
         let dropped = c.dropped + evict.len() as u64;
+        let (seq_key, next_key, dropped_key) = (
+            self.key(&seq.to_be_bytes()),
+            self.key(NEXT_SEQ),
+            self.key(DROPPED),
+        );
         (&self.records, &self.meta)
             .transaction(|(records, meta)| {
                 for k in &evict {
                     records.remove(k)?;
                 }
-                records.insert(&seq.to_be_bytes(), bytes.as_slice())?;
-                meta.insert(NEXT_SEQ, &(seq + 1).to_be_bytes())?;
-                meta.insert(DROPPED, &dropped.to_be_bytes())?;
+                records.insert(seq_key.as_slice(), bytes.as_slice())?;
+                meta.insert(next_key.as_slice(), &(seq + 1).to_be_bytes())?;
+                meta.insert(dropped_key.as_slice(), &dropped.to_be_bytes())?;
                 Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(|e| sled_err(format!("{e:?}")))?;
@@ -162,7 +203,9 @@ impl Outbox {
         c.bytes = c.bytes - freed + len;
         c.count = c.count - evict.len() as u64 + 1;
         c.dropped = dropped;
-        self.db.flush().map_err(sled_err)?;
+        if self.durable {
+            self.db.flush().map_err(sled_err)?;
+        }
         if !evict.is_empty() {
             tracing::warn!(
                 dropped = evict.len(),
@@ -180,22 +223,26 @@ impl Outbox {
             return;
         };
         c.dropped += n;
-        if let Err(error) = self.meta.insert(DROPPED, &c.dropped.to_be_bytes()) {
+        if let Err(error) = self
+            .meta
+            .insert(self.key(DROPPED), &c.dropped.to_be_bytes())
+        {
             tracing::warn!(%error, "cannot store the outbox drop count");
         }
     }
 
     /// Records in sequence order, starting after `after`, at most `limit`.
     pub fn pending(&self, after: u64, limit: usize) -> AgentResult<Vec<(u64, Vec<u8>)>> {
-        let start = after.saturating_add(1).to_be_bytes();
-        self.records
-            .range(start..)
-            .take(limit)
-            .map(|item| {
-                let (k, v) = item.map_err(sled_err)?;
-                Ok((be(Some(k)), v.to_vec()))
-            })
-            .collect()
+        let start = self.key(&after.saturating_add(1).to_be_bytes());
+        let mut out = Vec::new();
+        for item in self.records.range(start..) {
+            let (k, v) = item.map_err(sled_err)?;
+            if out.len() == limit || !k.starts_with(&self.prefix) {
+                break;
+            }
+            out.push((seq_of(&self.prefix, &k), v.to_vec()));
+        }
+        Ok(out)
     }
 
     /// Removes acknowledged records; returns how many were still here.
@@ -203,7 +250,11 @@ impl Outbox {
         let mut c = self.counters()?;
         let mut removed = 0;
         for seq in seqs {
-            if let Some(v) = self.records.remove(seq.to_be_bytes()).map_err(sled_err)? {
+            if let Some(v) = self
+                .records
+                .remove(self.key(&seq.to_be_bytes()))
+                .map_err(sled_err)?
+            {
                 c.bytes -= v.len() as u64;
                 c.count -= 1;
                 removed += 1;
@@ -216,7 +267,7 @@ impl Outbox {
 
     pub fn contains(&self, seq: u64) -> bool {
         self.records
-            .contains_key(seq.to_be_bytes())
+            .contains_key(self.key(&seq.to_be_bytes()))
             .unwrap_or(false)
     }
 }
@@ -254,6 +305,37 @@ mod tests {
         // Acked sequence numbers are never reused.
         o.ack(&[1, 3]).expect("ack");
         assert_eq!(o.append(record(10)).expect("append"), 4);
+    }
+
+    #[test]
+    fn shared_outboxes_keep_their_own_records_and_counters() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = sled::Config::new()
+            .path(dir.path().join("fleet"))
+            .open()
+            .expect("db");
+        let a = Outbox::shared(&db, b"a/", false, 1 << 20).expect("a");
+        let b = Outbox::shared(&db, b"b/", false, 1 << 20).expect("b");
+        assert_eq!(a.append(record(10)).expect("append"), 1);
+        assert_eq!(a.append(record(10)).expect("append"), 2);
+        assert_eq!(b.append(record(7)).expect("append"), 1);
+        let seqs = |o: &Outbox, after| -> Vec<u64> {
+            o.pending(after, 10)
+                .expect("pending")
+                .iter()
+                .map(|r| r.0)
+                .collect()
+        };
+        assert_eq!(seqs(&a, 0), vec![1, 2]);
+        assert_eq!(seqs(&b, 0), vec![1]);
+        assert_eq!(seqs(&b, 1), Vec::<u64>::new());
+        assert_eq!(b.ack(&[2]).expect("ack"), 0, "b has no record 2");
+        assert_eq!(a.ack(&[1]).expect("ack"), 1);
+        assert!(b.contains(1) && !a.contains(1));
+        drop((a, b));
+        let a = Outbox::shared(&db, b"a/", false, 1 << 20).expect("reopen a");
+        assert_eq!(a.stats().queued, 1);
+        assert_eq!(a.append(record(10)).expect("append"), 3);
     }
 
     #[test]

@@ -20,7 +20,7 @@
 
 mod activate;
 pub mod check;
-mod fetch;
+pub mod fetch;
 pub mod instruction;
 mod removal;
 mod stage;

@@ -1,0 +1,233 @@
+//! The fleet simulator (`edgefleet-sim`) against a real in-process hub with its embedded
+//! broker: 50 simulated devices enroll, install what they are assigned, move with the
+//! assignment, send signed telemetry the hub stores, and fail installs as the fault profile
+//! says.
+
+mod support;
+
+use edgefleet_sim::{Fleet, SimConfig, Snapshot};
+use serde_json::{Value, json};
+use support::{ENROLL_TOKEN, Hub, Seen, eventually, when};
+
+const DEVICES: u32 = 50;
+
+/// A hub with MQTT, `demand` v1 and v2 pushed, v1 assigned to the tag `shops`.
+async fn hub() -> Hub {
+    let hub = Hub::start_mqtt().await;
+    hub.push_mlp("demand", 1, 1).await;
+    hub.push_mlp("demand", 2, 2).await;
+    assign_tag(&hub, 1).await;
+    hub
+}
+
+async fn assign_tag(hub: &Hub, version: u64) {
+    let r = hub
+        .http
+        .post(hub.api("assignments"))
+        .bearer_auth(&hub.token)
+        .json(&json!({"target": {"tag": "shops"}, "model": "demand", "version": version}))
+        .send()
+        .await
+        .expect("assign");
+    assert!(r.status().is_success(), "assign v{version}: {}", r.status());
+}
+
+fn config(hub: &Hub, tweak: impl FnOnce(&mut SimConfig)) -> SimConfig {
+    let mut c = SimConfig::new(
+        &hub.url,
+        &hub.mqtt_url(),
+        hub.root_pub_path.clone(),
+        DEVICES,
+    );
+    c.tags = vec!["shops".into()];
+    c.enroll_token = Some(ENROLL_TOKEN.into());
+    c.seed = 7;
+    c.rate = 20.0;
+    c.window_secs = 1;
+    c.poll_secs = 5;
+    c.report_every = 0;
+    tweak(&mut c);
+    c
+}
+
+async fn get(hub: &Hub, path: &str) -> Result<Value, Seen> {
+    let r = hub
+        .http
+        .get(hub.api(path))
+        .bearer_auth(&hub.token)
+        .send()
+        .await
+        .map_err(|e| Seen(Value::String(format!("GET {path}: {e}"))))?;
+    r.json()
+        .await
+        .map_err(|e| Seen(Value::String(format!("GET {path}: {e}"))))
+}
+
+/// The hub's device list: how many report `demand` `version` active, and how many report an
+/// error naming `needle`.
+async fn hub_counts(hub: &Hub, version: u64, needle: &str) -> Result<(usize, usize), Seen> {
+    let list = get(hub, "devices").await?;
+    let devices = list.as_array().ok_or_else(|| Seen(list.clone()))?;
+    let active = devices
+        .iter()
+        .filter(|d| {
+            d["status"]["active"].as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|m| m["name"] == "demand" && m["version"] == version)
+            })
+        })
+        .count();
+    let failed = devices
+        .iter()
+        .filter(|d| {
+            d["status"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(needle))
+        })
+        .count();
+    Ok((active, failed))
+}
+
+fn seen(s: &Snapshot) -> Seen {
+    Seen(Value::String(s.to_string()))
+}
+
+async fn all_on(fleet: &Fleet, version: u64) -> Snapshot {
+    eventually(
+        &format!("all {DEVICES} simulated devices on demand v{version}"),
+        || async {
+            let s = fleet.snapshot();
+            if s.enrolled == u64::from(DEVICES) && s.active("demand", version) == u64::from(DEVICES)
+            {
+                Ok(s)
+            } else {
+                Err(seen(&s))
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_devices_enroll_install_move_and_send_signed_telemetry() {
+    let mut hub = hub().await;
+    let fleet = Fleet::start(config(&hub, |c| {
+        c.error_version = Some(2);
+        c.error_rate = Some(0.3);
+    }))
+    .await
+    .expect("fleet");
+    all_on(&fleet, 1).await;
+    eventually("the hub to see 50 devices on v1", || async {
+        let (active, _) = hub_counts(&hub, 1, "demand").await?;
+        when(active == DEVICES as usize, json!(active))
+    })
+    .await;
+
+    // Signed telemetry through the outboxes: stored and acked, visible in the fleet metrics
+    // and on each device.
+    let fleet_metrics = eventually("telemetry of demand v1 at the hub", || async {
+        let f = get(&hub, "fleet/metrics").await?;
+        let requests = f["models"]
+            .as_array()
+            .and_then(|m| {
+                m.iter()
+                    .find(|r| r["model"] == "demand" && r["version"] == 1)
+            })
+            .and_then(|r| r["requests"].as_u64())
+            .unwrap_or(0);
+        when(
+            requests >= 100 && f["ingest"]["stored"].as_u64() >= Some(50),
+            f,
+        )
+    })
+    .await;
+    let rejected = fleet_metrics["ingest"]["rejected"]
+        .as_object()
+        .expect("rejected");
+    assert!(
+        rejected.values().all(|n| n == 0),
+        "nothing refused: {fleet_metrics}"
+    );
+    let detail = eventually("a device's latest window", || async {
+        let d = get(&hub, "devices/sim-00000").await?;
+        when(d["telemetry"].is_object() && d["online"] == true, d)
+    })
+    .await;
+    assert_eq!(detail["liveness"]["active"][0]["version"], 1, "{detail}");
+    eventually("acks back in the outboxes", || async {
+        let s = fleet.snapshot();
+        if s.records_acked >= 50 {
+            Ok(s)
+        } else {
+            Err(seen(&s))
+        }
+    })
+    .await;
+
+    // A version change moves every device, v1 kept as the previous version.
+    assign_tag(&hub, 2).await;
+    all_on(&fleet, 2).await;
+    let d = eventually("the hub to see 50 devices on v2", || async {
+        let (active, _) = hub_counts(&hub, 2, "demand").await?;
+        when(active == DEVICES as usize, json!(active))
+    })
+    .await;
+    assert_eq!(d, json!(DEVICES));
+    let one = get(&hub, "devices/sim-00049").await.expect("device");
+    assert_eq!(one["status"]["previous"][0]["version"], 1, "{one}");
+    assert_eq!(one["status"]["last_error"], Value::Null, "{one}");
+
+    // v2 answers with more errors (the fault profile), and the hub's report shows it.
+    let report = eventually("the hub's report of v2's error rate", || async {
+        let f = get(&hub, "fleet/metrics").await?;
+        let v2 = f["models"]
+            .as_array()
+            .and_then(|m| {
+                m.iter()
+                    .find(|r| r["model"] == "demand" && r["version"] == 2)
+            })
+            .cloned()
+            .unwrap_or(Value::Null);
+        when(v2["requests"].as_u64() >= Some(300), v2)
+    })
+    .await;
+    let rate = report["error_rate"].as_f64().expect("error rate");
+    assert!((0.2..0.4).contains(&rate), "v2 error rate {rate}: {report}");
+
+    let last = fleet.stop().await;
+    assert!(last.records_sent >= last.records_acked, "{last}");
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fault_profile_fails_installs_on_exactly_the_chosen_fraction() {
+    let mut hub = hub().await;
+    let fleet = Fleet::start(config(&hub, |c| {
+        c.fail_install_version = Some(2);
+        c.fail_install_fraction = Some(0.5);
+    }))
+    .await
+    .expect("fleet");
+    all_on(&fleet, 1).await;
+    assign_tag(&hub, 2).await;
+    let s = eventually("half the devices on v2, half failing", || async {
+        let s = fleet.snapshot();
+        if s.active("demand", 2) == 25 && s.active("demand", 1) == 25 && s.failing == 25 {
+            Ok(s)
+        } else {
+            Err(seen(&s))
+        }
+    })
+    .await;
+    assert_eq!(s.enrolled, u64::from(DEVICES), "{s}");
+    let (on_v1, failed) = eventually("the hub to see 25 failed installs", || async {
+        let (on_v1, failed) = hub_counts(&hub, 1, "model demand v2: smoke test 0 failed").await?;
+        when(failed == 25 && on_v1 == 25, json!([on_v1, failed])).map(|_| (on_v1, failed))
+    })
+    .await;
+    assert_eq!((on_v1, failed), (25, 25));
+    // A staged rollout would count them against the wave (rollout::device_progress).
+    fleet.stop().await;
+    hub.stop().await;
+}
