@@ -47,6 +47,14 @@ pub struct AssignRequest {
     pub version: u64,
 }
 
+/// Which assignment to remove.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnassignRequest {
+    pub target: Target,
+    pub model: String,
+}
+
 impl Desired {
     pub fn new(store: Store, config: SharedConfig, registry: Registry) -> Self {
         Self {
@@ -105,6 +113,32 @@ impl Desired {
         Ok(record)
     }
 
+    /// Removes `target`'s assignment of `model`. A device that then resolves to no version
+    /// of the model stops serving it after its grace period (`removal_grace_secs`) and
+    /// deletes it; one that resolves to another (a tag's) moves to that.
+    pub async fn unassign(&self, req: UnassignRequest) -> HubResult<DesiredRecord> {
+        name::validate(&req.model)?;
+        match &req.target {
+            Target::Device(d) | Target::Tag(d) => name::validate(d)?,
+        }
+        let Some(old) = self
+            .store
+            .desired()?
+            .into_iter()
+            .find(|d| d.target == req.target && d.model == req.model)
+        else {
+            return Err(HubError::NotFound(format!(
+                "{} has no assignment of {}",
+                req.target, req.model
+            )));
+        };
+        self.store.remove_desired(&req.target, &req.model)?;
+        self.store.flush().await?;
+        self.bump_generation();
+        tracing::info!(target = %old.target, model = %old.model, version = old.version, "assignment removed");
+        Ok(old)
+    }
+
     pub fn list(&self) -> HubResult<Vec<DesiredRecord>> {
         self.store.desired()
     }
@@ -112,6 +146,17 @@ impl Desired {
     /// Sets (`Some`) or removes (`None`) one device's own target for `model`, without the
     /// admin checks of [`assign`](Self::assign): for drivers acting on a rollout an admin
     /// created. Not flushed and no generation bump: the caller does both once per step.
+    /// Sets a tag's target for `model`, without the admin checks (for drivers acting on a
+    /// rollout an admin created). Not flushed and no generation bump: the caller commits.
+    pub fn set_for_tag(&self, tag: &str, model: &str, version: u64) -> HubResult<()> {
+        self.store.set_desired(&DesiredRecord {
+            target: Target::Tag(tag.to_owned()),
+            model: model.to_owned(),
+            version,
+            set_at: crate::now(),
+        })
+    }
+
     pub fn set_for_device(&self, device: &str, model: &str, version: Option<u64>) -> HubResult<()> {
         let target = Target::Device(device.to_owned());
         match version {

@@ -14,10 +14,13 @@ use edgefleet_agent::hub_client::{HubClient, Poll};
 use edgefleet_agent::telemetry::{AGENT_VERSION, Outbox, model_window, pack_record};
 use edgefleet_agent::update::{check, fetch};
 use edgefleet_agent::window::{Window, WindowRecorder};
-use edgefleet_common::device::{AssignmentBundle, DeviceStatus, ModelRef};
+use edgefleet_common::device::{
+    AssignmentBundle, BUNDLE_FORMAT, DeviceStatus, InstallPhase, InstallStatus, ModelRef,
+    WindowInstruction,
+};
 use edgefleet_common::telemetry::{self, Health, Heartbeat, TelemetryAck, topic};
 use edgefleet_common::trust::Permission;
-use edgefleet_common::{Assignment, ModelManifest, SecretKey, Signed, TrustRoot, encoding};
+use edgefleet_common::{Assignment, ModelManifest, SecretKey, Signed, TrustRoot};
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, Transport};
 use sha2::Digest as _;
 use tokio::sync::{mpsc, watch};
@@ -66,6 +69,10 @@ pub(crate) struct Device {
     last_bundle: Option<AssignmentBundle>,
     retry_at: Option<tokio::time::Instant>,
     backoff: Duration,
+    /// The hub's verified telemetry-window instruction in force (a rollout's bake).
+    instructed: Option<WindowInstruction>,
+    /// Where the latest assignment of each model stands, as the agent reports it.
+    progress: BTreeMap<String, InstallStatus>,
 }
 
 /// The device's key: derived from the seed and its index, so a run is reproducible.
@@ -123,6 +130,8 @@ impl Device {
             last_bundle: None,
             retry_at: None,
             backoff: Duration::from_secs(1),
+            instructed: None,
+            progress: BTreeMap::new(),
             shared,
         })
     }
@@ -169,7 +178,7 @@ impl Device {
         };
         let second = Duration::from_secs(1);
         let mut traffic = tokio::time::interval_at(phase(&mut self.rng, second), second);
-        let window_period = c.window();
+        let mut window_period = c.window();
         let mut window = tokio::time::interval_at(start + window_period, window_period);
         let hb_period = Duration::from_secs(c.heartbeat_secs);
         let mut heartbeat = tokio::time::interval_at(phase(&mut self.rng, hb_period), hb_period);
@@ -210,6 +219,25 @@ impl Device {
             }
             if up {
                 self.publish_pending(&client, &mut sent, resend_after);
+            }
+            // The hub's window instruction, as the agent's uplink follows it: on a change,
+            // close what was gathered and keep the new rhythm; an expired one ends.
+            if self
+                .instructed
+                .as_ref()
+                .is_some_and(|w| now() >= w.expires_at)
+            {
+                self.instructed = None;
+            }
+            let want = self
+                .instructed
+                .as_ref()
+                .map_or(c.window(), |w| Duration::from_secs(w.window_secs));
+            if want != window_period {
+                self.close_window();
+                window_period = want;
+                window = tokio::time::interval_at(tokio::time::Instant::now() + want, want);
+                window.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             }
         }
         self.close_window();
@@ -519,7 +547,7 @@ impl Device {
             if payload.is_empty() {
                 return;
             }
-            match encoding::from_bytes::<AssignmentBundle>("assignment bundle", payload) {
+            match AssignmentBundle::from_wire(payload) {
                 Ok(bundle) => self.take_bundle(bundle).await,
                 Err(e) => {
                     tracing::warn!(device = %self.id, error = %e, "ignored a malformed pushed assignment")
@@ -583,7 +611,13 @@ impl Device {
             previous: self.model_refs(|s| s.previous),
             last_error: self.last_error.clone(),
             agent_version: AGENT_VERSION.into(),
-            ..Default::default()
+            installs: self.progress.values().cloned().collect(),
+            bundle_format: BUNDLE_FORMAT,
+            window_secs: Some(
+                self.instructed
+                    .as_ref()
+                    .map_or(self.shared.config.window().as_secs(), |w| w.window_secs),
+            ),
         };
         let reported = {
             let _permit = self.shared.permits.acquire().await;
@@ -601,6 +635,28 @@ impl Device {
             self.trust = self.trust.rotate_all(&bundle.rotations)?;
         }
         let mut first_error = None;
+        // `Updater::apply_window`: verified under the root, for this device, fresh, not a
+        // replay; a bad one never stops the assignments.
+        match &bundle.window {
+            None => self.instructed = None,
+            Some(signed) => {
+                let checked = signed
+                    .verify_hub(&self.trust, now, Permission::Assignments)
+                    .and_then(|w| w.validate_for(&self.id, now).map(|()| w));
+                match checked {
+                    Ok(w)
+                        if self
+                            .instructed
+                            .as_ref()
+                            .is_none_or(|c| c.serial <= w.serial) =>
+                    {
+                        self.instructed = Some(w);
+                    }
+                    Ok(_) => {}
+                    Err(e) => first_error = Some(e.into()),
+                }
+            }
+        }
         for signed in &bundle.assignments {
             if let Err(e) = self.apply_one(signed, now).await {
                 first_error.get_or_insert(e);
@@ -625,6 +681,38 @@ impl Device {
             }
             check::Decision::Install => {}
         }
+        self.set_progress(&a, InstallPhase::Downloading, None);
+        let result = self.install(&a, now).await;
+        match &result {
+            Ok(()) => self.set_progress(&a, InstallPhase::Active, None),
+            Err(e) => {
+                let phase = if e.to_string().contains("smoke test") {
+                    InstallPhase::SmokeTestFailed
+                } else {
+                    InstallPhase::Failed
+                };
+                self.set_progress(&a, phase, Some(e.to_string()));
+            }
+        }
+        result
+    }
+
+    fn set_progress(&mut self, a: &Assignment, phase: InstallPhase, reason: Option<String>) {
+        self.progress.insert(
+            a.model.clone(),
+            InstallStatus {
+                model: a.model.clone(),
+                version: a.version,
+                phase,
+                reason,
+                at: now(),
+            },
+        );
+    }
+
+    /// The simulated install: the manifest fetched and verified, the artifact once per
+    /// digest, the fault profile, then activation.
+    async fn install(&mut self, a: &Assignment, now: u64) -> AgentResult<()> {
         let manifest = {
             let _permit = self.shared.permits.acquire().await;
             fetch::manifest(&self.hub, &a, &self.trust, now).await?
@@ -634,7 +722,7 @@ impl Device {
             self.shared.download(&self.hub, &m, now).await?;
         }
         self.install_fault(&m)?;
-        self.activate(&a, m, now);
+        self.activate(a, m, now);
         Ok(())
     }
 

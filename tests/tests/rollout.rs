@@ -304,3 +304,250 @@ async fn the_cli_refuses_bad_rollout_arguments_before_calling_the_hub() {
         );
     }
 }
+
+/// Creates a rollout over the API; returns its id.
+async fn create_ok(hub: &Hub, spec: Value) -> u64 {
+    let (status, body) = create(hub, spec).await;
+    assert_eq!(status, 201, "{body}");
+    body["id"].as_u64().expect("id")
+}
+
+async fn act(hub: &Hub, id: u64, action: &str) {
+    let r = hub
+        .http
+        .post(hub.api(&format!("rollouts/{id}/{action}")))
+        .bearer_auth(&hub.token)
+        .send()
+        .await
+        .expect("act");
+    assert!(r.status().is_success(), "{action}: {}", r.status());
+}
+
+/// How many of the first `n` devices report `secs` as their telemetry window.
+async fn on_window(hub: &Hub, n: usize, secs: u64) -> Result<usize, Seen> {
+    let mut count = 0;
+    for i in 0..n {
+        let d = hub.try_device(&format!("shop-{i}")).await?;
+        if d["status"]["window_secs"] == secs {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+/// While wave 1 bakes, its 2 devices and 2 baseline devices close 5 s windows (the signed
+/// instruction in their bundle); pausing returns them to their own window, resuming asks
+/// again, and the end of the rollout ends it. Real agents, real hub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_baking_wave_and_its_baseline_close_short_windows_until_paused_or_ended() {
+    const N: usize = 6;
+    let hub = Hub::start().await;
+    let agents = fleet(&hub, N).await;
+    hub.push_mlp("demand", 2, 2).await;
+    let id = create_ok(
+        &hub,
+        json!({"model": "demand", "version": 2, "selector": {"tags": ["shops"]},
+               "waves": [{"devices": 2}, {"percent": 100.0}],
+               "bake_secs": 3600, "bake_window_secs": 5}),
+    )
+    .await;
+    let four = |want: usize| {
+        let hub = &hub;
+        async move {
+            eventually(&format!("{want} devices on 5 s windows"), || async {
+                let n = on_window(hub, N, 5).await?;
+                when(n == want, Value::from(n))
+            })
+            .await
+        }
+    };
+    // From the wave's start (installing) through its bake.
+    four(4).await;
+    wait_state(&hub, id, "baking").await;
+    assert_eq!(on_window(&hub, N, 5).await.expect("devices"), 4);
+    act(&hub, id, "pause").await;
+    four(0).await;
+    act(&hub, id, "resume").await;
+    four(4).await;
+    act(&hub, id, "abort").await;
+    four(0).await;
+    // The agent's own window is what it reports again.
+    let d = hub.try_device("shop-0").await.expect("device");
+    assert_eq!(d["status"]["window_secs"], 900, "{d}");
+    for a in agents {
+        a.stop().await;
+    }
+}
+
+/// `edgefleet unassign`: the device serves the model for its grace period, then stops and
+/// deletes it from disk; its status says `removing` meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unassigned_model_stops_after_its_grace_period_and_is_deleted() {
+    let hub = Hub::start().await;
+    hub.push_mlp("demand", 1, 1).await;
+    hub.assign("shop-r", "demand", 1).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let models = dir.path().join("models").join("demand");
+    let agent = Agent::start_with(&hub, "shop-r", dir, |c| c.removal_grace_secs = 3).await;
+    let http = client();
+    let ready = |http: reqwest::Client, url: String| async move {
+        http.get(format!("{url}/v2/models/demand/ready"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .map_err(|e| e.to_string())
+    };
+    eventually("demand served", || async {
+        let s = ready(http.clone(), agent.url.clone()).await?;
+        if s == 200 {
+            Ok(s)
+        } else {
+            Err(format!("ready: {s}"))
+        }
+    })
+    .await;
+    assert!(models.exists());
+    // Bad input first: nothing to remove, and a bad name.
+    let run = |args: &[&str]| {
+        tokio::process::Command::new(bin("edgefleet"))
+            .args(["--hub", &hub.url, "--token", &hub.token])
+            .args(args)
+            .output()
+    };
+    let out = run(&["unassign", "--device", "shop-r", "other"])
+        .await
+        .expect("cli");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no assignment of other"),
+        "{out:?}"
+    );
+    let out = run(&["unassign", "--device", "../x", "demand"])
+        .await
+        .expect("cli");
+    assert!(!out.status.success());
+    let out = run(&["unassign", "--device", "shop-r", "demand"])
+        .await
+        .expect("cli");
+    assert!(out.status.success(), "{out:?}");
+    eventually("the status says removing", || async {
+        let d = hub.try_device("shop-r").await?;
+        let removing = d["status"]["installs"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|i| i["phase"] == "removing"));
+        when(removing, d)
+    })
+    .await;
+    eventually("demand no longer served", || async {
+        let s = ready(http.clone(), agent.url.clone()).await?;
+        if s == 404 {
+            Ok(s)
+        } else {
+            Err(format!("ready: {s}"))
+        }
+    })
+    .await;
+    eventually("demand deleted from disk", || async {
+        if models.exists() {
+            Err(format!("{} still there", models.display()))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    agent.stop().await;
+}
+
+/// The hub is killed with kill -9 while wave 1 bakes, and restarted: the rollout resumes
+/// where it was and succeeds, each wave started once (no double transitions). A device that
+/// joins the tag afterwards gets the new version (the tag carries it after success).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hub_killed_mid_wave_resumes_the_rollout_and_late_joiners_get_the_result() {
+    const N: usize = 4;
+    let fixture = Hub::start().await;
+    let (http_addr, mqtt_addr) = (free_addr(), free_addr());
+    let data = tempfile::tempdir().expect("tmp");
+    let spawn_hub = || {
+        let mut cmd = tokio::process::Command::new(bin("edgefleet-hub"));
+        cmd.args(["serve", "--listen", &http_addr.to_string()])
+            .args(["--mqtt-listen", &mqtt_addr.to_string(), "--data-dir"])
+            .arg(data.path())
+            .env("EDGEFLEET_HUB_ROOT_KEY", &fixture.root_pub_path)
+            .env("EDGEFLEET_HUB_SIGNING_KEY", &fixture.config.signing_key)
+            .env("EDGEFLEET_HUB_DELEGATION", &fixture.config.delegation)
+            .env("EDGEFLEET_HUB_ENROLLMENT_TOKEN", ENROLL_TOKEN)
+            .env("EDGEFLEET_LOG", "info");
+        AgentProcess::spawn_command(cmd)
+    };
+    let url = format!("http://{http_addr}");
+    let wait_up = || async {
+        eventually("the hub binary to answer", || async {
+            match client().get(format!("{url}/api/v1/health")).send().await {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => Err(format!("health: {}", r.status())),
+                Err(e) => Err(format!("health: {e}")),
+            }
+        })
+        .await;
+    };
+    let process = spawn_hub();
+    wait_up().await;
+    let config = edgefleet_hub::HubConfig {
+        mqtt_enabled: true,
+        mqtt_listen: mqtt_addr,
+        ..fixture.config.clone()
+    };
+    let hub = Hub::attach(&fixture, url.clone(), data.path(), config);
+    let agents = fleet(&hub, N).await;
+    hub.push_mlp("demand", 2, 2).await;
+    // Metric gates that pass on no data: the bake is only a timer here.
+    let bake = 6;
+    let id = create_ok(
+        &hub,
+        json!({"model": "demand", "version": 2, "selector": {"tags": ["shops"]},
+               "waves": [{"devices": 1}, {"percent": 100.0}], "bake_secs": bake,
+               "gates": {"min_devices": 0, "min_requests": 0, "no_baseline": "pass"}}),
+    )
+    .await;
+    wait_state(&hub, id, "baking").await;
+    process.kill9().await;
+    let process = spawn_hub();
+    wait_up().await;
+    let done = wait_state(&hub, id, "succeeded").await;
+    let audit: Value = hub
+        .http
+        .get(hub.api(&format!("rollouts/{id}/audit")))
+        .bearer_auth(&hub.token)
+        .send()
+        .await
+        .expect("audit")
+        .json()
+        .await
+        .expect("json");
+    let entries = audit.as_array().cloned().unwrap_or_default();
+    let count = |needle: &str| {
+        entries
+            .iter()
+            .filter(|a| a["detail"].as_str().unwrap_or("").contains(needle))
+            .count()
+    };
+    assert_eq!(count("wave 1 of 2 started"), 1, "{audit}");
+    assert_eq!(count("wave 2 of 2 started"), 1, "{audit}");
+    assert_eq!(count("wave 1 installed"), 1, "{audit}");
+    assert_eq!(done["progress"][1]["active"], 3, "{done}");
+    for i in 0..N {
+        eventually(&format!("shop-{i} serving v2"), || serving(&hub, i, 2)).await;
+    }
+    // A late joiner with the tag: the tag carries v2 now.
+    let dir = tempfile::tempdir().expect("tmp");
+    let late = Agent::start_with(&hub, &format!("shop-{N}"), dir, |c| {
+        c.tags = vec!["shops".into()]
+    })
+    .await;
+    eventually("the late joiner serving v2", || serving(&hub, N, 2)).await;
+    late.stop().await;
+    for a in agents {
+        a.stop().await;
+    }
+    process.kill9().await;
+}

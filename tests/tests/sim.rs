@@ -231,3 +231,74 @@ async fn a_fault_profile_fails_installs_on_exactly_the_chosen_fraction() {
     fleet.stop().await;
     hub.stop().await;
 }
+
+/// The gate catches a bad version: v2 answers 30 % errors (the fault profile). Wave 1's
+/// canaries and an equal baseline get 5 s windows for the bake, the error-rate gate compares
+/// them, fails, and the rollback brings every device back to v1. Prints the gate decision
+/// latency (end of the bake → rolling back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_version_with_more_errors_fails_its_gate_and_the_fleet_rolls_back() {
+    let hub = hub().await;
+    let fleet = Fleet::start(config(&hub, |c| {
+        // Long windows of their own: only the bake's instruction makes them short.
+        c.window_secs = 600;
+        c.error_version = Some(2);
+        c.error_rate = Some(0.3);
+    }))
+    .await
+    .expect("fleet");
+    all_on(&fleet, 1).await;
+    let bake = 8;
+    let r = hub
+        .http
+        .post(hub.api("rollouts"))
+        .bearer_auth(&hub.token)
+        .json(&json!({
+            "model": "demand", "version": 2, "selector": {"tags": ["shops"]},
+            "waves": [{"devices": 5}, {"percent": 100.0}],
+            "bake_secs": bake, "bake_window_secs": 5,
+            "gates": {"min_devices": 3, "min_requests": 200},
+        }))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.expect("json")["id"]
+        .as_u64()
+        .expect("id");
+    let done = eventually("the rollout rolled back by its error-rate gate", || async {
+        let v = get(&hub, &format!("rollouts/{id}")).await?;
+        when(v["state"] == "rolled_back", v)
+    })
+    .await;
+    let wave = &done["waves"][0];
+    let error_gate = wave["verdicts"]
+        .as_array()
+        .and_then(|v| v.iter().find(|g| g["gate"] == "error_rate"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(error_gate["outcome"], "fail", "{done}");
+    assert!(
+        error_gate["canary"].as_f64() > Some(0.2) && error_gate["baseline"].as_f64() < Some(0.05),
+        "{error_gate}"
+    );
+    assert_eq!(done["progress"][1]["targeted"], 0, "wave 2 never started");
+    // Gate decision latency: from the end of the bake to the failure's audit entry.
+    let audit = get(&hub, &format!("rollouts/{id}/audit"))
+        .await
+        .expect("audit");
+    let failed_at = audit
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["to"] == "rolling_back"))
+        .and_then(|e| e["at"].as_u64())
+        .expect("a rolling-back entry");
+    let bake_end = wave["baking_since"].as_u64().expect("baked") + bake;
+    println!(
+        "gate decision latency: {} s after the end of the bake (the bake may be extended while inconclusive)",
+        failed_at.saturating_sub(bake_end)
+    );
+    // Every device is back on v1.
+    all_on(&fleet, 1).await;
+    let s = fleet.stop().await;
+    assert!(s.records_acked > 0, "{s}");
+}

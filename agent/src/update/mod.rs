@@ -175,6 +175,8 @@ impl Updater {
     }
 
     pub async fn status(&self) -> DeviceStatus {
+        // Before `active` is held: `installs` reads it too (tokio's Mutex is not reentrant).
+        let installs = self.installs().await;
         let active = self.active.lock().await;
         DeviceStatus {
             active: active
@@ -197,7 +199,7 @@ impl Updater {
                 .collect(),
             last_error: self.last_error.lock().await.clone(),
             agent_version: env!("CARGO_PKG_VERSION").into(),
-            installs: self.installs().await,
+            installs,
             bundle_format: BUNDLE_FORMAT,
             window_secs: Some(
                 self.window

@@ -148,6 +148,16 @@ pub enum Command {
         model: String,
         version: u64,
     },
+    /// Remove a device's or a tag's assignment of a model. A device left with no version of
+    /// the model serves it for its removal grace period (agent `removal_grace_secs`, 10 min by
+    /// default), then stops and deletes it.
+    Unassign {
+        #[arg(long, conflicts_with = "tag", required_unless_present = "tag")]
+        device: Option<String>,
+        #[arg(long)]
+        tag: Option<String>,
+        model: String,
+    },
     /// Show one device's status, or the fleet's.
     Status { device: Option<String> },
     /// Drift of a model version's inputs and outputs against its training reference,
@@ -628,6 +638,9 @@ async fn remote(cli: &Cli) -> anyhow::Result<()> {
             model,
             version,
         } => Some(assign(&r, device.as_deref(), tag.as_deref(), model, *version).await?),
+        Command::Unassign { device, tag, model } => {
+            Some(unassign(&r, device.as_deref(), tag.as_deref(), model).await?)
+        }
         Command::Status { device: Some(d) } => {
             name::validate(d)?;
             Some(get(&format!("devices/{d}")).await?)
@@ -772,6 +785,26 @@ async fn assign(
         r.http
             .post(r.url("assignments"))
             .json(&serde_json::json!({"target": target, "model": model, "version": version})),
+    )
+    .await
+}
+
+async fn unassign(
+    r: &Remote,
+    device: Option<&str>,
+    tag: Option<&str>,
+    model: &str,
+) -> anyhow::Result<serde_json::Value> {
+    name::validate(model)?;
+    let target = match (device, tag) {
+        (Some(d), _) => serde_json::json!({"device": name::validate(d).map(|()| d)?}),
+        (None, Some(t)) => serde_json::json!({"tag": name::validate(t).map(|()| t)?}),
+        (None, None) => bail!("give --device ID or --tag TAG"),
+    };
+    r.send(
+        r.http
+            .delete(r.url("assignments"))
+            .json(&serde_json::json!({"target": target, "model": model})),
     )
     .await
 }

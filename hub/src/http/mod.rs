@@ -67,7 +67,9 @@ pub fn router(hub: AppState) -> Router {
         .route("/api/v1/devices/{id}/approve", post(devices::approve))
         .route(
             "/api/v1/assignments",
-            post(assignments::assign).get(assignments::list),
+            post(assignments::assign)
+                .get(assignments::list)
+                .delete(assignments::unassign),
         )
         .route(
             "/api/v1/rollouts",

@@ -10,7 +10,7 @@
 //! ```
 
 use super::gates::{self, GateVerdict, InstallCounts, Outcome, Side};
-use super::model::{Moved, Policy, Rollout, State, WaveRecord, ordered};
+use super::model::{Moved, Policy, Rollout, Selector, State, WaveRecord, ordered};
 use super::{DeviceProgress, Rollouts, device_progress};
 use crate::error::HubResult;
 use crate::store::{DeviceRecord, WindowOrder};
@@ -432,7 +432,27 @@ impl Rollouts {
         verdicts: Vec<GateVerdict>,
     ) -> HubResult<()> {
         self.transition(r, State::Succeeded, "gate", detail, verdicts)?;
+        self.hand_over_to_tags(r).await?;
         self.leave_cohort(r)
+    }
+
+    /// After a tag-selected rollout succeeds, its tags carry the version: a device that
+    /// joins a tag later gets it too (not the version the tag had before), and the devices the
+    /// rollout moved drop the device targets it gave them where they had none of their own.
+    async fn hand_over_to_tags(&self, r: &Rollout) -> HubResult<()> {
+        let Selector::Tags(tags) = &r.spec.selector else {
+            return Ok(());
+        };
+        for tag in tags {
+            self.desired
+                .set_for_tag(tag, &r.spec.model, r.spec.version)?;
+        }
+        for (id, m) in &r.moved {
+            if m.previous.is_none() {
+                self.desired.set_for_device(id, &r.spec.model, None)?;
+            }
+        }
+        self.desired.commit().await
     }
 
     /// Rolled back once no moved device still serves the version (or after a while: a
