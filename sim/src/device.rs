@@ -715,7 +715,7 @@ impl Device {
     async fn install(&mut self, a: &Assignment, now: u64) -> AgentResult<()> {
         let manifest = {
             let _permit = self.shared.permits.acquire().await;
-            fetch::manifest(&self.hub, &a, &self.trust, now).await?
+            fetch::manifest(&self.hub, a, &self.trust, now).await?
         };
         let m = manifest.verified;
         if self.shared.config.download {

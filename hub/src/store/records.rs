@@ -138,7 +138,7 @@ mod tests {
         let key = edgefleet_common::SecretKey::from_seed([3; 32]).public();
         let old = Old {
             id: "shop-1",
-            public_key: key.clone(),
+            public_key: key,
             tags: vec!["shops".into()],
             hostname: "h",
             agent_version: "0.1.0",
