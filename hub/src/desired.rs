@@ -180,6 +180,17 @@ impl Desired {
     /// The device's signed assignments (and the root rotations it must know), reusing issued
     /// ones while they still match and are fresh.
     pub fn issue(&self, device: &DeviceRecord) -> HubResult<AssignmentBundle> {
+        self.issue_with(device, &self.store.desired()?)
+    }
+
+    /// [`issue`](Self::issue) against desired state read once by the caller: the MQTT push
+    /// issues every device's bundle in one round, and reading the desired records per device
+    /// made a round O(devices × records) (a rollout gives each moved device a record).
+    pub fn issue_with(
+        &self,
+        device: &DeviceRecord,
+        desired: &[DesiredRecord],
+    ) -> HubResult<AssignmentBundle> {
         // A poisoned lock only means another issuer panicked; the store is transactional.
         let _issuing = self.issuing.lock().unwrap_or_else(|p| p.into_inner());
         let now = crate::now();
@@ -187,7 +198,7 @@ impl Desired {
         let config = self.config.load();
         let ttl = config.config.assignment_ttl_secs;
         let mut out = Vec::new();
-        for want in resolve_desired(&self.store.desired()?, device) {
+        for want in resolve_desired(desired, device) {
             let Some(model) = self.registry.record(&want.name, want.version)? else {
                 continue;
             };
@@ -226,9 +237,19 @@ impl Desired {
     /// The device's bundle as bytes, in the newest format it reads: the format its last
     /// status report declared, or `asked` (the HTTP poll's header), whichever is newer.
     pub fn issue_bytes(&self, device: &DeviceRecord, asked: u32) -> HubResult<Vec<u8>> {
+        self.issue_bytes_with(device, asked, &self.store.desired()?)
+    }
+
+    /// [`issue_bytes`](Self::issue_bytes) against desired state the caller read once.
+    pub fn issue_bytes_with(
+        &self,
+        device: &DeviceRecord,
+        asked: u32,
+        desired: &[DesiredRecord],
+    ) -> HubResult<Vec<u8>> {
         let reported = device.status.as_ref().map_or(0, |s| s.bundle_format);
         let format = reported.max(asked).min(BUNDLE_FORMAT);
-        Ok(self.issue(device)?.to_wire(format)?)
+        Ok(self.issue_with(device, desired)?.to_wire(format)?)
     }
 
     /// The signed window instruction a rollout asks of the device, reused while it matches
@@ -266,6 +287,43 @@ impl Desired {
     }
 }
 
+/// Desired state grouped by target, so one device's records are found without a scan (the
+/// push issues every device's bundle in a round; a rollout gives each moved device a record).
+#[derive(Default)]
+pub struct DesiredIndex {
+    by_target: std::collections::HashMap<Target, Vec<DesiredRecord>>,
+}
+
+impl DesiredIndex {
+    pub fn new(all: Vec<DesiredRecord>) -> Self {
+        let mut by_target: std::collections::HashMap<Target, Vec<DesiredRecord>> =
+            Default::default();
+        for d in all {
+            by_target.entry(d.target.clone()).or_default().push(d);
+        }
+        Self { by_target }
+    }
+
+    /// The records that can apply to `device`: its own and its tags', in the stored order
+    /// within each target (what [`resolve_desired`] needs).
+    pub fn for_device(&self, device: &DeviceRecord) -> Vec<DesiredRecord> {
+        let mut out: Vec<DesiredRecord> = device
+            .tags
+            .iter()
+            .filter_map(|t| self.by_target.get(&Target::Tag(t.clone())))
+            .flatten()
+            .cloned()
+            .collect();
+        if let Some(own) = self.by_target.get(&Target::Device(device.id.clone())) {
+            out.extend(own.iter().cloned());
+        }
+        // The store's order (by target, then model): ties resolve as on the full list.
+        out.sort_by(|a, b| (a.target.to_string(), &a.model).cmp(&(b.target.to_string(), &b.model)));
+        out.dedup();
+        out
+    }
+}
+
 /// Which model versions a device should serve: device targets win over tag targets; among tags
 /// the most recently set wins (on a tie, the later record in `all`).
 pub fn resolve_desired(all: &[DesiredRecord], device: &DeviceRecord) -> Vec<ModelRef> {
@@ -298,6 +356,50 @@ pub fn resolve_desired(all: &[DesiredRecord], device: &DeviceRecord) -> Vec<Mode
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The index finds exactly what a scan of every record resolves to.
+    #[test]
+    fn the_index_resolves_like_the_full_list() {
+        let rec = |target: Target, model: &str, version: u64, set_at: u64| DesiredRecord {
+            target,
+            model: model.into(),
+            version,
+            set_at,
+        };
+        let mut all = vec![
+            rec(Target::Tag("eu".into()), "demand", 1, 5),
+            rec(Target::Tag("shops".into()), "demand", 2, 5),
+            rec(Target::Tag("shops".into()), "fuel", 3, 1),
+            rec(Target::Device("shop-1".into()), "demand", 4, 1),
+            rec(Target::Device("shop-2".into()), "fuel", 5, 9),
+            rec(Target::Tag("zz".into()), "fuel", 6, 9),
+        ];
+        all.sort_by(|a, b| (a.target.to_string(), &a.model).cmp(&(b.target.to_string(), &b.model)));
+        let index = DesiredIndex::new(all.clone());
+        for (id, tags) in [
+            ("shop-1", vec!["eu", "shops"]),
+            ("shop-2", vec!["shops", "eu", "zz"]),
+            ("shop-3", vec!["zz"]),
+            ("shop-4", vec![]),
+        ] {
+            let d = DeviceRecord {
+                id: id.into(),
+                public_key: edgefleet_common::SecretKey::from_seed([1; 32]).public(),
+                tags: tags.into_iter().map(String::from).collect(),
+                hostname: String::new(),
+                agent_version: String::new(),
+                approved: true,
+                enrolled_at: 0,
+                last_seen: None,
+                status: None,
+            };
+            assert_eq!(
+                resolve_desired(&index.for_device(&d), &d),
+                resolve_desired(&all, &d),
+                "{id}"
+            );
+        }
+    }
     use edgefleet_common::SecretKey;
 
     fn device(id: &str, tags: &[&str]) -> DeviceRecord {
