@@ -37,6 +37,19 @@ pub struct Desired {
     /// the same device's bundle at the same moment, and without it both would allocate a
     /// serial for the same version (the device then sees the lower one as a replay).
     issuing: Arc<std::sync::Mutex<()>>,
+    /// Desired state indexed by target, rebuilt after a write: every bundle issued (each
+    /// device's poll, the MQTT push, each rollout step) reads it, and with a record per
+    /// moved device, reading the tree each time was the hub's hot path at 10k devices.
+    cache: Arc<std::sync::Mutex<Cached>>,
+    /// Bumped by every write to desired state: a cache built from an older read is stale.
+    writes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The index and the write count it was built at.
+#[derive(Default)]
+struct Cached {
+    at: u64,
+    index: Option<Arc<DesiredIndex>>,
 }
 
 /// What an admin asks for.
@@ -63,7 +76,38 @@ impl Desired {
             registry,
             generation: Arc::new(tokio::sync::watch::channel(0).0),
             issuing: Default::default(),
+            cache: Default::default(),
+            writes: Default::default(),
         }
+    }
+
+    /// Desired state as an index, from the cache unless a write happened since it was built.
+    pub fn index(&self) -> HubResult<Arc<DesiredIndex>> {
+        use std::sync::atomic::Ordering;
+        let at = self.writes.load(Ordering::Acquire);
+        if let Ok(c) = self.cache.lock()
+            && c.at == at
+            && let Some(index) = &c.index
+        {
+            return Ok(index.clone());
+        }
+        let index = Arc::new(DesiredIndex::new(self.store.desired()?));
+        if let Ok(mut c) = self.cache.lock()
+            // Only if no write came in while it was read: a stale index is never kept.
+            && self.writes.load(Ordering::Acquire) == at
+        {
+            *c = Cached {
+                at,
+                index: Some(index.clone()),
+            };
+        }
+        Ok(index)
+    }
+
+    /// Every write to desired state calls this after it is in the store.
+    fn wrote(&self) {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Bumps the generation: what devices should serve may have changed.
@@ -107,6 +151,7 @@ impl Desired {
             set_at: crate::now(),
         };
         self.store.set_desired(&record)?;
+        self.wrote();
         self.store.flush().await?;
         self.bump_generation();
         tracing::info!(target = %record.target, model = %record.model, version = record.version, "desired state set");
@@ -133,6 +178,7 @@ impl Desired {
             )));
         };
         self.store.remove_desired(&req.target, &req.model)?;
+        self.wrote();
         self.store.flush().await?;
         self.bump_generation();
         tracing::info!(target = %old.target, model = %old.model, version = old.version, "assignment removed");
@@ -154,7 +200,9 @@ impl Desired {
             model: model.to_owned(),
             version,
             set_at: crate::now(),
-        })
+        })?;
+        self.wrote();
+        Ok(())
     }
 
     pub fn set_for_device(&self, device: &str, model: &str, version: Option<u64>) -> HubResult<()> {
@@ -167,7 +215,9 @@ impl Desired {
                 set_at: crate::now(),
             }),
             None => self.store.remove_desired(&target, model),
-        }
+        }?;
+        self.wrote();
+        Ok(())
     }
 
     /// Makes what was set durable and tells devices.
@@ -180,7 +230,7 @@ impl Desired {
     /// The device's signed assignments (and the root rotations it must know), reusing issued
     /// ones while they still match and are fresh.
     pub fn issue(&self, device: &DeviceRecord) -> HubResult<AssignmentBundle> {
-        self.issue_with(device, &self.store.desired()?)
+        self.issue_with(device, &self.index()?.for_device(device))
     }
 
     /// [`issue`](Self::issue) against desired state read once by the caller: the MQTT push
@@ -237,7 +287,7 @@ impl Desired {
     /// The device's bundle as bytes, in the newest format it reads: the format its last
     /// status report declared, or `asked` (the HTTP poll's header), whichever is newer.
     pub fn issue_bytes(&self, device: &DeviceRecord, asked: u32) -> HubResult<Vec<u8>> {
-        self.issue_bytes_with(device, asked, &self.store.desired()?)
+        self.issue_bytes_with(device, asked, &self.index()?.for_device(device))
     }
 
     /// [`issue_bytes`](Self::issue_bytes) against desired state the caller read once.

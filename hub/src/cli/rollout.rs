@@ -50,6 +50,11 @@ pub enum RolloutCommand {
         /// The running rollout this one replaces.
         #[arg(long)]
         supersedes: Option<u64>,
+        /// Waves start only within these daily UTC time ranges, e.g. 22:00-04:00 (repeat for
+        /// several); a wave that passes outside them waits.
+        #[arg(long = "maintenance-window", value_name = "HH:MM-HH:MM",
+              value_parser = |s: &str| crate::rollout::MaintenanceWindow::parse(s))]
+        maintenance_windows: Vec<crate::rollout::MaintenanceWindow>,
     },
     /// Every rollout, newest last.
     List,
@@ -140,6 +145,7 @@ pub(super) async fn run(
             max_p95_ratio,
             max_error_rate_increase,
             supersedes,
+            maintenance_windows,
         } => {
             let mut s = spec(
                 model,
@@ -166,6 +172,9 @@ pub(super) async fn run(
             }
             if let Some(id) = supersedes {
                 s["supersedes"] = json!(id);
+            }
+            if !maintenance_windows.is_empty() {
+                s["maintenance_windows"] = json!(maintenance_windows);
             }
             post("rollouts".into(), Some(s)).await?
         }

@@ -47,8 +47,8 @@ async fn publish_bundles(hub: &Hub, client: &AsyncClient, published: &mut HashMa
             return;
         }
     };
-    let desired = match hub.desired.list() {
-        Ok(d) => crate::desired::DesiredIndex::new(d),
+    let desired = match hub.desired.index() {
+        Ok(d) => d,
         Err(error) => {
             tracing::error!(%error, "cannot read desired state for assignment push");
             return;

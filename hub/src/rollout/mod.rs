@@ -25,7 +25,7 @@ use edgefleet_common::device::InstallPhase;
 use edgefleet_common::name;
 use serde::Serialize;
 
-pub use model::{Policy, Rollout, RolloutSpec, Selector, State, WaveSize};
+pub use model::{MaintenanceWindow, Policy, Rollout, RolloutSpec, Selector, State, WaveSize};
 
 use crate::desired::Desired;
 use crate::devices::Devices;

@@ -158,6 +158,10 @@ pub struct RolloutSpec {
     pub gates: GateConfig,
     #[serde(default)]
     pub on_failure: Policy,
+    /// Times of day (UTC) in which a wave may start; none: any time. A wave that passes
+    /// outside them keeps its devices and waits; the first wave too.
+    #[serde(default)]
+    pub maintenance_windows: Vec<MaintenanceWindow>,
     /// A running rollout this one replaces (it is aborted); without it, an overlap is refused.
     #[serde(default)]
     pub supersedes: Option<u64>,
@@ -214,8 +218,76 @@ impl RolloutSpec {
         if self.install_timeout_secs == 0 || self.install_timeout_secs > MAX_BAKE_SECS {
             out.push(format!("install_timeout_secs: 1..={MAX_BAKE_SECS}"));
         }
+        for w in &self.maintenance_windows {
+            if let Err(e) = w.minutes() {
+                out.push(format!("maintenance_windows: {e}"));
+            }
+        }
+        if self.maintenance_windows.len() > 24 {
+            out.push("maintenance_windows: at most 24".into());
+        }
         out.extend(self.gates.problems());
         out
+    }
+
+    /// Whether a wave may start at `now` (unix seconds).
+    pub fn may_start_wave(&self, now: u64) -> bool {
+        self.maintenance_windows.is_empty()
+            || self.maintenance_windows.iter().any(|w| w.contains(now))
+    }
+}
+
+/// A daily time range in UTC, `from` to `to` as "HH:MM"; past midnight when `to` < `from`
+/// ("22:00" to "04:00").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceWindow {
+    pub from: String,
+    pub to: String,
+}
+
+impl MaintenanceWindow {
+    /// Parses "22:00-04:00" (the CLI's form).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (from, to) = s
+            .split_once('-')
+            .ok_or_else(|| format!("{s:?}: give HH:MM-HH:MM (UTC), e.g. 22:00-04:00"))?;
+        let w = Self {
+            from: from.trim().to_owned(),
+            to: to.trim().to_owned(),
+        };
+        w.minutes()?;
+        Ok(w)
+    }
+
+    /// Minutes after midnight of `from` and `to`.
+    pub fn minutes(&self) -> Result<(u64, u64), String> {
+        let one = |t: &str| -> Result<u64, String> {
+            let bad = || format!("{t:?} is not a time of day HH:MM (UTC)");
+            let (h, m) = t.split_once(':').ok_or_else(bad)?;
+            let (h, m): (u64, u64) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+            if h > 23 || m > 59 || t.len() > 5 {
+                return Err(bad());
+            }
+            Ok(h * 60 + m)
+        };
+        let (from, to) = (one(&self.from)?, one(&self.to)?);
+        if from == to {
+            return Err(format!("{}-{} is empty", self.from, self.to));
+        }
+        Ok((from, to))
+    }
+
+    pub fn contains(&self, now: u64) -> bool {
+        let Ok((from, to)) = self.minutes() else {
+            return false;
+        };
+        let minute = (now / 60) % (24 * 60);
+        if from < to {
+            (from..to).contains(&minute)
+        } else {
+            minute >= from || minute < to
+        }
     }
 }
 

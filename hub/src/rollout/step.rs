@@ -80,7 +80,12 @@ impl Rollouts {
     /// windows every `bake_window_secs`.
     fn window_orders(&self, r: &Rollout) -> HubResult<Vec<(String, WindowOrder)>> {
         let secs = r.spec.bake_window_secs;
-        if secs == 0 || r.spec.bake_secs == 0 || !matches!(r.state, State::Running | State::Baking)
+        // A wave that passed and waits for a maintenance window is not judged any more.
+        let passed = r.current().and_then(|w| w.outcome) == Some(Outcome::Pass);
+        if secs == 0
+            || r.spec.bake_secs == 0
+            || passed
+            || !matches!(r.state, State::Running | State::Baking)
         {
             return Ok(vec![]);
         }
@@ -111,6 +116,7 @@ impl Rollouts {
 
     async fn advance(&self, r: &mut Rollout, now: u64) -> HubResult<()> {
         match r.state {
+            State::Pending if !r.spec.may_start_wave(now) => Ok(()),
             State::Pending => self.start_wave(r, 0, now).await,
             State::Running => {
                 self.move_members(r, now).await?;
@@ -258,6 +264,15 @@ impl Rollouts {
 
     /// At the end of the bake: every gate, canary against baseline.
     async fn check_bake(&self, r: &mut Rollout, now: u64) -> HubResult<()> {
+        // Passed, and waiting for a maintenance window to start the next wave.
+        if r.current().and_then(|w| w.outcome) == Some(Outcome::Pass)
+            && r.wave + 1 < r.spec.waves.len()
+        {
+            if r.spec.may_start_wave(now) {
+                return self.start_wave(r, r.wave + 1, now).await;
+            }
+            return Ok(());
+        }
         let since = r.current().and_then(|w| w.baking_since).unwrap_or(now);
         if now < since.saturating_add(r.spec.bake_secs) {
             return Ok(());
@@ -295,6 +310,10 @@ impl Rollouts {
                             verdicts: verdicts.clone(),
                         },
                     )?;
+                    if !r.spec.may_start_wave(now) {
+                        // Held until a maintenance window opens (checked every step above).
+                        return self.save(r);
+                    }
                     self.start_wave(r, k, now).await
                 } else {
                     let detail = format!("every wave passed: {}", summary(r));

@@ -48,6 +48,7 @@ fn spec(waves: &[&str], bake_secs: u64) -> RolloutSpec {
         install_timeout_secs: 900,
         gates: Default::default(),
         on_failure: Policy::Rollback,
+        maintenance_windows: vec![],
         supersedes: None,
     }
 }
@@ -456,4 +457,53 @@ async fn a_wave_with_no_baseline_left_is_judged_by_its_installs() {
             == 3,
         "{verdicts:?}"
     );
+}
+
+/// Maintenance windows hold a wave's start (the first wave's too) until the time of day is
+/// inside one; a passed wave keeps its devices and waits. Ranges wrap past midnight.
+#[tokio::test]
+async fn waves_start_only_inside_a_maintenance_window() {
+    let w = MaintenanceWindow::parse("22:00-04:00").expect("window");
+    let at = |h: u64, m: u64| 86_400 * 20_000 + h * 3600 + m * 60;
+    assert!(w.contains(at(23, 0)) && w.contains(at(3, 59)) && w.contains(at(22, 0)));
+    assert!(!w.contains(at(4, 0)) && !w.contains(at(12, 0)));
+    for bad in [
+        "22:00",
+        "25:00-01:00",
+        "10:00-10:00",
+        "a:b-c:d",
+        "10:00-10:60",
+        "010:00-11:00",
+    ] {
+        assert!(MaintenanceWindow::parse(bad).is_err(), "{bad}");
+    }
+    let kit = fleet().await;
+    let mut s = spec(&["1", "100%"], 0);
+    // Open from 01:00 to 02:00 UTC; the clock below starts at midnight.
+    s.maintenance_windows = vec![MaintenanceWindow::parse("01:00-02:00").expect("window")];
+    kit.hub.rollouts.create(s).await.expect("create");
+    let t = at(0, 0);
+    assert_eq!(step(&kit, t).await.state, State::Pending, "outside: held");
+    let r = step(&kit, at(1, 0)).await;
+    assert_eq!((r.state, r.wave), (State::Running, 0), "inside: started");
+    install_wanted(&kit);
+    step(&kit, at(1, 30)).await;
+    // Wave 1 passes after the window closed: the next wave waits, its devices untouched.
+    let r = step(&kit, at(2, 30)).await;
+    assert_eq!((r.state, r.wave), (State::Baking, 0), "{:?}", r.reason);
+    assert_eq!(wanted(&kit).iter().filter(|v| **v == 2).count(), 1);
+    let r = step(&kit, at(25, 0)).await;
+    assert_eq!(
+        (r.state, r.wave),
+        (State::Running, 1),
+        "the next day's window"
+    );
+    // A bad window in a spec is refused with the field named.
+    let mut bad = spec(&["100%"], 0);
+    bad.maintenance_windows = vec![MaintenanceWindow {
+        from: "24:00".into(),
+        to: "01:00".into(),
+    }];
+    let e = kit.hub.rollouts.create(bad).await.expect_err("bad window");
+    assert!(e.to_string().contains("maintenance_windows"), "{e}");
 }
