@@ -302,3 +302,63 @@ async fn a_version_with_more_errors_fails_its_gate_and_the_fleet_rolls_back() {
     let s = fleet.stop().await;
     assert!(s.records_acked > 0, "{s}");
 }
+
+/// A rollout of 1,000 simulated devices (one MQTT connection each) to 100 %, in three waves
+/// with no bake: every device ends on v2 and the rollout succeeds. (The timed run is
+/// `sim/bench.sh`; BENCHMARKS.md has its figures.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_simulated_devices_roll_out_to_one_hundred_percent() {
+    const N: u64 = 1000;
+    let hub = hub().await;
+    let fleet = Fleet::start(config(&hub, |c| {
+        c.devices = N as u32;
+        c.rate = 1.0;
+        c.window_secs = 60;
+        c.poll_secs = 60;
+    }))
+    .await
+    .expect("fleet");
+    let on = |version: u64| {
+        let fleet = &fleet;
+        async move {
+            eventually(&format!("{N} devices on v{version}"), || async {
+                let s = fleet.snapshot();
+                if s.active("demand", version) == N {
+                    Ok(s)
+                } else {
+                    Err(seen(&s))
+                }
+            })
+            .await
+        }
+    };
+    on(1).await;
+    let started = std::time::Instant::now();
+    let r = hub
+        .http
+        .post(hub.api("rollouts"))
+        .bearer_auth(&hub.token)
+        .json(&json!({
+            "model": "demand", "version": 2, "selector": {"tags": ["shops"]},
+            "waves": [{"devices": 1}, {"percent": 50.0}, {"percent": 100.0}], "bake_secs": 0,
+        }))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.expect("json")["id"]
+        .as_u64()
+        .expect("id");
+    on(2).await;
+    let done = eventually("the rollout succeeded", || async {
+        let v = get(&hub, &format!("rollouts/{id}")).await?;
+        when(v["state"] == "succeeded", v)
+    })
+    .await;
+    println!(
+        "{N} simulated devices (debug build) to 100 %: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(done["progress"][2]["reach"], N, "{done}");
+    fleet.stop().await;
+}

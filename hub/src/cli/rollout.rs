@@ -186,9 +186,9 @@ pub(super) async fn run(
             for ro in v.as_array().into_iter().flatten() {
                 println!(
                     "{:>4}  {:<20} v{:<5} {:<13} wave {}/{}",
-                    ro["id"],
+                    ro["id"].as_u64().unwrap_or(0),
                     ro["spec"]["model"].as_str().unwrap_or("?"),
-                    ro["spec"]["version"],
+                    ro["spec"]["version"].as_u64().unwrap_or(0),
                     ro["state"].as_str().unwrap_or("?"),
                     ro["wave"].as_u64().unwrap_or(0) + 1,
                     ro["spec"]["waves"].as_array().map_or(0, Vec::len)
@@ -248,12 +248,15 @@ pub(super) fn describe(v: &Value) -> String {
     }
     for (i, p) in v["progress"].as_array().into_iter().flatten().enumerate() {
         out.push_str(&format!(
-            "  wave {}: reach {:>5}  moved {:>5}  active {:>5}  downloading {:>5}  failed {:>5}\n",
+            "  wave {}: reach {:>5}  moved {:>5}  active {:>5}  installed {:>5}  downloading {:>5}  pending {:>5}  failed {:>5}\n",
             i + 1,
-            p["reach"],
-            p["targeted"],
-            p["active"],
-            p["downloading"],
+            // As numbers: a JSON value ignores width and alignment.
+            n(&p["reach"]),
+            n(&p["targeted"]),
+            n(&p["active"]),
+            n(&p["installed"]),
+            n(&p["downloading"]),
+            n(&p["pending"]),
             p["failed"].as_array().map_or(0, Vec::len)
         ));
         for f in p["failed"].as_array().into_iter().flatten().take(5) {
@@ -336,4 +339,9 @@ async fn watch(r: &Remote, id: u64) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// A JSON count as a number (0 when absent: a hub older than the field).
+fn n(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
 }

@@ -301,20 +301,33 @@ impl Rollouts {
     /// unless the spec supersedes it (then returned, to be aborted).
     fn check_overlaps(&self, spec: &RolloutSpec) -> HubResult<Option<Rollout>> {
         let mut superseded = None;
+        let devices = self.devices.list()?;
         for r in self.list()? {
-            if r.spec.model != spec.model
-                || !r.state.is_active()
-                || !r.spec.selector.overlaps(&spec.selector)
-            {
+            if r.spec.model != spec.model || !r.state.is_active() {
+                continue;
+            }
+            // By name, or by a device that matches both now (two tag lists with no tag in
+            // common still share a device that carries one of each).
+            let shared = devices
+                .iter()
+                .find(|d| r.spec.selector.matches(d) && spec.selector.matches(d));
+            if !r.spec.selector.overlaps(&spec.selector) && shared.is_none() {
                 continue;
             }
             if spec.supersedes == Some(r.id) {
                 superseded = Some(r);
                 continue;
             }
+            let example =
+                shared.map_or(String::new(), |d| format!(" (device {} is in both)", d.id));
             return Err(HubError::Conflict(format!(
-                "rollout {} ({} v{} to {:?}, {:?}) may move the same devices; wait for it, abort it, or create this one with \"supersedes\": {}",
-                r.id, r.spec.model, r.spec.version, r.spec.selector, r.state, r.id
+                "rollout {} ({} v{} to {:?}, {}) may move the same devices{example}; wait for it, abort it, or create this one with \"supersedes\": {}",
+                r.id,
+                r.spec.model,
+                r.spec.version,
+                r.spec.selector,
+                r.state.name(),
+                r.id
             )));
         }
         if let Some(id) = spec.supersedes
@@ -380,8 +393,8 @@ impl Rollouts {
         let cause = format!("operator:{action}");
         let refuse = |r: &Rollout| {
             Err(HubError::Conflict(format!(
-                "rollout {id} is {:?}: it cannot {action}",
-                r.state
+                "rollout {id} is {}: it cannot {action}",
+                r.state.name()
             )))
         };
         match action {

@@ -310,6 +310,21 @@ pub enum State {
 }
 
 impl State {
+    /// The state as the API spells it (`rolling_back`).
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Running => "running",
+            State::Baking => "baking",
+            State::Paused => "paused",
+            State::Succeeded => "succeeded",
+            State::Failed => "failed",
+            State::RollingBack => "rolling_back",
+            State::RolledBack => "rolled_back",
+            State::Aborted => "aborted",
+        }
+    }
+
     /// Nothing more happens on its own.
     pub fn is_terminal(self) -> bool {
         matches!(

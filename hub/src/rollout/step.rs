@@ -161,10 +161,18 @@ impl Rollouts {
         let reach = r.spec.waves[r.wave].reach(order.len());
         let targets = self.own_targets(&r.spec.model)?;
         let own = |id: &str| targets.get(id).copied();
+        // A device another active rollout of the model moved (it joined both selectors after
+        // they were created) stays with that one: two rollouts never fight over a device.
+        let held: std::collections::HashSet<String> = self
+            .list()?
+            .into_iter()
+            .filter(|o| o.id != r.id && o.spec.model == r.spec.model && o.state.is_active())
+            .flat_map(|o| o.moved.into_keys())
+            .collect();
         let newly: Vec<String> = order
             .iter()
             .take(reach)
-            .filter(|id| !r.moved.contains_key(*id))
+            .filter(|id| !r.moved.contains_key(*id) && !held.contains(*id))
             .cloned()
             .collect();
         if !newly.is_empty() {

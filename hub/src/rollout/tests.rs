@@ -317,7 +317,7 @@ async fn operator_actions_that_do_not_apply_are_refused_with_the_state() {
         .await
         .expect_err("not paused");
     assert!(matches!(err, HubError::Conflict(_)), "{err}");
-    assert!(err.to_string().contains("Pending"), "{err}");
+    assert!(err.to_string().contains("is pending"), "{err}");
     let err = kit
         .hub
         .rollouts
@@ -506,4 +506,44 @@ async fn waves_start_only_inside_a_maintenance_window() {
     }];
     let e = kit.hub.rollouts.create(bad).await.expect_err("bad window");
     assert!(e.to_string().contains("maintenance_windows"), "{e}");
+}
+
+/// Messages name states as the API spells them.
+#[test]
+fn state_names_are_the_api_names() {
+    use State::*;
+    for s in [
+        Pending,
+        Running,
+        Baking,
+        Paused,
+        Succeeded,
+        Failed,
+        RollingBack,
+        RolledBack,
+        Aborted,
+    ] {
+        assert_eq!(serde_json::to_value(s).expect("json"), s.name());
+    }
+}
+
+/// Two tag selectors with no tag in common still overlap when a device carries one of each.
+#[tokio::test]
+async fn tag_selectors_that_share_a_device_overlap() {
+    let kit = fleet().await;
+    kit.enroll("shop-both", &["eu", "us"], true).await;
+    kit.enroll("shop-us", &["us"], true).await;
+    kit.hub
+        .rollouts
+        .create(spec(&["1", "100%"], 0))
+        .await
+        .expect("eu");
+    let mut us = spec(&["1", "100%"], 0);
+    us.selector = Selector::Tags(vec!["us".into()]);
+    let e = kit.hub.rollouts.create(us).await.expect_err("overlap");
+    let text = e.to_string();
+    assert!(
+        text.contains("shop-both") && text.contains("pending"),
+        "{text}"
+    );
 }
