@@ -30,7 +30,7 @@ pub struct HubClient {
 
 /// Result of polling for assignments.
 pub enum Poll {
-    Changed(AssignmentBundle),
+    Changed(Box<AssignmentBundle>),
     Unchanged,
 }
 
@@ -229,7 +229,7 @@ impl HubClient {
                 let bytes = read_capped(resp, MAX_BUNDLE_BYTES).await?;
                 let bundle = AssignmentBundle::from_wire(&bytes)?;
                 *self.etag.lock().await = new_etag;
-                Ok(Poll::Changed(bundle))
+                Ok(Poll::Changed(Box::new(bundle)))
             }
             _ => Err(error_of(resp).await),
         }

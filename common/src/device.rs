@@ -132,6 +132,9 @@ pub struct AssignmentBundle {
     pub rotations: Vec<crate::trust::RootRotation>,
     /// Close telemetry windows on this schedule (a rollout's bake); none: the device's own.
     pub window: Option<crate::trust::Signed<WindowInstruction>>,
+    /// The models assigned to the device, signed: the only statement an agent removes a
+    /// model on (the bundle itself is an unsigned container anyone on the broker could forge).
+    pub assigned: Option<crate::trust::Signed<AssignedSet>>,
 }
 
 /// Format 1 of the bundle, as agents older than format 2 decode it.
@@ -155,7 +158,7 @@ impl AssignmentBundle {
         }
     }
 
-    /// Reads format 2, else format 1. Unambiguous: format 2 is format 1 plus an option at
+    /// Reads format 2, else format 1. Unambiguous: format 2 is format 1 plus two options at
     /// the end, and both decoders refuse missing or trailing bytes.
     pub fn from_wire(bytes: &[u8]) -> Result<Self> {
         const WHAT: &str = "assignment bundle";
@@ -166,6 +169,7 @@ impl AssignmentBundle {
                     assignments: v1.assignments,
                     rotations: v1.rotations,
                     window: None,
+                    assigned: None,
                 }),
                 // The newer format's complaint is the useful one.
                 Err(_) => Err(v2),
@@ -189,6 +193,47 @@ pub struct WindowInstruction {
     pub serial: u64,
     pub issued_at: u64,
     pub expires_at: u64,
+}
+
+/// "Device `device` is assigned exactly `models`" (as of `issued_at`, until `expires_at`).
+///
+/// An agent stops serving, after its grace period, a model this set does not name; it never
+/// removes on the bundle's list alone. Signed like an assignment; `serial` from the same
+/// counter, so an older set (a replayed retained message) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignedSet {
+    pub device: String,
+    pub models: Vec<String>,
+    pub serial: u64,
+    pub issued_at: u64,
+    pub expires_at: u64,
+}
+
+impl Document for AssignedSet {
+    const KIND: &'static str = "assigned-set";
+    const WHAT: &'static str = "assigned model set";
+}
+
+impl AssignedSet {
+    /// Checks what a device must check beyond the signature: for it, fresh.
+    pub fn validate_for(&self, device: &str, now: u64) -> Result<()> {
+        if self.device != device {
+            return Err(crate::Error::Instruction(format!(
+                "the assigned set is for device {}, not {device}",
+                self.device
+            )));
+        }
+        if now >= self.expires_at {
+            return Err(crate::Error::Instruction(format!(
+                "the assigned set expired at {} (now {now})",
+                self.expires_at
+            )));
+        }
+        for m in &self.models {
+            name::validate(m)?;
+        }
+        Ok(())
+    }
 }
 
 /// The shortest and longest windows an instruction may ask for.

@@ -302,19 +302,37 @@ fn bundle_formats_and_window_instruction_bytes() {
         assignments: vec![Signed::sign(&a, &key, None).expect("sign")],
         rotations: vec![],
         window: Some(Signed::sign(&w, &key, None).expect("sign")),
+        assigned: Some(
+            Signed::sign(
+                &edgefleet_common::device::AssignedSet {
+                    device: "shop-1".into(),
+                    models: vec!["demand".into()],
+                    serial: 302,
+                    issued_at: 5,
+                    expires_at: 600,
+                },
+                &key,
+                None,
+            )
+            .expect("sign"),
+        ),
     };
     let v2 = bundle.to_wire(2).expect("v2");
     let v1 = bundle.to_wire(1).expect("v1");
     expect![[r#"
-        v1 153 bytes, v2 283 bytes
+        v1 153 bytes, v2 403 bytes
     "#]]
     .assert_eq(&format!("v1 {} bytes, v2 {} bytes\n", v1.len(), v2.len()));
-    // Format 1 is the format-2 bytes without the instruction, minus the option tag.
+    // Format 1 is the format-2 bytes without the instruction and the set, minus their tags.
     let none = AssignmentBundle {
         window: None,
+        assigned: None,
         ..bundle.clone()
     };
-    assert_eq!(none.to_wire(2).expect("v2"), [v1.clone(), vec![0]].concat());
+    assert_eq!(
+        none.to_wire(2).expect("v2"),
+        [v1.clone(), vec![0, 0]].concat()
+    );
     // What a format-1 agent decodes: the same struct it always had.
     #[derive(serde::Deserialize)]
     struct OldBundle {

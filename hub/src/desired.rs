@@ -18,7 +18,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use edgefleet_common::device::{AssignmentBundle, BUNDLE_FORMAT, ModelRef, WindowInstruction};
+use edgefleet_common::device::{
+    AssignedSet, AssignmentBundle, BUNDLE_FORMAT, ModelRef, WindowInstruction,
+};
 use edgefleet_common::{Assignment, Permission, Signed, Target, name};
 use serde::Deserialize;
 
@@ -230,25 +232,19 @@ impl Desired {
     /// The device's signed assignments (and the root rotations it must know), reusing issued
     /// ones while they still match and are fresh.
     pub fn issue(&self, device: &DeviceRecord) -> HubResult<AssignmentBundle> {
-        self.issue_with(device, &self.index()?.for_device(device))
-    }
-
-    /// [`issue`](Self::issue) against desired state read once by the caller: the MQTT push
-    /// issues every device's bundle in one round, and reading the desired records per device
-    /// made a round O(devices × records) (a rollout gives each moved device a record).
-    pub fn issue_with(
-        &self,
-        device: &DeviceRecord,
-        desired: &[DesiredRecord],
-    ) -> HubResult<AssignmentBundle> {
         // A poisoned lock only means another issuer panicked; the store is transactional.
         let _issuing = self.issuing.lock().unwrap_or_else(|p| p.into_inner());
+        // Desired state read under the lock (the cached index: an `Arc` clone unless a write
+        // came in). Read before it, a slow round of the push could sign an older version
+        // with a newer serial than the long-poll just issued for the current one.
+        let desired = self.index()?.for_device(device);
         let now = crate::now();
         // One snapshot: every assignment of the bundle is signed under the same keys and settings.
         let config = self.config.load();
         let ttl = config.config.assignment_ttl_secs;
         let mut out = Vec::new();
-        for want in resolve_desired(desired, device) {
+        let wanted = resolve_desired(&desired, device);
+        for want in &wanted {
             let Some(model) = self.registry.record(&want.name, want.version)? else {
                 continue;
             };
@@ -276,30 +272,63 @@ impl Desired {
             self.store.put_issued(&device.id, &signed)?;
             out.push(signed);
         }
+        // A model no longer assigned: its issued assignment is forgotten, so assigning the
+        // same version again signs a new one (the device refuses a serial it already used).
+        for model in self.store.issued_models(&device.id)? {
+            if !wanted.iter().any(|w| w.name == model) {
+                self.store.remove_issued(&device.id, &model)?;
+            }
+        }
         let window = self.issue_window(device, &config, now)?;
+        let names: Vec<String> = out
+            .iter()
+            .filter_map(|a| a.decode_unverified().ok().map(|a| a.model))
+            .collect();
+        let assigned = self.issue_set(device, names, &config, now)?;
         Ok(AssignmentBundle {
             assignments: out,
             rotations: config.rotations.clone(),
             window,
+            assigned: Some(assigned),
         })
     }
 
-    /// The device's bundle as bytes, in the newest format it reads: the format its last
-    /// status report declared, or `asked` (the HTTP poll's header), whichever is newer.
-    pub fn issue_bytes(&self, device: &DeviceRecord, asked: u32) -> HubResult<Vec<u8>> {
-        self.issue_bytes_with(device, asked, &self.index()?.for_device(device))
+    /// The device's bundle as bytes in `format` (capped at the newest the hub writes).
+    pub fn issue_bytes(&self, device: &DeviceRecord, format: u32) -> HubResult<Vec<u8>> {
+        Ok(self.issue(device)?.to_wire(format.min(BUNDLE_FORMAT))?)
     }
 
-    /// [`issue_bytes`](Self::issue_bytes) against desired state the caller read once.
-    pub fn issue_bytes_with(
+    /// The bundle format to push to a device: the one its last status report declared (an
+    /// agent older than the field reads format 1).
+    pub fn pushed_format(device: &DeviceRecord) -> u32 {
+        device.status.as_ref().map_or(1, |s| s.bundle_format.max(1))
+    }
+
+    /// The signed set of models assigned to the device, reused while unchanged and fresh.
+    fn issue_set(
         &self,
         device: &DeviceRecord,
-        asked: u32,
-        desired: &[DesiredRecord],
-    ) -> HubResult<Vec<u8>> {
-        let reported = device.status.as_ref().map_or(0, |s| s.bundle_format);
-        let format = reported.max(asked).min(BUNDLE_FORMAT);
-        Ok(self.issue_with(device, desired)?.to_wire(format)?)
+        models: Vec<String>,
+        config: &crate::config::RuntimeConfig,
+        now: u64,
+    ) -> HubResult<Signed<AssignedSet>> {
+        let ttl = config.config.assignment_ttl_secs;
+        if let Some(prev) = self.store.issued_set(&device.id)? {
+            let s = prev.decode_unverified()?;
+            if s.models == models && s.expires_at > now + ttl / 2 {
+                return Ok(prev);
+            }
+        }
+        let set = AssignedSet {
+            device: device.id.clone(),
+            models,
+            serial: self.store.next_serial()?,
+            issued_at: now,
+            expires_at: now + ttl,
+        };
+        let signed = Signed::sign(&set, &config.signing_key, Some(config.delegation.clone()))?;
+        self.store.put_issued_set(&device.id, &signed)?;
+        Ok(signed)
     }
 
     /// The signed window instruction a rollout asks of the device, reused while it matches

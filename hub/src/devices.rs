@@ -217,9 +217,12 @@ impl Devices {
     /// Stores the agent's report after an update attempt (bounded: it is the device's input).
     /// Returns the bundle format the previous report declared.
     pub fn report_status(&self, id: &str, status: DeviceStatus) -> HubResult<u32> {
+        let long_name = |m: &edgefleet_common::device::ModelRef| m.name.len() > 256;
         if status.last_error.as_ref().is_some_and(|e| e.len() > 4096)
+            || status.agent_version.len() > 256
             || status.active.len() > 256
             || status.previous.len() > 256
+            || status.active.iter().chain(&status.previous).any(long_name)
             || status.installs.len() > 256
             || status
                 .installs

@@ -168,7 +168,7 @@ impl Device {
         };
         self.shared.stats.enrolled.fetch_add(1, Ordering::Relaxed);
         if let Poll::Changed(bundle) = first {
-            self.take_bundle(bundle).await;
+            self.take_bundle(*bundle).await;
         }
 
         let (client, events, driver) = self.connect(stop.clone());
@@ -562,7 +562,7 @@ impl Device {
             self.hub.poll(now(), 0).await
         };
         match polled {
-            Ok(Poll::Changed(bundle)) => self.take_bundle(bundle).await,
+            Ok(Poll::Changed(bundle)) => self.take_bundle(*bundle).await,
             Ok(Poll::Unchanged) => {}
             Err(e) => tracing::debug!(device = %self.id, error = %e, "assignment poll failed"),
         }

@@ -135,6 +135,7 @@ fn bundle(a: Assignment, key: &SecretKey) -> AssignmentBundle {
         assignments: vec![Signed::sign(&a, key, None).expect("sign")],
         rotations: vec![],
         window: None,
+        assigned: None,
     }
 }
 
@@ -331,4 +332,66 @@ async fn an_older_bundle_for_the_served_version_is_ignored_and_a_replay_is_still
         1,
         "still serving v1"
     );
+}
+
+/// The agent removes a model only on the hub's signed assigned set: a bundle that merely
+/// leaves it out (anyone on the broker can publish one), a set signed by another key, or an
+/// older set removes nothing; the root-signed set without the model starts the grace period.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_a_signed_assigned_set_removes_a_model() {
+    use edgefleet_common::device::AssignedSet;
+    let (hub, dir, u, d1, _) = demand_v1_v2().await;
+    let now = now();
+    u.apply(&bundle(assign_demand(1, 10, d1, now), &hub.root), now)
+        .await
+        .expect("v1");
+    let set = |models: Vec<String>, serial: u64, key: &SecretKey| AssignmentBundle {
+        assigned: Some(
+            Signed::sign(
+                &AssignedSet {
+                    device: "shop-1".into(),
+                    models,
+                    serial,
+                    issued_at: now,
+                    expires_at: now + 3600,
+                },
+                key,
+                None,
+            )
+            .expect("sign"),
+        ),
+        ..Default::default()
+    };
+    // An empty, unsigned bundle: nothing.
+    u.apply(&AssignmentBundle::default(), now)
+        .await
+        .expect("an empty bundle is no error");
+    assert!(u.unassigned().await.is_empty());
+    // A set signed by a stranger: refused, nothing.
+    let stranger = SecretKey::generate().expect("key");
+    u.apply(&set(vec![], 50, &stranger), now)
+        .await
+        .expect("a refused set is no update error");
+    assert!(u.unassigned().await.is_empty());
+    // The root's set naming the model: nothing; then one without it: marked.
+    u.apply(&set(vec!["demand".into()], 60, &hub.root), now)
+        .await
+        .expect("set");
+    assert!(u.unassigned().await.is_empty());
+    u.apply(&set(vec![], 70, &hub.root), now)
+        .await
+        .expect("set");
+    assert!(u.unassigned().await.contains_key("demand"));
+    // An older set naming it again (a replayed retained message) does not cancel that.
+    u.apply(&set(vec!["demand".into()], 65, &hub.root), now)
+        .await
+        .expect("old set");
+    assert!(u.unassigned().await.contains_key("demand"));
+    // Within the grace period nothing goes; after it, the model stops and leaves the disk.
+    assert!(!u.remove_unassigned(now + 10).await);
+    assert!(u.models.get("demand").is_some());
+    assert!(u.remove_unassigned(now + 601).await);
+    assert!(u.models.get("demand").is_none());
+    assert!(!dir.path().join("models").join("demand").exists());
+    assert!(u.layout.load_active().expect("active").models.is_empty());
 }

@@ -364,7 +364,7 @@ async fn a_baking_wave_and_its_baseline_close_short_windows_until_paused_or_ende
     // From the wave's start (installing) through its bake.
     four(4).await;
     wait_state(&hub, id, "baking").await;
-    assert_eq!(on_window(&hub, N, 5).await.expect("devices"), 4);
+    four(4).await;
     act(&hub, id, "pause").await;
     four(0).await;
     act(&hub, id, "resume").await;
@@ -550,4 +550,34 @@ async fn a_hub_killed_mid_wave_resumes_the_rollout_and_late_joiners_get_the_resu
         a.stop().await;
     }
     process.kill9().await;
+}
+
+/// A device that starts matching the selector while a rollout runs gets the rollout's current
+/// decision: here the only wave reaches 100 %, so the joiner is moved to v2 too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_device_joining_mid_rollout_gets_the_current_decision() {
+    const N: usize = 3;
+    let hub = Hub::start().await;
+    let agents = fleet(&hub, N).await;
+    hub.push_mlp("demand", 2, 2).await;
+    let id = create_ok(
+        &hub,
+        json!({"model": "demand", "version": 2, "selector": {"tags": ["shops"]},
+               "waves": [{"percent": 100.0}], "bake_secs": 3600}),
+    )
+    .await;
+    wait_state(&hub, id, "baking").await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let late = Agent::start_with(&hub, &format!("shop-{N}"), dir, |c| {
+        c.tags = vec!["shops".into()]
+    })
+    .await;
+    eventually("the joiner serving v2", || serving(&hub, N, 2)).await;
+    let v = rollout(&hub, id).await.expect("rollout");
+    assert!(v["moved"].get(format!("shop-{N}")).is_some(), "{v}");
+    act(&hub, id, "abort").await;
+    late.stop().await;
+    for a in agents {
+        a.stop().await;
+    }
 }

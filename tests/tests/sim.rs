@@ -362,3 +362,56 @@ async fn a_thousand_simulated_devices_roll_out_to_one_hundred_percent() {
     assert_eq!(done["progress"][2]["reach"], N, "{done}");
     fleet.stop().await;
 }
+
+/// The latency gate catches a slow version: v2 answers 4× slower (the fault profile); the
+/// p95 ratio of canaries to baseline fails the gate and the fleet rolls back to v1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slower_version_fails_its_latency_gate_and_the_fleet_rolls_back() {
+    let hub = hub().await;
+    let fleet = Fleet::start(config(&hub, |c| {
+        c.window_secs = 600;
+        c.slow_version = Some(2);
+        c.slow_factor = Some(4.0);
+    }))
+    .await
+    .expect("fleet");
+    all_on(&fleet, 1).await;
+    let r = hub
+        .http
+        .post(hub.api("rollouts"))
+        .bearer_auth(&hub.token)
+        .json(&json!({
+            "model": "demand", "version": 2, "selector": {"tags": ["shops"]},
+            "waves": [{"devices": 5}, {"percent": 100.0}],
+            "bake_secs": 8, "bake_window_secs": 5,
+            "gates": {"min_devices": 3, "min_requests": 200},
+        }))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.expect("json")["id"]
+        .as_u64()
+        .expect("id");
+    let done = eventually("the rollout rolled back by its latency gate", || async {
+        let v = get(&hub, &format!("rollouts/{id}")).await?;
+        when(v["state"] == "rolled_back", v)
+    })
+    .await;
+    let gate = done["waves"][0]["verdicts"]
+        .as_array()
+        .and_then(|v| v.iter().find(|g| g["gate"] == "latency_p95"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(gate["outcome"], "fail", "{done}");
+    let (c, b) = (
+        gate["canary"].as_f64().unwrap_or(0.0),
+        gate["baseline"].as_f64().unwrap_or(f64::MAX),
+    );
+    assert!(
+        c > 2.0 * b,
+        "canary p95 {c} ms against baseline {b} ms: {gate}"
+    );
+    all_on(&fleet, 1).await;
+    fleet.stop().await;
+}

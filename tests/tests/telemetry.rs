@@ -380,9 +380,14 @@ async fn device_detail_shows_health_liveness_and_the_latest_window() {
 async fn fleet_metrics_count_the_online_device_and_stored_records() {
     let f = Drifted::start().await;
     f.online().await;
-    let fleet = get(&f.hub, "fleet/metrics").await;
+    // The stored counter is bumped after the batch commits, a moment after the aggregates
+    // (what `online` waits for) are readable.
+    let fleet = eventually("a stored record counted", || async {
+        let fleet = get(&f.hub, "fleet/metrics").await;
+        when(fleet["ingest"]["stored"].as_u64() >= Some(1), fleet)
+    })
+    .await;
     assert_eq!(fleet["devices"]["online"], 1, "{fleet}");
-    assert!(fleet["ingest"]["stored"].as_u64() >= Some(1), "{fleet}");
     f.stop().await;
 }
 

@@ -53,8 +53,8 @@ impl Instructed {
         });
     }
 
-    /// Drops an instruction that expired at `now`.
-    pub fn expire(&self, now: u64) {
+    /// Drops an instruction that expired at `now`; true when it did.
+    pub fn expire(&self, now: u64) -> bool {
         let expired = self
             .current
             .lock()
@@ -64,6 +64,7 @@ impl Instructed {
             tracing::info!("telemetry window instruction expired; back to the configured window");
             self.set(None);
         }
+        expired
     }
 }
 
@@ -87,11 +88,13 @@ impl Updater {
         w.validate_for(self.hub.device_id(), now)?;
         let newest = self.window.newest_serial.load(Ordering::Acquire);
         if w.serial < newest {
-            return Err(edgefleet_common::Error::Instruction(format!(
-                "serial {} is older than {newest} already applied (a replay)",
-                w.serial
-            ))
-            .into());
+            // A stale retained message or a replay: the newer instruction stands.
+            tracing::debug!(
+                serial = w.serial,
+                newest,
+                "older window instruction ignored"
+            );
+            return Ok(());
         }
         self.window.newest_serial.store(w.serial, Ordering::Release);
         if self.window.window_secs() != Some(w.window_secs) {

@@ -66,6 +66,8 @@ pub struct Updater {
     pub window: instruction::Instructed,
     /// Served models the hub no longer assigns, waiting out their grace period.
     pub unassigned: Mutex<removal::Unassigned>,
+    /// Serial of the newest signed assigned set applied: an older one is a replay.
+    pub assigned_serial: AtomicU64,
 }
 
 /// Test-only fault point (see ARCHITECTURE.md): abort between staging and activation.
@@ -98,6 +100,7 @@ impl Updater {
             progress: Default::default(),
             window: Default::default(),
             unassigned: Default::default(),
+            assigned_serial: AtomicU64::new(0),
         }
     }
 
@@ -274,11 +277,10 @@ impl Updater {
             }
         }
         let mut first_error = None;
-        // The instruction only changes how telemetry windows close: a bad one is reported
-        // but never stops the assignments.
+        // The instruction only changes how telemetry windows close: a bad one is logged and
+        // the device keeps its window; it never fails the update.
         if let Err(e) = self.apply_window(bundle.window.as_ref(), now).await {
             tracing::warn!(error = %e, "telemetry window instruction refused");
-            first_error = Some(e);
         }
         self.note_unassigned(bundle, now).await;
         for signed in &bundle.assignments {
@@ -331,7 +333,12 @@ impl Updater {
                 tracing::debug!(model = %a.model, version = a.version, serial = a.serial, newest = last, stale, "older assignment for the version already served; ignored");
                 return Ok(());
             }
-            Decision::RecordSerialOnly => return self.record_serial(&a).await,
+            Decision::RecordSerialOnly => {
+                // The served version: whatever an earlier assignment left (a failed newer
+                // version rolled back), this model is active now.
+                self.set_progress(&a.model, a.version, InstallPhase::Active, None);
+                return self.record_serial(&a).await;
+            }
             Decision::Install => {}
         }
         tracing::info!(model = %a.model, version = a.version, serial = a.serial, "applying assignment");
@@ -386,10 +393,8 @@ impl Updater {
                 _ = shutdown.changed() => return,
             };
             let failed = result.is_err();
-            self.window.expire(crate::now());
-            if let Err(e) = self.remove_unassigned(crate::now()).await {
-                tracing::warn!(error = %e, "cannot remove an unassigned model; retried on the next round");
-            }
+            let expired = self.window.expire(crate::now());
+            let removed = self.remove_unassigned(crate::now()).await;
             match &result {
                 Ok(_) => {
                     backoff = Duration::from_secs(1);
@@ -402,7 +407,7 @@ impl Updater {
                     self.hub.reset_etag().await;
                 }
             }
-            if !matches!(result, Ok(false)) {
+            if !matches!(result, Ok(false)) || expired || removed {
                 let status = self.status().await;
                 if let Err(e) = self.hub.report(crate::now(), &status).await {
                     tracing::debug!(error = %e, "status report failed");

@@ -61,12 +61,13 @@ pub async fn assignments(
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    // The newest bundle format the agent reads; a bad or absent header means format 1.
-    let asked = headers
+    // The newest bundle format the agent reads, from its header alone (an agent downgraded
+    // since its last status report sends none); bad or absent means format 1.
+    let format = headers
         .get(BUNDLE_FORMAT_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u32>().ok())
-        .unwrap_or(0);
+        .unwrap_or(1);
     loop {
         // Mark the current generation seen before computing, so a change made while we compute
         // wakes the wait below instead of being missed.
@@ -75,7 +76,7 @@ pub async fn assignments(
             .devices
             .get(&dev.device_id)?
             .ok_or_else(|| HubError::NotFound("device record vanished".into()))?;
-        let bytes = hub.desired.issue_bytes(&device, asked)?;
+        let bytes = hub.desired.issue_bytes(&device, format)?;
         let etag = format!("\"{}\"", Digest::of(&bytes));
         if if_none_match.as_deref() != Some(etag.as_str()) {
             return Ok((

@@ -47,15 +47,9 @@ async fn publish_bundles(hub: &Hub, client: &AsyncClient, published: &mut HashMa
             return;
         }
     };
-    let desired = match hub.desired.index() {
-        Ok(d) => d,
-        Err(error) => {
-            tracing::error!(%error, "cannot read desired state for assignment push");
-            return;
-        }
-    };
     for d in devices.into_iter().filter(|d| d.approved) {
-        let bytes = match hub.desired.issue_bytes_with(&d, 0, &desired.for_device(&d)) {
+        let format = crate::desired::Desired::pushed_format(&d);
+        let bytes = match hub.desired.issue_bytes(&d, format) {
             Ok(b) => b,
             Err(error) => {
                 tracing::warn!(device = %d.id, %error, "cannot build the assignment bundle to push");

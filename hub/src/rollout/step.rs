@@ -100,7 +100,7 @@ impl Rollouts {
             .filter(|(_, m)| m.wave == r.wave)
             .map(|(id, _)| id.clone())
             .collect();
-        let selected = self.selected(&r.spec.selector)?;
+        let selected = self.candidates(r)?;
         let baseline: Vec<String> = ordered(r.id, &selected)
             .into_iter()
             .rev()
@@ -131,6 +131,21 @@ impl Rollouts {
         }
     }
 
+    /// The rollout's devices: the selected ones, less those another active rollout of the
+    /// model moved (a device that joined both selectors after they were created stays with
+    /// that one: two rollouts never fight over a device, its cohort or its window).
+    fn candidates(&self, r: &Rollout) -> HubResult<Vec<DeviceRecord>> {
+        let held: std::collections::HashSet<String> = self
+            .list()?
+            .into_iter()
+            .filter(|o| o.id != r.id && o.spec.model == r.spec.model && o.state.is_active())
+            .flat_map(|o| o.moved.into_keys())
+            .collect();
+        let mut selected = self.selected(&r.spec.selector)?;
+        selected.retain(|d| !held.contains(&d.id) || r.moved.contains_key(&d.id));
+        Ok(selected)
+    }
+
     /// Starts wave `k`: records it, then moves its devices.
     async fn start_wave(&self, r: &mut Rollout, k: usize, now: u64) -> HubResult<()> {
         r.wave = k;
@@ -156,23 +171,15 @@ impl Rollouts {
     /// puts the selected devices in the wave's telemetry cohort, and re-applies the moves a
     /// crash may have left half done.
     async fn move_members(&self, r: &mut Rollout, now: u64) -> HubResult<()> {
-        let selected = self.selected(&r.spec.selector)?;
+        let selected = self.candidates(r)?;
         let order = ordered(r.id, &selected);
         let reach = r.spec.waves[r.wave].reach(order.len());
         let targets = self.own_targets(&r.spec.model)?;
         let own = |id: &str| targets.get(id).copied();
-        // A device another active rollout of the model moved (it joined both selectors after
-        // they were created) stays with that one: two rollouts never fight over a device.
-        let held: std::collections::HashSet<String> = self
-            .list()?
-            .into_iter()
-            .filter(|o| o.id != r.id && o.spec.model == r.spec.model && o.state.is_active())
-            .flat_map(|o| o.moved.into_keys())
-            .collect();
         let newly: Vec<String> = order
             .iter()
             .take(reach)
-            .filter(|id| !r.moved.contains_key(*id) && !held.contains(*id))
+            .filter(|id| !r.moved.contains_key(*id))
             .cloned()
             .collect();
         if !newly.is_empty() {
@@ -379,7 +386,7 @@ impl Rollouts {
                 baseline = Some((v, m));
             }
         }
-        let selected = self.selected(&r.spec.selector)?;
+        let selected = self.candidates(r)?;
         let reporting =
             |version: u64| self.reporting_devices(&selected, &r.spec.model, version, since);
         let c = side(canary.as_ref(), reporting(r.spec.version)?);
@@ -402,8 +409,10 @@ impl Rollouts {
             .unwrap_or_default();
         let rules = store.drift_config(&r.spec.model)?;
         let cfg = &r.spec.gates;
+        // Only after an earlier wave was judged against a baseline: a rollout whose first wave
+        // already takes every device (one wave of 100 %, a tiny fleet) follows `no_baseline`.
         let left_on_old = selected.iter().any(|d| !r.moved.contains_key(&d.id));
-        if !left_on_old {
+        if !left_on_old && r.wave > 0 {
             for gate in ["error_rate", "latency_p95", "output_drift"] {
                 verdicts.push(gates::no_baseline_left(gate));
             }
@@ -458,9 +467,11 @@ impl Rollouts {
         detail: String,
         verdicts: Vec<GateVerdict>,
     ) -> HubResult<()> {
-        self.transition(r, State::Succeeded, "gate", detail, verdicts)?;
+        // Before the transition: a succeeded rollout is never stepped again, so a crash or
+        // an error here must leave it to be redone (both are idempotent).
         self.hand_over_to_tags(r).await?;
-        self.leave_cohort(r)
+        self.leave_cohort(r)?;
+        self.transition(r, State::Succeeded, "gate", detail, verdicts)
     }
 
     /// After a tag-selected rollout succeeds, its tags carry the version: a device that

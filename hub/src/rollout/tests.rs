@@ -390,7 +390,11 @@ async fn a_baking_wave_and_its_baseline_get_short_windows_until_it_ends() {
     // The instruction travels signed in the device's bundle, for that device only.
     let (device, _) = &orders[0];
     let d = kit.hub.devices.get(device).expect("read").expect("device");
-    let bytes = kit.hub.desired.issue_bytes(&d, 0).expect("bundle");
+    let bytes = kit
+        .hub
+        .desired
+        .issue_bytes(&d, crate::desired::Desired::pushed_format(&d))
+        .expect("bundle");
     let bundle = edgefleet_common::device::AssignmentBundle::from_wire(&bytes).expect("decode");
     let config = kit.hub.config();
     let root = config.trust.clone();
@@ -401,13 +405,23 @@ async fn a_baking_wave_and_its_baseline_get_short_windows_until_it_ends() {
         .expect("signed under the root");
     assert_eq!((w.device.as_str(), w.window_secs), (device.as_str(), 60));
     // Re-issued unchanged while fresh: the bundle's bytes (and its ETag) do not churn.
-    assert_eq!(kit.hub.desired.issue_bytes(&d, 0).expect("again"), bytes);
+    assert_eq!(
+        kit.hub
+            .desired
+            .issue_bytes(&d, crate::desired::Desired::pushed_format(&d))
+            .expect("again"),
+        bytes
+    );
     // A device that does not read format 2 gets format 1, without the instruction.
     let mut old = d.clone();
     if let Some(st) = old.status.as_mut() {
         st.bundle_format = 0;
     }
-    let v1 = kit.hub.desired.issue_bytes(&old, 0).expect("v1");
+    let v1 = kit
+        .hub
+        .desired
+        .issue_bytes(&old, crate::desired::Desired::pushed_format(&old))
+        .expect("v1");
     assert!(v1.len() < bytes.len());
     assert!(
         edgefleet_common::device::AssignmentBundle::from_wire(&v1)
@@ -426,16 +440,52 @@ async fn a_baking_wave_and_its_baseline_get_short_windows_until_it_ends() {
     step(&kit, t + 63).await;
     assert!(kit.hub.rollouts.windows().expect("orders").is_empty());
     let bundle = edgefleet_common::device::AssignmentBundle::from_wire(
-        &kit.hub.desired.issue_bytes(&d, 0).expect("bundle"),
+        &kit.hub
+            .desired
+            .issue_bytes(&d, crate::desired::Desired::pushed_format(&d))
+            .expect("bundle"),
     )
     .expect("decode");
     assert!(bundle.window.is_none());
 }
 
-/// A wave that leaves no device on the old version (here the only wave, at 100 %) has no
-/// baseline: the canary-vs-baseline gates do not hold it, the install gate decides.
+/// A wave that leaves no device on the old version after an earlier wave was judged against
+/// a baseline (the last, at 100 %): the canary-vs-baseline gates do not hold it, its installs
+/// decide. A rollout whose first wave takes every device follows `no_baseline` instead.
 #[tokio::test]
-async fn a_wave_with_no_baseline_left_is_judged_by_its_installs() {
+async fn the_last_wave_with_no_baseline_left_is_judged_by_its_installs() {
+    let kit = fleet().await;
+    let mut s = spec(&["1", "100%"], 60);
+    // Wave 1 passes without telemetry (no data on either side, and the policy says pass).
+    s.gates.min_devices = 0;
+    s.gates.min_requests = 0;
+    s.gates.no_baseline = gates::NoData::Pass;
+    kit.hub.rollouts.create(s).await.expect("create");
+    let t = crate::now();
+    step(&kit, t).await;
+    install_wanted(&kit);
+    assert_eq!(step(&kit, t + 1).await.state, State::Baking);
+    let r = step(&kit, t + 62).await;
+    assert_eq!((r.state, r.wave), (State::Running, 1), "{:?}", r.reason);
+    install_wanted(&kit);
+    assert_eq!(step(&kit, t + 63).await.state, State::Baking);
+    let r = step(&kit, t + 124).await;
+    assert_eq!(r.state, State::Succeeded, "{:?}", r.reason);
+    let verdicts = &r.waves.last().expect("wave").verdicts;
+    assert_eq!(
+        verdicts
+            .iter()
+            .filter(|v| v.detail.contains("none is left as a baseline"))
+            .count(),
+        3,
+        "{verdicts:?}"
+    );
+}
+
+/// One wave of 100 %: no earlier wave was judged, so no baseline means `no_baseline`
+/// (inconclusive by default): the bake is extended, not passed.
+#[tokio::test]
+async fn a_single_wave_with_no_baseline_follows_the_no_data_policy() {
     let kit = fleet().await;
     kit.hub
         .rollouts
@@ -447,15 +497,11 @@ async fn a_wave_with_no_baseline_left_is_judged_by_its_installs() {
     install_wanted(&kit);
     assert_eq!(step(&kit, t + 1).await.state, State::Baking);
     let r = step(&kit, t + 62).await;
-    assert_eq!(r.state, State::Succeeded, "{:?}", r.reason);
-    let verdicts = &r.waves.last().expect("wave").verdicts;
-    assert!(
-        verdicts
-            .iter()
-            .filter(|v| v.detail.contains("none is left as a baseline"))
-            .count()
-            == 3,
-        "{verdicts:?}"
+    assert_eq!(
+        r.state,
+        State::Baking,
+        "extended while inconclusive: {:?}",
+        r.reason
     );
 }
 

@@ -6,13 +6,14 @@
 //! (target \0 model → DesiredRecord), `issued` (device \0 model → Signed<Assignment> bytes),
 //! `sessions` (sha256(token) → SessionRecord), `rollouts` (id-be → JSON), `rollout_audit`
 //! (id-be, sequence-be → JSON), `windows` (device → WindowOrder: the telemetry window a rollout
-//! asks of it), `issued_windows` (device → Signed<WindowInstruction>), `meta` (counters). Artifacts live under
+//! asks of it), `issued_windows` (device → Signed<WindowInstruction>), `issued_sets` (device →
+//! Signed<AssignedSet>), `meta` (counters). Artifacts live under
 //! `blobs/sha256/<hex>`, written to `tmp/` first, fsynced, then renamed: a blob that exists is
 //! whole and has the hash it is named by.
 
 use std::path::{Path, PathBuf};
 
-use edgefleet_common::device::WindowInstruction;
+use edgefleet_common::device::{AssignedSet, WindowInstruction};
 use edgefleet_common::{Assignment, Digest, Signed, encoding};
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -38,6 +39,7 @@ pub struct Store {
     rollout_audit: sled::Tree,
     windows: sled::Tree,
     issued_windows: sled::Tree,
+    issued_sets: sled::Tree,
     meta: sled::Tree,
     blob_dir: PathBuf,
     tmp_dir: PathBuf,
@@ -82,6 +84,7 @@ impl Store {
             rollout_audit: db.open_tree("rollout_audit")?,
             windows: db.open_tree("windows")?,
             issued_windows: db.open_tree("issued_windows")?,
+            issued_sets: db.open_tree("issued_sets")?,
             meta: db.open_tree("meta")?,
             db,
             blob_dir,
@@ -293,6 +296,36 @@ impl Store {
             .get(device)?
             .map(|v| decode(&v))
             .transpose()
+    }
+
+    pub fn issued_set(&self, device: &str) -> HubResult<Option<Signed<AssignedSet>>> {
+        self.issued_sets
+            .get(device)?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    pub fn put_issued_set(&self, device: &str, s: &Signed<AssignedSet>) -> HubResult<()> {
+        self.issued_sets.insert(device.as_bytes(), encode(s)?)?;
+        Ok(())
+    }
+
+    /// The models the device has an issued assignment for.
+    pub fn issued_models(&self, device: &str) -> HubResult<Vec<String>> {
+        let prefix = pair_key(device, "");
+        self.issued
+            .scan_prefix(&prefix)
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?[prefix.len()..]).into_owned()))
+            .collect()
+    }
+
+    /// Forgets the device's issued assignment of `model` (no longer assigned): a later
+    /// assignment of the same version is signed afresh with a new serial, not reused (the
+    /// device refuses a serial it already used).
+    pub fn remove_issued(&self, device: &str, model: &str) -> HubResult<()> {
+        self.issued.remove(pair_key(device, model))?;
+        Ok(())
     }
 
     pub fn put_issued_window(&self, device: &str, w: &Signed<WindowInstruction>) -> HubResult<()> {
