@@ -152,10 +152,13 @@ pub enum Command {
     /// the model serves it for its removal grace period (agent `removal_grace_secs`, 10 min by
     /// default), then stops and deletes it.
     Unassign {
+        /// The device whose own assignment is removed (its tags' assignments stay).
         #[arg(long, conflicts_with = "tag", required_unless_present = "tag")]
         device: Option<String>,
+        /// The tag whose assignment is removed.
         #[arg(long)]
         tag: Option<String>,
+        /// The model name, e.g. demand.
         model: String,
     },
     /// Show one device's status, or the fleet's.
