@@ -86,7 +86,14 @@ impl ActiveModels {
         });
         if let Some(old) = previous.get(name)
             && !Arc::ptr_eq(old, &served)
-            && let Some(window) = old.window.close(crate::now())
+        {
+            self.retire(old);
+        }
+    }
+
+    /// Closes a model's window as it leaves service and keeps it for the next record.
+    fn retire(&self, old: &Served) {
+        if let Some(window) = old.window.close(crate::now())
             && (window.requests > 0 || window.errors > 0)
             && let Ok(mut retired) = self.retired.lock()
         {
@@ -109,16 +116,7 @@ impl ActiveModels {
         let Some(old) = previous.get(name) else {
             return false;
         };
-        if let Some(window) = old.window.close(crate::now())
-            && (window.requests > 0 || window.errors > 0)
-            && let Ok(mut retired) = self.retired.lock()
-        {
-            retired.push(RetiredWindow {
-                model: old.model.manifest.name.clone(),
-                version: old.model.manifest.version,
-                window,
-            });
-        }
+        self.retire(old);
         true
     }
 

@@ -467,29 +467,9 @@ async fn a_hub_killed_mid_wave_resumes_the_rollout_and_late_joiners_get_the_resu
     let fixture = Hub::start().await;
     let (http_addr, mqtt_addr) = (free_addr(), free_addr());
     let data = tempfile::tempdir().expect("tmp");
-    let spawn_hub = || {
-        let mut cmd = tokio::process::Command::new(bin("edgefleet-hub"));
-        cmd.args(["serve", "--listen", &http_addr.to_string()])
-            .args(["--mqtt-listen", &mqtt_addr.to_string(), "--data-dir"])
-            .arg(data.path())
-            .env("EDGEFLEET_HUB_ROOT_KEY", &fixture.root_pub_path)
-            .env("EDGEFLEET_HUB_SIGNING_KEY", &fixture.config.signing_key)
-            .env("EDGEFLEET_HUB_DELEGATION", &fixture.config.delegation)
-            .env("EDGEFLEET_HUB_ENROLLMENT_TOKEN", ENROLL_TOKEN)
-            .env("EDGEFLEET_LOG", "info");
-        AgentProcess::spawn_command(cmd)
-    };
+    let spawn_hub = || spawn_hub_binary(&fixture, http_addr, mqtt_addr, data.path());
     let url = format!("http://{http_addr}");
-    let wait_up = || async {
-        eventually("the hub binary to answer", || async {
-            match client().get(format!("{url}/api/v1/health")).send().await {
-                Ok(r) if r.status().is_success() => Ok(()),
-                Ok(r) => Err(format!("health: {}", r.status())),
-                Err(e) => Err(format!("health: {e}")),
-            }
-        })
-        .await;
-    };
+    let wait_up = || wait_hub_up(&url);
     let process = spawn_hub();
     wait_up().await;
     let config = edgefleet_hub::HubConfig {

@@ -599,6 +599,38 @@ pub fn assert_close(got: &[f32], want: &[f32]) {
     }
 }
 
+/// The hub binary (`edgefleet-hub serve`) on `http` and `mqtt`, over `data`, with `fixture`'s
+/// keys and enrollment token: for tests that kill it with kill -9 and start it again.
+pub fn spawn_hub_binary(
+    fixture: &Hub,
+    http: std::net::SocketAddr,
+    mqtt: std::net::SocketAddr,
+    data: &Path,
+) -> AgentProcess {
+    let mut cmd = tokio::process::Command::new(bin("edgefleet-hub"));
+    cmd.args(["serve", "--listen", &http.to_string()])
+        .args(["--mqtt-listen", &mqtt.to_string(), "--data-dir"])
+        .arg(data)
+        .env("EDGEFLEET_HUB_ROOT_KEY", &fixture.root_pub_path)
+        .env("EDGEFLEET_HUB_SIGNING_KEY", &fixture.config.signing_key)
+        .env("EDGEFLEET_HUB_DELEGATION", &fixture.config.delegation)
+        .env("EDGEFLEET_HUB_ENROLLMENT_TOKEN", ENROLL_TOKEN)
+        .env("EDGEFLEET_LOG", "info");
+    AgentProcess::spawn_command(cmd)
+}
+
+/// Waits until the hub at `url` answers its health check.
+pub async fn wait_hub_up(url: &str) {
+    eventually("the hub binary to answer", || async {
+        match client().get(format!("{url}/api/v1/health")).send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("health: {}", r.status())),
+            Err(e) => Err(format!("health: {e}")),
+        }
+    })
+    .await;
+}
+
 /// The tests' HTTP client: every request bounded, so a hung server fails a test instead of
 /// hanging the run.
 pub fn client() -> reqwest::Client {
