@@ -253,12 +253,19 @@ async fn bad_rollout_specs_are_refused_with_every_reason() {
     let (status, body) = create(
         &hub,
         json!({"model": "demand", "version": 1, "waves": [{"percent": 0.0}, {"devices": 3}],
-               "gates": {"min_install_ratio": 2.0}}),
+               "gates": {"min_install_ratio": 2.0}, "bake_window_secs": 1,
+               "maintenance_windows": [{"from": "25:00", "to": "01:00"}]}),
     )
     .await;
     assert_eq!(status, 400, "{body}");
     let e = body["error"].as_str().unwrap_or("");
-    for want in ["0 %", "last wave", "min_install_ratio"] {
+    for want in [
+        "0 %",
+        "last wave",
+        "min_install_ratio",
+        "bake_window_secs",
+        "maintenance_windows",
+    ] {
         assert!(e.contains(want), "{want} missing: {e}");
     }
     let (status, body) = create(&hub, json!({"model": "demand", "version": 9})).await;
@@ -269,6 +276,16 @@ async fn bad_rollout_specs_are_refused_with_every_reason() {
         body["error"].as_str().unwrap_or("").contains("wavez"),
         "{body}"
     );
+    // A malformed unassign body is refused, not a crash.
+    let r = hub
+        .http
+        .delete(hub.api("assignments"))
+        .bearer_auth(&hub.token)
+        .json(&json!({"target": {"planet": "mars"}, "model": "demand"}))
+        .send()
+        .await
+        .expect("unassign");
+    assert!(r.status().is_client_error(), "{}", r.status());
     let r = hub
         .http
         .post(hub.api("rollouts/1/explode"))
