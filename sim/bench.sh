@@ -7,6 +7,14 @@
 #   sim/bench.sh                                   # builds the release hub, 1,000 devices
 #   SIM_DEVICES=10000 sim/bench.sh
 #   EDGEFLEET_BIN=target/release SIM_BIN=target/debug sim/bench.sh   # prebuilt binaries
+#   SIM_BROKER=mosquitto sim/bench.sh              # an external broker: a private Mosquitto
+#   SIM_STEADY_SECS=300 sim/bench.sh               # then watch telemetry ingest for 5 minutes
+#
+# SIM_BROKER: `embedded` (default: the hub's rumqttd) or `mosquitto` (a Mosquitto of its own on a
+# free port, file limit raised, the hub connected with --mqtt-url: the setup for large fleets).
+# SIM_STEADY_SECS: after the rollout, samples the simulator's telemetry every 30 s: records
+# acked by the hub and the devices' outbox backlog. Keeping up: the hub acks at least 90 % of
+# the records the fleet produces (one per device per 60 s window) and the backlog does not grow.
 #
 # The hub (edgefleet-hub, edgefleet) comes from EDGEFLEET_BIN (default: built here with
 # --release); the simulator and the test-model writer from SIM_BIN (default: target/debug,
@@ -15,6 +23,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${SIM_DEVICES:-1000}
+BROKER=${SIM_BROKER:-embedded}
+STEADY=${SIM_STEADY_SECS:-0}
+case "$BROKER" in embedded|mosquitto) ;; *) echo "SIM_BROKER must be embedded or mosquitto" >&2; exit 2;; esac
 TARGET=${CARGO_TARGET_DIR:-target}
 if [ -z "${EDGEFLEET_BIN:-}" ]; then
   echo "==> building the release hub (cargo build --release -p edgefleet-hub)"
@@ -66,12 +77,34 @@ ef delegate --root-key "$DIR/keys/root.key" --to "$DIR/keys/hub.key.pub" --model
 HTTP_PORT=$(free_port)
 MQTT_PORT=$(free_port)
 ENROLL=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+if [ "$BROKER" = mosquitto ]; then
+  command -v mosquitto >/dev/null || { echo "SIM_BROKER=mosquitto needs mosquitto (apt-get install mosquitto)" >&2; exit 2; }
+  cat >"$DIR/mosquitto.conf" <<CONF
+listener $MQTT_PORT 127.0.0.1
+allow_anonymous true
+persistence false
+max_connections -1
+max_inflight_messages 64
+max_queued_messages 10000
+CONF
+  # One connection per simulated device (and the hub's): raise the file limit first.
+  (ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec mosquitto -c "$DIR/mosquitto.conf") >"$DIR/mosquitto.log" 2>&1 &
+  BROKER_PID=$!
+  PIDS+=("$BROKER_PID")
+  for _ in $(seq 1 100); do
+    (echo >"/dev/tcp/127.0.0.1/$MQTT_PORT") 2>/dev/null && break
+    sleep 0.1
+  done
+  MQTT_ARGS=(--mqtt-url "mqtt://127.0.0.1:$MQTT_PORT")
+else
+  MQTT_ARGS=(--mqtt-listen "127.0.0.1:$MQTT_PORT")
+fi
 EDGEFLEET_HUB_ROOT_KEY="$DIR/keys/root.key.pub" \
 EDGEFLEET_HUB_SIGNING_KEY="$DIR/keys/hub.key" \
 EDGEFLEET_HUB_DELEGATION="$DIR/keys/hub.delegation" \
 EDGEFLEET_HUB_ENROLLMENT_TOKEN="$ENROLL" \
 EDGEFLEET_LOG=warn \
-  "$BIN/edgefleet-hub" serve --data-dir "$DIR/hub" --listen "127.0.0.1:$HTTP_PORT" --mqtt-listen "127.0.0.1:$MQTT_PORT" >"$DIR/hub.log" 2>&1 &
+  "$BIN/edgefleet-hub" serve --data-dir "$DIR/hub" --listen "127.0.0.1:$HTTP_PORT" "${MQTT_ARGS[@]}" >"$DIR/hub.log" 2>&1 &
 HUB_PID=$!
 PIDS+=("$HUB_PID")
 export EDGEFLEET_HUB="http://127.0.0.1:$HTTP_PORT"
@@ -107,7 +140,36 @@ cpu1=$(cpu_secs "$HUB_PID")
 elapsed=$(python3 -c "print(f'{$t1 - $t0:.1f}')")
 hub_cpu=$(python3 -c "print(f'{$cpu1 - $cpu0:.2f}')")
 echo
-echo "devices: $N   rollout create -> 100 % active on v2: $elapsed s"
+echo "devices: $N   broker: $BROKER   rollout create -> 100 % active on v2: $elapsed s"
 echo "hub CPU during the rollout: $hub_cpu s ($(python3 -c "print(f'{100 * ($cpu1 - $cpu0) / ($t1 - $t0):.0f}')") % of one core)   hub memory: $(mem "$HUB_PID")"
 echo "simulator: $(mem "$SIM_PID")  last report: $(grep -v '^\s*$' "$DIR/sim.log" | tail -1)"
 ef rollout status 1 2>/dev/null | head -5 || true
+
+[ "$STEADY" -gt 0 ] || exit 0
+# The simulator's last report: "... records sent S acked A; outbox backlog B dropped D".
+sim_counts() { grep -o 'acked [0-9]*; outbox backlog [0-9]*' "$DIR/sim.log" | tail -1 | awk '{ print $2, $5 }'; }
+echo
+echo "==> steady state for $STEADY s: telemetry ingest (one record per device per 60 s window)"
+printf '%8s %12s %14s %10s %12s\n' "t (s)" "acked" "acked/min" "backlog" "hub CPU %"
+read -r acked0 backlog0 < <(sim_counts)
+t0=$SECONDS; prev_acked=$acked0; prev_t=$t0; prev_cpu=$(cpu_secs "$HUB_PID")
+printf '%8s %12s %14s %10s %12s\n' 0 "$acked0" - "$backlog0" -
+while [ $((SECONDS - t0)) -lt "$STEADY" ]; do
+  sleep 30
+  read -r acked backlog < <(sim_counts)
+  cpu=$(cpu_secs "$HUB_PID")
+  dt=$((SECONDS - prev_t))
+  printf '%8s %12s %14s %10s %12s\n' $((SECONDS - t0)) "$acked" \
+    "$(( (acked - prev_acked) * 60 / (dt > 0 ? dt : 1) ))" "$backlog" \
+    "$(python3 -c "print(f'{100 * ($cpu - $prev_cpu) / max($dt, 1):.0f}')")"
+  prev_acked=$acked; prev_t=$SECONDS; prev_cpu=$cpu
+done
+span=$((SECONDS - t0))
+expected=$(( N * span / 60 ))
+got=$((acked - acked0))
+echo "acked $got of ~$expected records produced in $span s ($(( 100 * got / (expected > 0 ? expected : 1) )) %); backlog $backlog0 -> $backlog; hub: $(mem "$HUB_PID")"
+if [ "$got" -ge $(( expected * 9 / 10 )) ] && [ "$backlog" -le $(( backlog0 + N / 10 )) ]; then
+  echo "telemetry: keeps up"
+else
+  echo "telemetry: does NOT keep up"
+fi

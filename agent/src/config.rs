@@ -37,6 +37,10 @@ pub struct AgentConfig {
     /// A model whose assignment disappeared from the hub's bundle is served this many more
     /// seconds, then stopped and deleted from disk (0: at the next check). Reloadable.
     pub removal_grace_secs: u64,
+    /// This device's time zone, an IANA name ("Europe/Berlin"), reported to the hub for
+    /// rollouts' maintenance windows in the device's own zone. Unset: the system's (TZ,
+    /// /etc/timezone, the /etc/localtime link). Reloadable.
+    pub time_zone: Option<String>,
     /// The MQTT broker telemetry goes through: `mqtt://host:port` (plain TCP) or
     /// `mqtts://host:port` (TLS, system roots). The hub's embedded broker listens on 7883.
     pub mqtt_url: String,
@@ -77,6 +81,7 @@ impl Default for AgentConfig {
             download_deadline_secs: 3600,
             max_model_bytes: 1024 * 1024 * 1024,
             removal_grace_secs: 600,
+            time_zone: None,
             mqtt_url: "mqtt://127.0.0.1:7883".into(),
             mqtt_username: None,
             mqtt_password: None,
@@ -91,6 +96,38 @@ impl Default for AgentConfig {
 }
 
 pub const ENV_PREFIX: &str = "EDGEFLEET_AGENT_";
+
+impl AgentConfig {
+    /// The time zone to report: the configured one, else the system's.
+    pub fn time_zone(&self) -> Option<String> {
+        self.time_zone.clone().or_else(system_time_zone)
+    }
+}
+
+/// The system's time zone name, as the C library would find it: `TZ` when it names a zone,
+/// else /etc/timezone (Debian), else the zone /etc/localtime links to. None when none tells.
+pub fn system_time_zone() -> Option<String> {
+    use edgefleet_common::device::valid_time_zone;
+    let from_env = std::env::var("TZ")
+        .ok()
+        .map(|tz| tz.trim_start_matches(':').to_owned());
+    let from_file = || {
+        std::fs::read_to_string("/etc/timezone")
+            .ok()
+            .map(|s| s.trim().to_owned())
+    };
+    let from_link = || {
+        let target = std::fs::read_link("/etc/localtime").ok()?;
+        let target = target.to_str()?;
+        target
+            .split_once("zoneinfo/")
+            .map(|(_, zone)| zone.to_owned())
+    };
+    from_env
+        .filter(|z| valid_time_zone(z))
+        .or_else(|| from_file().filter(|z| valid_time_zone(z)))
+        .or_else(|| from_link().filter(|z| valid_time_zone(z)))
+}
 
 impl AgentConfig {
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
@@ -161,6 +198,10 @@ impl AgentConfig {
                 "DOWNLOAD_DEADLINE_SECS" => num(&value).map(|v| self.download_deadline_secs = v),
                 "MAX_MODEL_BYTES" => num(&value).map(|v| self.max_model_bytes = v),
                 "REMOVAL_GRACE_SECS" => num(&value).map(|v| self.removal_grace_secs = v),
+                "TIME_ZONE" => {
+                    self.time_zone = Some(value.clone());
+                    Ok(())
+                }
                 "MQTT_URL" => {
                     self.mqtt_url = value.clone();
                     Ok(())
@@ -246,6 +287,13 @@ impl AgentConfig {
         if self.removal_grace_secs > 7 * 86_400 {
             errors.push("removal_grace_secs: at most 604800 (a week)".into());
         }
+        if let Some(zone) = &self.time_zone
+            && !edgefleet_common::device::valid_time_zone(zone)
+        {
+            errors.push(format!(
+                "time_zone: {zone:?} is not an IANA zone name such as \"Europe/Berlin\" (or remove the key to use the system's)"
+            ));
+        }
         if !(1..=86_400).contains(&self.telemetry_window_secs) {
             errors.push("telemetry_window_secs: must be 1..=86400 (a day)".into());
         }
@@ -287,6 +335,7 @@ mod tests {
             root_key: "/nonexistent".into(),
             poll_interval_secs: 0,
             log_format: "xml".into(),
+            time_zone: Some("../../etc/passwd".into()),
             ..AgentConfig::default()
         };
         let msg = c.validate().expect_err("invalid").to_string();
@@ -296,6 +345,7 @@ mod tests {
             "root_key",
             "poll_interval_secs",
             "log_format",
+            "time_zone",
         ] {
             assert!(msg.contains(key), "{key} missing in {msg}");
         }
@@ -318,5 +368,14 @@ mod tests {
         c.apply_env([("EDGEFLEET_AGENT_TAGS".to_owned(), "a, b".to_owned())].into_iter())
             .expect("tags");
         assert_eq!(c.tags, vec!["a", "b"]);
+        c.apply_env(
+            [(
+                "EDGEFLEET_AGENT_TIME_ZONE".to_owned(),
+                "Europe/Berlin".to_owned(),
+            )]
+            .into_iter(),
+        )
+        .expect("zone");
+        assert_eq!(c.time_zone().as_deref(), Some("Europe/Berlin"));
     }
 }

@@ -55,6 +55,10 @@ impl Layout {
     pub fn state(&self) -> PathBuf {
         self.root.join("state.json")
     }
+    /// Pending removals and the newest assigned-set serial (`RemovalState`).
+    pub fn removals(&self) -> PathBuf {
+        self.root.join("removals.json")
+    }
     pub fn active(&self) -> PathBuf {
         self.root.join("active.json")
     }
@@ -78,6 +82,15 @@ impl Layout {
         }
         Ok(())
     }
+}
+
+/// What unassigning keeps across restarts: the models the hub's signed assigned set no
+/// longer names and since when (unix seconds), and the newest set's serial. A restart then
+/// neither starts a grace period over nor takes an older set for news.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RemovalState {
+    pub assigned_serial: u64,
+    pub unassigned: BTreeMap<String, u64>,
 }
 
 /// fsyncs a directory so a rename inside it is durable.
@@ -143,6 +156,14 @@ impl Layout {
 
     pub fn save_trust(&self, s: &TrustState) -> AgentResult<()> {
         write_json(&self.state(), s)
+    }
+
+    pub fn load_removals(&self) -> AgentResult<RemovalState> {
+        Ok(read_json(&self.removals())?.unwrap_or_default())
+    }
+
+    pub fn save_removals(&self, r: &RemovalState) -> AgentResult<()> {
+        write_json(&self.removals(), r)
     }
 
     pub fn load_active(&self) -> AgentResult<ActiveSet> {

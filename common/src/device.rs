@@ -84,6 +84,22 @@ pub struct DeviceStatus {
     /// The telemetry window the agent closes now, in seconds (its own, or a hub instruction's).
     #[serde(default)]
     pub window_secs: Option<u64>,
+    /// The device's time zone, an IANA name (`Europe/Berlin`), for rollouts' maintenance
+    /// windows in the device's own zone; none when the agent does not know it.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+}
+
+/// Whether `zone` has the shape of an IANA time zone name (`Europe/Berlin`, `Etc/GMT+5`,
+/// `UTC`): what an agent may report; whether the zone exists is the hub's to look up.
+pub fn valid_time_zone(zone: &str) -> bool {
+    !zone.is_empty()
+        && zone.len() <= 64
+        && !zone.starts_with('/')
+        && !zone.contains("..")
+        && zone
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-' | '+'))
 }
 
 /// How far a device got with one assigned model version.
@@ -269,4 +285,34 @@ impl WindowInstruction {
 impl Document for AssignmentBundle {
     const KIND: &'static str = "assignment-bundle";
     const WHAT: &'static str = "assignment bundle";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_time_zone;
+
+    #[test]
+    fn time_zone_names_are_checked_for_shape() {
+        for ok in [
+            "UTC",
+            "Europe/Berlin",
+            "Etc/GMT-10",
+            "America/Port-au-Prince",
+            "Etc/GMT+5",
+        ] {
+            assert!(valid_time_zone(ok), "{ok}");
+        }
+        let long = "A".repeat(65);
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "Europe/Berlin\n",
+            "a b",
+            "Zone;rm",
+            &long,
+        ] {
+            assert!(!valid_time_zone(bad), "{bad:?}");
+        }
+    }
 }

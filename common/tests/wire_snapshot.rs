@@ -366,7 +366,8 @@ fn bundle_formats_and_window_instruction_bytes() {
     }
 }
 
-/// Status reports: an older agent's JSON (no installs, no bundle format) is still accepted.
+/// Status reports: an older agent's JSON (no installs, no bundle format, no time zone) is
+/// still accepted.
 #[test]
 fn device_status_reads_older_agents_reports() {
     use edgefleet_common::device::{DeviceStatus, InstallPhase, InstallStatus};
@@ -384,10 +385,12 @@ fn device_status_reads_older_agents_reports() {
         }],
         bundle_format: 2,
         window_secs: Some(60),
+        time_zone: Some("Europe/Berlin".into()),
         ..s
     };
+    assert_eq!(s.time_zone, None, "an older agent reports no zone");
     expect![[r#"
-        {"active":[{"name":"demand","version":1}],"previous":[],"last_error":null,"agent_version":"0.1.0","installs":[{"model":"demand","version":2,"phase":"smoke_test_failed","reason":"case 0: output differs","at":7}],"bundle_format":2,"window_secs":60}
+        {"active":[{"name":"demand","version":1}],"previous":[],"last_error":null,"agent_version":"0.1.0","installs":[{"model":"demand","version":2,"phase":"smoke_test_failed","reason":"case 0: output differs","at":7}],"bundle_format":2,"window_secs":60,"time_zone":"Europe/Berlin"}
     "#]]
     .assert_eq(&format!("{}\n", serde_json::to_string(&new).expect("json")));
 }

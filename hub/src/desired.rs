@@ -191,24 +191,20 @@ impl Desired {
         self.store.desired()
     }
 
-    /// Sets (`Some`) or removes (`None`) one device's own target for `model`, without the
-    /// admin checks of [`assign`](Self::assign): for drivers acting on a rollout an admin
-    /// created. Not flushed and no generation bump: the caller does both once per step.
-    /// Sets a tag's target for `model`, without the admin checks (for drivers acting on a
-    /// rollout an admin created). Not flushed and no generation bump: the caller commits.
-    pub fn set_for_tag(&self, tag: &str, model: &str, version: u64) -> HubResult<()> {
-        self.store.set_desired(&DesiredRecord {
-            target: Target::Tag(tag.to_owned()),
-            model: model.to_owned(),
-            version,
-            set_at: crate::now(),
-        })?;
-        self.wrote();
-        Ok(())
+    /// Sets (`Some`) or removes (`None`) a tag's target for `model`, without the admin checks
+    /// of [`assign`](Self::assign): for drivers acting on a rollout an admin created. Not
+    /// flushed and no generation bump: the caller commits.
+    pub fn set_for_tag(&self, tag: &str, model: &str, version: Option<u64>) -> HubResult<()> {
+        self.set(Target::Tag(tag.to_owned()), model, version)
     }
 
+    /// Sets (`Some`) or removes (`None`) one device's own target for `model`, like
+    /// [`set_for_tag`](Self::set_for_tag).
     pub fn set_for_device(&self, device: &str, model: &str, version: Option<u64>) -> HubResult<()> {
-        let target = Target::Device(device.to_owned());
+        self.set(Target::Device(device.to_owned()), model, version)
+    }
+
+    fn set(&self, target: Target, model: &str, version: Option<u64>) -> HubResult<()> {
         match version {
             Some(version) => self.store.set_desired(&DesiredRecord {
                 target,
@@ -381,6 +377,11 @@ impl DesiredIndex {
             by_target.entry(d.target.clone()).or_default().push(d);
         }
         Self { by_target }
+    }
+
+    /// Every record (in no particular order).
+    pub fn records(&self) -> impl Iterator<Item = &DesiredRecord> {
+        self.by_target.values().flatten()
     }
 
     /// The records that can apply to `device`: its own and its tags', in the stored order

@@ -233,6 +233,14 @@ impl Devices {
                 "status report too large: at most 256 models, names of 256 bytes and errors of 4096".into(),
             ));
         }
+        if let Some(zone) = &status.time_zone
+            && !edgefleet_common::device::valid_time_zone(zone)
+        {
+            return Err(HubError::Invalid(format!(
+                "status report: time_zone {:?} is not an IANA zone name (letters, digits, '/', '_', '-', '+', at most 64 bytes)",
+                zone.chars().take(80).collect::<String>()
+            )));
+        }
         let mut d = self
             .store
             .device(id)?

@@ -618,6 +618,8 @@ impl Device {
                     .as_ref()
                     .map_or(self.shared.config.window().as_secs(), |w| w.window_secs),
             ),
+            // Simulated devices keep UTC.
+            time_zone: None,
         };
         let reported = {
             let _permit = self.shared.permits.acquire().await;

@@ -405,7 +405,11 @@ async fn an_unassigned_model_stops_after_its_grace_period_and_is_deleted() {
     hub.assign("shop-r", "demand", 1).await;
     let dir = tempfile::tempdir().expect("tmp");
     let models = dir.path().join("models").join("demand");
-    let agent = Agent::start_with(&hub, "shop-r", dir, |c| c.removal_grace_secs = 3).await;
+    let agent = Agent::start_with(&hub, "shop-r", dir, |c| {
+        c.removal_grace_secs = 3600;
+        c.time_zone = Some("UTC".into());
+    })
+    .await;
     let http = client();
     let ready = |http: reqwest::Client, url: String| async move {
         http.get(format!("{url}/v2/models/demand/ready"))
@@ -447,14 +451,51 @@ async fn an_unassigned_model_stops_after_its_grace_period_and_is_deleted() {
         .await
         .expect("cli");
     assert!(out.status.success(), "{out:?}");
-    eventually("the status says removing", || async {
+    let removing_since = || async {
         let d = hub.try_device("shop-r").await?;
-        let removing = d["status"]["installs"]
+        let since = d["status"]["installs"]
             .as_array()
-            .is_some_and(|i| i.iter().any(|i| i["phase"] == "removing"));
-        when(removing, d)
+            .and_then(|i| i.iter().find(|i| i["phase"] == "removing"))
+            .map(|i| i["at"].clone());
+        found(since, &d)
+    };
+    let since = eventually("the status says removing", removing_since).await;
+    // A restart keeps the grace period's start (it is on disk), not a new one. The restarted
+    // agent reports another zone, so the status checked is its own; it restarts in a later
+    // second, so a new start would show.
+    let started = since.as_u64().expect("since");
+    eventually("a later second", || async {
+        let t = now();
+        when(t > started + 1, json!(t))
     })
     .await;
+    let dir = agent.stop().await;
+    let agent = Agent::start_with(&hub, "shop-r", dir, |c| {
+        c.removal_grace_secs = 3600;
+        c.time_zone = Some("Etc/GMT-1".into());
+    })
+    .await;
+    eventually(
+        "the restarted agent still removing since the same time",
+        || async {
+            let d = hub.try_device("shop-r").await?;
+            let at = removing_since().await?;
+            when(d["status"]["time_zone"] == "Etc/GMT-1" && at == since, d)
+        },
+    )
+    .await;
+    eventually("the restarted agent serves it meanwhile", || async {
+        let s = ready(http.clone(), agent.url.clone()).await?;
+        if s == 200 {
+            Ok(s)
+        } else {
+            Err(format!("ready: {s}"))
+        }
+    })
+    .await;
+    // With a 3 s grace, the period that began before the restart has long ended.
+    let dir = agent.stop().await;
+    let agent = Agent::start_with(&hub, "shop-r", dir, |c| c.removal_grace_secs = 3).await;
     eventually("demand no longer served", || async {
         let s = ready(http.clone(), agent.url.clone()).await?;
         if s == 404 {
@@ -574,6 +615,74 @@ async fn a_device_joining_mid_rollout_gets_the_current_decision() {
     assert!(v["moved"].get(format!("shop-{N}")).is_some(), "{v}");
     act(&hub, id, "abort").await;
     late.stop().await;
+    for a in agents {
+        a.stop().await;
+    }
+}
+
+/// A maintenance window in the devices' own zone, with real agents reporting their zone:
+/// the device whose window is open moves, the one twelve hours ahead waits, and the wave is
+/// not installed meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_window_in_the_devices_zone_moves_only_the_device_whose_window_is_open() {
+    let hub = Hub::start().await;
+    hub.push_mlp("demand", 1, 1).await;
+    let r = hub
+        .http
+        .post(hub.api("assignments"))
+        .bearer_auth(&hub.token)
+        .json(&json!({"target": {"tag": "shops"}, "model": "demand", "version": 1}))
+        .send()
+        .await
+        .expect("assign");
+    assert_eq!(r.status(), 200);
+    // shop-0 keeps UTC; shop-1 is twelve hours ahead (POSIX signs are inverted).
+    let zones = ["UTC", "Etc/GMT-12"];
+    let mut agents = Vec::new();
+    for (i, zone) in zones.iter().enumerate() {
+        let dir = tempfile::tempdir().expect("tmp");
+        agents.push(
+            Agent::start_with(&hub, &format!("shop-{i}"), dir, |c| {
+                c.tags = vec!["shops".into()];
+                c.time_zone = Some((*zone).into());
+            })
+            .await,
+        );
+    }
+    for (i, zone) in zones.iter().enumerate() {
+        let hub = &hub;
+        eventually(&format!("shop-{i} on v1 in {zone}"), || async move {
+            let d = hub.try_device(&format!("shop-{i}")).await?;
+            serving(hub, i, 1).await?;
+            when(d["status"]["time_zone"] == *zone, d)
+        })
+        .await;
+    }
+    hub.push_mlp("demand", 2, 2).await;
+    // Open from an hour ago to an hour from now, UTC: closed twelve hours ahead.
+    let hour = (now() / 3600) % 24;
+    let window = format!("{:02}:00-{:02}:00", (hour + 23) % 24, (hour + 1) % 24);
+    let (from, to) = window.split_once('-').expect("range");
+    let id = create_ok(
+        &hub,
+        json!({"model": "demand", "version": 2, "selector": {"tags": ["shops"]},
+               "waves": [{"percent": 100.0}], "bake_secs": 0,
+               "maintenance_windows": [{"from": from, "to": to, "zone": "device"}]}),
+    )
+    .await;
+    eventually("shop-0 serving v2", || serving(&hub, 0, 2)).await;
+    let v = eventually("shop-1 waiting for its window", || async {
+        let v = rollout(&hub, id).await?;
+        when(v["progress"][0]["waiting"] == 1, v)
+    })
+    .await;
+    assert_eq!(
+        v["state"], "running",
+        "not installed while a device waits: {v}"
+    );
+    assert!(v["moved"].get("shop-1").is_none(), "{v}");
+    serving(&hub, 1, 1).await.expect("shop-1 still on v1");
+    act(&hub, id, "abort").await;
     for a in agents {
         a.stop().await;
     }

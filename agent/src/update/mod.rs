@@ -87,6 +87,11 @@ impl Updater {
         trust: TrustState,
         active: ActiveSet,
     ) -> Self {
+        // Kept across restarts; unreadable, it starts empty (a grace period starts over).
+        let removals = layout.load_removals().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "pending removals unreadable; starting without them");
+            Default::default()
+        });
         Self {
             config: arc_swap::ArcSwap::from_pointee(config),
             layout,
@@ -99,8 +104,8 @@ impl Updater {
             stale_assignments: Default::default(),
             progress: Default::default(),
             window: Default::default(),
-            unassigned: Default::default(),
-            assigned_serial: AtomicU64::new(0),
+            unassigned: Mutex::new(removals.unassigned),
+            assigned_serial: AtomicU64::new(removals.assigned_serial),
         }
     }
 
@@ -209,6 +214,7 @@ impl Updater {
                     .window_secs()
                     .unwrap_or(self.config.load().telemetry_window_secs),
             ),
+            time_zone: self.config.load().time_zone(),
         }
     }
 

@@ -1,7 +1,8 @@
 //! Unassigning: a model the hub's bundle no longer names is served for
 //! `removal_grace_secs` more (a hub mistake or a half-written desired state can be undone in
 //! that time), then stopped and deleted from disk. A model assigned again within the grace
-//! period simply stays.
+//! period simply stays. The pending removals and the newest signed set's serial live in
+//! `removals.json`: a restart keeps the grace period's start and the replay floor.
 
 use std::collections::BTreeMap;
 
@@ -44,12 +45,28 @@ impl Updater {
         self.assigned_serial.store(set.serial, Ordering::Release);
         let served: Vec<String> = self.active.lock().await.models.keys().cloned().collect();
         let mut unassigned = self.unassigned.lock().await;
+        let before = unassigned.clone();
         unassigned.retain(|name, _| !set.models.contains(name) && served.contains(name));
         for name in served {
             if !set.models.contains(&name) && !unassigned.contains_key(&name) {
                 tracing::warn!(model = %name, grace_secs = self.config.load().removal_grace_secs, "model no longer assigned; it stops after the grace period");
                 unassigned.insert(name, now);
             }
+        }
+        if set.serial != newest || *unassigned != before {
+            self.save_removals(&unassigned);
+        }
+    }
+
+    /// Writes the pending removals and the set's serial (`removals.json`). A failed write is
+    /// logged, not fatal: the worst a restart then does is start a grace period over.
+    fn save_removals(&self, unassigned: &Unassigned) {
+        let state = crate::state::RemovalState {
+            assigned_serial: self.assigned_serial.load(Ordering::Acquire),
+            unassigned: unassigned.clone(),
+        };
+        if let Err(e) = self.layout.save_removals(&state) {
+            tracing::warn!(error = %e, "cannot save the pending removals");
         }
     }
 
@@ -97,7 +114,11 @@ impl Updater {
         }
         self.models.remove(name);
         self.layout.remove_model(name)?;
-        self.unassigned.lock().await.remove(name);
+        {
+            let mut unassigned = self.unassigned.lock().await;
+            unassigned.remove(name);
+            self.save_removals(&unassigned);
+        }
         if let Ok(mut progress) = self.progress.lock() {
             progress.remove(name);
         }

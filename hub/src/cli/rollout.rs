@@ -15,7 +15,8 @@ use crate::rollout::WaveSize;
 #[derive(Subcommand, Debug)]
 pub enum RolloutCommand {
     /// Roll MODEL VERSION out in waves, each judged against the devices still on the old
-    /// version before the next starts; a failed gate rolls back (or pauses, --on-failure).
+    /// version before the next starts; a failed gate rolls back (or pauses or halts,
+    /// --on-failure).
     Create {
         model: String,
         version: u64,
@@ -35,7 +36,9 @@ pub enum RolloutCommand {
         /// How long an inconclusive bake may be extended (default: three bakes).
         #[arg(long)]
         max_bake: Option<String>,
-        /// What a failed gate does: rollback or pause.
+        /// What a failed gate does: rollback (every moved device back on its previous
+        /// version), pause (wait for an operator to resume or roll back) or halt (stop in
+        /// `failed`; the moved devices keep the version; rollback stays possible).
         #[arg(long, default_value = "rollback")]
         on_failure: String,
         /// Below this many calls on either side, a metric gate is inconclusive.
@@ -50,9 +53,10 @@ pub enum RolloutCommand {
         /// The running rollout this one replaces.
         #[arg(long)]
         supersedes: Option<u64>,
-        /// Waves start only within these daily UTC time ranges, e.g. 22:00-04:00 (repeat for
-        /// several); a wave that passes outside them waits.
-        #[arg(long = "maintenance-window", value_name = "HH:MM-HH:MM",
+        /// Devices move only within these daily time ranges (repeat for several): UTC
+        /// (22:00-04:00), a named zone (22:00-04:00@Europe/Berlin), or each device's own zone
+        /// as its agent reports it (22:00-04:00@device). A wave that passes outside them waits.
+        #[arg(long = "maintenance-window", value_name = "HH:MM-HH:MM[@ZONE]",
               value_parser = |s: &str| crate::rollout::MaintenanceWindow::parse(s))]
         maintenance_windows: Vec<crate::rollout::MaintenanceWindow>,
     },
@@ -102,8 +106,8 @@ fn spec(
             Ok(serde_json::to_value(size)?)
         })
         .collect::<anyhow::Result<_>>()?;
-    if !matches!(on_failure, "rollback" | "pause") {
-        bail!("--on-failure must be rollback or pause");
+    if !matches!(on_failure, "rollback" | "pause" | "halt") {
+        bail!("--on-failure must be rollback, pause or halt");
     }
     let mut spec = json!({
         "model": model,
@@ -248,7 +252,7 @@ pub(super) fn describe(v: &Value) -> String {
     }
     for (i, p) in v["progress"].as_array().into_iter().flatten().enumerate() {
         out.push_str(&format!(
-            "  wave {}: reach {:>5}  moved {:>5}  active {:>5}  installed {:>5}  downloading {:>5}  pending {:>5}  failed {:>5}\n",
+            "  wave {}: reach {:>5}  moved {:>5}  active {:>5}  installed {:>5}  downloading {:>5}  pending {:>5}  failed {:>5}  waiting {:>5}\n",
             i + 1,
             // As numbers: a JSON value ignores width and alignment.
             n(&p["reach"]),
@@ -257,7 +261,8 @@ pub(super) fn describe(v: &Value) -> String {
             n(&p["installed"]),
             n(&p["downloading"]),
             n(&p["pending"]),
-            p["failed"].as_array().map_or(0, Vec::len)
+            p["failed"].as_array().map_or(0, Vec::len),
+            n(&p["waiting"])
         ));
         for f in p["failed"].as_array().into_iter().flatten().take(5) {
             out.push_str(&format!(

@@ -87,6 +87,9 @@ pub struct WaveProgress {
     pub installed: usize,
     pub active: usize,
     pub failed: Vec<(String, String)>,
+    /// Devices the current wave reaches that are not moved yet: waiting for their maintenance
+    /// window (or for the next step).
+    pub waiting: usize,
 }
 
 /// A rollout with its progress.
@@ -270,6 +273,7 @@ impl Rollouts {
             wave: 0,
             waves: vec![],
             moved: Default::default(),
+            tags_before: Default::default(),
             reason: None,
             created_at: now,
             updated_at: now,
@@ -349,6 +353,17 @@ impl Rollouts {
     /// A rollout with its per-wave progress.
     pub fn view(&self, r: Rollout) -> HubResult<RolloutView> {
         let selected = self.selected(&r.spec.selector)?;
+        let waiting = if matches!(r.state, State::Running | State::Baking) {
+            let candidates = self.candidates(&r)?;
+            let reach = r.spec.waves[r.wave].reach(candidates.len());
+            model::ordered(r.id, &candidates)
+                .iter()
+                .take(reach)
+                .filter(|id| !r.moved.contains_key(*id))
+                .count()
+        } else {
+            0
+        };
         let mut progress = Vec::new();
         for (index, size) in r.spec.waves.iter().enumerate() {
             let mut p = WaveProgress {
@@ -361,6 +376,7 @@ impl Rollouts {
                 installed: 0,
                 active: 0,
                 failed: vec![],
+                waiting: if index == r.wave { waiting } else { 0 },
             };
             for (id, _) in r.moved.iter().filter(|(_, m)| m.wave == index) {
                 p.targeted += 1;
@@ -413,6 +429,7 @@ impl Rollouts {
                     w.baking_since = None;
                     w.started_at = crate::now();
                     w.outcome = None;
+                    w.extended = false;
                 }
                 let to = if r.waves.is_empty() {
                     State::Pending
@@ -433,6 +450,7 @@ impl Rollouts {
                 self.leave_cohort(&r)?;
             }
             "rollback" if r.state != State::RolledBack && r.state != State::RollingBack => {
+                self.check_rollback(&r)?;
                 self.roll_back(&mut r, &cause, "rolled back by an operator".into(), vec![])
                     .await?;
             }
@@ -473,27 +491,78 @@ impl Rollouts {
 
     /// Each device's own target version of `model` (device targets only, not tags).
     fn own_targets(&self, model: &str) -> HubResult<std::collections::HashMap<String, u64>> {
-        Ok(self
-            .desired
-            .list()?
-            .into_iter()
+        self.targets(model, |t| match t {
+            edgefleet_common::Target::Device(id) => Some(id.clone()),
+            edgefleet_common::Target::Tag(_) => None,
+        })
+    }
+
+    /// The target versions of `model` whose target `key` picks, by that key.
+    fn targets(
+        &self,
+        model: &str,
+        key: impl Fn(&edgefleet_common::Target) -> Option<String>,
+    ) -> HubResult<std::collections::HashMap<String, u64>> {
+        let index = self.desired.index()?;
+        Ok(index
+            .records()
             .filter(|d| d.model == model)
-            .filter_map(|d| match d.target {
-                edgefleet_common::Target::Device(id) => Some((id, d.version)),
-                edgefleet_common::Target::Tag(_) => None,
-            })
+            .filter_map(|d| Some((key(&d.target)?, d.version)))
             .collect())
     }
 
-    /// Sets each moved device's desired version back to what it had (idempotent).
+    /// Sets each moved device's desired version back to what it had, and each tag a
+    /// succeeded rollout handed its version to (idempotent; commits only what changed).
     async fn restore_previous(&self, r: &Rollout) -> HubResult<()> {
         let own = self.own_targets(&r.spec.model)?;
+        let mut wrote = false;
         for (id, m) in &r.moved {
             if own.get(id).copied() != m.previous {
                 self.desired.set_for_device(id, &r.spec.model, m.previous)?;
+                wrote = true;
             }
         }
-        self.desired.commit().await
+        let tags = self.targets(&r.spec.model, |t| match t {
+            edgefleet_common::Target::Tag(tag) => Some(tag.clone()),
+            edgefleet_common::Target::Device(_) => None,
+        })?;
+        for (tag, before) in &r.tags_before {
+            if tags.get(tag).copied() != *before {
+                self.desired.set_for_tag(tag, &r.spec.model, *before)?;
+                wrote = true;
+            }
+        }
+        if wrote {
+            self.desired.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// A rollout that ended (succeeded, failed, aborted) may be rolled back only while no
+    /// later rollout of the model has moved any of its devices since: that one's rollback
+    /// comes first, or the two would fight over the devices.
+    fn check_rollback(&self, r: &Rollout) -> HubResult<()> {
+        if r.state.is_active() {
+            return Ok(());
+        }
+        for later in self.list()? {
+            if later.id <= r.id
+                || later.spec.model != r.spec.model
+                || later.state == State::RolledBack
+            {
+                continue;
+            }
+            if let Some(id) = later.moved.keys().find(|id| r.moved.contains_key(*id)) {
+                return Err(HubError::Conflict(format!(
+                    "rollout {} ({} v{}, {}) has moved device {id} since; roll that one back first",
+                    later.id,
+                    later.spec.model,
+                    later.spec.version,
+                    later.state.name()
+                )));
+            }
+        }
+        Ok(())
     }
 }
 

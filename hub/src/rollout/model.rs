@@ -124,8 +124,11 @@ pub enum Policy {
     /// Every device the rollout moved gets its previous version back.
     #[default]
     Rollback,
-    /// Stop where it is and wait for an operator.
+    /// Stop where it is (`paused`) and wait for an operator to resume or roll back.
     Pause,
+    /// Stop for good (`failed`): the devices moved so far keep the version, nothing else
+    /// moves, and an operator may still roll back.
+    Halt,
 }
 
 /// What an admin asks for.
@@ -158,8 +161,10 @@ pub struct RolloutSpec {
     pub gates: GateConfig,
     #[serde(default)]
     pub on_failure: Policy,
-    /// Times of day (UTC) in which a wave may start; none: any time. A wave that passes
-    /// outside them keeps its devices and waits; the first wave too.
+    /// Times of day in which devices may be moved (each window in UTC, a named zone, or each
+    /// device's own zone); none: any time. A wave starts only inside one (a device-zone window
+    /// is open somewhere at any time), and each device moves only once a window is open for
+    /// it; a wave whose devices wait for their window is not installed yet.
     #[serde(default)]
     pub maintenance_windows: Vec<MaintenanceWindow>,
     /// A running rollout this one replaces (it is aborted); without it, an overlap is refused.
@@ -219,7 +224,7 @@ impl RolloutSpec {
             out.push(format!("install_timeout_secs: 1..={MAX_BAKE_SECS}"));
         }
         for w in &self.maintenance_windows {
-            if let Err(e) = w.minutes() {
+            for e in w.problems() {
                 out.push(format!("maintenance_windows: {e}"));
             }
         }
@@ -230,40 +235,89 @@ impl RolloutSpec {
         out
     }
 
-    /// Whether a wave may start at `now` (unix seconds).
+    /// Whether a wave may start at `now` (unix seconds): a window of a fixed zone is open, or
+    /// a window follows the devices' zones (each device then waits for its own).
     pub fn may_start_wave(&self, now: u64) -> bool {
         self.maintenance_windows.is_empty()
-            || self.maintenance_windows.iter().any(|w| w.contains(now))
+            || self
+                .maintenance_windows
+                .iter()
+                .any(|w| w.follows_device() || w.contains(now, None))
+    }
+
+    /// Whether a device in `device_zone` (its reported IANA zone, if any) may be moved at
+    /// `now`.
+    pub fn may_move(&self, now: u64, device_zone: Option<&str>) -> bool {
+        self.maintenance_windows.is_empty()
+            || self
+                .maintenance_windows
+                .iter()
+                .any(|w| w.contains(now, device_zone))
     }
 }
 
-/// A daily time range in UTC, `from` to `to` as "HH:MM"; past midnight when `to` < `from`
-/// ("22:00" to "04:00").
+/// A daily time range, `from` to `to` as "HH:MM"; past midnight when `to` < `from`
+/// ("22:00" to "04:00"). In `zone`: UTC when absent, `"device"` for each device's own zone (as
+/// its agent reports it; UTC for a device that reports none or one the hub does not know), or
+/// an IANA name (`"Europe/Berlin"`), daylight saving time included.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MaintenanceWindow {
     pub from: String,
     pub to: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
 }
 
+/// The `zone` that follows each device.
+pub const DEVICE_ZONE: &str = "device";
+
 impl MaintenanceWindow {
-    /// Parses "22:00-04:00" (the CLI's form).
+    /// Parses the CLI's form: "22:00-04:00" (UTC), "22:00-04:00@device",
+    /// "22:00-04:00@Europe/Berlin".
     pub fn parse(s: &str) -> Result<Self, String> {
-        let (from, to) = s
-            .split_once('-')
-            .ok_or_else(|| format!("{s:?}: give HH:MM-HH:MM (UTC), e.g. 22:00-04:00"))?;
+        let (range, zone) = match s.split_once('@') {
+            Some((range, zone)) => (range, Some(zone.trim().to_owned())),
+            None => (s, None),
+        };
+        let (from, to) = range.split_once('-').ok_or_else(|| {
+            format!("{s:?}: give HH:MM-HH:MM[@ZONE], e.g. 22:00-04:00 (UTC), 22:00-04:00@device or 22:00-04:00@Europe/Berlin")
+        })?;
         let w = Self {
             from: from.trim().to_owned(),
             to: to.trim().to_owned(),
+            zone,
         };
         w.minutes()?;
+        w.check_zone()?;
         Ok(w)
+    }
+
+    /// Every problem with the window, for the spec's checks.
+    pub fn problems(&self) -> Vec<String> {
+        [self.minutes().err(), self.check_zone().err()]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    pub fn follows_device(&self) -> bool {
+        self.zone.as_deref() == Some(DEVICE_ZONE)
+    }
+
+    fn check_zone(&self) -> Result<(), String> {
+        match self.zone.as_deref() {
+            None | Some(DEVICE_ZONE) => Ok(()),
+            Some(z) => zone(z).map(|_| ()).ok_or_else(|| {
+                format!("zone {z:?} is not a time zone the hub knows: give an IANA name (Europe/Berlin), UTC, or \"device\"")
+            }),
+        }
     }
 
     /// Minutes after midnight of `from` and `to`.
     pub fn minutes(&self) -> Result<(u64, u64), String> {
         let one = |t: &str| -> Result<u64, String> {
-            let bad = || format!("{t:?} is not a time of day HH:MM (UTC)");
+            let bad = || format!("{t:?} is not a time of day HH:MM");
             let (h, m) = t.split_once(':').ok_or_else(bad)?;
             let (h, m): (u64, u64) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
             if h > 23 || m > 59 || t.len() > 5 {
@@ -278,16 +332,44 @@ impl MaintenanceWindow {
         Ok((from, to))
     }
 
-    pub fn contains(&self, now: u64) -> bool {
+    /// Whether the window is open at `now` (unix seconds) for a device in `device_zone`.
+    pub fn contains(&self, now: u64, device_zone: Option<&str>) -> bool {
         let Ok((from, to)) = self.minutes() else {
             return false;
         };
-        let minute = (now / 60) % (24 * 60);
+        let zone_name = match self.zone.as_deref() {
+            Some(DEVICE_ZONE) => device_zone,
+            other => other,
+        };
+        let minute = minute_of_day(now, zone_name.and_then(zone));
         if from < to {
             (from..to).contains(&minute)
         } else {
             minute >= from || minute < to
         }
+    }
+}
+
+/// A time zone by IANA name (bounded: a device reports it).
+fn zone(name: &str) -> Option<jiff::tz::TimeZone> {
+    if name.is_empty() || name.len() > 64 {
+        return None;
+    }
+    jiff::tz::TimeZone::get(name).ok()
+}
+
+/// Minutes after local midnight at `now` in `zone` (UTC when none).
+fn minute_of_day(now: u64, zone: Option<jiff::tz::TimeZone>) -> u64 {
+    let utc = (now / 60) % (24 * 60);
+    let (Some(tz), Ok(secs)) = (zone, i64::try_from(now)) else {
+        return utc;
+    };
+    match jiff::Timestamp::from_second(secs) {
+        Ok(t) => {
+            let local = t.to_zoned(tz);
+            local.hour() as u64 * 60 + local.minute() as u64
+        }
+        Err(_) => utc,
     }
 }
 
@@ -302,7 +384,8 @@ pub enum State {
     Baking,
     Paused,
     Succeeded,
-    /// A gate failed (or stayed inconclusive) and the policy paused it.
+    /// A gate failed (or stayed inconclusive) and the policy (`halt`) stopped it for good:
+    /// the moved devices keep the version; an operator may still roll back.
     Failed,
     RollingBack,
     RolledBack,
@@ -357,6 +440,9 @@ pub struct WaveRecord {
     pub baking_since: Option<u64>,
     pub verdicts: Vec<GateVerdict>,
     pub outcome: Option<Outcome>,
+    /// An inconclusive bake was extended (the audit log says so once).
+    #[serde(default)]
+    pub extended: bool,
 }
 
 /// What the hub keeps about a rollout (JSON in the `rollouts` tree).
@@ -369,6 +455,11 @@ pub struct Rollout {
     pub wave: usize,
     pub waves: Vec<WaveRecord>,
     pub moved: BTreeMap<String, Moved>,
+    /// What each selected tag was assigned before the rollout succeeded and handed its version
+    /// over to the tags (none: the tag had no assignment): what rolling back a succeeded
+    /// rollout restores.
+    #[serde(default)]
+    pub tags_before: BTreeMap<String, Option<u64>>,
     /// Why it stopped, paused or failed.
     pub reason: Option<String>,
     pub created_at: u64,

@@ -119,10 +119,11 @@ impl Rollouts {
             State::Pending if !r.spec.may_start_wave(now) => Ok(()),
             State::Pending => self.start_wave(r, 0, now).await,
             State::Running => {
-                self.move_members(r, now).await?;
-                self.check_install(r, now).await
+                let waiting = self.move_members(r, now).await?;
+                self.check_install(r, now, waiting).await
             }
             State::Baking => {
+                // Late joiners waiting for their window do not hold the bake.
                 self.move_members(r, now).await?;
                 self.check_bake(r, now).await
             }
@@ -134,7 +135,7 @@ impl Rollouts {
     /// The rollout's devices: the selected ones, less those another active rollout of the
     /// model moved (a device that joined both selectors after they were created stays with
     /// that one: two rollouts never fight over a device, its cohort or its window).
-    fn candidates(&self, r: &Rollout) -> HubResult<Vec<DeviceRecord>> {
+    pub(super) fn candidates(&self, r: &Rollout) -> HubResult<Vec<DeviceRecord>> {
         let held: std::collections::HashSet<String> = self
             .list()?
             .into_iter()
@@ -156,6 +157,7 @@ impl Rollouts {
             baking_since: None,
             verdicts: vec![],
             outcome: None,
+            extended: false,
         });
         self.transition(
             r,
@@ -164,24 +166,32 @@ impl Rollouts {
             format!("wave {} of {} started", k + 1, r.spec.waves.len()),
             vec![],
         )?;
-        self.move_members(r, now).await
+        self.move_members(r, now).await.map(|_waiting| ())
     }
 
-    /// Moves the devices the current wave reaches that are not moved yet (late joiners too),
-    /// puts the selected devices in the wave's telemetry cohort, and re-applies the moves a
-    /// crash may have left half done.
-    async fn move_members(&self, r: &mut Rollout, now: u64) -> HubResult<()> {
+    /// Moves the devices the current wave reaches that are not moved yet (late joiners too)
+    /// and whose maintenance window is open, puts the selected devices in the wave's telemetry
+    /// cohort, and re-applies the moves a crash may have left half done. Returns how many of
+    /// the wave's devices wait for their maintenance window.
+    async fn move_members(&self, r: &mut Rollout, now: u64) -> HubResult<usize> {
         let selected = self.candidates(r)?;
         let order = ordered(r.id, &selected);
         let reach = r.spec.waves[r.wave].reach(order.len());
         let targets = self.own_targets(&r.spec.model)?;
         let own = |id: &str| targets.get(id).copied();
-        let newly: Vec<String> = order
+        let zones: std::collections::HashMap<&str, Option<&str>> = selected
+            .iter()
+            .map(|d| (d.id.as_str(), d.time_zone()))
+            .collect();
+        let (newly, waiting): (Vec<String>, Vec<String>) = order
             .iter()
             .take(reach)
             .filter(|id| !r.moved.contains_key(*id))
             .cloned()
-            .collect();
+            .partition(|id| {
+                r.spec
+                    .may_move(now, zones.get(id.as_str()).copied().flatten())
+            });
         if !newly.is_empty() {
             for id in &newly {
                 // Recorded before the device is moved: a rollback restores exactly this.
@@ -215,7 +225,7 @@ impl Rollouts {
         if wrote {
             self.desired.commit().await?;
         }
-        Ok(())
+        Ok(waiting.len())
     }
 
     /// The devices the current wave moved, counted.
@@ -242,10 +252,22 @@ impl Rollouts {
         Ok((c, failures))
     }
 
-    async fn check_install(&self, r: &mut Rollout, now: u64) -> HubResult<()> {
+    /// The install gate, once none of the wave's devices waits for its maintenance window;
+    /// the install timeout counts from the wave's last move.
+    async fn check_install(&self, r: &mut Rollout, now: u64, waiting: usize) -> HubResult<()> {
+        if waiting > 0 {
+            return Ok(());
+        }
         let (counts, failures) = self.install_counts(r)?;
         let verdict = gates::install(counts, &r.spec.gates);
-        let started = r.current().map_or(now, |w| w.started_at);
+        let started = r
+            .moved
+            .values()
+            .filter(|m| m.wave == r.wave)
+            .map(|m| m.at)
+            .chain(r.current().map(|w| w.started_at))
+            .max()
+            .unwrap_or(now);
         match verdict.outcome {
             Outcome::Pass => {
                 if let Some(w) = r.waves.get_mut(r.wave) {
@@ -297,68 +319,96 @@ impl Rollouts {
         if let Some(w) = r.waves.get_mut(r.wave) {
             w.verdicts = verdicts.clone();
         }
-        let summary = |r: &Rollout| {
-            verdicts
-                .iter()
-                .map(|v| format!("{} {:?}: {}", v.gate, v.outcome, v.detail))
-                .collect::<Vec<_>>()
-                .join("; ")
-                + &format!(" (wave {})", r.wave + 1)
-        };
         match outcome {
-            Outcome::Pass | Outcome::NotConfigured => {
-                if let Some(w) = r.waves.get_mut(r.wave) {
-                    w.outcome = Some(Outcome::Pass);
-                }
-                if r.wave + 1 < r.spec.waves.len() {
-                    let k = r.wave + 1;
-                    self.save(r)?;
-                    self.audit_entry(
-                        r.id,
-                        &super::AuditEntry {
-                            at: now,
-                            from: r.state,
-                            to: r.state,
-                            wave: r.wave,
-                            cause: "gate".into(),
-                            detail: format!("passed: {}", summary(r)),
-                            verdicts: verdicts.clone(),
-                        },
-                    )?;
-                    if !r.spec.may_start_wave(now) {
-                        // Held until a maintenance window opens (checked every step above).
-                        return self.save(r);
-                    }
-                    self.start_wave(r, k, now).await
-                } else {
-                    let detail = format!("every wave passed: {}", summary(r));
-                    self.succeed(r, detail, verdicts).await
-                }
-            }
+            Outcome::Pass | Outcome::NotConfigured => self.passed(r, now, verdicts).await,
             Outcome::Fail => {
                 if let Some(w) = r.waves.get_mut(r.wave) {
                     w.outcome = Some(Outcome::Fail);
                 }
-                let detail = format!("a gate failed: {}", summary(r));
+                let detail = format!("a gate failed: {}", summary(r, &verdicts));
                 self.fail(r, detail, verdicts).await
             }
-            Outcome::Inconclusive => {
-                if now < since.saturating_add(r.spec.max_bake()) {
-                    // Extended: judged again on the next step, until the longest bake.
-                    self.save(r)
-                } else {
-                    if let Some(w) = r.waves.get_mut(r.wave) {
-                        w.outcome = Some(Outcome::Inconclusive);
-                    }
-                    let detail = format!(
-                        "still inconclusive after the longest bake ({} s): {}",
-                        r.spec.max_bake(),
-                        summary(r)
-                    );
-                    self.fail(r, detail, verdicts).await
-                }
-            }
+            Outcome::Inconclusive => self.inconclusive(r, now, since, verdicts).await,
         }
+    }
+
+    /// The wave passed: the next starts (inside a maintenance window), or the rollout
+    /// succeeded.
+    async fn passed(&self, r: &mut Rollout, now: u64, verdicts: Vec<GateVerdict>) -> HubResult<()> {
+        if let Some(w) = r.waves.get_mut(r.wave) {
+            w.outcome = Some(Outcome::Pass);
+        }
+        if r.wave + 1 >= r.spec.waves.len() {
+            let detail = format!("every wave passed: {}", summary(r, &verdicts));
+            return self.succeed(r, detail, verdicts).await;
+        }
+        self.save(r)?;
+        let detail = format!("passed: {}", summary(r, &verdicts));
+        self.note(r, now, "gate", detail, verdicts)?;
+        if !r.spec.may_start_wave(now) {
+            // Held until a maintenance window opens (checked every step in `check_bake`).
+            return Ok(());
+        }
+        self.start_wave(r, r.wave + 1, now).await
+    }
+
+    /// Too few devices or requests to judge: the bake is extended (said once in the audit
+    /// log) up to the longest bake, then the failure policy applies.
+    async fn inconclusive(
+        &self,
+        r: &mut Rollout,
+        now: u64,
+        since: u64,
+        verdicts: Vec<GateVerdict>,
+    ) -> HubResult<()> {
+        if now < since.saturating_add(r.spec.max_bake()) {
+            let first = r.current().is_some_and(|w| !w.extended);
+            if let Some(w) = r.waves.get_mut(r.wave) {
+                w.extended = true;
+            }
+            self.save(r)?;
+            if first {
+                let detail = format!(
+                    "inconclusive; the bake is extended up to {} s: {}",
+                    r.spec.max_bake(),
+                    summary(r, &verdicts)
+                );
+                self.note(r, now, "gate", detail, verdicts)?;
+            }
+            return Ok(());
+        }
+        if let Some(w) = r.waves.get_mut(r.wave) {
+            w.outcome = Some(Outcome::Inconclusive);
+        }
+        let detail = format!(
+            "still inconclusive after the longest bake ({} s): {}",
+            r.spec.max_bake(),
+            summary(r, &verdicts)
+        );
+        self.fail(r, detail, verdicts).await
+    }
+
+    /// An audit line that is not a transition (a wave passed, a bake extended).
+    fn note(
+        &self,
+        r: &Rollout,
+        now: u64,
+        cause: &str,
+        detail: String,
+        verdicts: Vec<GateVerdict>,
+    ) -> HubResult<()> {
+        self.audit_entry(
+            r.id,
+            &super::AuditEntry {
+                at: now,
+                from: r.state,
+                to: r.state,
+                wave: r.wave,
+                cause: cause.into(),
+                detail,
+                verdicts,
+            },
+        )
     }
 
     /// The gates' verdicts on the current wave: install again, then canary against baseline
@@ -448,7 +498,7 @@ impl Rollouts {
         Ok(n)
     }
 
-    /// The failure policy: roll back (default) or pause.
+    /// The failure policy: roll back (default), pause, or halt.
     async fn fail(
         &self,
         r: &mut Rollout,
@@ -458,6 +508,10 @@ impl Rollouts {
         match r.spec.on_failure {
             Policy::Rollback => self.roll_back(r, "gate", detail, verdicts).await,
             Policy::Pause => self.transition(r, State::Paused, "gate", detail, verdicts),
+            Policy::Halt => {
+                self.transition(r, State::Failed, "gate", detail, verdicts)?;
+                self.leave_cohort(r)
+            }
         }
     }
 
@@ -477,13 +531,25 @@ impl Rollouts {
     /// After a tag-selected rollout succeeds, its tags carry the version: a device that
     /// joins a tag later gets it too (not the version the tag had before), and the devices the
     /// rollout moved drop the device targets it gave them where they had none of their own.
-    async fn hand_over_to_tags(&self, r: &Rollout) -> HubResult<()> {
+    /// What each tag had is recorded first, for a rollback after success.
+    async fn hand_over_to_tags(&self, r: &mut Rollout) -> HubResult<()> {
         let Selector::Tags(tags) = &r.spec.selector else {
             return Ok(());
         };
+        if r.tags_before.is_empty() {
+            let before = self.targets(&r.spec.model, |t| match t {
+                edgefleet_common::Target::Tag(tag) => Some(tag.clone()),
+                edgefleet_common::Target::Device(_) => None,
+            })?;
+            r.tags_before = tags
+                .iter()
+                .map(|t| (t.clone(), before.get(t).copied()))
+                .collect();
+            self.save(r)?;
+        }
         for tag in tags {
             self.desired
-                .set_for_tag(tag, &r.spec.model, r.spec.version)?;
+                .set_for_tag(tag, &r.spec.model, Some(r.spec.version))?;
         }
         for (id, m) in &r.moved {
             if m.previous.is_none() {
@@ -522,4 +588,14 @@ impl Rollouts {
         }
         Ok(())
     }
+}
+
+/// The verdicts in one line, for the audit log and the rollout's reason.
+fn summary(r: &Rollout, verdicts: &[GateVerdict]) -> String {
+    verdicts
+        .iter()
+        .map(|v| format!("{} {:?}: {}", v.gate, v.outcome, v.detail))
+        .collect::<Vec<_>>()
+        .join("; ")
+        + &format!(" (wave {})", r.wave + 1)
 }

@@ -66,6 +66,31 @@ fn report(kit: &Kit, device: &str, version: u64, error: Option<&str>) {
                 previous: vec![],
                 last_error: error.map(str::to_owned),
                 agent_version: "test".into(),
+                // A device keeps the zone it reported before.
+                time_zone: kit
+                    .hub
+                    .devices
+                    .get(device)
+                    .expect("read")
+                    .and_then(|d| d.time_zone().map(str::to_owned)),
+                ..Default::default()
+            },
+        )
+        .expect("report");
+}
+
+/// The device reports its time zone (and v1 active).
+fn report_zone(kit: &Kit, device: &str, zone: &str) {
+    kit.hub
+        .report_status(
+            device,
+            DeviceStatus {
+                active: vec![ModelRef {
+                    name: "demand".into(),
+                    version: 1,
+                }],
+                agent_version: "test".into(),
+                time_zone: Some(zone.into()),
                 ..Default::default()
             },
         )
@@ -209,9 +234,20 @@ async fn too_few_samples_are_inconclusive_until_the_longest_bake_then_the_policy
     assert_eq!(step(&kit, t + 1).await.state, State::Baking);
     // Bake not over: nothing judged.
     assert_eq!(step(&kit, t + 30).await.state, State::Baking);
-    // Over, but no telemetry at all: inconclusive, extended.
+    // Over, but no telemetry at all: inconclusive, extended (said once in the audit log).
     let r = step(&kit, t + 62).await;
     assert_eq!(r.state, State::Baking);
+    step(&kit, t + 63).await;
+    let extended = |kit: &Kit| {
+        kit.hub
+            .rollouts
+            .audit(r.id)
+            .expect("audit")
+            .iter()
+            .filter(|a| a.detail.contains("bake is extended"))
+            .count()
+    };
+    assert_eq!(extended(&kit), 1);
     let verdicts = &r.current().expect("wave").verdicts;
     let error_rate = verdicts
         .iter()
@@ -511,8 +547,9 @@ async fn a_single_wave_with_no_baseline_follows_the_no_data_policy() {
 async fn waves_start_only_inside_a_maintenance_window() {
     let w = MaintenanceWindow::parse("22:00-04:00").expect("window");
     let at = |h: u64, m: u64| 86_400 * 20_000 + h * 3600 + m * 60;
-    assert!(w.contains(at(23, 0)) && w.contains(at(3, 59)) && w.contains(at(22, 0)));
-    assert!(!w.contains(at(4, 0)) && !w.contains(at(12, 0)));
+    let utc = |t| w.contains(t, None);
+    assert!(utc(at(23, 0)) && utc(at(3, 59)) && utc(at(22, 0)));
+    assert!(!utc(at(4, 0)) && !utc(at(12, 0)));
     for bad in [
         "22:00",
         "25:00-01:00",
@@ -520,6 +557,8 @@ async fn waves_start_only_inside_a_maintenance_window() {
         "a:b-c:d",
         "10:00-10:60",
         "010:00-11:00",
+        "01:00-02:00@Mars/Olympus_Mons",
+        "01:00-02:00@",
     ] {
         assert!(MaintenanceWindow::parse(bad).is_err(), "{bad}");
     }
@@ -546,12 +585,203 @@ async fn waves_start_only_inside_a_maintenance_window() {
     );
     // A bad window in a spec is refused with the field named.
     let mut bad = spec(&["100%"], 0);
-    bad.maintenance_windows = vec![MaintenanceWindow {
-        from: "24:00".into(),
-        to: "01:00".into(),
-    }];
+    bad.maintenance_windows = vec![
+        MaintenanceWindow {
+            from: "24:00".into(),
+            to: "01:00".into(),
+            zone: None,
+        },
+        MaintenanceWindow {
+            from: "01:00".into(),
+            to: "02:00".into(),
+            zone: Some("Nowhere/Town".into()),
+        },
+    ];
     let e = kit.hub.rollouts.create(bad).await.expect_err("bad window");
-    assert!(e.to_string().contains("maintenance_windows"), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("maintenance_windows")
+            && text.contains("24:00")
+            && text.contains("Nowhere/Town"),
+        "both problems named: {text}"
+    );
+}
+
+/// A window in a named zone follows that zone (daylight saving time included); one in the
+/// device's zone follows each device's reported zone, UTC for a device that reports none.
+#[test]
+fn windows_in_a_named_zone_and_in_the_devices_zone() {
+    let at = |h: u64, m: u64| 86_400 * 20_000 + h * 3600 + m * 60; // a day in October 2024
+    // Etc/GMT-10 is UTC+10 (POSIX signs are inverted).
+    let named = MaintenanceWindow::parse("01:00-02:00@Etc/GMT-10").expect("window");
+    assert!(named.contains(at(15, 30), None) && !named.contains(at(1, 30), None));
+    let device = MaintenanceWindow::parse("01:00-02:00@device").expect("window");
+    assert!(device.follows_device());
+    assert!(device.contains(at(1, 30), None), "no zone: UTC");
+    assert!(
+        device.contains(at(1, 30), Some("Unknown/Zone")),
+        "unknown: UTC"
+    );
+    assert!(!device.contains(at(1, 30), Some("Etc/GMT-10")));
+    assert!(device.contains(at(15, 30), Some("Etc/GMT-10")));
+    // Berlin: UTC+2 in summer, UTC+1 in winter.
+    let berlin = MaintenanceWindow::parse("03:00-04:00@Europe/Berlin").expect("window");
+    let summer = 1_719_799_200; // 2024-07-01 02:00 UTC = 04:00 CEST
+    let winter = 1_704_074_400; // 2024-01-01 02:00 UTC = 03:00 CET
+    assert!(!berlin.contains(summer, None) && berlin.contains(winter, None));
+    let json = serde_json::to_value(&device).expect("json");
+    assert_eq!(
+        json,
+        serde_json::json!({"from": "01:00", "to": "02:00", "zone": "device"})
+    );
+}
+
+/// With a window in the devices' zone, each device moves in its own night: the wave starts,
+/// moves the devices whose window is open, and installs only once the others moved too.
+#[tokio::test]
+async fn each_device_moves_inside_its_own_maintenance_window() {
+    let kit = fleet().await;
+    // Half the fleet is ten hours ahead of UTC.
+    let ahead: Vec<String> = (0..FLEET / 2).map(id).collect();
+    for d in &ahead {
+        report_zone(&kit, d, "Etc/GMT-10");
+    }
+    let mut s = spec(&["100%"], 0);
+    s.maintenance_windows = vec![MaintenanceWindow::parse("01:00-02:00@device").expect("window")];
+    kit.hub.rollouts.create(s).await.expect("create");
+    let at = |h: u64, m: u64| 86_400 * 20_000 + h * 3600 + m * 60;
+    // 00:30 UTC: nobody's window is open, but the wave starts (its devices wait).
+    let r = step(&kit, at(0, 30)).await;
+    assert_eq!((r.state, r.moved.len()), (State::Running, 0));
+    // 01:00 UTC: the UTC half moves; the half ten hours ahead (11:00 there) waits.
+    let r = step(&kit, at(1, 0)).await;
+    assert_eq!(r.moved.len(), FLEET / 2);
+    assert!(
+        r.moved.keys().all(|d| !ahead.contains(d)),
+        "{:?}",
+        r.moved.keys()
+    );
+    install_wanted(&kit);
+    let r = step(&kit, at(1, 30)).await;
+    assert_eq!(r.state, State::Running, "not installed while devices wait");
+    let view = kit.hub.rollouts.view(r.clone()).expect("view");
+    assert_eq!(view.progress[0].waiting, FLEET / 2, "{:?}", view.progress);
+    // Long past the install timeout (900 s after the wave began), still not failed: it
+    // counts from the last move.
+    let r = step(&kit, at(14, 59)).await;
+    assert_eq!(r.state, State::Running, "{:?}", r.reason);
+    // 15:00 UTC is 01:00 ten hours ahead: the rest moves.
+    let r = step(&kit, at(15, 0)).await;
+    assert_eq!(r.moved.len(), FLEET);
+    install_wanted(&kit);
+    let r = step(&kit, at(15, 1)).await;
+    assert_eq!(r.state, State::Baking, "{:?}", r.reason);
+    let r = step(&kit, at(15, 2)).await;
+    assert_eq!(r.state, State::Succeeded, "{:?}", r.reason);
+}
+
+/// The `halt` policy stops a failed rollout in `failed`: its devices keep the version,
+/// nothing else moves, and an operator can still roll it back.
+#[tokio::test]
+async fn the_halt_policy_stops_in_failed_and_rollback_still_works() {
+    let kit = fleet().await;
+    let mut s = spec(&["2", "100%"], 0);
+    s.on_failure = Policy::Halt;
+    kit.hub.rollouts.create(s).await.expect("create");
+    let t = crate::now();
+    let r = step(&kit, t).await;
+    let canaries: Vec<String> = r.moved.keys().cloned().collect();
+    report(&kit, &canaries[0], 2, None);
+    report(
+        &kit,
+        &canaries[1],
+        1,
+        Some("model demand v2: smoke test 0 failed"),
+    );
+    let r = step(&kit, t + 1).await;
+    assert_eq!(r.state, State::Failed, "{:?}", r.reason);
+    assert_eq!(wanted(&kit).iter().filter(|v| **v == 2).count(), 2, "kept");
+    // Terminal: later steps do nothing.
+    let r = step(&kit, t + 2000).await;
+    assert_eq!((r.state, r.moved.len()), (State::Failed, 2));
+    let r = kit
+        .hub
+        .rollouts
+        .act(r.id, "rollback")
+        .await
+        .expect("rollback");
+    assert_eq!(r.state, State::RollingBack);
+    assert_eq!(wanted(&kit), vec![1; FLEET]);
+}
+
+/// Rolling back a succeeded tag rollout gives the tags their old version back too (the
+/// success handed the version over to them); refused while a later rollout holds devices.
+#[tokio::test]
+async fn a_succeeded_rollout_rolls_back_its_tags_unless_a_later_one_moved_its_devices() {
+    let kit = fleet().await;
+    kit.publish("demand", 3).await;
+    let first = kit
+        .hub
+        .rollouts
+        .create(spec(&["100%"], 0))
+        .await
+        .expect("create");
+    let t = crate::now();
+    step(&kit, t).await;
+    install_wanted(&kit);
+    step(&kit, t + 1).await;
+    let r = step(&kit, t + 2).await;
+    assert_eq!(r.state, State::Succeeded, "{:?}", r.reason);
+    assert_eq!(r.tags_before.get("eu"), Some(&Some(1)));
+    // A later rollout to v3 moves a device: rolling the first back would fight it.
+    let mut next = spec(&["1", "100%"], 0);
+    next.version = 3;
+    let second = kit.hub.rollouts.create(next).await.expect("v3");
+    step(&kit, t + 3).await;
+    let e = kit
+        .hub
+        .rollouts
+        .act(first.id, "rollback")
+        .await
+        .expect_err("refused");
+    assert!(
+        e.to_string().contains(&format!("rollout {}", second.id)),
+        "{e}"
+    );
+    // Once that one is rolled back, the first may be: tags and devices back on v1.
+    kit.hub
+        .rollouts
+        .act(second.id, "rollback")
+        .await
+        .expect("rollback v3");
+    install_wanted(&kit);
+    step(&kit, t + 4).await;
+    let r = kit
+        .hub
+        .rollouts
+        .act(first.id, "rollback")
+        .await
+        .expect("rollback v2");
+    assert_eq!(r.state, State::RollingBack);
+    assert_eq!(wanted(&kit), vec![1; FLEET]);
+    let tag = kit
+        .hub
+        .desired
+        .list()
+        .expect("desired")
+        .into_iter()
+        .find(|d| d.target == Target::Tag("eu".into()));
+    assert_eq!(tag.map(|d| d.version), Some(1));
+    // A device that joins the tag now gets v1.
+    kit.enroll("shop-late", &["eu"], true).await;
+    let late = kit
+        .hub
+        .devices
+        .get("shop-late")
+        .expect("read")
+        .expect("device");
+    let v = crate::desired::resolve_desired(&kit.hub.desired.list().expect("desired"), &late);
+    assert_eq!(v.first().map(|m| m.version), Some(1));
 }
 
 /// Messages name states as the API spells them.
