@@ -25,8 +25,8 @@ use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, Transport}
 use sha2::Digest as _;
 use tokio::sync::{mpsc, watch};
 
-use crate::fleet::Shared;
 use crate::rng::Rng;
+use crate::shared::Shared;
 use crate::traffic::Plan;
 
 /// Rows per window buffer: the device folds its windows every second itself.

@@ -15,6 +15,7 @@ pub mod config;
 mod device;
 mod fleet;
 pub mod rng;
+mod shared;
 pub mod traffic;
 
 use std::future::Future;
