@@ -86,12 +86,12 @@ fn common_does_no_io() {
     );
 }
 
-/// No two top-level modules of the hub or of the agent reach each other through `crate::`
-/// paths (re-exports followed; the crate roots, binaries and test-only code aside).
+/// No two top-level modules of the hub, the agent or the simulator reach each other through
+/// `crate::` paths (re-exports followed; the crate roots, binaries and test-only code aside).
 #[test]
 fn no_import_cycles_between_modules() {
     let mut found = Vec::new();
-    for krate in ["hub", "agent"] {
+    for krate in ["hub", "agent", "sim"] {
         let c = load(krate);
         let graph = c.top_level_graph();
         assert!(graph.len() > 3, "{krate}: no modules found: {graph:?}");
@@ -233,6 +233,61 @@ fn hub_never_depends_on_agent_and_agent_never_on_hub() {
         "not even as a dev-dependency"
     );
     assert!(!dependencies("agent/Cargo.toml").contains("edgefleet-hub"));
+}
+
+/// The simulator runs the agent's code against a real hub: it may depend on the agent and
+/// common, never on the hub (not in its manifest, not in a path its sources name), or it would
+/// test the hub against the hub's own idea of a device.
+#[test]
+fn sim_depends_on_agent_and_common_never_on_hub() {
+    const ALLOWED: [&str; 2] = ["edgefleet-agent", "edgefleet-common"];
+    let deps = dependencies("sim/Cargo.toml");
+    let ours: Vec<&str> = deps
+        .lines()
+        .filter_map(|l| l.trim().split(['.', ' ', '=']).next())
+        .filter(|name| name.starts_with("edgefleet-"))
+        .collect();
+    assert!(
+        ours.contains(&"edgefleet-agent") && ours.iter().all(|c| ALLOWED.contains(c)),
+        "the sim's workspace dependencies: {ours:?}"
+    );
+    assert!(
+        !read("sim/Cargo.toml").contains("edgefleet-hub"),
+        "not even as a dev-dependency"
+    );
+    // Its binary names its own library.
+    let allowed: Vec<String> = ALLOWED
+        .iter()
+        .chain(&["edgefleet-sim"])
+        .map(|c| c.replace('-', "_"))
+        .collect();
+    let sim = load("sim");
+    let found: Vec<String> = sim
+        .files
+        .iter()
+        .flat_map(|f| {
+            f.refs
+                .iter()
+                .filter(|r| {
+                    r.path
+                        .first()
+                        .is_some_and(|c| c.starts_with("edgefleet_") && !allowed.contains(c))
+                })
+                .map(move |r| format!("{}: {r}", f.file.display()))
+        })
+        .collect();
+    assert!(
+        found.is_empty(),
+        "the sim names a workspace crate other than the agent and common:\n{}",
+        found.join("\n")
+    );
+    assert!(
+        sim.files
+            .iter()
+            .flat_map(|f| &f.refs)
+            .any(|r| r.starts_with(&["edgefleet_agent", "update"])),
+        "the sim's sources were not parsed"
+    );
 }
 
 #[test]
