@@ -1,5 +1,7 @@
 //! The agent's error type.
 
+use edgefleet_common::device::InstallPhase;
+
 /// Why an update step or a model load failed. Reported to the hub and logged; the agent keeps
 /// serving what it has.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,16 @@ impl From<reqwest::Error> for AgentError {
             src = s.source();
         }
         AgentError::Hub(msg)
+    }
+}
+
+impl AgentError {
+    /// The phase a status report gives an install that failed with this error.
+    pub fn install_phase(&self) -> InstallPhase {
+        match self {
+            AgentError::SmokeTest { .. } => InstallPhase::SmokeTestFailed,
+            _ => InstallPhase::Failed,
+        }
     }
 }
 

@@ -12,11 +12,11 @@ use edgefleet_agent::AgentConfig;
 use edgefleet_agent::error::{AgentError, AgentResult};
 use edgefleet_agent::hub_client::{HubClient, Poll};
 use edgefleet_agent::telemetry::{AGENT_VERSION, Outbox, model_window, pack_record};
-use edgefleet_agent::update::{check, fetch};
+use edgefleet_agent::update::instruction::{self, Acceptance, InForce};
+use edgefleet_agent::update::{Backoff, check, fetch};
 use edgefleet_agent::window::{Window, WindowRecorder};
 use edgefleet_common::device::{
     AssignmentBundle, BUNDLE_FORMAT, DeviceStatus, InstallPhase, InstallStatus, ModelRef,
-    WindowInstruction,
 };
 use edgefleet_common::telemetry::{self, Health, Heartbeat, TelemetryAck, topic};
 use edgefleet_common::trust::Permission;
@@ -25,8 +25,8 @@ use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, Transport}
 use sha2::Digest as _;
 use tokio::sync::{mpsc, watch};
 
-use crate::fleet::Shared;
 use crate::rng::Rng;
+use crate::shared::Shared;
 use crate::traffic::Plan;
 
 /// Rows per window buffer: the device folds its windows every second itself.
@@ -68,9 +68,9 @@ pub(crate) struct Device {
     /// The last bundle applied (either way it came); a failed one is retried with backoff.
     last_bundle: Option<AssignmentBundle>,
     retry_at: Option<tokio::time::Instant>,
-    backoff: Duration,
-    /// The hub's verified telemetry-window instruction in force (a rollout's bake).
-    instructed: Option<WindowInstruction>,
+    backoff: Backoff,
+    /// The hub's telemetry-window instruction in force (a rollout's bake), by the agent's rule.
+    window: InForce,
     /// Where the latest assignment of each model stands, as the agent reports it.
     progress: BTreeMap<String, InstallStatus>,
 }
@@ -129,8 +129,8 @@ impl Device {
             started_at: now(),
             last_bundle: None,
             retry_at: None,
-            backoff: Duration::from_secs(1),
-            instructed: None,
+            backoff: Backoff::default(),
+            window: InForce::default(),
             progress: BTreeMap::new(),
             shared,
         })
@@ -222,17 +222,11 @@ impl Device {
             }
             // The hub's window instruction, as the agent's uplink follows it: on a change,
             // close what was gathered and keep the new rhythm; an expired one ends.
-            if self
-                .instructed
-                .as_ref()
-                .is_some_and(|w| now() >= w.expires_at)
-            {
-                self.instructed = None;
-            }
+            self.window.expire(now());
             let want = self
-                .instructed
-                .as_ref()
-                .map_or(c.window(), |w| Duration::from_secs(w.window_secs));
+                .window
+                .window_secs()
+                .map_or(c.window(), Duration::from_secs);
             if want != window_period {
                 self.close_window();
                 window_period = want;
@@ -573,7 +567,7 @@ impl Device {
         if self.last_bundle.as_ref() == Some(&bundle) {
             return;
         }
-        self.backoff = Duration::from_secs(1);
+        self.backoff.reset();
         self.apply_and_report(&bundle).await;
         self.last_bundle = Some(bundle);
     }
@@ -595,13 +589,11 @@ impl Device {
         }
         if let Some(e) = &error {
             tracing::debug!(device = %self.id, error = %e, "update failed; still serving the current model");
-            let jitter =
-                Duration::from_millis(self.rng.below(self.backoff.as_millis() as u64 / 2 + 1));
-            self.retry_at = Some(tokio::time::Instant::now() + self.backoff + jitter);
-            self.backoff = (self.backoff * 2).min(Duration::from_secs(300));
+            let wait = self.backoff.next_wait(self.rng.next_u64());
+            self.retry_at = Some(tokio::time::Instant::now() + wait);
         } else {
             self.retry_at = None;
-            self.backoff = Duration::from_secs(1);
+            self.backoff.reset();
         }
         self.last_error = error;
         // The same status the agent reports (`Updater::status`).
@@ -614,9 +606,9 @@ impl Device {
             installs: self.progress.values().cloned().collect(),
             bundle_format: BUNDLE_FORMAT,
             window_secs: Some(
-                self.instructed
-                    .as_ref()
-                    .map_or(self.shared.config.window().as_secs(), |w| w.window_secs),
+                self.window
+                    .window_secs()
+                    .unwrap_or(self.shared.config.window().as_secs()),
             ),
             // Simulated devices keep UTC.
             time_zone: None,
@@ -636,29 +628,8 @@ impl Device {
         if !bundle.rotations.is_empty() {
             self.trust = self.trust.rotate_all(&bundle.rotations)?;
         }
+        self.apply_window(bundle, now);
         let mut first_error = None;
-        // `Updater::apply_window`: verified under the root, for this device, fresh, not a
-        // replay; a bad one never stops the assignments.
-        match &bundle.window {
-            None => self.instructed = None,
-            Some(signed) => {
-                let checked = signed
-                    .verify_hub(&self.trust, now, Permission::Assignments)
-                    .and_then(|w| w.validate_for(&self.id, now).map(|()| w));
-                match checked {
-                    Ok(w)
-                        if self
-                            .instructed
-                            .as_ref()
-                            .is_none_or(|c| c.serial <= w.serial) =>
-                    {
-                        self.instructed = Some(w);
-                    }
-                    Ok(_) => {}
-                    Err(e) => first_error = Some(e.into()),
-                }
-            }
-        }
         for signed in &bundle.assignments {
             if let Err(e) = self.apply_one(signed, now).await {
                 first_error.get_or_insert(e);
@@ -667,6 +638,25 @@ impl Device {
         match first_error {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+
+    /// `Updater::apply_window`, by the agent's rule: a refused instruction is logged and the
+    /// device keeps its window; it never fails the update.
+    fn apply_window(&mut self, bundle: &AssignmentBundle, now: u64) {
+        let Some(signed) = &bundle.window else {
+            self.window.end();
+            return;
+        };
+        match instruction::verify(signed, &self.trust, &self.id, now) {
+            Ok(w) => {
+                if let Acceptance::Refused { newest } = self.window.offer(w) {
+                    tracing::debug!(device = %self.id, newest, "older window instruction ignored");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(device = %self.id, error = %e, "telemetry window instruction refused")
+            }
         }
     }
 
@@ -687,14 +677,7 @@ impl Device {
         let result = self.install(&a, now).await;
         match &result {
             Ok(()) => self.set_progress(&a, InstallPhase::Active, None),
-            Err(e) => {
-                let phase = if e.to_string().contains("smoke test") {
-                    InstallPhase::SmokeTestFailed
-                } else {
-                    InstallPhase::Failed
-                };
-                self.set_progress(&a, phase, Some(e.to_string()));
-            }
+            Err(e) => self.set_progress(&a, e.install_phase(), Some(e.to_string())),
         }
         result
     }
@@ -745,7 +728,7 @@ impl Device {
             .first()
             .and_then(|t| t.expected.first())
             .map_or("y", |t| t.name.as_str());
-        Err(AgentError::Model {
+        Err(AgentError::SmokeTest {
             name: m.name.clone(),
             version: m.version,
             message: format!(

@@ -1,122 +1,20 @@
-//! The fleet: what every device shares (configuration, trust root, HTTP client and its
-//! concurrency bound, the outbox database, caches) and the handle a caller queries and stops.
+//! The fleet: the handle a caller starts, queries and stops; it opens what every device
+//! shares ([`Shared`]) and starts the devices.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
-use edgefleet_agent::download::{self, Limits};
-use edgefleet_agent::error::{AgentError, AgentResult};
 use edgefleet_agent::hub_client::HubClient;
-use edgefleet_agent::telemetry::Outbox;
 use edgefleet_common::telemetry::BrokerUrl;
-use edgefleet_common::{Digest, ModelManifest, PublicKey, TrustRoot};
-use tokio::sync::{OnceCell, Semaphore, watch};
+use edgefleet_common::{PublicKey, TrustRoot};
+use tokio::sync::watch;
 
 use crate::config::SimConfig;
 use crate::device::Device;
-use crate::traffic::Plan;
-
-/// Counters the devices keep, read by [`Fleet::snapshot`].
-#[derive(Debug, Default)]
-pub(crate) struct Stats {
-    pub enrolled: AtomicU64,
-    pub requests: AtomicU64,
-    pub errors: AtomicU64,
-    pub records_sent: AtomicU64,
-    pub records_acked: AtomicU64,
-    /// Devices whose last update failed (their `last_error` is set).
-    pub failing: AtomicI64,
-    /// Devices serving each model version.
-    active: Mutex<BTreeMap<(String, u64), i64>>,
-}
-
-impl Stats {
-    pub fn count_active(&self, model: &str, version: u64, delta: i64) {
-        if let Ok(mut a) = self.active.lock() {
-            let n = a.entry((model.to_owned(), version)).or_insert(0);
-            *n += delta;
-            if *n == 0 {
-                a.remove(&(model.to_owned(), version));
-            }
-        }
-    }
-}
-
-/// The outcome of one artifact's download, shared by every device that installs it.
-type Download = OnceCell<Result<(), String>>;
-
-pub(crate) struct Shared {
-    pub config: SimConfig,
-    pub root: TrustRoot,
-    pub broker: BrokerUrl,
-    pub http: reqwest::Client,
-    /// Bounds the HTTP requests in flight over all devices.
-    pub permits: Semaphore,
-    pub stats: Stats,
-    /// Which devices fail installs of `--fail-install-version`.
-    pub failing: Vec<bool>,
-    pub db: sled::Db,
-    pub outboxes: Mutex<Vec<Arc<Outbox>>>,
-    staging: PathBuf,
-    /// One download per artifact digest, whatever the number of devices.
-    artifacts: Mutex<HashMap<Digest, Arc<Download>>>,
-    /// One traffic plan per model version.
-    plans: Mutex<HashMap<(String, u64), Arc<Plan>>>,
-}
-
-impl Shared {
-    pub fn plan(&self, m: &ModelManifest) -> Arc<Plan> {
-        let key = (m.name.clone(), m.version);
-        match self.plans.lock() {
-            Ok(mut plans) => plans
-                .entry(key)
-                .or_insert_with(|| Arc::new(Plan::new(m, &self.config)))
-                .clone(),
-            Err(_) => Arc::new(Plan::new(m, &self.config)),
-        }
-    }
-
-    /// Downloads `m`'s artifact with the agent's resumable, capped, verified download — once
-    /// per digest: every other device waits for that download and shares its outcome.
-    pub async fn download(&self, hub: &HubClient, m: &ModelManifest, now: u64) -> AgentResult<()> {
-        let cell = self
-            .artifacts
-            .lock()
-            .map_err(|_| AgentError::Other("artifact cache poisoned".into()))?
-            .entry(m.artifact.sha256)
-            .or_default()
-            .clone();
-        let outcome = cell
-            .get_or_init(|| async {
-                let _permit = self.permits.acquire().await;
-                let defaults = edgefleet_agent::AgentConfig::default();
-                let limits = Limits {
-                    min_bytes_per_sec: defaults.download_min_bytes_per_sec,
-                    window: Duration::from_secs(defaults.download_rate_window_secs),
-                    deadline: Duration::from_secs(defaults.download_deadline_secs),
-                    max_bytes: defaults.max_model_bytes,
-                };
-                let url = hub.url(&format!(
-                    "models/{}/versions/{}/artifact",
-                    m.name, m.version
-                ));
-                match download::fetch(hub, now, &url, &self.staging, &m.artifact, &limits).await {
-                    Ok(path) => {
-                        let _ = tokio::fs::remove_file(path).await;
-                        Ok(())
-                    }
-                    Err(e) => Err(e.to_string()),
-                }
-            })
-            .await
-            .clone();
-        outcome.map_err(AgentError::Download)
-    }
-}
+use crate::shared::Shared;
 
 /// What the fleet looks like now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -227,20 +125,9 @@ impl Fleet {
             (Some(_), Some(f)) => crate::rng::failing_set(config.seed, config.devices as usize, f),
             _ => vec![false; config.devices as usize],
         };
-        let shared = Arc::new(Shared {
-            permits: Semaphore::new(config.http_concurrency as usize),
-            root,
-            broker,
-            http,
-            stats: Stats::default(),
-            failing,
-            db,
-            outboxes: Mutex::new(Vec::with_capacity(config.devices as usize)),
-            staging,
-            artifacts: Mutex::default(),
-            plans: Mutex::default(),
-            config,
-        });
+        let shared = Arc::new(Shared::new(
+            config, root, broker, http, failing, db, staging,
+        ));
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::with_capacity(shared.config.devices as usize);
         for i in 0..shared.config.devices as usize {
@@ -268,16 +155,7 @@ impl Fleet {
         Snapshot {
             devices: u64::from(self.shared.config.devices),
             enrolled: s.enrolled.load(Ordering::Relaxed),
-            active: s
-                .active
-                .lock()
-                .map(|a| {
-                    a.iter()
-                        .filter(|(_, n)| **n > 0)
-                        .map(|(k, n)| (k.clone(), *n as u64))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            active: s.active(),
             failing: s.failing.load(Ordering::Relaxed).max(0) as u64,
             requests: s.requests.load(Ordering::Relaxed),
             errors: s.errors.load(Ordering::Relaxed),

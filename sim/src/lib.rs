@@ -1,7 +1,9 @@
 //! The Edgefleet fleet simulator: N simulated devices in one process against a real hub and
 //! MQTT broker, each running the agent's own code for what matters to the hub — enrollment and
 //! sessions ([`edgefleet_agent::hub_client`]), the checks and serial policy of assignments
-//! ([`edgefleet_agent::update::check`], [`edgefleet_agent::update::fetch`]), window profiles
+//! ([`edgefleet_agent::update::check`], [`edgefleet_agent::update::fetch`]), the telemetry-window
+//! instruction's rule ([`edgefleet_agent::update::instruction`]), the install phase an error
+//! reports and the retry backoff ([`edgefleet_agent::update::Backoff`]), window profiles
 //! ([`edgefleet_agent::window`]), signed records and the outbox
 //! ([`edgefleet_agent::telemetry`]) — and synthetic, seeded traffic in place of tract.
 //!
@@ -13,6 +15,7 @@ pub mod config;
 mod device;
 mod fleet;
 pub mod rng;
+mod shared;
 pub mod traffic;
 
 use std::future::Future;

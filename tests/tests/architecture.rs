@@ -86,12 +86,12 @@ fn common_does_no_io() {
     );
 }
 
-/// No two top-level modules of the hub or of the agent reach each other through `crate::`
-/// paths (re-exports followed; the crate roots, binaries and test-only code aside).
+/// No two top-level modules of the hub, the agent or the simulator reach each other through
+/// `crate::` paths (re-exports followed; the crate roots, binaries and test-only code aside).
 #[test]
 fn no_import_cycles_between_modules() {
     let mut found = Vec::new();
-    for krate in ["hub", "agent"] {
+    for krate in ["hub", "agent", "sim"] {
         let c = load(krate);
         let graph = c.top_level_graph();
         assert!(graph.len() > 3, "{krate}: no modules found: {graph:?}");
@@ -106,10 +106,12 @@ fn no_import_cycles_between_modules() {
     );
 }
 
-/// The hub's layers. Transports (`http`, `mqtt`) and `drivers` never reference each other;
-/// the domain (`hub`, `error`, `store`, `registry`, `devices`, `desired`, `telemetry`,
-/// `rollout`) names
-/// no HTTP or MQTT crate and references no transport, driver or the CLI. Test-only code aside.
+/// The hub's layers; every top-level module is in one. Transports (`http`, `mqtt`) and
+/// `drivers` never reference each other; the domain (`hub`, `error`, `store`, `registry`,
+/// `devices`, `desired`, `telemetry`, `rollout`) names no HTTP or MQTT crate and references no
+/// transport, driver or the CLI; the base (`config`, `keyfile`, `reference`, `lifecycle`)
+/// references nothing but the base; nothing references the CLI (`cli`) but itself, and only
+/// test-only code references the test support (`testkit`). Test-only code aside.
 #[test]
 fn hub_layers() {
     const TRANSPORTS: [&str; 3] = ["http", "mqtt", "drivers"];
@@ -123,21 +125,54 @@ fn hub_layers() {
         "telemetry",
         "rollout",
     ];
+    /// What every layer may use: configuration, key files, reference profiles, process
+    /// plumbing.
+    const BASE: [&str; 4] = ["config", "keyfile", "reference", "lifecycle"];
+    /// The admin CLI: a client of the HTTP API, plus offline commands.
+    const CLI: [&str; 1] = ["cli"];
+    /// `#[cfg(test)]` helpers of the domain's unit tests.
+    const TEST_SUPPORT: [&str; 1] = ["testkit"];
+    const LAYERS: [(&str, &[&str]); 5] = [
+        ("domain", &DOMAIN),
+        ("transports and drivers", &TRANSPORTS),
+        ("base", &BASE),
+        ("cli", &CLI),
+        ("test support", &TEST_SUPPORT),
+    ];
     const WIRE_CRATES: [&str; 3] = ["axum", "rumqttc", "rumqttd"];
     let hub = load("hub");
-    let tops = hub.top_modules();
+    let tops = hub.declared_top_modules();
     let mut problems = Problems::default();
-    for m in DOMAIN
+    for m in LAYERS
         .iter()
-        .chain(&TRANSPORTS)
+        .flat_map(|(_, ms)| ms.iter())
         .filter(|m| !tops.contains(**m))
     {
         problems.missing(format!("hub/src/{m}.rs or hub/src/{m}/mod.rs"));
+    }
+    for m in tops
+        .iter()
+        .filter(|m| !LAYERS.iter().any(|(_, ms)| ms.contains(&m.as_str())))
+    {
+        problems.missing(format!(
+            "a layer for hub/src/{m} (a top-level module in none: add it to one in hub_layers)"
+        ));
     }
     for f in hub.lib_modules() {
         let Some(top) = f.top() else { continue };
         for r in f.refs.iter().filter(|r| !r.test) {
             let to = r.crate_top();
+            if let Some(to) = to.filter(|t| *t != top && TEST_SUPPORT.contains(t)) {
+                problems.add(f, format!("`{top}` references `{to}` outside tests"), r);
+            }
+            if let Some(to) = to.filter(|t| *t != top && CLI.contains(t)) {
+                problems.add(f, format!("`{top}` references the CLI `{to}`"), r);
+            }
+            if BASE.contains(&top)
+                && let Some(to) = to.filter(|t| tops.contains(*t) && !BASE.contains(t))
+            {
+                problems.add(f, format!("base module `{top}` references `{to}`"), r);
+            }
             if TRANSPORTS.contains(&top)
                 && let Some(to) = to.filter(|t| *t != top && TRANSPORTS.contains(t))
             {
@@ -151,7 +186,7 @@ fn hub_layers() {
                 if let Some(c) = r.path.first().filter(|c| WIRE_CRATES.contains(&c.as_str())) {
                     problems.add(f, format!("domain module `{top}` names {c}"), r);
                 }
-                if let Some(to) = to.filter(|t| TRANSPORTS.contains(t) || *t == "cli") {
+                if let Some(to) = to.filter(|t| TRANSPORTS.contains(t)) {
                     problems.add(f, format!("domain module `{top}` references `{to}`"), r);
                 }
             }
@@ -233,6 +268,61 @@ fn hub_never_depends_on_agent_and_agent_never_on_hub() {
         "not even as a dev-dependency"
     );
     assert!(!dependencies("agent/Cargo.toml").contains("edgefleet-hub"));
+}
+
+/// The simulator runs the agent's code against a real hub: it may depend on the agent and
+/// common, never on the hub (not in its manifest, not in a path its sources name), or it would
+/// test the hub against the hub's own idea of a device.
+#[test]
+fn sim_depends_on_agent_and_common_never_on_hub() {
+    const ALLOWED: [&str; 2] = ["edgefleet-agent", "edgefleet-common"];
+    let deps = dependencies("sim/Cargo.toml");
+    let ours: Vec<&str> = deps
+        .lines()
+        .filter_map(|l| l.trim().split(['.', ' ', '=']).next())
+        .filter(|name| name.starts_with("edgefleet-"))
+        .collect();
+    assert!(
+        ours.contains(&"edgefleet-agent") && ours.iter().all(|c| ALLOWED.contains(c)),
+        "the sim's workspace dependencies: {ours:?}"
+    );
+    assert!(
+        !read("sim/Cargo.toml").contains("edgefleet-hub"),
+        "not even as a dev-dependency"
+    );
+    // Its binary names its own library.
+    let allowed: Vec<String> = ALLOWED
+        .iter()
+        .chain(&["edgefleet-sim"])
+        .map(|c| c.replace('-', "_"))
+        .collect();
+    let sim = load("sim");
+    let found: Vec<String> = sim
+        .files
+        .iter()
+        .flat_map(|f| {
+            f.refs
+                .iter()
+                .filter(|r| {
+                    r.path
+                        .first()
+                        .is_some_and(|c| c.starts_with("edgefleet_") && !allowed.contains(c))
+                })
+                .map(move |r| format!("{}: {r}", f.file.display()))
+        })
+        .collect();
+    assert!(
+        found.is_empty(),
+        "the sim names a workspace crate other than the agent and common:\n{}",
+        found.join("\n")
+    );
+    assert!(
+        sim.files
+            .iter()
+            .flat_map(|f| &f.refs)
+            .any(|r| r.starts_with(&["edgefleet_agent", "update"])),
+        "the sim's sources were not parsed"
+    );
 }
 
 #[test]

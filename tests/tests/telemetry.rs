@@ -1073,6 +1073,5 @@ async fn an_update_mid_window_reports_both_versions() {
     assert_eq!(fleet["ingest"]["stored"], 1, "one record stored: {fleet}");
     assert_eq!(fleet["ingest"]["rejected"]["malformed"], 0, "{fleet}");
     assert_eq!(fleet["ingest"]["rejected"]["unknown_model"], 0, "{fleet}");
-    assert!(!models.is_empty(), "{d}");
     agent.stop().await;
 }

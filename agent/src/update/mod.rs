@@ -19,6 +19,7 @@
 //! the old or the new model serving. A failure leaves the current model serving.
 
 mod activate;
+pub mod backoff;
 pub mod check;
 pub mod fetch;
 pub mod instruction;
@@ -37,11 +38,12 @@ use tokio::sync::Mutex;
 
 use crate::active::{ActiveModels, Served};
 use crate::config::AgentConfig;
-use crate::error::{AgentError, AgentResult};
+use crate::error::AgentResult;
 use crate::hub_client::{HubClient, Poll};
 use crate::state::{ActiveModel, ActiveSet, Layout, TrustState};
 use check::Decision;
 
+pub use backoff::Backoff;
 pub use stage::load_installed;
 
 pub struct Updater {
@@ -360,25 +362,16 @@ impl Updater {
         .await;
         match &result {
             Ok(()) => self.set_progress(&a.model, a.version, InstallPhase::Active, None),
-            Err(e @ AgentError::SmokeTest { .. }) => self.set_progress(
-                &a.model,
-                a.version,
-                InstallPhase::SmokeTestFailed,
-                Some(e.to_string()),
-            ),
-            Err(e) => self.set_progress(
-                &a.model,
-                a.version,
-                InstallPhase::Failed,
-                Some(e.to_string()),
-            ),
+            Err(e) => {
+                self.set_progress(&a.model, a.version, e.install_phase(), Some(e.to_string()))
+            }
         }
         result
     }
 
     /// The loop: long-poll, apply, report; back off with jitter on failure.
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let mut backoff = Duration::from_secs(1);
+        let mut backoff = Backoff::default();
         loop {
             let now = crate::now();
             let step = async {
@@ -403,11 +396,11 @@ impl Updater {
             let removed = self.remove_unassigned(crate::now()).await;
             match &result {
                 Ok(_) => {
-                    backoff = Duration::from_secs(1);
+                    backoff.reset();
                     *self.last_error.lock().await = None;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in_secs = backoff.as_secs(), "update failed; still serving the current model");
+                    tracing::warn!(error = %e, retry_in_secs = backoff.step().as_secs(), "update failed; still serving the current model");
                     *self.last_error.lock().await = Some(e.to_string());
                     crate::lifecycle::status(&format!("update failed, still serving: {e}"));
                     self.hub.reset_etag().await;
@@ -420,12 +413,7 @@ impl Updater {
                 }
             }
             let sleep = if failed {
-                let jitter = Duration::from_millis(
-                    u64::from(jitter_ms()) % (backoff.as_millis() as u64 / 2 + 1),
-                );
-                let s = backoff + jitter;
-                backoff = (backoff * 2).min(Duration::from_secs(300));
-                s
+                backoff.next_wait(u64::from(jitter_ms()))
             } else {
                 Duration::ZERO
             };

@@ -513,6 +513,8 @@ impl Accept {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::keys::agg_key;
+    use crate::telemetry::{ALL, HOUR};
     use crate::testkit::Kit;
     use edgefleet_common::sketch::{LatencySketch, Profile};
     use edgefleet_common::telemetry::{ModelWindow, pack_record};
@@ -739,6 +741,78 @@ mod tests {
                 .latest("shop-1")
                 .expect("read")
                 .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_record_the_hub_fails_to_store_is_retried_not_acked() {
+        let (kit, key) = kit().await;
+        let mut accept = kit.hub.telemetry.accept();
+        let now = crate::now();
+        // The fleet's aggregate of this hour cannot be read back: staging the record fails.
+        let agg = agg_key("demand", 1, now / HOUR * HOUR, ALL);
+        let store = kit.hub.telemetry.store();
+        store
+            .agg
+            .insert(agg.as_slice(), b"\xffnot an aggregate".as_slice())
+            .expect("insert");
+        let payload = record(&key, "shop-1", 1, now, ("demand", 1, COLUMNS));
+        let (device, verdict) = accept.judge(rec("shop-1", payload.clone()), now);
+        assert_eq!(verdict, Verdict::Retry);
+        assert_eq!(device.map(|d| d.id).as_deref(), Some("shop-1"));
+        let out = accept.batch(vec![rec("shop-1", payload.clone())]).await;
+        assert!(out.acks.is_empty(), "not acked: {:?}", out.acks);
+        assert!(out.touched.is_empty());
+        let stats = accept.stats();
+        assert_eq!(stats.stored.load(Ordering::Relaxed), 0);
+        for reason in Rejected::ALL {
+            assert_eq!(
+                stats.rejected(reason),
+                0,
+                "{reason:?}: a retry is no refusal"
+            );
+        }
+        assert!(store.latest("shop-1").expect("read").is_none());
+        // Once the store reads again, the device's resend is stored and acked.
+        store.agg.remove(agg.as_slice()).expect("remove");
+        let out = accept.batch(vec![rec("shop-1", payload)]).await;
+        assert_eq!(out.acks["shop-1"], vec![1]);
+        assert_eq!(accept.stats().stored.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_window_that_does_not_merge_is_acked_and_counted_not_stored() {
+        let (kit, key) = kit().await;
+        let mut accept = kit.hub.telemetry.accept();
+        let now = crate::now();
+        let first = record(&key, "shop-1", 1, now, ("demand", 1, COLUMNS));
+        let out = accept.batch(vec![rec("shop-1", first)]).await;
+        assert_eq!(out.acks["shop-1"], vec![1]);
+        // An agent that could not profile sends no columns: a window of the right version,
+        // but it does not merge with this hour's aggregate of three columns.
+        let payload = record(&key, "shop-1", 2, now, ("demand", 1, &[]));
+        assert_eq!(
+            accept.judge(rec("shop-1", payload.clone()), now).1,
+            Verdict::AckOnly {
+                seq: 2,
+                reason: Rejected::Unmergeable
+            }
+        );
+        let out = accept.batch(vec![rec("shop-1", payload)]).await;
+        assert_eq!(
+            out.acks["shop-1"],
+            vec![2],
+            "acked, so it leaves the outbox"
+        );
+        assert!(out.touched.is_empty());
+        let stats = accept.stats();
+        assert_eq!(stats.rejected(Rejected::Unmergeable), 1);
+        assert_eq!(stats.stored.load(Ordering::Relaxed), 1);
+        let latest = kit.hub.telemetry.store().latest("shop-1").expect("read");
+        assert_eq!(
+            latest.map(|l| l.seq),
+            Some(1),
+            "the latest window is still seq 1"
         );
     }
 

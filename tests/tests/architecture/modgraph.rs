@@ -178,6 +178,25 @@ impl Crate {
             .collect()
     }
 
+    /// The top-level modules the library's root declares (`mod x;`, with or without
+    /// `#[path]` or `#[cfg(test)]`) and those found as files.
+    pub fn declared_top_modules(&self) -> BTreeSet<String> {
+        let mut tops = self.top_modules();
+        for f in self
+            .files
+            .iter()
+            .filter(|f| f.root == Root::Lib && f.module.is_empty())
+        {
+            tops.extend(
+                f.modules
+                    .iter()
+                    .filter(|m| m.len() == 1)
+                    .map(|m| m[0].clone()),
+            );
+        }
+        tops
+    }
+
     /// Top-level module → top-level module, from the library's `crate::` paths outside
     /// test-only code, each edge with the first reference that makes it (file, path).
     pub fn top_level_graph(&self) -> BTreeMap<String, BTreeMap<String, String>> {
