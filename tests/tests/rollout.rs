@@ -9,6 +9,15 @@ use support::*;
 /// `n` agents tagged `shops`, all serving `demand` v1 by a tag assignment; v2 pushed too
 /// (`v2` builds and pushes it).
 async fn fleet(hub: &Hub, n: usize) -> Vec<Agent> {
+    fleet_with(hub, n, |_, _| {}).await
+}
+
+/// [`fleet`], each agent's config tweaked by `tweak(i, config)` first.
+async fn fleet_with(
+    hub: &Hub,
+    n: usize,
+    tweak: impl Fn(usize, &mut edgefleet_agent::AgentConfig),
+) -> Vec<Agent> {
     hub.push_mlp("demand", 1, 1).await;
     let r = hub
         .http
@@ -24,7 +33,8 @@ async fn fleet(hub: &Hub, n: usize) -> Vec<Agent> {
         let dir = tempfile::tempdir().expect("tmp");
         agents.push(
             Agent::start_with(hub, &format!("shop-{i}"), dir, |c| {
-                c.tags = vec!["shops".into()]
+                c.tags = vec!["shops".into()];
+                tweak(i, c);
             })
             .await,
         );
@@ -626,29 +636,9 @@ async fn a_device_joining_mid_rollout_gets_the_current_decision() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_window_in_the_devices_zone_moves_only_the_device_whose_window_is_open() {
     let hub = Hub::start().await;
-    hub.push_mlp("demand", 1, 1).await;
-    let r = hub
-        .http
-        .post(hub.api("assignments"))
-        .bearer_auth(&hub.token)
-        .json(&json!({"target": {"tag": "shops"}, "model": "demand", "version": 1}))
-        .send()
-        .await
-        .expect("assign");
-    assert_eq!(r.status(), 200);
     // shop-0 keeps UTC; shop-1 is twelve hours ahead (POSIX signs are inverted).
     let zones = ["UTC", "Etc/GMT-12"];
-    let mut agents = Vec::new();
-    for (i, zone) in zones.iter().enumerate() {
-        let dir = tempfile::tempdir().expect("tmp");
-        agents.push(
-            Agent::start_with(&hub, &format!("shop-{i}"), dir, |c| {
-                c.tags = vec!["shops".into()];
-                c.time_zone = Some((*zone).into());
-            })
-            .await,
-        );
-    }
+    let agents = fleet_with(&hub, zones.len(), |i, c| c.time_zone = Some(zones[i].into())).await;
     for (i, zone) in zones.iter().enumerate() {
         let hub = &hub;
         eventually(&format!("shop-{i} on v1 in {zone}"), || async move {
