@@ -354,6 +354,18 @@ mod tests {
                 let (b, n) = binary_body(&h, b"");
                 (b, Some(n), "more than")
             },
+            // A shape over the element cap, with the binary_data_size (and the bytes) it
+            // would need: refused by the cap, not by a size mismatch.
+            {
+                let n = MAX_ELEMENTS as u64 + 1;
+                let h = serde_json::json!({"inputs": [{"name": "x", "shape": [1, n], "datatype": "FP32", "parameters": {"binary_data_size": n * 4}}]});
+                let (b, n) = binary_body(&h, &vec![0u8; (MAX_ELEMENTS + 1) * 4]);
+                (
+                    b,
+                    Some(n),
+                    "input \"x\": shape [1, 1048577] has more than 1048576 elements",
+                )
+            },
             // A BOOL byte that is not 0 or 1.
             {
                 let h = serde_json::json!({"inputs": [{"name": "x", "shape": [2], "datatype": "BOOL", "parameters": {"binary_data_size": 2}}]});
