@@ -207,6 +207,9 @@ async fn malformed_requests_get_a_4xx_that_says_what_was_expected() {
         ("demand", x(json!([1, 8]), "INT32", json!([0, 1, 2, 3, 4, 5, 6, 9999999999i64])).to_string().into_bytes(), 400, "not a valid INT32"),
         ("demand", x(json!([1, 8]), "FP32", json!([0, 1, 2, 3, 4, 5, 6, 1e300])).to_string().into_bytes(), 400, "input \"x\": element 7 (1e+300) is out of range for FP32"),
         ("demand", x(json!([1, 8]), "FP32", json!([[0, 1, 2, 3], [4, 5, 6, -1e39]])).to_string().into_bytes(), 400, "out of range for FP32"),
+        // Beyond FP64's range (±1.8e308): JSON has no infinity, so a mistake, named by input.
+        ("typed", br#"{"inputs": [{"name": "a", "shape": [1, 2], "datatype": "FP64", "data": [1.5, 1e400]}, {"name": "b", "shape": [1, 2], "datatype": "INT64", "data": [1, 2]}, {"name": "c", "shape": [1, 1], "datatype": "INT32", "data": [3]}, {"name": "d", "shape": [1, 1], "datatype": "BOOL", "data": [true]}]}"#.to_vec(), 400, "input \"a\": a number in data is out of range for FP64"),
+        ("typed", br#"{"inputs": [{"name": "a", "shape": [1, 2], "datatype": "FP64", "data": [[1.5], [-1e400]]}]}"#.to_vec(), 400, "input \"a\": a number in data is out of range for FP64"),
     ];
     for (model, body, status, needle) in cases {
         let r = http
