@@ -432,6 +432,16 @@ async fn binary_tensor_data_in_and_out() {
             let (b, n) = with(one(32), &x8);
             (b, Some(format!("{n}x")), "Inference-Header-Content-Length")
         },
+        // BYTES in binary form (4-byte length prefixes): the models served take numbers.
+        {
+            let h = serde_json::to_vec(&json!({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "BYTES", "parameters": {"binary_data_size": 9}}]})).expect("json");
+            let (b, n) = with(h, b"\x05\x00\x00\x00hello");
+            (
+                b,
+                Some(n),
+                "input \"x\": datatype BYTES is not served (BYTES carries strings",
+            )
+        },
     ];
     for (body, header, needle) in cases {
         let mut req = http
