@@ -2,6 +2,7 @@
 
 mod support;
 
+use edgefleet_agent::serve::{MAX_ELEMENTS, MAX_INFER_BODY};
 use edgefleet_common::{ArtifactRef, DataType, ModelManifest, TensorSpec, manifest::ModelFormat};
 use serde_json::{Value, json};
 use support::*;
@@ -454,6 +455,24 @@ async fn binary_tensor_data_in_and_out() {
         assert_eq!(status, 400, "{needle}: {msg}");
         assert!(msg.contains(needle), "{msg:?} should contain {needle:?}");
     }
+    // Over the 8 MiB body cap: input a's shape, datatype and binary_data_size all agree and
+    // it holds no more than the element cap, but its bytes and the JSON header exceed 8 MiB.
+    let rows = MAX_ELEMENTS / 2;
+    let size = rows * 2 * 8;
+    let (b, n) = with(
+        serde_json::to_vec(&json!({"inputs": [{"name": "a", "shape": [rows, 2], "datatype": "FP64", "parameters": {"binary_data_size": size}}]})).expect("json"),
+        &vec![0u8; size],
+    );
+    assert!(b.len() > MAX_INFER_BODY);
+    // A new client: the server may close the connection it answered 413 on.
+    let r = client()
+        .post(format!("{}/v2/models/typed/infer", agent.url))
+        .header("Inference-Header-Content-Length", n)
+        .body(b)
+        .send()
+        .await
+        .expect("infer");
+    assert_eq!(r.status(), 413);
     let r = http
         .post(format!("{}/v2/models/demand/infer", agent.url))
         .header("content-encoding", "gzip")
