@@ -5,8 +5,10 @@ hub and an agent serving the demand model; needs `tritonclient[http]`
 (tests/requirements-oip.txt). It also signs, pushes and assigns two ONNX-ML fixtures: an FP32
 regressor (gbr) and a classifier with an INT64 label output (rf_binary).
 
-Every model is called twice with the same rows: with the client's defaults (binary tensors in
-and out, the Binary Tensor Data Extension) and with JSON (`binary_data=False`). Every answer
+Every model is called three times with the same rows: with the client's defaults (binary
+tensors in and out, the Binary Tensor Data Extension), once with no outputs named and once
+naming them with `InferRequestedOutput(name)` (binary per output, no request-level flag), and
+with JSON (`binary_data=False`). Every answer
 must equal the model's expected outputs: the demand model's smoke test, and onnxruntime's
 outputs for the fixtures (labels exactly, numbers within 1e-5 relative). Exits non-zero on
 any mismatch.
@@ -37,7 +39,7 @@ def ef(*args):
 def infer_both_ways(model, inputs, output_names):
     """Calls `model` with the client's defaults (binary) and with JSON; returns both results."""
     results = {}
-    for mode, binary in (("binary", True), ("json", False)):
+    for mode, binary in (("binary", True), ("named", True), ("json", False)):
         tensors = []
         for name, datatype, array in inputs:
             t = httpclient.InferInput(name, list(array.shape), datatype)
@@ -46,10 +48,26 @@ def infer_both_ways(model, inputs, output_names):
             else:
                 t.set_data_from_numpy(array, binary_data=False)
             tensors.append(t)
-        if binary:
-            # The client's default call: no outputs named, so every output comes back binary.
+        if mode == "binary":
+            # The client's default call: no outputs named, so the request asks for every
+            # output in binary with its request-level `binary_data_output`.
             result = client.infer(model, tensors, request_id=f"{model}-{mode}")
             for o in result.get_response()["outputs"]:
+                assert "binary_data_size" in o.get("parameters", {}), (mode, o)
+                assert "data" not in o, (mode, o)
+        elif mode == "named":
+            # The outputs named with the client's default (binary_data=True): each output
+            # asks for binary itself, and the request-level flag is not sent.
+            outs = [httpclient.InferRequestedOutput(n) for n in output_names]
+            body, json_size = httpclient.InferenceServerClient.generate_request_body(
+                tensors, outputs=outs, request_id=f"{model}-{mode}")
+            header = json.loads(body[:json_size])
+            assert "binary_data_output" not in header.get("parameters", {}), header
+            assert all(o["parameters"]["binary_data"] is True for o in header["outputs"]), header
+            result = client.infer(model, tensors, outputs=outs, request_id=f"{model}-{mode}")
+            outputs = result.get_response()["outputs"]
+            assert sorted(o["name"] for o in outputs) == sorted(output_names), (mode, outputs)
+            for o in outputs:
                 assert "binary_data_size" in o.get("parameters", {}), (mode, o)
                 assert "data" not in o, (mode, o)
         else:
@@ -102,6 +120,7 @@ for mode in got:
                        atol=smoke["tolerance"]), (mode, got[mode]["y"].ravel())
     print(f"  demand: {mode:6} answers equal the smoke test's expected outputs")
 assert np.array_equal(got["binary"]["y"], got["json"]["y"]), "binary and JSON answers differ"
+assert np.array_equal(got["binary"]["y"], got["named"]["y"]), "binary answers differ with the outputs named"
 
 # The versioned path, a mixed call (binary in, JSON out), and a refused request with the
 # protocol's error shape.
@@ -175,7 +194,9 @@ for model_name, fx in (("regressor", regressor), ("classifier", classifier)):
     check(model_name, got,
           {n: (t["datatype"], t["shape"], t["data"]) for n, t in fx["outputs"].items()}, exact=False)
     for n in names:
-        assert np.array_equal(got["binary"][n], got["json"][n]), f"{model_name} {n}: binary and JSON differ"
+        for mode in ("named", "json"):
+            assert np.array_equal(got["binary"][n], got[mode][n]), f"{model_name} {n}: binary and {mode} differ"
 
 print(f"tritonclient OK against {addr}: demand, regressor (FP32), classifier (INT64 labels + "
-      f"FP32 probabilities), each with the client's binary defaults and with JSON")
+      f"FP32 probabilities), each with the client's binary defaults (outputs unnamed and named) "
+      f"and with JSON")

@@ -51,11 +51,24 @@ fi
 if ! (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null && [ "$(id -u)" = 0 ]; then
   echo "==> starting Mosquitto on 127.0.0.1:1883 for the interop test"
   if [ -f /etc/mosquitto/mosquitto.conf ]; then
-    mosquitto -d -c /etc/mosquitto/mosquitto.conf
+    start=(mosquitto -d -c /etc/mosquitto/mosquitto.conf)
   else
-    mosquitto -d -p 1883
+    start=(mosquitto -d -p 1883)
   fi
+  # A failed start is reported below, with what to do, rather than by `set -e` alone.
+  "${start[@]}" || echo "==> ${start[*]} exited with status $?" >&2
   for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null && break; sleep 0.1; done
+  if ! (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then
+    cat >&2 <<EOF_MSG
+==> Mosquitto does not answer on 127.0.0.1:1883 five seconds after \`${start[*]}\`.
+    The interop test needs a broker there. Check that nothing else holds port 1883
+    (ss -ltnp 'sport = :1883'), that the configuration has a listener on 1883 for
+    127.0.0.1 (/etc/mosquitto/mosquitto.conf and conf.d/), and Mosquitto's log
+    (/var/log/mosquitto/mosquitto.log, or run \`mosquitto -v -p 1883\` in the foreground
+    to see why it stops). Then run tests/run.sh again.
+EOF_MSG
+    exit 1
+  fi
 fi
 
 # --no-fail-fast: one failing test binary must not hide what the others would say.

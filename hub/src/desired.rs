@@ -555,4 +555,63 @@ mod tests {
         );
         assert!(versions(&all, &device("shop-3", &[])).is_empty());
     }
+
+    /// The MQTT push and a device's HTTP long-poll issue the same device's bundle at the same
+    /// moment. Under the `issuing` lock both carry the same serial for the version (a second
+    /// serial would make the device refuse the lower one as a replay), and serials never go
+    /// backwards from one assignment to the next. Without the lock this fails within a few
+    /// rounds.
+    #[tokio::test]
+    async fn two_concurrent_issuers_share_one_serial_per_version_and_serials_only_grow() {
+        let kit = crate::testkit::Kit::new();
+        kit.publish("demand", 1).await;
+        kit.publish("demand", 2).await;
+        kit.enroll("shop-1", &[], true).await;
+        let record = kit
+            .hub
+            .devices
+            .get("shop-1")
+            .expect("read")
+            .expect("device");
+        let mut last = 0;
+        for round in 0..50u64 {
+            // A new version each round: each round must sign exactly one new serial.
+            let version = 1 + round % 2;
+            kit.hub
+                .desired
+                .assign(AssignRequest {
+                    target: Target::Device("shop-1".into()),
+                    model: "demand".into(),
+                    version,
+                })
+                .await
+                .expect("assign");
+            // Two blocking tasks released together: each on a thread of its own, so the two
+            // issues really overlap (two async tasks woken by a barrier tend to run one after
+            // the other on one worker, which would test nothing).
+            let start = Arc::new(std::sync::Barrier::new(2));
+            let issuer = || {
+                let (desired, record, start) =
+                    (kit.hub.desired.clone(), record.clone(), start.clone());
+                tokio::task::spawn_blocking(move || {
+                    start.wait();
+                    desired.issue(&record).expect("issue")
+                })
+            };
+            let (push, poll) = (issuer(), issuer());
+            let serial = |bundle: AssignmentBundle| {
+                assert_eq!(bundle.assignments.len(), 1);
+                let a = bundle.assignments[0].decode_unverified().expect("decode");
+                assert_eq!((a.model.as_str(), a.version), ("demand", version));
+                a.serial
+            };
+            let (a, b) = (
+                serial(push.await.expect("push task")),
+                serial(poll.await.expect("poll task")),
+            );
+            assert_eq!(a, b, "round {round}: one serial for demand v{version}");
+            assert!(a > last, "round {round}: serial {a} after {last}");
+            last = a;
+        }
+    }
 }

@@ -254,6 +254,43 @@ async fn hub_signed_assignment_is_refused_once_the_delegation_expired() {
     u.apply(&bundle, now()).await.expect("valid now");
 }
 
+/// Serves `u`'s models on 127.0.0.1:0 with `u`'s stale-assignment count, as the agent does;
+/// returns the `/metrics` URL.
+async fn metrics_url(u: &Updater) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/metrics", listener.local_addr().expect("addr"));
+    let router = edgefleet_agent::serve::router(
+        u.models.clone(),
+        edgefleet_agent::serve::Metrics {
+            stale_assignments: Some(u.stale_assignments.clone()),
+            ..Default::default()
+        },
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    url
+}
+
+/// `edgefleet_agent_stale_assignments_total` as `/metrics` reports it.
+async fn stale_metric(http: &reqwest::Client, url: &str) -> u64 {
+    let text = http
+        .get(url)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix("edgefleet_agent_stale_assignments_total "))
+        .unwrap_or_else(|| panic!("no stale-assignment counter in {text}"))
+        .parse()
+        .expect("a count")
+}
+
 /// The HTTP long-poll and the retained MQTT bundle race: an older assignment for the version
 /// the device already serves may arrive after a newer one. That is ignored and counted, not
 /// reported as the device's error. A lower serial for a version the device does not serve is
@@ -267,6 +304,11 @@ async fn an_older_bundle_for_the_served_version_is_ignored_and_a_replay_is_still
         u.stale_assignments
             .load(std::sync::atomic::Ordering::Relaxed)
     };
+    // The updater's models and count behind the agent's HTTP server, as the agent wires them:
+    // the count must reach `/metrics`.
+    let metrics = metrics_url(&u).await;
+    let http = client();
+    assert_eq!(stale_metric(&http, &metrics).await, 0);
 
     // In order: the older serial first, then the newer one for the same version.
     u.apply_pushed(&bundle(a(1, 10, d1), &hub.root), now)
@@ -283,6 +325,11 @@ async fn an_older_bundle_for_the_served_version_is_ignored_and_a_replay_is_still
         .await
         .expect("an older bundle for the served version is not an error");
     assert_eq!(stale(&u), 1, "counted");
+    assert_eq!(
+        stale_metric(&http, &metrics).await,
+        1,
+        "counted on /metrics"
+    );
     assert_eq!(*u.last_error.lock().await, None);
     assert_eq!(u.trust.lock().await.serials["demand"], 11, "serial kept");
     assert_eq!(
@@ -314,6 +361,7 @@ async fn an_older_bundle_for_the_served_version_is_ignored_and_a_replay_is_still
         .to_string();
     assert!(e.contains("replayed"), "{e}");
     assert_eq!(stale(&u), 1, "a replay is not counted as stale");
+    assert_eq!(stale_metric(&http, &metrics).await, 1);
     assert!(
         u.last_error
             .lock()

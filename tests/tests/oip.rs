@@ -2,6 +2,7 @@
 
 mod support;
 
+use edgefleet_agent::serve::{MAX_ELEMENTS, MAX_INFER_BODY};
 use edgefleet_common::{ArtifactRef, DataType, ModelManifest, TensorSpec, manifest::ModelFormat};
 use serde_json::{Value, json};
 use support::*;
@@ -207,6 +208,9 @@ async fn malformed_requests_get_a_4xx_that_says_what_was_expected() {
         ("demand", x(json!([1, 8]), "INT32", json!([0, 1, 2, 3, 4, 5, 6, 9999999999i64])).to_string().into_bytes(), 400, "not a valid INT32"),
         ("demand", x(json!([1, 8]), "FP32", json!([0, 1, 2, 3, 4, 5, 6, 1e300])).to_string().into_bytes(), 400, "input \"x\": element 7 (1e+300) is out of range for FP32"),
         ("demand", x(json!([1, 8]), "FP32", json!([[0, 1, 2, 3], [4, 5, 6, -1e39]])).to_string().into_bytes(), 400, "out of range for FP32"),
+        // Beyond FP64's range (±1.8e308): JSON has no infinity, so a mistake, named by input.
+        ("typed", br#"{"inputs": [{"name": "a", "shape": [1, 2], "datatype": "FP64", "data": [1.5, 1e400]}, {"name": "b", "shape": [1, 2], "datatype": "INT64", "data": [1, 2]}, {"name": "c", "shape": [1, 1], "datatype": "INT32", "data": [3]}, {"name": "d", "shape": [1, 1], "datatype": "BOOL", "data": [true]}]}"#.to_vec(), 400, "input \"a\": a number in data is out of range for FP64"),
+        ("typed", br#"{"inputs": [{"name": "a", "shape": [1, 2], "datatype": "FP64", "data": [[1.5], [-1e400]]}]}"#.to_vec(), 400, "input \"a\": a number in data is out of range for FP64"),
     ];
     for (model, body, status, needle) in cases {
         let r = http
@@ -429,6 +433,16 @@ async fn binary_tensor_data_in_and_out() {
             let (b, n) = with(one(32), &x8);
             (b, Some(format!("{n}x")), "Inference-Header-Content-Length")
         },
+        // BYTES in binary form (4-byte length prefixes): the models served take numbers.
+        {
+            let h = serde_json::to_vec(&json!({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "BYTES", "parameters": {"binary_data_size": 9}}]})).expect("json");
+            let (b, n) = with(h, b"\x05\x00\x00\x00hello");
+            (
+                b,
+                Some(n),
+                "input \"x\": datatype BYTES is not served (BYTES carries strings",
+            )
+        },
     ];
     for (body, header, needle) in cases {
         let mut req = http
@@ -441,6 +455,24 @@ async fn binary_tensor_data_in_and_out() {
         assert_eq!(status, 400, "{needle}: {msg}");
         assert!(msg.contains(needle), "{msg:?} should contain {needle:?}");
     }
+    // Over the 8 MiB body cap: input a's shape, datatype and binary_data_size all agree and
+    // it holds no more than the element cap, but its bytes and the JSON header exceed 8 MiB.
+    let rows = MAX_ELEMENTS / 2;
+    let size = rows * 2 * 8;
+    let (b, n) = with(
+        serde_json::to_vec(&json!({"inputs": [{"name": "a", "shape": [rows, 2], "datatype": "FP64", "parameters": {"binary_data_size": size}}]})).expect("json"),
+        &vec![0u8; size],
+    );
+    assert!(b.len() > MAX_INFER_BODY);
+    // A new client: the server may close the connection it answered 413 on.
+    let r = client()
+        .post(format!("{}/v2/models/typed/infer", agent.url))
+        .header("Inference-Header-Content-Length", n)
+        .body(b)
+        .send()
+        .await
+        .expect("infer");
+    assert_eq!(r.status(), 413);
     let r = http
         .post(format!("{}/v2/models/demand/infer", agent.url))
         .header("content-encoding", "gzip")

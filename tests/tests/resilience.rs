@@ -90,10 +90,15 @@ async fn vanished_data_dir_keeps_serving_from_memory() {
 async fn a_clock_that_jumps_does_not_stop_serving() {
     // libfaketime preloaded into the agent itself: the `faketime` wrapper forks, so killing it
     // would leave the agent running (and holding its outbox's lock).
+    // The places tests/run.sh checks: /usr/lib/<multiarch>/faketime/ (Debian) and
+    // /usr/lib/faketime/.
     let libfaketime = std::fs::read_dir("/usr/lib")
         .expect("/usr/lib")
         .flatten()
         .map(|d| d.path().join("faketime/libfaketimeMT.so.1"))
+        .chain([std::path::PathBuf::from(
+            "/usr/lib/faketime/libfaketimeMT.so.1",
+        )])
         .find(|p| p.exists())
         .expect("libfaketime is needed (Debian package faketime); tests/run.sh installs it");
     let hub = Hub::start().await;

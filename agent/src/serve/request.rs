@@ -268,8 +268,20 @@ fn from_json(datatype: DataType, raw: &str) -> Result<TensorData, String> {
         Some(d) if d.len() <= MAX_ELEMENTS => Ok(d),
         Some(_) => Err(format!("more than {MAX_ELEMENTS} elements")),
         None => {
-            let value: serde_json::Value =
-                serde_json::from_str(raw).map_err(|e| format!("bad data: {e}"))?;
+            let value: serde_json::Value = serde_json::from_str(raw).map_err(|e| {
+                // A number beyond f64's range (JSON has no infinity, so it is a mistake):
+                // serde_json refuses it while parsing, before any element can be named.
+                if e.to_string().starts_with("number out of range") {
+                    format!(
+                        "a number in data is out of range for {datatype} (the number ending at \
+                         line {} column {} of data)",
+                        e.line(),
+                        e.column()
+                    )
+                } else {
+                    format!("bad data: {e}")
+                }
+            })?;
             TensorData::from_json(datatype, &value, MAX_ELEMENTS).map_err(|e| e.to_string())
         }
     }
@@ -354,6 +366,18 @@ mod tests {
                 let (b, n) = binary_body(&h, b"");
                 (b, Some(n), "more than")
             },
+            // A shape over the element cap, with the binary_data_size (and the bytes) it
+            // would need: refused by the cap, not by a size mismatch.
+            {
+                let n = MAX_ELEMENTS as u64 + 1;
+                let h = serde_json::json!({"inputs": [{"name": "x", "shape": [1, n], "datatype": "FP32", "parameters": {"binary_data_size": n * 4}}]});
+                let (b, n) = binary_body(&h, &vec![0u8; (MAX_ELEMENTS + 1) * 4]);
+                (
+                    b,
+                    Some(n),
+                    "input \"x\": shape [1, 1048577] has more than 1048576 elements",
+                )
+            },
             // A BOOL byte that is not 0 or 1.
             {
                 let h = serde_json::json!({"inputs": [{"name": "x", "shape": [2], "datatype": "BOOL", "parameters": {"binary_data_size": 2}}]});
@@ -365,6 +389,13 @@ mod tests {
                 br#"{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1e300]}]}"#.to_vec(),
                 None,
                 "out of range for FP32",
+            ),
+            // JSON beyond f64's range, for FP64: serde_json cannot even parse it.
+            (
+                br#"{"inputs": [{"name": "x", "shape": [2], "datatype": "FP64", "data": [1, 1e400]}]}"#.to_vec(),
+                None,
+                "input \"x\": a number in data is out of range for FP64 (the number ending at line 1 \
+                 column 9 of data)",
             ),
             // Neither data nor a binary size.
             (
