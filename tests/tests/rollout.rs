@@ -638,7 +638,10 @@ async fn a_window_in_the_devices_zone_moves_only_the_device_whose_window_is_open
     let hub = Hub::start().await;
     // shop-0 keeps UTC; shop-1 is twelve hours ahead (POSIX signs are inverted).
     let zones = ["UTC", "Etc/GMT-12"];
-    let agents = fleet_with(&hub, zones.len(), |i, c| c.time_zone = Some(zones[i].into())).await;
+    let agents = fleet_with(&hub, zones.len(), |i, c| {
+        c.time_zone = Some(zones[i].into())
+    })
+    .await;
     for (i, zone) in zones.iter().enumerate() {
         let hub = &hub;
         eventually(&format!("shop-{i} on v1 in {zone}"), || async move {
