@@ -469,8 +469,9 @@ impl Rollouts {
     fn leave_cohort(&self, r: &Rollout) -> HubResult<()> {
         let cohort = r.cohort();
         for d in self.selected(&r.spec.selector)? {
-            if self.telemetry.store().cohort(&d.id)?.as_deref() == Some(cohort.as_str()) {
-                self.telemetry.store().set_cohort(&d.id, None)?;
+            let store = self.telemetry.store();
+            if store.cohort(&d.id, &r.spec.model)?.as_deref() == Some(cohort.as_str()) {
+                store.set_cohort(&d.id, &r.spec.model, None)?;
             }
         }
         Ok(())

@@ -218,8 +218,9 @@ impl Rollouts {
         }
         let cohort = r.cohort();
         for d in &selected {
-            if self.telemetry.store().cohort(&d.id)?.as_deref() != Some(cohort.as_str()) {
-                self.telemetry.store().set_cohort(&d.id, Some(&cohort))?;
+            let store = self.telemetry.store();
+            if store.cohort(&d.id, &r.spec.model)?.as_deref() != Some(cohort.as_str()) {
+                store.set_cohort(&d.id, &r.spec.model, Some(&cohort))?;
             }
         }
         if wrote {

@@ -823,3 +823,56 @@ async fn tag_selectors_that_share_a_device_overlap() {
         "{text}"
     );
 }
+
+/// Rollouts of two models over the same devices each keep their own telemetry cohort (a
+/// device's windows merge into both), and ending one leaves the other's.
+#[tokio::test]
+async fn rollouts_of_two_models_over_the_same_devices_keep_their_own_cohorts() {
+    let kit = fleet().await;
+    kit.publish("price", 1).await;
+    kit.publish("price", 2).await;
+    kit.hub
+        .desired
+        .assign(AssignRequest {
+            target: Target::Tag("eu".into()),
+            model: "price".into(),
+            version: 1,
+        })
+        .await
+        .expect("assign");
+    let demand = kit
+        .hub
+        .rollouts
+        .create(spec(&["100%"], 600))
+        .await
+        .expect("demand");
+    let mut p = spec(&["100%"], 600);
+    p.model = "price".into();
+    let price = kit
+        .hub
+        .rollouts
+        .create(p)
+        .await
+        .expect("price: another model");
+    let t = crate::now();
+    step(&kit, t).await;
+    let store = kit.hub.telemetry.store();
+    let mut cohorts = store.cohorts(&id(0)).expect("cohorts");
+    cohorts.sort();
+    assert_eq!(
+        cohorts,
+        vec![
+            format!("~rollout-{}-0", demand.id),
+            format!("~rollout-{}-0", price.id)
+        ]
+    );
+    kit.hub
+        .rollouts
+        .act(demand.id, "abort")
+        .await
+        .expect("abort");
+    assert_eq!(
+        store.cohorts(&id(0)).expect("cohorts"),
+        vec![format!("~rollout-{}-0", price.id)]
+    );
+}

@@ -167,8 +167,8 @@ pub struct Accept {
     writer: TelemetryWriter,
     /// Drift rules per model, read once per batch (an admin may change them at any time).
     drift_configs: HashMap<String, DriftConfig>,
-    /// Each device's rollout cohort, read once per batch (a rollout step may change it).
-    cohorts: HashMap<String, Option<String>>,
+    /// Each device's rollout cohorts, read once per batch (a rollout step may change them).
+    cohorts: HashMap<String, Vec<String>>,
 }
 
 impl Accept {
@@ -366,17 +366,16 @@ impl Accept {
                 return refuse(Rejected::UnknownModel);
             }
         };
-        // Its tags, and the rollout cohort it is in, if any.
+        // Its tags, and the rollout cohorts it is in (one per model rolled out), if any.
         let mut scopes = device.tags.clone();
-        let cohort = match self.cohorts.get(id.as_str()) {
+        let cohorts = match self.cohorts.get(id.as_str()) {
             Some(c) => Ok(c.clone()),
-            None => self.store.cohort(id).inspect(|c| {
+            None => self.store.cohorts(id).inspect(|c| {
                 self.cohorts.insert(id.clone(), c.clone());
             }),
         };
-        match cohort {
-            Ok(Some(cohort)) => scopes.push(cohort),
-            Ok(None) => {}
+        match cohorts {
+            Ok(cohorts) => scopes.extend(cohorts),
             Err(error) => {
                 tracing::error!(%error, "cannot read the cohort; the device will send it again");
                 return Verdict::Retry;

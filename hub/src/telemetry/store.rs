@@ -8,8 +8,10 @@
 //! - `telemetry_latest`: device → [`DeviceTelemetry`], its latest window with per-model drift.
 //! - `liveness`: device → [`Liveness`], from heartbeats and last wills.
 //! - `drift_config`: model → [`DriftConfig`] (methods and thresholds; default Evidently's).
-//! - `telemetry_cohort`: device → a cohort scope (a rollout's wave): the device's windows are
-//!   also merged into that scope's aggregates, so a rollout compares exactly its own devices.
+//! - `telemetry_cohorts`: device \0 model → a cohort scope (a rollout's wave): the device's
+//!   windows are also merged into that scope's aggregates, so a rollout compares exactly its own
+//!   devices. One per model: rollouts of different models over the same devices each keep
+//!   theirs (one model's rollouts never share a device).
 //!
 //! Written only through [`super::TelemetryWriter`] (aggregates, latest windows, dedup markers)
 //! and by the heartbeat path (liveness); read by the queries.
@@ -95,9 +97,23 @@ impl TelemetryStore {
             latest: db.open_tree("telemetry_latest")?,
             liveness: db.open_tree("liveness")?,
             drift_config: db.open_tree("drift_config")?,
-            cohort: db.open_tree("telemetry_cohort")?,
+            cohort: Self::open_cohorts(db)?,
             db: db.clone(),
         })
+    }
+
+    /// The cohorts tree. Hubs before one cohort per model kept one per device in
+    /// `telemetry_cohort`; that tree only mirrors what the rollout driver sets every step, so it
+    /// is dropped rather than converted.
+    fn open_cohorts(db: &sled::Db) -> HubResult<sled::Tree> {
+        if db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == b"telemetry_cohort")
+        {
+            db.drop_tree("telemetry_cohort")?;
+        }
+        Ok(db.open_tree("telemetry_cohorts")?)
     }
 
     pub fn is_duplicate(&self, device: &str, seq: u64) -> HubResult<bool> {
@@ -168,21 +184,33 @@ impl TelemetryStore {
     }
 
     /// Model versions with data in hours `[from, to)` (fleet-wide scope).
-    /// Puts a device in a cohort (`Some`) or takes it out (`None`).
-    pub fn set_cohort(&self, device: &str, scope: Option<&str>) -> HubResult<()> {
+    /// Puts a device's windows of `model` in a cohort (`Some`) or takes them out (`None`).
+    pub fn set_cohort(&self, device: &str, model: &str, scope: Option<&str>) -> HubResult<()> {
+        let key = cohort_key(device, model);
         match scope {
-            Some(s) => self.cohort.insert(device.as_bytes(), s.as_bytes())?,
-            None => self.cohort.remove(device.as_bytes())?,
+            Some(s) => self.cohort.insert(key, s.as_bytes())?,
+            None => self.cohort.remove(key)?,
         };
         Ok(())
     }
 
-    /// The cohort scope a device's windows also merge into, if any.
-    pub fn cohort(&self, device: &str) -> HubResult<Option<String>> {
+    /// The cohort scope the device is in for `model`, if any.
+    pub fn cohort(&self, device: &str, model: &str) -> HubResult<Option<String>> {
         Ok(self
             .cohort
-            .get(device.as_bytes())?
+            .get(cohort_key(device, model))?
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Every cohort scope a device's windows also merge into.
+    pub fn cohorts(&self, device: &str) -> HubResult<Vec<String>> {
+        let mut prefix = device.as_bytes().to_vec();
+        prefix.push(0);
+        self.cohort
+            .scan_prefix(prefix)
+            .values()
+            .map(|v| Ok(String::from_utf8_lossy(&v?).into_owned()))
+            .collect()
     }
 
     /// The versions of `model` with data in `scope`, any hour.
@@ -256,4 +284,11 @@ impl TelemetryStore {
         }
         Ok((markers, aggregates))
     }
+}
+
+fn cohort_key(device: &str, model: &str) -> Vec<u8> {
+    let mut key = device.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(model.as_bytes());
+    key
 }
