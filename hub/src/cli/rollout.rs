@@ -18,7 +18,9 @@ pub enum RolloutCommand {
     /// version before the next starts; a failed gate rolls back (or pauses or halts,
     /// --on-failure).
     Create {
+        /// The model's name, as pushed (`edgefleet models` lists them).
         model: String,
+        /// The version to roll out; it must be pushed already.
         version: u64,
         /// Only devices with this tag (repeat for several); default every device.
         #[arg(long = "tag", conflicts_with = "devices")]
@@ -62,23 +64,41 @@ pub enum RolloutCommand {
     },
     /// Every rollout, newest last.
     List,
-    /// One rollout: waves, devices (targeted, downloading, active, failed), gate verdicts.
+    /// One rollout: waves, devices (targeted, downloading, active, failed, waiting for their
+    /// maintenance window), gate verdicts.
     Status {
+        /// The rollout's id (`edgefleet rollout list`).
         id: u64,
         /// Redraw the waves as progress bars every second until the rollout ends.
         #[arg(long)]
         watch: bool,
     },
     /// Hold the rollout where it is.
-    Pause { id: u64 },
+    Pause {
+        /// The rollout's id (`edgefleet rollout list`).
+        id: u64,
+    },
     /// Continue a paused rollout: the current wave installs and bakes again.
-    Resume { id: u64 },
+    Resume {
+        /// The rollout's id (`edgefleet rollout list`).
+        id: u64,
+    },
     /// Stop it; devices keep what they have.
-    Abort { id: u64 },
-    /// Give every device the rollout moved its previous version back.
-    Rollback { id: u64 },
+    Abort {
+        /// The rollout's id (`edgefleet rollout list`).
+        id: u64,
+    },
+    /// Give every device the rollout moved its previous version back (and, after a tag
+    /// rollout succeeded, its tags their previous version).
+    Rollback {
+        /// The rollout's id (`edgefleet rollout list`).
+        id: u64,
+    },
     /// Every transition, with its cause (operator, gate values, timer).
-    Audit { id: u64 },
+    Audit {
+        /// The rollout's id (`edgefleet rollout list`).
+        id: u64,
+    },
 }
 
 /// The JSON spec of `create`.
