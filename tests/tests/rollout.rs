@@ -421,22 +421,27 @@ async fn an_unassigned_model_stops_after_its_grace_period_and_is_deleted() {
     })
     .await;
     let http = client();
-    let ready = |http: reqwest::Client, url: String| async move {
-        http.get(format!("{url}/v2/models/demand/ready"))
-            .send()
+    // Waits until the agent at `url` answers `want` for demand's readiness.
+    let ready_is = |what: &'static str, url: String, want: u16| {
+        let http = http.clone();
+        async move {
+            eventually(what, || async {
+                let s = http
+                    .get(format!("{url}/v2/models/demand/ready"))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .map_err(|e| e.to_string())?;
+                if s == want {
+                    Ok(s)
+                } else {
+                    Err(format!("ready: {s}"))
+                }
+            })
             .await
-            .map(|r| r.status().as_u16())
-            .map_err(|e| e.to_string())
-    };
-    eventually("demand served", || async {
-        let s = ready(http.clone(), agent.url.clone()).await?;
-        if s == 200 {
-            Ok(s)
-        } else {
-            Err(format!("ready: {s}"))
         }
-    })
-    .await;
+    };
+    ready_is("demand served", agent.url.clone(), 200).await;
     assert!(models.exists());
     // Bad input first: nothing to remove, and a bad name.
     let run = |args: &[&str]| {
@@ -494,27 +499,16 @@ async fn an_unassigned_model_stops_after_its_grace_period_and_is_deleted() {
         },
     )
     .await;
-    eventually("the restarted agent serves it meanwhile", || async {
-        let s = ready(http.clone(), agent.url.clone()).await?;
-        if s == 200 {
-            Ok(s)
-        } else {
-            Err(format!("ready: {s}"))
-        }
-    })
+    ready_is(
+        "the restarted agent serves it meanwhile",
+        agent.url.clone(),
+        200,
+    )
     .await;
     // With a 3 s grace, the period that began before the restart has long ended.
     let dir = agent.stop().await;
     let agent = Agent::start_with(&hub, "shop-r", dir, |c| c.removal_grace_secs = 3).await;
-    eventually("demand no longer served", || async {
-        let s = ready(http.clone(), agent.url.clone()).await?;
-        if s == 404 {
-            Ok(s)
-        } else {
-            Err(format!("ready: {s}"))
-        }
-    })
-    .await;
+    ready_is("demand no longer served", agent.url.clone(), 404).await;
     eventually("demand deleted from disk", || async {
         if models.exists() {
             Err(format!("{} still there", models.display()))

@@ -354,13 +354,7 @@ impl Rollouts {
     pub fn view(&self, r: Rollout) -> HubResult<RolloutView> {
         let selected = self.selected(&r.spec.selector)?;
         let waiting = if matches!(r.state, State::Running | State::Baking) {
-            let candidates = self.candidates(&r)?;
-            let reach = r.spec.waves[r.wave].reach(candidates.len());
-            model::ordered(r.id, &candidates)
-                .iter()
-                .take(reach)
-                .filter(|id| !r.moved.contains_key(*id))
-                .count()
+            step::unmoved(&r, &self.candidates(&r)?).len()
         } else {
             0
         };

@@ -175,20 +175,14 @@ impl Rollouts {
     /// the wave's devices wait for their maintenance window.
     async fn move_members(&self, r: &mut Rollout, now: u64) -> HubResult<usize> {
         let selected = self.candidates(r)?;
-        let order = ordered(r.id, &selected);
-        let reach = r.spec.waves[r.wave].reach(order.len());
         let targets = self.own_targets(&r.spec.model)?;
         let own = |id: &str| targets.get(id).copied();
         let zones: std::collections::HashMap<&str, Option<&str>> = selected
             .iter()
             .map(|d| (d.id.as_str(), d.time_zone()))
             .collect();
-        let (newly, waiting): (Vec<String>, Vec<String>) = order
-            .iter()
-            .take(reach)
-            .filter(|id| !r.moved.contains_key(*id))
-            .cloned()
-            .partition(|id| {
+        let (newly, waiting): (Vec<String>, Vec<String>) =
+            unmoved(r, &selected).into_iter().partition(|id| {
                 r.spec
                     .may_move(now, zones.get(id.as_str()).copied().flatten())
             });
@@ -217,8 +211,8 @@ impl Rollouts {
             }
         }
         let cohort = r.cohort();
+        let store = self.telemetry.store();
         for d in &selected {
-            let store = self.telemetry.store();
             if store.cohort(&d.id, &r.spec.model)?.as_deref() != Some(cohort.as_str()) {
                 store.set_cohort(&d.id, &r.spec.model, Some(&cohort))?;
             }
@@ -589,6 +583,18 @@ impl Rollouts {
         }
         Ok(())
     }
+}
+
+/// The devices the current wave reaches that it has not moved yet (waiting for their
+/// maintenance window, or new), in the rollout's order.
+pub(super) fn unmoved(r: &Rollout, selected: &[DeviceRecord]) -> Vec<String> {
+    let order = ordered(r.id, selected);
+    let reach = r.spec.waves[r.wave].reach(order.len());
+    order
+        .into_iter()
+        .take(reach)
+        .filter(|id| !r.moved.contains_key(id))
+        .collect()
 }
 
 /// The verdicts in one line, for the audit log and the rollout's reason.

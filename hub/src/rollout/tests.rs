@@ -876,3 +876,26 @@ async fn rollouts_of_two_models_over_the_same_devices_keep_their_own_cohorts() {
         vec![format!("~rollout-{}-0", price.id)]
     );
 }
+
+/// A device's status report with a time zone that is not a zone name is refused, naming the
+/// field, and the stored status is unchanged.
+#[tokio::test]
+async fn a_status_with_a_malformed_time_zone_is_refused() {
+    let kit = fleet().await;
+    report_zone(&kit, &id(0), "Europe/Berlin");
+    for bad in ["../../etc/passwd", "Europe/Berlin\n", &"A".repeat(65)] {
+        let e = kit
+            .hub
+            .report_status(
+                &id(0),
+                DeviceStatus {
+                    time_zone: Some(bad.to_owned()),
+                    ..Default::default()
+                },
+            )
+            .expect_err("refused");
+        assert!(e.to_string().contains("time_zone"), "{e}");
+    }
+    let d = kit.hub.devices.get(&id(0)).expect("read").expect("device");
+    assert_eq!(d.time_zone(), Some("Europe/Berlin"));
+}
