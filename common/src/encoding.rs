@@ -23,6 +23,12 @@ pub trait Document: Serialize + DeserializeOwned {
     const KIND: &'static str;
     /// Human name used in error messages.
     const WHAT: &'static str;
+
+    /// Decodes the signed body. A document whose layout grew overrides this to read its
+    /// earlier layouts too (see [`crate::telemetry::TelemetryRecord`]).
+    fn decode(body: &[u8]) -> Result<Self> {
+        from_bytes(Self::WHAT, body)
+    }
 }
 
 /// The domain-separation prefix for a document kind.

@@ -18,6 +18,7 @@ pub mod error;
 pub mod keys;
 pub mod manifest;
 pub mod name;
+pub mod quality;
 pub mod sketch;
 pub mod telemetry;
 pub mod tensor;

@@ -20,6 +20,7 @@ use crate::device::ModelRef;
 use crate::encoding::Document;
 use crate::error::{Error, Result};
 use crate::name;
+use crate::quality::ModelQuality;
 use crate::sketch::{LatencySketch, MAX_COUNT, Profile};
 use crate::trust::Signed;
 
@@ -182,11 +183,52 @@ pub struct TelemetryRecord {
     pub health: Health,
     pub outbox: OutboxStats,
     pub agent_version: String,
+    /// Layout 2: prediction quality from ground truth, per model version that received
+    /// feedback in the window (a version may appear here without a window in `models`: its
+    /// feedback came after it stopped serving). Agents before layout 2 send no such field;
+    /// [`TelemetryRecord::decode`](Document::decode) reads them with this empty.
+    pub quality: Vec<ModelQuality>,
+}
+
+/// Layout 1 of the record, as agents before ground truth sign it: layout 2 without `quality`.
+#[derive(Deserialize)]
+struct TelemetryRecordV1 {
+    device_id: String,
+    seq: u64,
+    window_start: u64,
+    window_end: u64,
+    models: Vec<ModelWindow>,
+    health: Health,
+    outbox: OutboxStats,
+    agent_version: String,
 }
 
 impl Document for TelemetryRecord {
     const KIND: &'static str = "telemetry";
     const WHAT: &'static str = "telemetry record";
+
+    /// Layout 2, else layout 1. Unambiguous: layout 2 is layout 1 plus one field at the end,
+    /// and both decoders refuse missing or trailing bytes. The signing domain is the same, so
+    /// a layout-1 record's signature still verifies.
+    fn decode(body: &[u8]) -> Result<Self> {
+        match crate::encoding::from_bytes::<Self>(Self::WHAT, body) {
+            Ok(r) => Ok(r),
+            Err(v2) => match crate::encoding::from_bytes::<TelemetryRecordV1>(Self::WHAT, body) {
+                Ok(v1) => Ok(Self {
+                    device_id: v1.device_id,
+                    seq: v1.seq,
+                    window_start: v1.window_start,
+                    window_end: v1.window_end,
+                    models: v1.models,
+                    health: v1.health,
+                    outbox: v1.outbox,
+                    agent_version: v1.agent_version,
+                    quality: Vec::new(),
+                }),
+                Err(_) => Err(v2),
+            },
+        }
+    }
 }
 
 /// A model window with its sketches decoded and checked.
@@ -258,6 +300,24 @@ impl TelemetryRecord {
                 requests: w.requests,
                 errors: w.errors,
             });
+        }
+        if self.quality.len() > MAX_MODELS {
+            return Err(invalid(format!(
+                "{} quality entries, over the limit of {MAX_MODELS}",
+                self.quality.len()
+            )));
+        }
+        for (i, q) in self.quality.iter().enumerate() {
+            q.validate()?;
+            if self.quality[..i]
+                .iter()
+                .any(|o| o.model == q.model && o.version == q.version)
+            {
+                return Err(invalid(format!(
+                    "quality of model {} v{} appears twice",
+                    q.model, q.version
+                )));
+            }
         }
         Ok(out)
     }
@@ -419,6 +479,7 @@ mod tests {
             health: Health::default(),
             outbox: OutboxStats::default(),
             agent_version: "t".into(),
+            quality: vec![],
         }
     }
 

@@ -239,7 +239,7 @@ impl<T: Document> Signed<T> {
 
     /// Decodes the body without checking anything: only for display of already-verified data.
     pub fn decode_unverified(&self) -> Result<T> {
-        encoding::from_bytes(T::WHAT, &self.body)
+        T::decode(&self.body)
     }
 
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
@@ -258,7 +258,7 @@ impl<T: Document> Signed<T> {
                 signer: self.signer.short(),
             });
         }
-        encoding::from_bytes(T::WHAT, &self.body)
+        T::decode(&self.body)
     }
 }
 

@@ -167,6 +167,7 @@ fn profile_bytes() {
 #[test]
 fn telemetry_record_heartbeat_and_ack_bytes() {
     use edgefleet_common::device::ModelRef;
+    use edgefleet_common::quality::ModelQuality;
     use edgefleet_common::sketch::{ColumnKind, ColumnSpec, LatencySketch, Profile};
     use edgefleet_common::telemetry::{
         Health, Heartbeat, ModelWindow, OutboxStats, TelemetryAck, TelemetryRecord,
@@ -197,22 +198,61 @@ fn telemetry_record_heartbeat_and_ack_bytes() {
         queued_bytes: 4096,
         dropped: 1,
     };
+    let window = ModelWindow {
+        model: "demand".into(),
+        version: 2,
+        profile: profile.to_bytes(),
+        latency: latency.into(),
+        requests: 1,
+        errors: 0,
+    };
+    // Layout 1, as agents before ground truth sign it: these bytes must still be accepted.
+    let v1 = RecordV1 {
+        device_id: "shop-1".into(),
+        seq: 7,
+        window_start: 1_700_000_000,
+        window_end: 1_700_000_900,
+        models: vec![window.clone()],
+        health: health.clone(),
+        outbox: outbox.clone(),
+        agent_version: "0.1.0".into(),
+    };
+    let signed_v1 = Signed::sign(&v1, &device, None).expect("sign");
+    expect![[r#"
+        0673686f702d310780e2cfaa0684e9cfaa06010664656d
+        616e640238010101046675656c000100000000000000f8
+        3f000000000000f83f000000000000f83f000000000000
+        00000c02020f04c80008000000c03f33a0028800000000
+        00406f408c0000000000406f40840000000000406f4002
+        fd4a815abf52f03f00000000000000000501a804020100
+        0000484180808080048080808010808080801480808080
+        8001901c01000040420280200105302e312e30
+    "#]]
+    .assert_eq(&wrap(&hex::encode(&signed_v1.body)));
+    let as_v2: Signed<TelemetryRecord> =
+        Signed::from_bytes(&signed_v1.to_bytes().expect("bytes")).expect("envelope");
+    let read = as_v2
+        .verify_by(&device.public())
+        .expect("a layout-1 record verifies");
+    assert!(read.quality.is_empty());
+    assert_eq!(read.models, vec![window.clone()]);
+    // Layout 2: the same record with the quality of one version from ground truth.
+    let mut quality = ModelQuality::new("demand", 2);
+    quality
+        .score_values(&[10.0], &[12.0], false)
+        .expect("score");
+    quality.score_values(&[5.0], &[4.0], true).expect("score");
+    quality.unknown = 1;
     let record = TelemetryRecord {
         device_id: "shop-1".into(),
         seq: 7,
         window_start: 1_700_000_000,
         window_end: 1_700_000_900,
-        models: vec![ModelWindow {
-            model: "demand".into(),
-            version: 2,
-            profile: profile.to_bytes(),
-            latency: latency.into(),
-            requests: 1,
-            errors: 0,
-        }],
+        models: vec![window],
         health: health.clone(),
         outbox: outbox.clone(),
         agent_version: "0.1.0".into(),
+        quality: vec![quality],
     };
     record.validate().expect("valid");
     let signed = Signed::sign(&record, &device, None).expect("sign");
@@ -224,7 +264,14 @@ fn telemetry_record_heartbeat_and_ack_bytes() {
         00406f408c0000000000406f40840000000000406f4002
         fd4a815abf52f03f00000000000000000501a804020100
         0000484180808080048080808010808080801480808080
-        8001901c01000040420280200105302e312e30
+        8001901c01000040420280200105302e312e3001066465
+        6d616e6402020101010200000000000000f03f00000000
+        00000040000000000000f83f000000000000e03f280501
+        0f00c80008000200000000000000c8000100c600000000
+        00803f000000400000803f000000400200555555555555
+        c53f000000000000d03faaaaaaaaaaaaca3f21c7711cc7
+        716c3f2805010f00c80008000200000000000000c80001
+        00c6000000abaa2a3e0000803e0000803eabaa2a3e00
     "#]]
     .assert_eq(&wrap(&hex::encode(&signed.body)));
     assert_eq!(
@@ -393,4 +440,23 @@ fn device_status_reads_older_agents_reports() {
         {"active":[{"name":"demand","version":1}],"previous":[],"last_error":null,"agent_version":"0.1.0","installs":[{"model":"demand","version":2,"phase":"smoke_test_failed","reason":"case 0: output differs","at":7}],"bundle_format":2,"window_secs":60,"time_zone":"Europe/Berlin"}
     "#]]
     .assert_eq(&format!("{}\n", serde_json::to_string(&new).expect("json")));
+}
+
+/// The telemetry record's first layout (before ground truth), as a device of that version
+/// signs it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RecordV1 {
+    device_id: String,
+    seq: u64,
+    window_start: u64,
+    window_end: u64,
+    models: Vec<edgefleet_common::telemetry::ModelWindow>,
+    health: edgefleet_common::telemetry::Health,
+    outbox: edgefleet_common::telemetry::OutboxStats,
+    agent_version: String,
+}
+
+impl Document for RecordV1 {
+    const KIND: &'static str = "telemetry";
+    const WHAT: &'static str = "telemetry record";
 }

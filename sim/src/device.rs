@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use edgefleet_agent::AgentConfig;
 use edgefleet_agent::error::{AgentError, AgentResult};
 use edgefleet_agent::hub_client::{HubClient, Poll};
-use edgefleet_agent::telemetry::{AGENT_VERSION, Outbox, model_window, pack_record};
+use edgefleet_agent::telemetry::{AGENT_VERSION, Contents, Outbox, model_window, pack_record};
 use edgefleet_agent::update::instruction::{self, Acceptance, InForce};
 use edgefleet_agent::update::{Backoff, check, fetch};
 use edgefleet_agent::window::{Window, WindowRecorder};
@@ -450,8 +450,11 @@ impl Device {
                 &self.key,
                 seq,
                 stats,
-                models,
-                (start.min(now), now),
+                Contents {
+                    models,
+                    quality: Vec::new(),
+                    bounds: (start.min(now), now),
+                },
                 health,
             )
         });

@@ -105,6 +105,7 @@ fn record(device: &str, seq: u64, rows: usize, rng: &mut Rng) -> TelemetryRecord
         },
         outbox: OutboxStats::default(),
         agent_version: "0.1.0".into(),
+        quality: vec![],
     }
 }
 

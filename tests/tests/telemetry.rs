@@ -541,6 +541,7 @@ fn record(device: &str, seq: u64) -> TelemetryRecord {
         health: Health::default(),
         outbox: OutboxStats::default(),
         agent_version: "test".into(),
+        quality: vec![],
     }
 }
 

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use edgefleet_common::SecretKey;
 use edgefleet_common::Signed;
 use edgefleet_common::device::ModelRef;
+use edgefleet_common::quality::ModelQuality;
 use edgefleet_common::telemetry::{
     self, Health, Heartbeat, ModelWindow, OutboxStats, TelemetryRecord,
 };
@@ -187,8 +188,11 @@ impl Telemetry {
             &self.key,
             seq,
             outbox,
-            models,
-            bounds,
+            Contents {
+                models,
+                quality: Vec::new(),
+                bounds,
+            },
             health,
         )
     }
@@ -230,6 +234,15 @@ pub fn model_window(model: String, version: u64, w: Window) -> ModelWindow {
     }
 }
 
+/// What one record reports: the closed windows, the quality from feedback, the bounds.
+#[derive(Debug, Clone, Default)]
+pub struct Contents {
+    pub models: Vec<ModelWindow>,
+    pub quality: Vec<ModelQuality>,
+    /// (window start, window end), seconds.
+    pub bounds: (u64, u64),
+}
+
 /// One record of `device_id` with sequence number `seq`, signed with `key` and packed for the
 /// wire (deflated); refused if it is over the size the hub accepts.
 pub fn pack_record(
@@ -237,19 +250,19 @@ pub fn pack_record(
     key: &SecretKey,
     seq: u64,
     outbox: OutboxStats,
-    models: Vec<ModelWindow>,
-    (window_start, window_end): (u64, u64),
+    contents: Contents,
     health: Health,
 ) -> AgentResult<Vec<u8>> {
     let record = TelemetryRecord {
         device_id: device_id.to_owned(),
         seq,
-        window_start,
-        window_end,
-        models,
+        window_start: contents.bounds.0,
+        window_end: contents.bounds.1,
+        models: contents.models,
         health,
         outbox,
         agent_version: AGENT_VERSION.into(),
+        quality: contents.quality,
     };
     let packed = Signed::sign(&record, key, None)
         .and_then(|s| s.to_bytes())

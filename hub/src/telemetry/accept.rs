@@ -560,6 +560,7 @@ mod tests {
             health: Default::default(),
             outbox: Default::default(),
             agent_version: "test".into(),
+            quality: vec![],
         };
         pack_record(
             &Signed::sign(&r, key, None)

@@ -306,6 +306,7 @@ mod tests {
             health: Health::default(),
             outbox: OutboxStats::default(),
             agent_version: "test".into(),
+            quality: vec![],
         }
     }
 
