@@ -75,6 +75,29 @@ pub struct ConfusionCell {
     pub rows: u64,
 }
 
+/// What a model's predictions are scored as: the rule both the agent (scoring) and the hub
+/// (checking what devices report) apply to the manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// The first output is floating point: each element of a row is a predicted value.
+    Regression,
+    /// The first output is an integer, boolean or text label.
+    Classification,
+}
+
+impl Task {
+    /// From the manifest's first output; none for a model without outputs.
+    pub fn of(manifest: &crate::ModelManifest) -> Option<Task> {
+        use crate::DataType;
+        let first = manifest.outputs.first()?;
+        Some(match first.datatype {
+            DataType::Fp16 | DataType::Fp32 | DataType::Fp64 => Task::Regression,
+            _ => Task::Classification,
+        })
+    }
+}
+
 fn invalid(detail: impl Into<String>) -> Error {
     Error::Malformed {
         what: "quality",
@@ -92,6 +115,17 @@ impl ModelQuality {
             unknown: 0,
             regression: None,
             classification: None,
+        }
+    }
+
+    /// What this quality scored, if it scored anything yet.
+    pub fn task(&self) -> Option<Task> {
+        if self.regression.is_some() {
+            Some(Task::Regression)
+        } else if self.classification.is_some() {
+            Some(Task::Classification)
+        } else {
+            None
         }
     }
 

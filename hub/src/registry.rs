@@ -43,6 +43,8 @@ pub struct VersionFacts {
     pub reference: Option<Profile>,
     /// The columns devices profile for this version, in order (inputs, then outputs).
     pub columns: Vec<String>,
+    /// What feedback scores this version's predictions as (none: the model has no outputs).
+    pub task: Option<edgefleet_common::quality::Task>,
 }
 
 /// A blob upload's outcome.
@@ -277,6 +279,7 @@ impl Registry {
         };
         let manifest = record.manifest.decode_unverified()?;
         let facts = Arc::new(VersionFacts {
+            task: edgefleet_common::quality::Task::of(&manifest),
             columns: edgefleet_common::sketch::model_columns(&manifest)
                 .into_iter()
                 .map(|c| c.name)

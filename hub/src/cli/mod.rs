@@ -164,7 +164,9 @@ pub enum Command {
     /// Show one device's status, or the fleet's.
     Status { device: Option<String> },
     /// Drift of a model version's inputs and outputs against its training reference,
-    /// merged over the last HOURS of fleet telemetry (or only devices with TAG).
+    /// merged over the last HOURS of fleet telemetry (or only devices with TAG), and its
+    /// prediction quality from ground truth (MAE, RMSE, MAPE, error quantiles; accuracy,
+    /// log-loss, confusion matrix) when devices received feedback.
     Drift {
         model: String,
         version: u64,
@@ -174,7 +176,7 @@ pub enum Command {
         tag: Option<String>,
     },
     /// Fleet metrics of the last hour: devices online, per model version requests, errors,
-    /// latency and drift, and the hub's telemetry ingest counters.
+    /// latency, drift and quality from ground truth, and the hub's telemetry ingest counters.
     Fleet,
     /// Staged rollouts: create, list, status (--watch), pause, resume, abort, rollback, audit.
     Rollout {

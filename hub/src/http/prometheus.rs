@@ -7,7 +7,7 @@ use axum::response::IntoResponse;
 use super::AppState;
 use super::error::ApiResult;
 use crate::error::HubError;
-use crate::telemetry::FleetMetrics;
+use crate::telemetry::{FleetMetrics, QualityReport};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -17,6 +17,8 @@ use std::sync::atomic::AtomicU64;
 
 type Labels = Vec<(String, String)>;
 type FGauge = Family<Labels, Gauge<f64, AtomicU64>>;
+/// One figure of a quality report, if it has it.
+type ReadQuality = fn(&QualityReport) -> Option<f64>;
 
 /// `GET /metrics`: Prometheus (OpenMetrics) text. Unauthenticated, like most exporters;
 /// it shows counts and scores, no identities beyond model names.
@@ -25,6 +27,7 @@ pub async fn exposition(State(hub): State<AppState>) -> ApiResult<impl IntoRespo
     let mut r = Registry::with_prefix("edgefleet_hub");
     register_devices(&mut r, &m);
     register_versions(&mut r, &m);
+    register_quality(&mut r, &m);
     register_ingest(&mut r, &m);
     let mut text = String::new();
     encode(&mut text, &r).map_err(|e| HubError::Internal(e.to_string()))?;
@@ -124,6 +127,66 @@ fn register_versions(r: &mut Registry, m: &FleetMetrics) {
         "1 if the feature's drift score crosses its threshold",
         drifted,
     );
+}
+
+/// Per model version over the last hour, from ground truth: `edgefleet_hub_model_mae{model,
+/// version}` and the like. A version without feedback has none of these series.
+fn register_quality(r: &mut Registry, m: &FleetMetrics) {
+    let metrics: [(&str, &str, ReadQuality); 8] = [
+        (
+            "model_mae",
+            "Mean absolute error against ground truth, last hour",
+            |q| q.mae,
+        ),
+        (
+            "model_rmse",
+            "Root mean squared error against ground truth, last hour",
+            |q| q.rmse,
+        ),
+        (
+            "model_mape",
+            "Mean absolute percentage error (a fraction) against ground truth, last hour",
+            |q| q.mape,
+        ),
+        (
+            "model_accuracy",
+            "Share of classifications that matched ground truth, last hour",
+            |q| q.accuracy,
+        ),
+        (
+            "model_log_loss",
+            "Mean log-loss of the served probabilities against ground truth, last hour",
+            |q| q.log_loss,
+        ),
+        (
+            "model_feedback_matched",
+            "Feedback rows matched to a prediction and scored, last hour",
+            |q| Some(q.matched as f64),
+        ),
+        (
+            "model_feedback_late",
+            "Matched feedback rows whose truth came in a later window, last hour",
+            |q| Some(q.late as f64),
+        ),
+        (
+            "model_feedback_unknown",
+            "Feedback rows for predictions the devices did not hold, last hour",
+            |q| Some(q.unknown as f64),
+        ),
+    ];
+    for (name, help, read) in metrics {
+        let family = FGauge::default();
+        for sm in &m.models {
+            if let Some(v) = sm.quality.as_ref().and_then(read) {
+                let labels: Labels = vec![
+                    ("model".into(), sm.model.clone()),
+                    ("version".into(), sm.version.to_string()),
+                ];
+                family.get_or_create(&labels).set(v);
+            }
+        }
+        r.register(name, help, family);
+    }
 }
 
 fn register_ingest(r: &mut Registry, m: &FleetMetrics) {

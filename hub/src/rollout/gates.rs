@@ -15,9 +15,14 @@
 //!   (1 % relative error).
 //! - **output drift**: every output column of the canary against the baseline's, with the
 //!   model's drift rules; any drifted output fails.
-//! - **quality**: a slot the ground-truth work fills; not configured today.
+//! - **quality**: prediction quality from ground truth (feedback matched on the devices):
+//!   canary MAE / baseline MAE ≤ `max_mae_ratio` for a regression, baseline accuracy − canary
+//!   accuracy ≤ `max_accuracy_drop` for a classifier, with at least `min_feedback` matched
+//!   rows on each side (else inconclusive). Without any feedback on either side it is
+//!   `not_configured`, which does not hold a rollout.
 
 use edgefleet_common::drift::{ColumnDrift, DriftConfig, profile_drift};
+use edgefleet_common::quality::ModelQuality;
 use edgefleet_common::sketch::{LatencySketch, Profile};
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +47,13 @@ pub struct GateConfig {
     /// What a metric gate says when the baseline has no data at all (every device moved, or
     /// none of the old version reported): `inconclusive` (default) or `pass`.
     pub no_baseline: NoData,
+    /// Largest acceptable canary MAE / baseline MAE (regressions, from ground truth).
+    pub max_mae_ratio: f64,
+    /// Largest acceptable fall of accuracy (classifiers, absolute: 0.02 = two points).
+    pub max_accuracy_drop: f64,
+    /// Below this many matched feedback rows, on either side, the quality gate is
+    /// inconclusive.
+    pub min_feedback: u64,
 }
 
 impl Default for GateConfig {
@@ -54,6 +66,9 @@ impl Default for GateConfig {
             min_devices: 1,
             min_requests: 100,
             no_baseline: NoData::Inconclusive,
+            max_mae_ratio: 1.1,
+            max_accuracy_drop: 0.02,
+            min_feedback: 50,
         }
     }
 }
@@ -70,6 +85,12 @@ impl GateConfig {
         }
         if !(self.max_p95_ratio.is_finite() && self.max_p95_ratio >= 1.0) {
             out.push("gates.max_p95_ratio must be a number ≥ 1".into());
+        }
+        if !(self.max_mae_ratio.is_finite() && self.max_mae_ratio >= 1.0) {
+            out.push("gates.max_mae_ratio must be a number ≥ 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.max_accuracy_drop) {
+            out.push("gates.max_accuracy_drop must be within 0..=1".into());
         }
         out
     }
@@ -88,7 +109,8 @@ pub enum Outcome {
     Pass,
     Fail,
     Inconclusive,
-    /// A gate with nothing to judge yet (the quality slot).
+    /// A gate with nothing to judge (quality without any ground truth, a last wave with
+    /// no baseline left); does not hold a rollout.
     NotConfigured,
 }
 
@@ -342,12 +364,101 @@ pub fn output_drift(
     }
 }
 
-/// The prediction-quality slot (ground truth fills it).
-pub fn quality() -> GateVerdict {
+/// Prediction quality from ground truth: the canary's matched feedback against the
+/// baseline's, over the wave.
+pub fn quality(
+    canary: Option<&ModelQuality>,
+    baseline: Option<&ModelQuality>,
+    cfg: &GateConfig,
+) -> GateVerdict {
+    const GATE: &str = "quality";
+    let matched = |q: Option<&ModelQuality>| q.map_or(0, |q| q.matched);
+    if matched(canary) == 0 && matched(baseline) == 0 {
+        return GateVerdict::new(
+            GATE,
+            Outcome::NotConfigured,
+            "no ground truth reported: callers send true values to the devices' \
+             /v2/models/{model}/feedback"
+                .into(),
+        );
+    }
+    if matched(canary) < cfg.min_feedback {
+        return GateVerdict::new(
+            GATE,
+            Outcome::Inconclusive,
+            format!(
+                "canary: {} matched feedback rows, below the minimum of {}",
+                matched(canary),
+                cfg.min_feedback
+            ),
+        );
+    }
+    if matched(baseline) == 0 && cfg.no_baseline == NoData::Pass {
+        return GateVerdict::new(
+            GATE,
+            Outcome::Pass,
+            "no baseline feedback; passed by the no-data policy".into(),
+        );
+    }
+    if matched(baseline) < cfg.min_feedback {
+        return GateVerdict::new(
+            GATE,
+            Outcome::Inconclusive,
+            format!(
+                "baseline: {} matched feedback rows, below the minimum of {}",
+                matched(baseline),
+                cfg.min_feedback
+            ),
+        );
+    }
+    let (Some(c), Some(b)) = (canary, baseline) else {
+        return GateVerdict::new(GATE, Outcome::Inconclusive, "no feedback".into());
+    };
+    if let (Some(cm), Some(bm)) = (c.mae(), b.mae()) {
+        let ratio = if bm > 0.0 {
+            cm / bm
+        } else if cm > 0.0 {
+            f64::INFINITY
+        } else {
+            1.0
+        };
+        let outcome = if ratio <= cfg.max_mae_ratio {
+            Outcome::Pass
+        } else {
+            Outcome::Fail
+        };
+        return GateVerdict::new(
+            GATE,
+            outcome,
+            format!(
+                "MAE {cm:.4} against the baseline's {bm:.4} ({ratio:.3}×, limit {}×) on {} and {} matched rows",
+                cfg.max_mae_ratio, c.matched, b.matched
+            ),
+        )
+        .values(cm, Some(bm), cfg.max_mae_ratio);
+    }
+    if let (Some(ca), Some(ba)) = (c.accuracy(), b.accuracy()) {
+        let drop = ba - ca;
+        let outcome = if drop <= cfg.max_accuracy_drop {
+            Outcome::Pass
+        } else {
+            Outcome::Fail
+        };
+        return GateVerdict::new(
+            GATE,
+            outcome,
+            format!(
+                "accuracy {ca:.4} against the baseline's {ba:.4} (a drop of {drop:.4}, limit {}) on {} and {} matched rows",
+                cfg.max_accuracy_drop, c.matched, b.matched
+            ),
+        )
+        .values(ca, Some(ba), cfg.max_accuracy_drop);
+    }
     GateVerdict::new(
-        "quality",
-        Outcome::NotConfigured,
-        "no ground truth reported yet".into(),
+        GATE,
+        Outcome::Inconclusive,
+        "the canary and the baseline are scored differently (a regression against a classifier)"
+            .into(),
     )
 }
 
@@ -489,6 +600,92 @@ mod tests {
         assert_eq!(
             combine(&[v(Outcome::Inconclusive), v(Outcome::Fail)]),
             Outcome::Fail
+        );
+    }
+
+    fn mae_of(errors: &[f64]) -> ModelQuality {
+        let mut q = ModelQuality::new("m", 1);
+        for e in errors {
+            q.score_values(&[*e], &[0.0], false).expect("score");
+        }
+        q
+    }
+
+    fn accuracy_of(correct: usize, wrong: usize) -> ModelQuality {
+        let mut q = ModelQuality::new("m", 1);
+        for i in 0..correct + wrong {
+            let p = if i < correct { "a" } else { "b" };
+            q.score_label(p, "a", None, false).expect("score");
+        }
+        q
+    }
+
+    #[test]
+    fn quality_compares_mae_and_accuracy_with_minimums() {
+        let cfg = GateConfig {
+            min_feedback: 10,
+            ..GateConfig::default()
+        };
+        let v = quality(None, None, &cfg);
+        assert_eq!(v.outcome, Outcome::NotConfigured, "{}", v.detail);
+        let (good, bad) = (mae_of(&[1.0; 20]), mae_of(&[1.5; 20]));
+        let v = quality(Some(&good), Some(&good), &cfg);
+        assert_eq!(v.outcome, Outcome::Pass, "{}", v.detail);
+        assert_eq!((v.canary, v.baseline), (Some(1.0), Some(1.0)));
+        let v = quality(Some(&bad), Some(&good), &cfg);
+        assert_eq!(v.outcome, Outcome::Fail, "{}", v.detail);
+        assert!(v.detail.contains("1.500"), "{}", v.detail);
+        // Better than the baseline passes; short on either side is inconclusive.
+        assert_eq!(
+            quality(Some(&good), Some(&bad), &cfg).outcome,
+            Outcome::Pass
+        );
+        let few = mae_of(&[1.0; 3]);
+        let v = quality(Some(&few), Some(&good), &cfg);
+        assert_eq!(v.outcome, Outcome::Inconclusive, "{}", v.detail);
+        assert!(v.detail.contains("canary: 3 matched"), "{}", v.detail);
+        let v = quality(Some(&good), None, &cfg);
+        assert_eq!(v.outcome, Outcome::Inconclusive, "{}", v.detail);
+        let lenient = GateConfig {
+            no_baseline: NoData::Pass,
+            ..cfg.clone()
+        };
+        assert_eq!(quality(Some(&good), None, &lenient).outcome, Outcome::Pass);
+        // A perfect baseline: any canary error fails, none passes.
+        let perfect = mae_of(&[0.0; 20]);
+        assert_eq!(
+            quality(Some(&good), Some(&perfect), &cfg).outcome,
+            Outcome::Fail
+        );
+        assert_eq!(
+            quality(Some(&perfect), Some(&perfect), &cfg).outcome,
+            Outcome::Pass
+        );
+        // Classifiers: accuracy may fall by at most max_accuracy_drop.
+        let (base, same, worse) = (
+            accuracy_of(90, 10),
+            accuracy_of(89, 11),
+            accuracy_of(80, 20),
+        );
+        assert_eq!(
+            quality(Some(&same), Some(&base), &cfg).outcome,
+            Outcome::Pass
+        );
+        let v = quality(Some(&worse), Some(&base), &cfg);
+        assert_eq!(v.outcome, Outcome::Fail, "{}", v.detail);
+        assert_eq!((v.canary, v.baseline), (Some(0.8), Some(0.9)));
+        // Differently scored versions cannot be compared.
+        let v = quality(Some(&base), Some(&good), &cfg);
+        assert_eq!(v.outcome, Outcome::Inconclusive, "{}", v.detail);
+        assert!(
+            GateConfig {
+                max_mae_ratio: 0.5,
+                max_accuracy_drop: 2.0,
+                ..cfg
+            }
+            .problems()
+            .len()
+                == 2
         );
     }
 }

@@ -458,16 +458,35 @@ impl Rollouts {
         // already takes every device (one wave of 100 %, a tiny fleet) follows `no_baseline`.
         let left_on_old = selected.iter().any(|d| !r.moved.contains_key(&d.id));
         if !left_on_old && r.wave > 0 {
-            for gate in ["error_rate", "latency_p95", "output_drift"] {
+            for gate in ["error_rate", "latency_p95", "output_drift", "quality"] {
                 verdicts.push(gates::no_baseline_left(gate));
             }
-            verdicts.push(gates::quality());
             return Ok(verdicts);
         }
         verdicts.push(gates::error_rate(&c, &b, cfg));
         verdicts.push(gates::latency(&c, &b, cfg));
         verdicts.push(gates::output_drift(&c, &b, &outputs, &rules, cfg));
-        verdicts.push(gates::quality());
+        let canary_quality = store.quality(&r.spec.model, r.spec.version, &cohort, 0, u64::MAX)?;
+        // The quality baseline: the old version with the most matched feedback in the cohort
+        // (ground truth may arrive for a version after its last request).
+        let mut baseline_quality: Option<edgefleet_common::quality::ModelQuality> = None;
+        for v in store.versions_in_scope(&r.spec.model, &cohort)? {
+            if v == r.spec.version {
+                continue;
+            }
+            if let Some(q) = store.quality(&r.spec.model, v, &cohort, 0, u64::MAX)?
+                && baseline_quality
+                    .as_ref()
+                    .is_none_or(|b| b.matched < q.matched)
+            {
+                baseline_quality = Some(q);
+            }
+        }
+        verdicts.push(gates::quality(
+            canary_quality.as_ref(),
+            baseline_quality.as_ref(),
+            cfg,
+        ));
         Ok(verdicts)
     }
 

@@ -15,11 +15,17 @@ fn id(i: usize) -> String {
 
 /// A hub with `demand` v1 and v2, FLEET approved devices tagged `eu`, all assigned v1 by tag.
 async fn fleet() -> Kit {
+    fleet_keys().await.0
+}
+
+/// [`fleet`], with the devices' keys (to sign their telemetry).
+async fn fleet_keys() -> (Kit, Vec<edgefleet_common::SecretKey>) {
     let kit = Kit::new();
     kit.publish("demand", 1).await;
     kit.publish("demand", 2).await;
+    let mut keys = Vec::new();
     for i in 0..FLEET {
-        kit.enroll(&id(i), &["eu"], true).await;
+        keys.push(kit.enroll(&id(i), &["eu"], true).await);
     }
     kit.hub
         .desired
@@ -30,7 +36,7 @@ async fn fleet() -> Kit {
         })
         .await
         .expect("assign");
-    kit
+    (kit, keys)
 }
 
 fn spec(waves: &[&str], bake_secs: u64) -> RolloutSpec {
@@ -513,7 +519,7 @@ async fn the_last_wave_with_no_baseline_left_is_judged_by_its_installs() {
             .iter()
             .filter(|v| v.detail.contains("none is left as a baseline"))
             .count(),
-        3,
+        4,
         "{verdicts:?}"
     );
 }
@@ -898,4 +904,118 @@ async fn a_status_with_a_malformed_time_zone_is_refused() {
     }
     let d = kit.hub.devices.get(&id(0)).expect("read").expect("device");
     assert_eq!(d.time_zone(), Some("Europe/Berlin"));
+}
+
+/// A telemetry record of `device` with only prediction quality: `errors` absolute errors of
+/// `version`'s predictions.
+fn quality_record(
+    key: &edgefleet_common::SecretKey,
+    device: &str,
+    seq: u64,
+    version: u64,
+    errors: &[f64],
+    at: u64,
+) -> crate::telemetry::Message {
+    use edgefleet_common::Signed;
+    use edgefleet_common::quality::ModelQuality;
+    use edgefleet_common::telemetry::{TelemetryRecord, pack_record};
+    let mut q = ModelQuality::new("demand", version);
+    for e in errors {
+        q.score_values(&[10.0 + e], &[10.0], false).expect("score");
+    }
+    let r = TelemetryRecord {
+        device_id: device.into(),
+        seq,
+        window_start: at - 60,
+        window_end: at,
+        models: vec![],
+        health: Default::default(),
+        outbox: Default::default(),
+        agent_version: "test".into(),
+        quality: vec![q],
+    };
+    crate::telemetry::Message::Record {
+        device: device.into(),
+        payload: pack_record(
+            &Signed::sign(&r, key, None)
+                .and_then(|s| s.to_bytes())
+                .expect("sign"),
+        ),
+    }
+}
+
+/// The quality gate judges the wave's canary against its baseline on ground truth: a canary
+/// whose MAE is worse than the baseline's by more than the ratio fails the wave and rolls it
+/// back; with too little feedback it is inconclusive, not a pass.
+#[tokio::test]
+async fn a_canary_with_a_worse_mae_fails_the_quality_gate_and_rolls_back() {
+    let (kit, keys) = fleet_keys().await;
+    let mut s = spec(&["2", "100%"], 60);
+    s.gates.min_devices = 0;
+    s.gates.min_requests = 0;
+    s.gates.min_feedback = 20;
+    kit.hub.rollouts.create(s).await.expect("create");
+    let t = crate::now();
+    step(&kit, t).await;
+    install_wanted(&kit);
+    assert_eq!(step(&kit, t + 1).await.state, State::Baking);
+    let store = kit.hub.telemetry.store();
+    let versions = wanted(&kit);
+    let mut accept = kit.hub.telemetry.accept();
+    let send = |seq: u64, canary_error: f64, rows: usize| {
+        let mut batch = Vec::new();
+        for i in 0..FLEET {
+            if store.cohort(&id(i), "demand").expect("cohort").is_none() {
+                continue;
+            }
+            let (v, e) = if versions[i] == 2 {
+                (2, canary_error)
+            } else {
+                (1, 1.0)
+            };
+            batch.push(quality_record(
+                &keys[i],
+                &id(i),
+                seq,
+                v,
+                &vec![e; rows],
+                t + 30,
+            ));
+        }
+        batch
+    };
+    // Too little feedback: inconclusive, the bake is extended.
+    let out = accept.batch(send(1, 3.0, 2)).await;
+    assert!(!out.acks.is_empty());
+    let r = step(&kit, t + 62).await;
+    assert_eq!(r.state, State::Baking, "{:?}", r.reason);
+    let gate = |r: &Rollout| {
+        r.current()
+            .expect("wave")
+            .verdicts
+            .iter()
+            .find(|v| v.gate == "quality")
+            .cloned()
+            .expect("quality verdict")
+    };
+    let v = gate(&r);
+    assert_eq!(v.outcome, gates::Outcome::Inconclusive, "{}", v.detail);
+    // Enough: the canary's MAE is three times the baseline's.
+    accept.batch(send(2, 3.0, 20)).await;
+    let r = step(&kit, t + 63).await;
+    assert!(
+        matches!(r.state, State::RollingBack | State::RolledBack),
+        "{:?} {:?} {:?}",
+        r.state,
+        r.reason,
+        r.current().map(|w| &w.verdicts)
+    );
+    let failed = r.waves[0]
+        .verdicts
+        .iter()
+        .find(|v| v.gate == "quality")
+        .cloned()
+        .expect("quality verdict");
+    assert_eq!(failed.outcome, gates::Outcome::Fail, "{}", failed.detail);
+    assert_eq!((failed.canary, failed.baseline), (Some(3.0), Some(1.0)));
 }

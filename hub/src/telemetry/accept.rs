@@ -366,6 +366,10 @@ impl Accept {
                 return refuse(Rejected::UnknownModel);
             }
         };
+        if let Err((model, version, reason)) = self.check_quality(record) {
+            tracing::warn!(device = %id, seq, %model, version, %reason, "telemetry quality refused (acked, not stored)");
+            return refuse(Rejected::UnknownModel);
+        }
         // Its tags, and the rollout cohorts it is in (one per model rolled out), if any.
         let mut scopes = device.tags.clone();
         let cohorts = match self.cohorts.get(id.as_str()) {
@@ -448,6 +452,29 @@ impl Accept {
         Ok(references)
     }
 
+    /// Each quality must be of a model version the hub has, scored as its manifest says
+    /// (a regression's errors, a classifier's labels): a device could otherwise set the kind
+    /// of an hour's quality and make every honest device's unmergeable.
+    fn check_quality(&self, record: &TelemetryRecord) -> Result<(), (String, u64, String)> {
+        for q in &record.quality {
+            let refuse = |reason: String| (q.model.clone(), q.version, reason);
+            let facts = match self.registry.facts(&q.model, q.version) {
+                Ok(Some(f)) => f,
+                Ok(None) => return Err(refuse("the hub has no such model version".into())),
+                Err(error) => return Err(refuse(format!("cannot read the registry: {error}"))),
+            };
+            if let Some(task) = q.task()
+                && facts.task != Some(task)
+            {
+                return Err(refuse(format!(
+                    "scored as {task:?}, but the manifest's first output makes it {:?}",
+                    facts.task
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn drift_config(&mut self, model: &str) -> DriftConfig {
         if let Some(c) = self.drift_configs.get(model) {
             return c.clone();
@@ -515,6 +542,7 @@ mod tests {
     use crate::store::keys::agg_key;
     use crate::telemetry::{ALL, HOUR};
     use crate::testkit::Kit;
+    use edgefleet_common::quality::ModelQuality;
     use edgefleet_common::sketch::{LatencySketch, Profile};
     use edgefleet_common::telemetry::{ModelWindow, pack_record};
     use edgefleet_common::{SecretKey, Signed};
@@ -526,6 +554,18 @@ mod tests {
         seq: u64,
         window_end: u64,
         window: (&str, u64, &[&str]),
+    ) -> Vec<u8> {
+        record_with(key, device, seq, window_end, window, vec![])
+    }
+
+    /// [`record`] with prediction quality.
+    fn record_with(
+        key: &SecretKey,
+        device: &str,
+        seq: u64,
+        window_end: u64,
+        window: (&str, u64, &[&str]),
+        quality: Vec<ModelQuality>,
     ) -> Vec<u8> {
         let (model, version, columns) = window;
         let specs: Vec<_> = columns
@@ -560,7 +600,7 @@ mod tests {
             health: Default::default(),
             outbox: Default::default(),
             agent_version: "test".into(),
-            quality: vec![],
+            quality,
         };
         pack_record(
             &Signed::sign(&r, key, None)
@@ -814,6 +854,139 @@ mod tests {
             Some(1),
             "the latest window is still seq 1"
         );
+    }
+
+    /// A regression's quality from (predicted, truth) pairs.
+    fn regression(version: u64, pairs: &[(f64, f64)]) -> ModelQuality {
+        let mut q = ModelQuality::new("demand", version);
+        for (p, t) in pairs {
+            q.score_values(&[*p], &[*t], false).expect("score");
+        }
+        q
+    }
+
+    #[tokio::test]
+    async fn quality_merges_per_version_tag_and_hour_and_must_fit_the_manifest() {
+        let (kit, key) = kit().await;
+        let key2 = kit.enroll("shop-2", &[], true).await;
+        let mut accept = kit.hub.telemetry.accept();
+        let now = crate::now();
+        let w = ("demand", 1, COLUMNS);
+        let (a, b) = ([(10.0, 12.0), (5.0, 4.0)], [(3.0, 3.0), (8.0, 2.0)]);
+        let out = accept
+            .batch(vec![
+                rec(
+                    "shop-1",
+                    record_with(&key, "shop-1", 1, now, w, vec![regression(1, &a)]),
+                ),
+                rec(
+                    "shop-2",
+                    record_with(&key2, "shop-2", 1, now, w, vec![regression(1, &b)]),
+                ),
+            ])
+            .await;
+        assert_eq!(out.acks.len(), 2);
+        assert_eq!(accept.stats().stored.load(Ordering::Relaxed), 2);
+        let store = kit.hub.telemetry.store();
+        let hand = |pairs: &[(f64, f64)]| {
+            pairs.iter().map(|(p, t)| (p - t).abs()).sum::<f64>() / pairs.len() as f64
+        };
+        let fleet = store
+            .quality("demand", 1, ALL, 0, u64::MAX)
+            .expect("read")
+            .expect("quality");
+        let all: Vec<(f64, f64)> = a.iter().chain(&b).copied().collect();
+        assert!((fleet.mae().expect("mae") - hand(&all)).abs() < 1e-12);
+        assert_eq!(fleet.matched, 4);
+        // The tag scope holds shop-1's alone.
+        let eu = store
+            .quality("demand", 1, "eu", 0, u64::MAX)
+            .expect("read")
+            .expect("quality");
+        assert!((eu.mae().expect("mae") - hand(&a)).abs() < 1e-12);
+        // The API's reports carry it.
+        let report = kit
+            .hub
+            .telemetry
+            .drift("demand", 1, &Default::default())
+            .expect("drift");
+        let q = report.quality.expect("quality in the drift report");
+        assert_eq!(q.matched, 4);
+        assert!((q.mae.expect("mae") - hand(&all)).abs() < 1e-12);
+        let v = kit
+            .hub
+            .telemetry
+            .version_report("demand", 1, now)
+            .expect("report");
+        assert_eq!(v.quality.map(|q| q.matched), Some(4));
+        // Quality of a version the hub does not have, or scored as the wrong kind, is refused
+        // and nothing of the record is stored.
+        let mut label = ModelQuality::new("demand", 1);
+        label.score_label("a", "b", None, false).expect("score");
+        for (seq, bad) in [(2, vec![regression(9, &a)]), (3, vec![label])] {
+            let payload = record_with(&key, "shop-1", seq, now, w, bad);
+            assert_eq!(
+                accept.judge(rec("shop-1", payload), now).1,
+                Verdict::AckOnly {
+                    seq,
+                    reason: Rejected::UnknownModel
+                }
+            );
+        }
+        let fleet = store
+            .quality("demand", 1, ALL, 0, u64::MAX)
+            .expect("read")
+            .expect("quality");
+        assert_eq!(fleet.matched, 4, "nothing of the refused records merged");
+    }
+
+    #[tokio::test]
+    async fn a_record_of_the_first_layout_is_still_accepted() {
+        /// The record as agents before ground truth sign it.
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct RecordV1 {
+            device_id: String,
+            seq: u64,
+            window_start: u64,
+            window_end: u64,
+            models: Vec<ModelWindow>,
+            health: edgefleet_common::telemetry::Health,
+            outbox: edgefleet_common::telemetry::OutboxStats,
+            agent_version: String,
+        }
+        impl edgefleet_common::encoding::Document for RecordV1 {
+            const KIND: &'static str = "telemetry";
+            const WHAT: &'static str = "telemetry record";
+        }
+        let (kit, key) = kit().await;
+        let mut accept = kit.hub.telemetry.accept();
+        let now = crate::now();
+        // A layout-2 record's window, re-signed in layout 1.
+        let packed = record(&key, "shop-1", 1, now, ("demand", 1, COLUMNS));
+        let signed = edgefleet_common::telemetry::unpack_record(&packed, 1 << 20).expect("unpack");
+        let r: TelemetryRecord = Signed::<TelemetryRecord>::from_bytes(&signed)
+            .and_then(|s| s.decode_unverified())
+            .expect("decode");
+        let v1 = RecordV1 {
+            device_id: r.device_id,
+            seq: r.seq,
+            window_start: r.window_start,
+            window_end: r.window_end,
+            models: r.models,
+            health: r.health,
+            outbox: r.outbox,
+            agent_version: "0.1.0".into(),
+        };
+        let payload = pack_record(
+            &Signed::sign(&v1, &key, None)
+                .and_then(|s| s.to_bytes())
+                .expect("sign"),
+        );
+        let out = accept.batch(vec![rec("shop-1", payload)]).await;
+        assert_eq!(out.acks["shop-1"], vec![1]);
+        assert_eq!(accept.stats().stored.load(Ordering::Relaxed), 1);
+        let latest = kit.hub.telemetry.store().latest("shop-1").expect("read");
+        assert_eq!(latest.map(|l| l.agent_version), Some("0.1.0".into()));
     }
 
     #[tokio::test]

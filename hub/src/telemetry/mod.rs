@@ -24,7 +24,9 @@ use std::sync::Arc;
 
 pub use accept::{Accept, BatchOutcome, IngestStats, Message, Rejected, Verdict};
 pub use aggregate::{Aggregate, LatencyMs, Merged, MergedRef};
-pub use query::{DeviceDetail, DriftQuery, DriftReport, FleetMetrics, VersionReport};
+pub use query::{
+    DeviceDetail, DriftQuery, DriftReport, FleetMetrics, QualityReport, VersionReport,
+};
 pub use store::{DeviceTelemetry, LatestModelWindow, Liveness, TelemetryStore};
 pub use writer::{References, Staged, TelemetryWriter};
 

@@ -3,6 +3,7 @@
 
 use edgefleet_common::drift::{ColumnDrift, DriftConfig, Method, profile_drift};
 use edgefleet_common::name;
+use edgefleet_common::quality::{ModelQuality, Task};
 use serde::{Deserialize, Serialize};
 
 use super::accept::Rejected;
@@ -43,6 +44,81 @@ pub struct DriftReport {
     pub has_reference: bool,
     pub drifted: Vec<String>,
     pub columns: Vec<ColumnDrift>,
+    /// Prediction quality from ground truth over the same range and scope; none without
+    /// feedback.
+    pub quality: Option<QualityReport>,
+}
+
+/// Prediction quality of a model version, read off merged feedback.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QualityReport {
+    pub task: Option<Task>,
+    /// Feedback rows matched to predictions and scored.
+    pub matched: u64,
+    /// Of `matched`, rows whose truth came in a later window than the prediction.
+    pub late: u64,
+    /// Feedback for predictions the devices no longer (or never) held.
+    pub unknown: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mae: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rmse: Option<f64>,
+    /// A fraction: 0.1 is 10 %.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mape: Option<f64>,
+    /// Absolute error quantiles (p50, p90, p99) across the devices.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abs_error: Option<ErrorQuantiles>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_loss: Option<f64>,
+    /// (truth, predicted, rows), at most 32 labels; rows beyond in `confusion_other`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub confusion: Vec<(String, String, u64)>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confusion_other: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ErrorQuantiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+}
+
+impl QualityReport {
+    pub fn of(q: &ModelQuality) -> Self {
+        let abs_error = q.regression.as_ref().and_then(|r| {
+            let view = r.abs_error.view();
+            Some(ErrorQuantiles {
+                p50: view.quantile(0.5)?,
+                p90: view.quantile(0.9)?,
+                p99: view.quantile(0.99)?,
+            })
+        });
+        let c = q.classification.as_ref();
+        QualityReport {
+            task: q.task(),
+            matched: q.matched,
+            late: q.late,
+            unknown: q.unknown,
+            mae: q.mae(),
+            rmse: q.rmse(),
+            mape: q.mape(),
+            abs_error,
+            accuracy: q.accuracy(),
+            log_loss: q.log_loss(),
+            confusion: c
+                .map(|c| {
+                    c.cells()
+                        .map(|(t, p, n)| (t.to_owned(), p.to_owned(), n))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            confusion_other: c.map(|c| c.other),
+        }
+    }
 }
 
 /// One model version across the fleet over the last hour: what the hub republishes on
@@ -60,6 +136,8 @@ pub struct VersionReport {
     pub latency_ms: LatencyMs,
     pub drifted: Vec<String>,
     pub drift: Vec<FeatureDrift>,
+    /// Prediction quality over the same hour; none without feedback.
+    pub quality: Option<QualityReport>,
     pub updated_at: u64,
 }
 
@@ -157,6 +235,7 @@ impl Telemetry {
             None => ALL.to_owned(),
         };
         let merged = self.store.aggregate(model, version, &scope, from, to)?;
+        let quality = self.store.quality(model, version, &scope, from, to)?;
         let (has_reference, mut columns) = self.drift_of(model, version, merged.as_ref())?;
         if let Some(f) = &q.feature {
             columns.retain(|c| &c.column == f);
@@ -173,6 +252,7 @@ impl Telemetry {
             rows: merged.as_ref().map_or(0, |m| m.profile.rows),
             has_reference,
             columns,
+            quality: quality.as_ref().map(QualityReport::of),
         })
     }
 
@@ -180,6 +260,7 @@ impl Telemetry {
     pub fn version_report(&self, model: &str, version: u64, now: u64) -> HubResult<VersionReport> {
         let (from, to) = (now.saturating_sub(HOUR), now + 1);
         let merged = self.store.aggregate(model, version, ALL, from, to)?;
+        let quality = self.store.quality(model, version, ALL, from, to)?;
         let (_, columns) = self.drift_of(model, version, merged.as_ref())?;
         let (requests, errors) = merged.as_ref().map_or((0, 0), |m| (m.requests, m.errors));
         Ok(VersionReport {
@@ -210,6 +291,7 @@ impl Telemetry {
                     drifted: c.drifted,
                 })
                 .collect(),
+            quality: quality.as_ref().map(QualityReport::of),
             updated_at: now,
         })
     }

@@ -5,6 +5,8 @@
 //!   here was stored before (QoS 1 and the agent's resends deliver duplicates).
 //! - `telemetry_agg`: model \0 version-be \0 hour-be \0 scope → [`Aggregate`], scope `*` (every
 //!   device) or a device tag. Profiles and latency merged across devices and windows.
+//! - `telemetry_quality`: the same keys as `telemetry_agg` → [`ModelQuality`]: prediction
+//!   quality from ground truth (feedback matched on the devices), merged the same way.
 //! - `telemetry_latest`: device → [`DeviceTelemetry`], its latest window with per-model drift.
 //! - `liveness`: device → [`Liveness`], from heartbeats and last wills.
 //! - `drift_config`: model → [`DriftConfig`] (methods and thresholds; default Evidently's).
@@ -18,6 +20,7 @@
 
 use edgefleet_common::device::ModelRef;
 use edgefleet_common::drift::{ColumnDrift, DriftConfig};
+use edgefleet_common::quality::ModelQuality;
 use edgefleet_common::telemetry::{Health, OutboxStats};
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +76,7 @@ pub struct TelemetryStore {
     db: sled::Db,
     pub(super) seen: sled::Tree,
     pub(super) agg: sled::Tree,
+    pub(super) quality: sled::Tree,
     pub(super) latest: sled::Tree,
     liveness: sled::Tree,
     drift_config: sled::Tree,
@@ -94,6 +98,7 @@ impl TelemetryStore {
         Ok(Self {
             seen: db.open_tree("telemetry_seen")?,
             agg: db.open_tree("telemetry_agg")?,
+            quality: db.open_tree("telemetry_quality")?,
             latest: db.open_tree("telemetry_latest")?,
             liveness: db.open_tree("liveness")?,
             drift_config: db.open_tree("drift_config")?,
@@ -183,7 +188,45 @@ impl TelemetryStore {
         Ok(out)
     }
 
-    /// Model versions with data in hours `[from, to)` (fleet-wide scope).
+    /// The merged prediction quality of a model version over hours `[from, to)` for one
+    /// scope; none when no feedback was reported.
+    pub fn quality(
+        &self,
+        model: &str,
+        version: u64,
+        scope: &str,
+        from: u64,
+        to: u64,
+    ) -> HubResult<Option<ModelQuality>> {
+        let prefix = version_prefix(model, version);
+        let mut start = prefix.clone();
+        start.extend_from_slice(&(from / HOUR * HOUR).to_be_bytes());
+        let mut out: Option<ModelQuality> = None;
+        for item in self.quality.range(start..) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let Some((_, _, hour, s)) = parse_agg_key(&k) else {
+                continue;
+            };
+            if hour >= to {
+                break;
+            }
+            if s != scope {
+                continue;
+            }
+            let q: ModelQuality = decode(&v)?;
+            match out.as_mut() {
+                None => out = Some(q),
+                Some(acc) => acc
+                    .merge(&q)
+                    .map_err(|e| HubError::Internal(e.to_string()))?,
+            }
+        }
+        Ok(out)
+    }
+
     /// Puts a device's windows of `model` in a cohort (`Some`) or takes them out (`None`).
     pub fn set_cohort(&self, device: &str, model: &str, scope: Option<&str>) -> HubResult<()> {
         let key = cohort_key(device, model);
@@ -213,12 +256,18 @@ impl TelemetryStore {
             .collect()
     }
 
-    /// The versions of `model` with data in `scope`, any hour.
+    /// The versions of `model` with data (windows or feedback) in `scope`, any hour.
     pub fn versions_in_scope(&self, model: &str, scope: &str) -> HubResult<Vec<u64>> {
         let mut prefix = model.as_bytes().to_vec();
         prefix.push(0);
         let mut out: Vec<u64> = Vec::new();
-        for k in self.agg.scan_prefix(&prefix).keys() {
+        // Feedback too: a version may have only ground truth in the scope.
+        for k in self
+            .agg
+            .scan_prefix(&prefix)
+            .keys()
+            .chain(self.quality.scan_prefix(&prefix).keys())
+        {
             if let Some((_, version, _, s)) = parse_agg_key(&k?)
                 && s == scope
                 && !out.contains(&version)
@@ -229,9 +278,11 @@ impl TelemetryStore {
         Ok(out)
     }
 
+    /// Model versions with data in hours `[from, to)` (fleet-wide scope).
     pub fn versions_with_data(&self, from: u64, to: u64) -> HubResult<Vec<(String, u64)>> {
         let mut out: Vec<(String, u64)> = Vec::new();
-        for item in self.agg.iter().keys() {
+        // A version may have only feedback in the range (it stopped serving).
+        for item in self.agg.iter().keys().chain(self.quality.iter().keys()) {
             let k = item?;
             if let Some((model, version, hour, scope)) = parse_agg_key(&k)
                 && scope == ALL
@@ -241,6 +292,7 @@ impl TelemetryStore {
                 out.push((model, version));
             }
         }
+        out.sort();
         out.dedup();
         Ok(out)
     }
@@ -275,11 +327,13 @@ impl TelemetryStore {
             }
         }
         let mut aggregates = 0;
-        for item in self.agg.iter().keys() {
-            let k = item?;
-            if parse_agg_key(&k).is_some_and(|(_, _, hour, _)| hour + HOUR <= cutoff) {
-                self.agg.remove(k)?;
-                aggregates += 1;
+        for tree in [&self.agg, &self.quality] {
+            for item in tree.iter().keys() {
+                let k = item?;
+                if parse_agg_key(&k).is_some_and(|(_, _, hour, _)| hour + HOUR <= cutoff) {
+                    tree.remove(k)?;
+                    aggregates += 1;
+                }
             }
         }
         Ok((markers, aggregates))

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use edgefleet_common::drift::{DriftConfig, profile_drift};
+use edgefleet_common::quality::ModelQuality;
 use edgefleet_common::telemetry::{DecodedWindow, TelemetryRecord};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -52,6 +53,8 @@ pub struct TelemetryWriter {
     store: TelemetryStore,
     /// Aggregate key → (its hour, the aggregate as committed, plus this group's merges).
     hot: HashMap<Vec<u8>, (u64, Merged)>,
+    /// The same for prediction quality (`telemetry_quality`, same keys).
+    hot_quality: HashMap<Vec<u8>, (u64, ModelQuality)>,
     group: Group,
     /// The group holds part of a record: committing it would store half a record.
     poisoned: bool,
@@ -61,6 +64,7 @@ pub struct TelemetryWriter {
 #[derive(Default)]
 struct Group {
     dirty: std::collections::HashSet<Vec<u8>>,
+    dirty_quality: std::collections::HashSet<Vec<u8>>,
     /// Device → its latest window (a later record of the group replaces an earlier one).
     latest: HashMap<String, Vec<u8>>,
     /// Dedup markers: key → window end.
@@ -81,6 +85,7 @@ impl TelemetryWriter {
         Self {
             store,
             hot: HashMap::new(),
+            hot_quality: HashMap::new(),
             group: Group::default(),
             poisoned: false,
         }
@@ -130,6 +135,22 @@ impl TelemetryWriter {
                 targets.push((k, i));
             }
         }
+        let mut quality_targets = Vec::with_capacity(record.quality.len() * scopes.len());
+        for (i, q) in record.quality.iter().enumerate() {
+            for scope in &scopes {
+                let k = agg_key(&q.model, q.version, hour, scope);
+                if let Some(current) = self.load_quality(&k, hour)? {
+                    let mut trial = current.clone();
+                    if let Err(e) = trial.merge(q) {
+                        return Ok(Staged::Unmergeable(format!(
+                            "model {} v{}: the quality does not merge with the fleet's: {e}",
+                            q.model, q.version
+                        )));
+                    }
+                }
+                quality_targets.push((k, i));
+            }
+        }
         let latest = encode(&DeviceTelemetry {
             seq: record.seq,
             window_start: record.window_start,
@@ -159,6 +180,21 @@ impl TelemetryWriter {
             }
             self.group.dirty.insert(k);
         }
+        for (k, i) in quality_targets {
+            let q = &record.quality[i];
+            match self.hot_quality.get_mut(&k) {
+                Some((_, current)) => {
+                    if let Err(e) = current.merge(q) {
+                        self.poisoned = true;
+                        return Err(HubError::Internal(format!("a checked merge refused: {e}")));
+                    }
+                }
+                None => {
+                    self.hot_quality.insert(k.clone(), (hour, q.clone()));
+                }
+            }
+            self.group.dirty_quality.insert(k);
+        }
         self.group.latest.insert(record.device_id.clone(), latest);
         self.group.seen.insert(key, record.window_end);
         Ok(Staged::Stored)
@@ -173,6 +209,17 @@ impl TelemetryWriter {
             self.hot.insert(k.to_vec(), (hour, m));
         }
         Ok(self.hot.get(k).map(|(_, m)| m))
+    }
+
+    /// The quality under `k`, read from disk into the hot set the first time.
+    fn load_quality(&mut self, k: &[u8], hour: u64) -> HubResult<Option<&ModelQuality>> {
+        if !self.hot_quality.contains_key(k)
+            && let Some(bytes) = self.store.quality.get(k)?
+        {
+            let q = decode_stored::<ModelQuality>("stored telemetry", &bytes)?;
+            self.hot_quality.insert(k.to_vec(), (hour, q));
+        }
+        Ok(self.hot_quality.get(k).map(|(_, q)| q))
     }
 
     /// Writes the staged group in one transaction (not flushed: the caller flushes before it
@@ -196,6 +243,9 @@ impl TelemetryWriter {
             for k in &group.dirty {
                 self.hot.remove(k);
             }
+            for k in &group.dirty_quality {
+                self.hot_quality.remove(k);
+            }
         }
         written?;
         self.evict();
@@ -211,31 +261,53 @@ impl TelemetryWriter {
                 .ok_or_else(|| HubError::Internal("a staged aggregate is missing".into()))?;
             aggregates.push((k.as_slice(), encode(&m.encode())?));
         }
+        let mut qualities = Vec::with_capacity(group.dirty_quality.len());
+        for k in &group.dirty_quality {
+            let (_, q) = self
+                .hot_quality
+                .get(k)
+                .ok_or_else(|| HubError::Internal("a staged quality is missing".into()))?;
+            qualities.push((k.as_slice(), encode(q)?));
+        }
         let store = &self.store;
-        let result: Result<(), TransactionError<()>> = (&store.seen, &store.agg, &store.latest)
-            .transaction(|(seen, agg, latest)| {
-                for (k, v) in &aggregates {
-                    agg.insert(*k, v.as_slice())?;
-                }
-                for (device, v) in &group.latest {
-                    latest.insert(device.as_bytes(), v.as_slice())?;
-                }
-                for (k, end) in &group.seen {
-                    seen.insert(k.as_slice(), &end.to_be_bytes())?;
-                }
-                Ok::<_, ConflictableTransactionError<()>>(())
-            });
+        let result: Result<(), TransactionError<()>> =
+            (&store.seen, &store.agg, &store.latest, &store.quality).transaction(
+                |(seen, agg, latest, quality)| {
+                    for (k, v) in &aggregates {
+                        agg.insert(*k, v.as_slice())?;
+                    }
+                    for (k, v) in &qualities {
+                        quality.insert(*k, v.as_slice())?;
+                    }
+                    for (device, v) in &group.latest {
+                        latest.insert(device.as_bytes(), v.as_slice())?;
+                    }
+                    for (k, end) in &group.seen {
+                        seen.insert(k.as_slice(), &end.to_be_bytes())?;
+                    }
+                    Ok::<_, ConflictableTransactionError<()>>(())
+                },
+            );
         result.map_err(|e| HubError::Internal(format!("telemetry commit: {e:?}")))
     }
 
     /// Keeps the newest two hours (late windows of the last hour are common), within
     /// [`MAX_HOT_AGGREGATES`].
     fn evict(&mut self) {
-        let newest = self.hot.values().map(|(h, _)| *h).max().unwrap_or(0);
+        let newest = self
+            .hot
+            .values()
+            .map(|(h, _)| *h)
+            .chain(self.hot_quality.values().map(|(h, _)| *h))
+            .max()
+            .unwrap_or(0);
         self.hot
             .retain(|_, (h, _)| h.saturating_add(HOUR) >= newest);
-        if self.hot.len() > MAX_HOT_AGGREGATES {
+        self.hot_quality
+            .retain(|_, (h, _)| h.saturating_add(HOUR) >= newest);
+        if self.hot.len() + self.hot_quality.len() > MAX_HOT_AGGREGATES {
             self.hot.clear();
+            self.hot_quality.clear();
         }
     }
 }
