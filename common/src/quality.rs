@@ -6,9 +6,9 @@
 //! the hub adds windows of many devices and hours like the drift sketches.
 //!
 //! - Regression (a float output): every element's absolute error goes into a
-//!   [`NumericSketch`], whose exact mean is the MAE, whose moments give the RMSE and whose KLL
-//!   sketch gives error quantiles fleet-wide; the absolute percentage error (rows whose truth is
-//!   not 0) goes into another, whose mean is the MAPE.
+//!   [`NumericSketch`] (k = [`ERROR_K`]), whose exact mean is the MAE, whose moments give the
+//!   RMSE and whose KLL sketch gives error quantiles fleet-wide; the absolute percentage error
+//!   (elements whose truth is not 0) is summed for the MAPE.
 //! - Classification (an integer, boolean or text label output): correct count, log-loss when
 //!   the model serves probabilities, and a confusion matrix of up to [`MAX_CLASSES`] labels
 //!   (pairs beyond it are counted in `other`).
@@ -25,6 +25,9 @@ use crate::sketch::{MAX_COUNT, NumericSketch};
 pub const MAX_CLASSES: usize = 32;
 /// Longest label, in bytes.
 pub const MAX_LABEL_BYTES: usize = 64;
+/// KLL's k for the absolute errors: rank error about 3 % (k = 200 would double the bytes a
+/// window adds, and the daily byte budget is 2 MB per device).
+pub const ERROR_K: u16 = 100;
 /// Probabilities are clipped to `[EPSILON, 1]` before the log (scikit-learn's choice), so a
 /// confident wrong answer costs about 34.5, not infinity.
 pub const EPSILON: f64 = 1e-15;
@@ -50,8 +53,33 @@ pub struct ModelQuality {
 pub struct RegressionQuality {
     /// `|predicted − truth|` per output element.
     pub abs_error: NumericSketch,
-    /// `|predicted − truth| / |truth|` per element whose truth is not 0.
-    pub abs_pct_error: NumericSketch,
+    /// Sum of `|predicted − truth| / |truth|` over the `pct_elements` elements whose truth is
+    /// not 0.
+    pub pct_error_sum: f64,
+    pub pct_elements: u64,
+}
+
+impl RegressionQuality {
+    fn new() -> Self {
+        Self {
+            abs_error: NumericSketch::new(ERROR_K)
+                .unwrap_or_else(|_| unreachable!("ERROR_K is valid")),
+            pct_error_sum: 0.0,
+            pct_elements: 0,
+        }
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        let ok = self.pct_error_sum.is_finite()
+            && self.pct_error_sum >= 0.0
+            && self.pct_elements <= self.abs_error.count()
+            && self.abs_error.min().is_none_or(|m| m >= 0.0);
+        if ok {
+            Ok(())
+        } else {
+            Err("regression errors out of range".into())
+        }
+    }
 }
 
 /// A classifier's record against the truth.
@@ -147,15 +175,18 @@ impl ModelQuality {
         if self.classification.is_some() {
             return Err(invalid("a classifier's prediction scored as a regression"));
         }
-        let r = self.regression.get_or_insert_with(|| RegressionQuality {
-            abs_error: NumericSketch::default(),
-            abs_pct_error: NumericSketch::default(),
-        });
+        if predicted.iter().chain(truth).any(|v| !v.is_finite()) {
+            return Err(invalid(
+                "predictions and true values must be finite numbers",
+            ));
+        }
+        let r = self.regression.get_or_insert_with(RegressionQuality::new);
         for (p, t) in predicted.iter().zip(truth) {
             let e = (p - t).abs();
             r.abs_error.update(e);
             if *t != 0.0 {
-                r.abs_pct_error.update(e / t.abs());
+                r.pct_error_sum += e / t.abs();
+                r.pct_elements += 1;
             }
         }
         self.count(late);
@@ -215,12 +246,12 @@ impl ModelQuality {
         }
         match (&mut self.regression, &other.regression) {
             (Some(a), Some(b)) => {
-                // Check both merges on copies first: a failure leaves `self` as it was.
-                let (mut abs, mut pct) = (a.abs_error.clone(), a.abs_pct_error.clone());
-                abs.merge(&b.abs_error)
-                    .and_then(|()| pct.merge(&b.abs_pct_error))
+                // The sketch's merge changes nothing when it refuses: `self` stays as it was.
+                a.abs_error
+                    .merge(&b.abs_error)
                     .map_err(|e| invalid(e.to_string()))?;
-                (a.abs_error, a.abs_pct_error) = (abs, pct);
+                a.pct_error_sum += b.pct_error_sum;
+                a.pct_elements = a.pct_elements.saturating_add(b.pct_elements);
             }
             (None, Some(b)) => self.regression = Some(b.clone()),
             _ => {}
@@ -255,6 +286,10 @@ impl ModelQuality {
             c.validate()
                 .map_err(|e| invalid(format!("model {}: {e}", self.model)))?;
         }
+        if let Some(r) = &self.regression {
+            r.validate()
+                .map_err(|e| invalid(format!("model {}: {e}", self.model)))?;
+        }
         Ok(())
     }
 
@@ -272,7 +307,8 @@ impl ModelQuality {
 
     /// Mean absolute percentage error, as a fraction (0.1 = 10 %), over truths that are not 0.
     pub fn mape(&self) -> Option<f64> {
-        self.regression.as_ref()?.abs_pct_error.mean()
+        let r = self.regression.as_ref()?;
+        (r.pct_elements > 0).then(|| r.pct_error_sum / r.pct_elements as f64)
     }
 
     /// The `q`-quantile of the absolute error.
@@ -418,6 +454,13 @@ mod tests {
         assert!((q.mape().expect("mape") - mape).abs() < 1e-12);
         assert_eq!(q.matched, 4);
         assert!(q.score_values(&[1.0, 2.0], &[1.0], false).is_err());
+        assert!(q.score_values(&[1.0], &[f64::NAN], false).is_err());
+        assert_eq!(q.matched, 4, "refused rows are not counted");
+        let mut neg = q.clone();
+        if let Some(r) = neg.regression.as_mut() {
+            r.pct_error_sum = -1.0;
+        }
+        assert!(neg.validate().is_err());
         assert!(q.score_label("a", "a", None, false).is_err());
     }
 
@@ -492,10 +535,7 @@ mod tests {
         }
         assert!(dup.validate().is_err());
         let mut both = q.clone();
-        both.regression = Some(RegressionQuality {
-            abs_error: NumericSketch::default(),
-            abs_pct_error: NumericSketch::default(),
-        });
+        both.regression = Some(RegressionQuality::new());
         assert!(both.validate().is_err());
         let mut nan = q;
         if let Some(c) = nan.classification.as_mut() {

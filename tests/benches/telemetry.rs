@@ -145,8 +145,22 @@ fn main() -> anyhow::Result<()> {
     let device = SecretKey::from_seed([9; 32]);
     let hub = SecretKey::from_seed([8; 32]);
     let root = SecretKey::from_seed([7; 32]);
-    for rows in [900usize, 9_000] {
-        let r = record("shop-00001", 1, rows, &mut rng);
+    for (rows, with_quality) in [
+        (900usize, false),
+        (900, true),
+        (9_000, false),
+        (9_000, true),
+    ] {
+        let mut r = record("shop-00001", 1, rows, &mut rng);
+        if with_quality {
+            // Ground truth for every request of the window: a regression's errors.
+            let mut q = edgefleet_common::quality::ModelQuality::new("demand", 1);
+            for _ in 0..rows {
+                let truth = 50.0 + 10.0 * rng.normal();
+                q.score_values(&[truth + 3.0 * rng.normal()], &[truth], false)?;
+            }
+            r.quality = vec![q];
+        }
         let profile_bytes = r.models[0].profile.len();
         let signed = Signed::sign(&r, &device, None)?.to_bytes()?;
         let packed = pack_record(&signed);
@@ -196,7 +210,8 @@ fn main() -> anyhow::Result<()> {
         let per_day_up = 96 * up_record + 288 * hb + 2880 * 2; // heartbeat every 300 s, PINGREQ every 30 s
         let per_day_down = 96 * down_ack + 2880 * 2;
         println!(
-            "bytes\t{rows} requests/window\tprofile {profile_bytes} B ({} B per column)\tsigned record {} B, deflated {} B, heartbeat {} B, ack {} B\tper day up {:.2} MB (records {:.2} MB, heartbeats {:.2} MB) down {:.2} MB",
+            "bytes\t{rows} requests/window{}\tprofile {profile_bytes} B ({} B per column)\tsigned record {} B, deflated {} B, heartbeat {} B, ack {} B\tper day up {:.2} MB (records {:.2} MB, heartbeats {:.2} MB) down {:.2} MB",
+            if with_quality { ", truth for each" } else { "" },
             profile_bytes / 9,
             signed.len(),
             packed.len(),
