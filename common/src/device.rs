@@ -131,7 +131,9 @@ pub enum InstallPhase {
     Removing,
 }
 
-/// The newest bundle format: 2 added the signed telemetry-window instruction.
+/// The newest bundle format the agent reads: 2 added the signed telemetry-window instruction
+/// and the assigned set. Format 3 (sample-capture instructions) is defined and decoded, and
+/// becomes the newest when the agent captures samples.
 pub const BUNDLE_FORMAT: u32 = 2;
 
 /// The HTTP request header in which an agent's poll names the newest bundle format it reads
@@ -139,8 +141,9 @@ pub const BUNDLE_FORMAT: u32 = 2;
 pub const BUNDLE_FORMAT_HEADER: &str = "edgefleet-bundle-format";
 
 /// The hub's reply to `GET /api/v1/device/assignments` and its retained MQTT message: the
-/// signed assignments that apply to the device, the root rotation chain, and (format 2) a
-/// signed telemetry-window instruction. Encode with [`AssignmentBundle::to_wire`] for the
+/// signed assignments that apply to the device, the root rotation chain, (format 2) a
+/// signed telemetry-window instruction and the signed assigned set, and (format 3) signed
+/// sample-capture instructions. Encode with [`AssignmentBundle::to_wire`] for the
 /// format the device reads, decode with [`AssignmentBundle::from_wire`], which reads both.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AssignmentBundle {
@@ -151,6 +154,18 @@ pub struct AssignmentBundle {
     /// The models assigned to the device, signed: the only statement an agent removes a
     /// model on (the bundle itself is an unsigned container anyone on the broker could forge).
     pub assigned: Option<crate::trust::Signed<AssignedSet>>,
+    /// Format 3: per model whose samples the hub collects, a signed capture instruction for
+    /// this device. None: no capture.
+    pub capture: Vec<crate::trust::Signed<crate::sample::CaptureInstruction>>,
+}
+
+/// Format 2 of the bundle, as agents before sample capture decode it.
+#[derive(Serialize, Deserialize)]
+struct BundleV2 {
+    assignments: Vec<crate::trust::Signed<crate::assignment::Assignment>>,
+    rotations: Vec<crate::trust::RootRotation>,
+    window: Option<crate::trust::Signed<WindowInstruction>>,
+    assigned: Option<crate::trust::Signed<AssignedSet>>,
 }
 
 /// Format 1 of the bundle, as agents older than format 2 decode it.
@@ -161,35 +176,49 @@ struct BundleV1 {
 }
 
 impl AssignmentBundle {
-    /// The bundle's bytes in `format` (1, or 2 and later). Format 1 leaves the window
-    /// instruction out: an older agent refuses bytes it does not expect.
+    /// The bundle's bytes in `format` (1, 2, or 3 and later). An older format leaves out what
+    /// it does not have: an older agent refuses bytes it does not expect.
     pub fn to_wire(&self, format: u32) -> Result<Vec<u8>> {
-        if format >= 2 {
-            crate::encoding::to_bytes(self)
-        } else {
-            crate::encoding::to_bytes(&BundleV1 {
+        match format {
+            3.. => crate::encoding::to_bytes(self),
+            2 => crate::encoding::to_bytes(&BundleV2 {
                 assignments: self.assignments.clone(),
                 rotations: self.rotations.clone(),
-            })
+                window: self.window.clone(),
+                assigned: self.assigned.clone(),
+            }),
+            _ => crate::encoding::to_bytes(&BundleV1 {
+                assignments: self.assignments.clone(),
+                rotations: self.rotations.clone(),
+            }),
         }
     }
 
-    /// Reads format 2, else format 1. Unambiguous: format 2 is format 1 plus two options at
-    /// the end, and both decoders refuse missing or trailing bytes.
+    /// Reads format 3, else 2, else 1. Unambiguous: each format is the one before plus fields
+    /// at the end, and every decoder refuses missing or trailing bytes.
     pub fn from_wire(bytes: &[u8]) -> Result<Self> {
         const WHAT: &str = "assignment bundle";
-        match crate::encoding::from_bytes::<Self>(WHAT, bytes) {
-            Ok(b) => Ok(b),
-            Err(v2) => match crate::encoding::from_bytes::<BundleV1>(WHAT, bytes) {
-                Ok(v1) => Ok(Self {
-                    assignments: v1.assignments,
-                    rotations: v1.rotations,
-                    window: None,
-                    assigned: None,
-                }),
-                // The newer format's complaint is the useful one.
-                Err(_) => Err(v2),
-            },
+        let v3 = match crate::encoding::from_bytes::<Self>(WHAT, bytes) {
+            Ok(b) => return Ok(b),
+            Err(e) => e,
+        };
+        if let Ok(v2) = crate::encoding::from_bytes::<BundleV2>(WHAT, bytes) {
+            return Ok(Self {
+                assignments: v2.assignments,
+                rotations: v2.rotations,
+                window: v2.window,
+                assigned: v2.assigned,
+                capture: Vec::new(),
+            });
+        }
+        match crate::encoding::from_bytes::<BundleV1>(WHAT, bytes) {
+            Ok(v1) => Ok(Self {
+                assignments: v1.assignments,
+                rotations: v1.rotations,
+                ..Self::default()
+            }),
+            // The newest format's complaint is the useful one.
+            Err(_) => Err(v3),
         }
     }
 }

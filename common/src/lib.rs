@@ -19,6 +19,7 @@ pub mod keys;
 pub mod manifest;
 pub mod name;
 pub mod quality;
+pub mod sample;
 pub mod sketch;
 pub mod telemetry;
 pub mod tensor;

@@ -45,6 +45,11 @@ pub mod topic {
     pub fn health(device: &str) -> String {
         format!("{PREFIX}/devices/{device}/health")
     }
+    /// Device → hub: signed [`SampleBatch`](crate::sample::SampleBatch)es, QoS 1, acked on
+    /// [`ack`] like telemetry (one sequence counter for both).
+    pub fn samples(device: &str) -> String {
+        format!("{PREFIX}/devices/{device}/samples")
+    }
     /// Hub → device: signed [`TelemetryAck`](super::TelemetryAck)s, QoS 1.
     pub fn ack(device: &str) -> String {
         format!("{PREFIX}/devices/{device}/ack")
@@ -60,6 +65,7 @@ pub mod topic {
     /// The hub's subscriptions.
     pub const ALL_TELEMETRY: &str = "edgefleet/v1/devices/+/telemetry";
     pub const ALL_HEALTH: &str = "edgefleet/v1/devices/+/health";
+    pub const ALL_SAMPLES: &str = "edgefleet/v1/devices/+/samples";
 
     /// The device id in `edgefleet/v1/devices/{id}/{leaf}`, if the topic has that shape.
     pub fn device_of<'a>(topic: &'a str, leaf: &str) -> Option<&'a str> {

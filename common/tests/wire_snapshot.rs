@@ -361,6 +361,7 @@ fn bundle_formats_and_window_instruction_bytes() {
             )
             .expect("sign"),
         ),
+        capture: vec![],
     };
     let v2 = bundle.to_wire(2).expect("v2");
     let v1 = bundle.to_wire(1).expect("v1");
@@ -393,6 +394,39 @@ fn bundle_formats_and_window_instruction_bytes() {
     assert_eq!(AssignmentBundle::from_wire(&v1).expect("v1"), none);
     let bad = AssignmentBundle::from_wire(&v2[..v2.len() - 3]).expect_err("truncated");
     assert!(bad.to_string().contains("assignment bundle"), "{bad}");
+    // Format 3 adds the capture instructions at the end: format 2 is format 3 without them,
+    // minus their (empty) length byte, and a format-3 reader reads all three.
+    let capture = edgefleet_common::sample::CaptureInstruction {
+        device: "shop-1".into(),
+        model: "demand".into(),
+        rate_ppm: 250_000,
+        max_rows: 100,
+        serial: 303,
+        issued_at: 5,
+        expires_at: 600,
+    };
+    expect![[r#"
+        0673686f702d310664656d616e6490a10f64af0205d804
+    "#]]
+    .assert_eq(&wrap(&hex::encode(
+        encoding::to_bytes(&capture).expect("c"),
+    )));
+    let with_capture = AssignmentBundle {
+        capture: vec![Signed::sign(&capture, &key, None).expect("sign")],
+        ..bundle.clone()
+    };
+    let v3 = with_capture.to_wire(3).expect("v3");
+    assert_eq!(
+        bundle.to_wire(3).expect("v3"),
+        [v2.clone(), vec![0]].concat()
+    );
+    assert_eq!(with_capture.to_wire(2).expect("v2"), v2);
+    assert_eq!(AssignmentBundle::from_wire(&v3).expect("v3"), with_capture);
+    assert_eq!(AssignmentBundle::from_wire(&v2).expect("v2"), bundle);
+    assert_eq!(
+        encoding::domain_prefix(edgefleet_common::sample::SampleBatch::KIND),
+        b"EDGEFLEET\0samples\0\x01"
+    );
     // The instruction's own checks.
     let ok = w.validate_for("shop-1", 10);
     assert!(ok.is_ok(), "{ok:?}");
@@ -457,4 +491,38 @@ struct RecordV1 {
 impl Document for RecordV1 {
     const KIND: &'static str = "telemetry";
     const WHAT: &'static str = "telemetry record";
+}
+
+/// A sample batch: one captured row of (inputs, prediction, truth).
+#[test]
+fn sample_batch_bytes() {
+    use edgefleet_common::sample::{SampleBatch, SampleRow, Value};
+    let batch = SampleBatch {
+        device_id: "shop-1".into(),
+        seq: 3,
+        model: "demand".into(),
+        version: 2,
+        window_start: 1_700_000_000,
+        window_end: 1_700_000_900,
+        offered: 5,
+        inputs: vec!["fuel".into(), "temp".into()],
+        outputs: vec!["y".into()],
+        rows: vec![SampleRow {
+            made_at: 1_700_000_100,
+            inputs: vec![1.5, 20.0],
+            predicted: vec![Value::Number(10.0)],
+            truth: vec![Value::Label("12".into())],
+        }],
+    };
+    batch.validate().expect("valid");
+    let body = encoding::to_bytes(&batch).expect("encode");
+    expect![[r#"
+        0673686f702d31030664656d616e640280e2cfaa0684e9
+        cfaa060502046675656c0474656d7001017901e4e2cfaa
+        0602000000000000f83f00000000000034400100000000
+        00000024400101023132
+    "#]]
+    .assert_eq(&wrap(&hex::encode(&body)));
+    let back: SampleBatch = encoding::from_bytes("sample batch", &body).expect("decode");
+    assert_eq!(back, batch);
 }

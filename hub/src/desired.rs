@@ -286,6 +286,7 @@ impl Desired {
             rotations: config.rotations.clone(),
             window,
             assigned: Some(assigned),
+            capture: Vec::new(),
         })
     }
 

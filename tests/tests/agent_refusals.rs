@@ -136,6 +136,7 @@ fn bundle(a: Assignment, key: &SecretKey) -> AssignmentBundle {
         rotations: vec![],
         window: None,
         assigned: None,
+        capture: vec![],
     }
 }
 
