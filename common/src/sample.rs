@@ -43,6 +43,15 @@ impl Document for CaptureInstruction {
     const WHAT: &'static str = "sample capture instruction";
 }
 
+/// The hub signs it under the root's delegation for assignments, and only for models the
+/// delegation's patterns cover: [`crate::Signed::verify`] checks both.
+impl crate::trust::Scoped for CaptureInstruction {
+    const PERMISSION: crate::Permission = crate::Permission::Assignments;
+    fn scope(&self) -> &str {
+        &self.model
+    }
+}
+
 impl CaptureInstruction {
     /// Checks what a device must check beyond the signature: for it, fresh, in range.
     pub fn validate_for(&self, device: &str, now: u64) -> Result<()> {

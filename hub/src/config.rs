@@ -57,6 +57,11 @@ pub struct HubConfig {
     pub offline_after_secs: u64,
     /// Telemetry (aggregates, dedup markers) is kept this long; older records are refused.
     pub telemetry_retention_days: u64,
+    /// Training samples devices captured (only for models whose capture an admin switched
+    /// on) are kept this long.
+    pub samples_retention_days: u64,
+    /// And at most this many bytes per model: past it the oldest windows' samples go first.
+    pub samples_max_bytes_per_model: u64,
     /// Log format: "text" or "json" (under journald, text lines carry no timestamps).
     pub log_format: String,
     /// Log level or filter directive, e.g. "info" or "edgefleet_agent=debug,info";
@@ -86,6 +91,8 @@ impl Default for HubConfig {
             max_telemetry_bytes: edgefleet_common::telemetry::DEFAULT_MAX_RECORD_BYTES as u64,
             offline_after_secs: 660,
             telemetry_retention_days: 30,
+            samples_retention_days: 30,
+            samples_max_bytes_per_model: 256 * 1024 * 1024,
             log_format: "text".into(),
             log_level: "info".into(),
         }
@@ -230,6 +237,14 @@ impl HubConfig {
                     .parse()
                     .map(|v| self.telemetry_retention_days = v)
                     .map_err(|e| format!("{e}")),
+                "SAMPLES_RETENTION_DAYS" => value
+                    .parse()
+                    .map(|v| self.samples_retention_days = v)
+                    .map_err(|e| format!("{e}")),
+                "SAMPLES_MAX_BYTES_PER_MODEL" => value
+                    .parse()
+                    .map(|v| self.samples_max_bytes_per_model = v)
+                    .map_err(|e| format!("{e}")),
                 "LOG_LEVEL" => {
                     self.log_level = value.clone();
                     Ok(())
@@ -292,6 +307,12 @@ impl HubConfig {
         }
         if !(1..=3650).contains(&self.telemetry_retention_days) {
             errors.push("telemetry_retention_days: must be 1..=3650".to_owned());
+        }
+        if !(1..=3650).contains(&self.samples_retention_days) {
+            errors.push("samples_retention_days: must be 1..=3650".to_owned());
+        }
+        if self.samples_max_bytes_per_model < 1024 * 1024 {
+            errors.push("samples_max_bytes_per_model: must be at least 1 MiB (1048576)".to_owned());
         }
         if let Some(t) = &self.enrollment_token
             && t.len() < 16

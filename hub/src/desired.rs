@@ -21,13 +21,24 @@ use std::sync::Arc;
 use edgefleet_common::device::{
     AssignedSet, AssignmentBundle, BUNDLE_FORMAT, ModelRef, WindowInstruction,
 };
+use edgefleet_common::sample::{CaptureInstruction, check_policy};
 use edgefleet_common::{Assignment, Permission, Signed, Target, name};
 use serde::Deserialize;
 
 use crate::config::SharedConfig;
 use crate::error::{HubError, HubResult};
 use crate::registry::Registry;
-use crate::store::{DesiredRecord, DeviceRecord, Store};
+use crate::store::{CapturePolicy, DesiredRecord, DeviceRecord, Store};
+
+/// A model's sample capture as an admin asks for it (`PUT /api/v1/models/{name}/capture`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureRequest {
+    /// The share of matched feedback rows offered to each window's reservoir, in (0, 1].
+    pub rate: f64,
+    /// Rows kept per window and device, 1..=10,000.
+    pub max_rows: u32,
+}
 
 #[derive(Clone)]
 pub struct Desired {
@@ -191,6 +202,56 @@ impl Desired {
         self.store.desired()
     }
 
+    /// Switches a model's sample capture on (`Some`: devices serving it keep a reservoir of
+    /// (inputs, prediction, truth) rows per window and upload it) or off (`None`). Devices
+    /// learn it with their next bundle, as a signed instruction each.
+    pub async fn set_capture(
+        &self,
+        model: &str,
+        req: Option<CaptureRequest>,
+    ) -> HubResult<Option<CapturePolicy>> {
+        self.registry.get(model)?;
+        let policy = match req {
+            Some(r) => {
+                let rate_ppm = if r.rate.is_finite() && r.rate > 0.0 && r.rate <= 1.0 {
+                    ((r.rate * 1e6).round() as u32).max(1)
+                } else {
+                    0
+                };
+                check_policy(rate_ppm, r.max_rows).map_err(|e| {
+                    HubError::Invalid(format!(
+                        "{e}; e.g. {{\"rate\": 0.1, \"max_rows\": 100}} (rate is a share of the matched feedback rows)"
+                    ))
+                })?;
+                Some(CapturePolicy {
+                    rate_ppm,
+                    max_rows: r.max_rows,
+                    set_at: crate::now(),
+                })
+            }
+            None => None,
+        };
+        self.store.put_capture_policy(model, policy.as_ref())?;
+        self.wrote();
+        self.store.flush().await?;
+        self.bump_generation();
+        match &policy {
+            Some(p) => tracing::info!(
+                model,
+                rate_ppm = p.rate_ppm,
+                max_rows = p.max_rows,
+                "sample capture on"
+            ),
+            None => tracing::info!(model, "sample capture off"),
+        }
+        Ok(policy)
+    }
+
+    pub fn capture_policy(&self, model: &str) -> HubResult<Option<CapturePolicy>> {
+        name::validate(model)?;
+        self.store.capture_policy(model)
+    }
+
     /// Sets (`Some`) or removes (`None`) a tag's target for `model`, without the admin checks
     /// of [`assign`](Self::assign): for drivers acting on a rollout an admin created. Not
     /// flushed and no generation bump: the caller commits.
@@ -280,13 +341,14 @@ impl Desired {
             .iter()
             .filter_map(|a| a.decode_unverified().ok().map(|a| a.model))
             .collect();
+        let capture = self.issue_capture(device, &names, &config, now)?;
         let assigned = self.issue_set(device, names, &config, now)?;
         Ok(AssignmentBundle {
             assignments: out,
             rotations: config.rotations.clone(),
             window,
             assigned: Some(assigned),
-            capture: Vec::new(),
+            capture,
         })
     }
 
@@ -326,6 +388,48 @@ impl Desired {
         let signed = Signed::sign(&set, &config.signing_key, Some(config.delegation.clone()))?;
         self.store.put_issued_set(&device.id, &signed)?;
         Ok(signed)
+    }
+
+    /// A signed capture instruction per assigned model whose capture is on, reused while it
+    /// matches the policy and is fresh; a model without one has its instruction forgotten.
+    fn issue_capture(
+        &self,
+        device: &DeviceRecord,
+        models: &[String],
+        config: &crate::config::RuntimeConfig,
+        now: u64,
+    ) -> HubResult<Vec<Signed<CaptureInstruction>>> {
+        let ttl = config.config.assignment_ttl_secs;
+        let mut out = Vec::new();
+        for model in models {
+            let Some(policy) = self.store.capture_policy(model)? else {
+                self.store.remove_issued_capture(&device.id, model)?;
+                continue;
+            };
+            if let Some(prev) = self.store.issued_capture(&device.id, model)? {
+                let c = prev.decode_unverified()?;
+                if c.rate_ppm == policy.rate_ppm
+                    && c.max_rows == policy.max_rows
+                    && c.expires_at > now + ttl / 2
+                {
+                    out.push(prev);
+                    continue;
+                }
+            }
+            let c = CaptureInstruction {
+                device: device.id.clone(),
+                model: model.clone(),
+                rate_ppm: policy.rate_ppm,
+                max_rows: policy.max_rows,
+                serial: self.store.next_serial()?,
+                issued_at: now,
+                expires_at: now + ttl,
+            };
+            let signed = Signed::sign(&c, &config.signing_key, Some(config.delegation.clone()))?;
+            self.store.put_issued_capture(&device.id, model, &signed)?;
+            out.push(signed);
+        }
+        Ok(out)
     }
 
     /// The signed window instruction a rollout asks of the device, reused while it matches

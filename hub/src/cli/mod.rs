@@ -175,6 +175,33 @@ pub enum Command {
         #[arg(long)]
         tag: Option<String>,
     },
+    /// Training samples of MODEL: switch capture on (--rate, --max-rows) or off (--off), or
+    /// show the policy. Devices serving the model then keep a reservoir of (inputs,
+    /// prediction, truth) rows per window, from matched ground truth, and upload it. Off by
+    /// default: nothing but sketches leaves a device until an admin switches it on.
+    Capture {
+        model: String,
+        /// The share of matched feedback rows offered to each window's reservoir, (0, 1].
+        #[arg(long, requires = "max_rows", conflicts_with = "off")]
+        rate: Option<f64>,
+        /// Rows kept per window and device, 1..=10000.
+        #[arg(long, requires = "rate", conflicts_with = "off")]
+        max_rows: Option<u32>,
+        /// Switch capture off.
+        #[arg(long)]
+        off: bool,
+    },
+    /// Samples of MODEL the hub holds (batches, rows, bytes, columns), or with --export FILE
+    /// the dataset as CSV, checked against the SHA-256 the hub computed, which it prints.
+    Samples {
+        model: String,
+        /// Write the CSV here.
+        #[arg(long)]
+        export: Option<std::path::PathBuf>,
+        /// Only this version's samples.
+        #[arg(long, requires = "export")]
+        version: Option<u64>,
+    },
     /// Fleet metrics of the last hour: devices online, per model version requests, errors,
     /// latency, drift and quality from ground truth, and the hub's telemetry ingest counters.
     Fleet,
@@ -657,6 +684,17 @@ async fn remote(cli: &Cli) -> anyhow::Result<()> {
             tag,
         } => Some(drift(&r, model, *version, *hours, tag.as_deref()).await?),
         Command::Fleet => Some(get("fleet/metrics").await?),
+        Command::Capture {
+            model,
+            rate,
+            max_rows,
+            off,
+        } => Some(capture(&r, model, *rate, *max_rows, *off).await?),
+        Command::Samples {
+            model,
+            export,
+            version,
+        } => Some(samples(&r, model, export.as_deref(), *version).await?),
         Command::Rollout { command } => rollout::run(&r, command, cli.json).await?,
         Command::Status { device: None } => {
             let devices = get("devices").await?;
@@ -812,6 +850,88 @@ async fn unassign(
             .json(&serde_json::json!({"target": target, "model": model})),
     )
     .await
+}
+
+async fn capture(
+    r: &Remote,
+    model: &str,
+    rate: Option<f64>,
+    max_rows: Option<u32>,
+    off: bool,
+) -> anyhow::Result<serde_json::Value> {
+    name::validate(model)?;
+    let url = r.url(&format!("models/{model}/capture"));
+    match (rate, max_rows) {
+        (Some(rate), Some(max_rows)) => {
+            if !(rate.is_finite() && rate > 0.0 && rate <= 1.0) {
+                bail!("--rate {rate} must be in (0, 1], e.g. 0.1");
+            }
+            if !(1..=edgefleet_common::sample::MAX_ROWS_PER_WINDOW).contains(&max_rows) {
+                bail!("--max-rows {max_rows} must be 1..=10000");
+            }
+            r.send(
+                r.http
+                    .put(url)
+                    .json(&serde_json::json!({"rate": rate, "max_rows": max_rows})),
+            )
+            .await
+        }
+        _ if off => r.send(r.http.delete(url)).await,
+        _ => r.send(r.http.get(url)).await,
+    }
+}
+
+async fn samples(
+    r: &Remote,
+    model: &str,
+    export: Option<&std::path::Path>,
+    version: Option<u64>,
+) -> anyhow::Result<serde_json::Value> {
+    name::validate(model)?;
+    let Some(path) = export else {
+        return r
+            .send(r.http.get(r.url(&format!("models/{model}/samples"))))
+            .await;
+    };
+    let mut url = r.url(&format!("models/{model}/samples/export"));
+    if let Some(v) = version {
+        url.push_str(&format!("?version={v}"));
+    }
+    let resp = r
+        .http
+        .get(url)
+        .bearer_auth(&r.token)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the hub at {}", r.base))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        let msg = body
+            .get("error")
+            .and_then(|e| e.as_str())
+            .unwrap_or("no details");
+        bail!("hub answered {status}: {msg}");
+    }
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let claimed = header("x-edgefleet-dataset-sha256")
+        .context("the hub sent no dataset digest (x-edgefleet-dataset-sha256)")?;
+    let rows = header("x-edgefleet-dataset-rows").unwrap_or_default();
+    let csv = resp.bytes().await.context("reading the dataset")?;
+    let sha256 = edgefleet_common::Digest::of(&csv).to_string();
+    if sha256 != claimed {
+        bail!("the dataset's SHA-256 is {sha256}, the hub said {claimed}: not written");
+    }
+    std::fs::write(path, &csv).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(serde_json::json!({
+        "file": path.display().to_string(), "rows": rows.parse::<u64>().unwrap_or(0),
+        "bytes": csv.len(), "sha256": sha256,
+    }))
 }
 
 async fn drift(

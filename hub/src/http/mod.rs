@@ -15,6 +15,7 @@ mod fleet;
 mod models;
 mod prometheus;
 mod rollouts;
+mod samples;
 
 use std::sync::Arc;
 
@@ -45,6 +46,14 @@ pub fn router(hub: AppState) -> Router {
             "/api/v1/models/{name}/drift-config",
             get(fleet::get_drift_config).put(fleet::put_drift_config),
         )
+        .route(
+            "/api/v1/models/{name}/capture",
+            get(samples::get_capture)
+                .put(samples::put_capture)
+                .delete(samples::delete_capture),
+        )
+        .route("/api/v1/models/{name}/samples", get(samples::summary))
+        .route("/api/v1/models/{name}/samples/export", get(samples::export))
         .route(
             "/api/v1/blobs/{sha256}",
             put(models::put_blob).layer(DefaultBodyLimit::disable()),

@@ -32,7 +32,7 @@ pub(super) async fn run(
                 backoff = Duration::from_millis(200);
                 stats.connected.store(true, Ordering::Release);
                 tracing::info!(%broker, "hub connected to the MQTT broker");
-                for t in [topic::ALL_TELEMETRY, topic::ALL_HEALTH] {
+                for t in [topic::ALL_TELEMETRY, topic::ALL_HEALTH, topic::ALL_SAMPLES] {
                     if let Err(error) = client.try_subscribe(t, QoS::AtLeastOnce) {
                         tracing::error!(%error, "cannot subscribe to {t}");
                     }

@@ -31,6 +31,11 @@ fn route(m: Incoming) -> Message {
             device: device.to_owned(),
             payload: m.payload,
         }
+    } else if let Some(device) = topic::device_of(&m.topic, "samples") {
+        Message::Samples {
+            device: device.to_owned(),
+            payload: m.payload,
+        }
     } else {
         Message::Unrouted {
             size: m.payload.len(),

@@ -23,6 +23,21 @@ pub fn seen_key(device: &str, seq: u64) -> Vec<u8> {
     k
 }
 
+/// `telemetry_samples`: model \0 window end \0 version \0 device \0 seq: a model's samples
+/// oldest first, whatever their version (the byte cap drops the oldest).
+pub fn sample_key(model: &str, window_end: u64, version: u64, device: &str, seq: u64) -> Vec<u8> {
+    let mut k = model.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(&window_end.to_be_bytes());
+    k.push(0);
+    k.extend_from_slice(&version.to_be_bytes());
+    k.push(0);
+    k.extend_from_slice(device.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
 /// The prefix of every aggregate of one model version.
 pub fn version_prefix(model: &str, version: u64) -> Vec<u8> {
     let mut k = model.as_bytes().to_vec();

@@ -7,13 +7,16 @@
 //! `sessions` (sha256(token) → SessionRecord), `rollouts` (id-be → JSON), `rollout_audit`
 //! (id-be, sequence-be → JSON), `windows` (device → WindowOrder: the telemetry window a rollout
 //! asks of it), `issued_windows` (device → Signed<WindowInstruction>), `issued_sets` (device →
-//! Signed<AssignedSet>), `meta` (counters). Artifacts live under
+//! Signed<AssignedSet>), `capture_policies` (model → JSON [`CapturePolicy`]: the samples an
+//! admin asked for), `issued_captures` (device \0 model → Signed<CaptureInstruction>), `meta`
+//! (counters). Artifacts live under
 //! `blobs/sha256/<hex>`, written to `tmp/` first, fsynced, then renamed: a blob that exists is
 //! whole and has the hash it is named by.
 
 use std::path::{Path, PathBuf};
 
 use edgefleet_common::device::{AssignedSet, WindowInstruction};
+use edgefleet_common::sample::CaptureInstruction;
 use edgefleet_common::{Assignment, Digest, Signed, encoding};
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -24,7 +27,9 @@ mod records;
 
 use keys::{model_key, pair_key};
 
-pub use records::{DesiredRecord, DeviceRecord, ModelRecord, SessionRecord, WindowOrder};
+pub use records::{
+    CapturePolicy, DesiredRecord, DeviceRecord, ModelRecord, SessionRecord, WindowOrder,
+};
 
 #[derive(Clone)]
 pub struct Store {
@@ -40,6 +45,8 @@ pub struct Store {
     windows: sled::Tree,
     issued_windows: sled::Tree,
     issued_sets: sled::Tree,
+    capture_policies: sled::Tree,
+    issued_captures: sled::Tree,
     meta: sled::Tree,
     blob_dir: PathBuf,
     tmp_dir: PathBuf,
@@ -85,6 +92,8 @@ impl Store {
             windows: db.open_tree("windows")?,
             issued_windows: db.open_tree("issued_windows")?,
             issued_sets: db.open_tree("issued_sets")?,
+            capture_policies: db.open_tree("capture_policies")?,
+            issued_captures: db.open_tree("issued_captures")?,
             meta: db.open_tree("meta")?,
             db,
             blob_dir,
@@ -330,6 +339,57 @@ impl Store {
 
     pub fn put_issued_window(&self, device: &str, w: &Signed<WindowInstruction>) -> HubResult<()> {
         self.issued_windows.insert(device.as_bytes(), encode(w)?)?;
+        Ok(())
+    }
+
+    pub fn capture_policy(&self, model: &str) -> HubResult<Option<CapturePolicy>> {
+        self.capture_policies
+            .get(model)?
+            .map(|v| {
+                serde_json::from_slice(&v)
+                    .map_err(|e| HubError::Internal(format!("stored capture policy: {e}")))
+            })
+            .transpose()
+    }
+
+    /// Sets (`Some`) or clears a model's capture policy.
+    pub fn put_capture_policy(&self, model: &str, p: Option<&CapturePolicy>) -> HubResult<()> {
+        match p {
+            Some(p) => {
+                let json = serde_json::to_vec(p).map_err(|e| HubError::Internal(e.to_string()))?;
+                self.capture_policies.insert(model.as_bytes(), json)?;
+            }
+            None => {
+                self.capture_policies.remove(model.as_bytes())?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn issued_capture(
+        &self,
+        device: &str,
+        model: &str,
+    ) -> HubResult<Option<Signed<CaptureInstruction>>> {
+        self.issued_captures
+            .get(pair_key(device, model))?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    pub fn put_issued_capture(
+        &self,
+        device: &str,
+        model: &str,
+        c: &Signed<CaptureInstruction>,
+    ) -> HubResult<()> {
+        self.issued_captures
+            .insert(pair_key(device, model), encode(c)?)?;
+        Ok(())
+    }
+
+    pub fn remove_issued_capture(&self, device: &str, model: &str) -> HubResult<()> {
+        self.issued_captures.remove(pair_key(device, model))?;
         Ok(())
     }
 

@@ -278,3 +278,14 @@ mod tests {
         assert_eq!(back.time_zone(), Some("Europe/Berlin"));
     }
 }
+
+/// A model's sample capture, as an admin set it (`PUT /api/v1/models/{name}/capture`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapturePolicy {
+    /// The share of matched feedback rows offered to each window's reservoir, parts per
+    /// million.
+    pub rate_ppm: u32,
+    /// Rows kept per window and device.
+    pub max_rows: u32,
+    pub set_at: u64,
+}

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use edgefleet_common::Error as WireError;
 use edgefleet_common::drift::DriftConfig;
+use edgefleet_common::sample::SampleBatch;
 use edgefleet_common::telemetry::{
     DecodedWindow, Heartbeat, TelemetryRecord, open_device_message, unpack_record,
 };
@@ -75,6 +76,8 @@ pub enum Message {
     Record { device: String, payload: Vec<u8> },
     /// A signed heartbeat (or last will) from `device`.
     Heartbeat { device: String, payload: Vec<u8> },
+    /// A packed, signed sample batch from `device` (training samples it captured).
+    Samples { device: String, payload: Vec<u8> },
     /// Something that names no device and no known message kind.
     Unrouted { topic: String, size: usize },
 }
@@ -269,6 +272,16 @@ impl Accept {
                     .fetch_add(payload.len() as u64, Ordering::Relaxed);
                 self.heartbeat(&device, &payload, now)
             }
+            Message::Samples { device, payload } => {
+                self.stats
+                    .bytes
+                    .fetch_add(payload.len() as u64, Ordering::Relaxed);
+                self.open_packed::<SampleBatch>(&device, &payload, |b| &b.device_id)
+                    .map(|(device, batch)| {
+                        let verdict = self.judge_samples(&device, &batch, now);
+                        (device, verdict)
+                    })
+            }
         };
         match outcome {
             Ok((device, verdict)) => (Some(device), verdict),
@@ -320,6 +333,17 @@ impl Accept {
         id: &str,
         payload: &[u8],
     ) -> Result<(DeviceRecord, TelemetryRecord), Rejected> {
+        self.open_packed::<TelemetryRecord>(id, payload, |r| &r.device_id)
+    }
+
+    /// A packed (maybe deflated) signed message of `id`, checked against its enrolled key;
+    /// the body must name the device the topic names.
+    fn open_packed<T: edgefleet_common::encoding::Document>(
+        &self,
+        id: &str,
+        payload: &[u8],
+        device_of: fn(&T) -> &str,
+    ) -> Result<(DeviceRecord, T), Rejected> {
         let device = self.device(id, payload.len())?;
         let limit = self.config.load().config.max_telemetry_bytes as usize;
         let signed = unpack_record(payload, limit).map_err(|error| {
@@ -330,12 +354,53 @@ impl Accept {
             tracing::warn!(device = %id, %error, reason = reason.label(), "telemetry message rejected");
             reason
         })?;
-        let record: TelemetryRecord = Self::opened(&device, &signed)?;
-        if record.device_id != id {
-            tracing::warn!(device = %id, claims = %record.device_id, "telemetry published under another device's topic");
+        let body: T = Self::opened(&device, &signed)?;
+        if device_of(&body) != id {
+            tracing::warn!(device = %id, claims = %device_of(&body), "telemetry published under another device's topic");
             return Err(Rejected::BadSignature);
         }
-        Ok((device, record))
+        Ok((device, body))
+    }
+
+    /// The verdict on a sample batch its device signed: stored, a duplicate, or acked and
+    /// refused (malformed, past the samples' retention, of a version the hub does not have).
+    fn judge_samples(&mut self, device: &DeviceRecord, batch: &SampleBatch, now: u64) -> Verdict {
+        let (id, seq) = (&device.id, batch.seq);
+        let refuse = |reason: Rejected| Verdict::AckOnly { seq, reason };
+        if let Err(error) = batch.validate() {
+            tracing::warn!(device = %id, seq, %error, "malformed sample batch (acked, not stored)");
+            return refuse(Rejected::Malformed);
+        }
+        let retention = self.config.load().config.samples_retention_days * 86_400;
+        if batch.window_end.saturating_add(retention) < now {
+            return refuse(Rejected::Stale);
+        }
+        match self.registry.facts(&batch.model, batch.version) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                tracing::warn!(device = %id, seq, model = %batch.model, version = batch.version, "samples of a version the hub does not have (acked, not stored)");
+                return refuse(Rejected::UnknownModel);
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot read the registry; the device will send it again");
+                return Verdict::Retry;
+            }
+        }
+        match self.writer.stage_samples(batch) {
+            Ok(Staged::Stored) => Verdict::Stored {
+                seq,
+                versions: vec![],
+            },
+            Ok(Staged::Duplicate) => Verdict::Duplicate { seq },
+            Ok(Staged::Unmergeable(reason)) => {
+                tracing::warn!(device = %id, seq, %reason, "sample batch refused (acked, not stored)");
+                refuse(Rejected::Unmergeable)
+            }
+            Err(error) => {
+                tracing::error!(device = %id, seq, %error, "cannot store samples; the device will send them again");
+                Verdict::Retry
+            }
+        }
     }
 
     /// The verdict on a record its device signed: stored, a duplicate, or acked and refused.

@@ -6,6 +6,7 @@
 //! - [`aggregate`]: merged windows of a model version, hour and scope.
 //! - [`store`]: the telemetry trees and the reads over them.
 //! - [`query`]: drift, a version's last hour, fleet metrics, device detail, drift rules.
+//! - [`samples`]: training samples devices captured, summarised and exported as a dataset.
 //! - Retention: [`Telemetry::prune`] drops what is older than `telemetry_retention_days`.
 //!
 //! Architecture invariant: a record's merge into every aggregate, its latest-window entry and
@@ -17,6 +18,7 @@
 pub mod accept;
 mod aggregate;
 pub mod query;
+pub mod samples;
 mod store;
 mod writer;
 
@@ -85,9 +87,17 @@ impl Telemetry {
         )
     }
 
-    /// Drops dedup markers and aggregates past the retention; (markers, aggregates) dropped.
+    /// Drops dedup markers and aggregates past the retention, and samples past theirs or
+    /// over their per-model cap; (markers, aggregates and sample batches) dropped.
     pub fn prune(&self, now: u64) -> HubResult<(usize, usize)> {
-        let days = self.config.load().config.telemetry_retention_days;
-        self.store.prune(now.saturating_sub(days * 86_400))
+        let config = &self.config.load().config;
+        let (markers, aggregates) = self
+            .store
+            .prune(now.saturating_sub(config.telemetry_retention_days * 86_400))?;
+        let samples = self.store.prune_samples(
+            now.saturating_sub(config.samples_retention_days * 86_400),
+            config.samples_max_bytes_per_model,
+        )?;
+        Ok((markers, aggregates + samples))
     }
 }

@@ -7,6 +7,8 @@
 //!   device) or a device tag. Profiles and latency merged across devices and windows.
 //! - `telemetry_quality`: the same keys as `telemetry_agg` → [`ModelQuality`]: prediction
 //!   quality from ground truth (feedback matched on the devices), merged the same way.
+//! - `telemetry_samples`: model \0 window end \0 version \0 device \0 seq → a verified
+//!   [`SampleBatch`]'s postcard bytes: training samples, oldest first per model.
 //! - `telemetry_latest`: device → [`DeviceTelemetry`], its latest window with per-model drift.
 //! - `liveness`: device → [`Liveness`], from heartbeats and last wills.
 //! - `drift_config`: model → [`DriftConfig`] (methods and thresholds; default Evidently's).
@@ -21,6 +23,7 @@
 use edgefleet_common::device::ModelRef;
 use edgefleet_common::drift::{ColumnDrift, DriftConfig};
 use edgefleet_common::quality::ModelQuality;
+use edgefleet_common::sample::SampleBatch;
 use edgefleet_common::telemetry::{Health, OutboxStats};
 use serde::{Deserialize, Serialize};
 
@@ -77,6 +80,7 @@ pub struct TelemetryStore {
     pub(super) seen: sled::Tree,
     pub(super) agg: sled::Tree,
     pub(super) quality: sled::Tree,
+    pub(super) samples: sled::Tree,
     pub(super) latest: sled::Tree,
     liveness: sled::Tree,
     drift_config: sled::Tree,
@@ -99,6 +103,7 @@ impl TelemetryStore {
             seen: db.open_tree("telemetry_seen")?,
             agg: db.open_tree("telemetry_agg")?,
             quality: db.open_tree("telemetry_quality")?,
+            samples: db.open_tree("telemetry_samples")?,
             latest: db.open_tree("telemetry_latest")?,
             liveness: db.open_tree("liveness")?,
             drift_config: db.open_tree("drift_config")?,
@@ -311,6 +316,83 @@ impl TelemetryStore {
         let bytes = serde_json::to_vec(c).map_err(|e| HubError::Internal(e.to_string()))?;
         self.drift_config.insert(model.as_bytes(), bytes)?;
         Ok(())
+    }
+
+    /// Every stored sample batch of `model` whose window ended in `[from, to)`, oldest first,
+    /// of `version` only when given.
+    pub fn sample_batches(
+        &self,
+        model: &str,
+        version: Option<u64>,
+        from: u64,
+        to: u64,
+    ) -> impl Iterator<Item = HubResult<SampleBatch>> + '_ {
+        let mut start = model.as_bytes().to_vec();
+        start.push(0);
+        let mut end = start.clone();
+        start.extend_from_slice(&from.to_be_bytes());
+        end.extend_from_slice(&to.to_be_bytes());
+        self.samples
+            .range(start..end)
+            .values()
+            .map(|v| decode::<SampleBatch>(&v?))
+            .filter(move |b| match (b, version) {
+                (Ok(b), Some(v)) => b.version == v,
+                _ => true,
+            })
+    }
+
+    /// (batches, rows, bytes) stored for `model`.
+    pub fn samples_stored(&self, model: &str) -> HubResult<(u64, u64, u64)> {
+        let mut prefix = model.as_bytes().to_vec();
+        prefix.push(0);
+        let (mut batches, mut rows, mut bytes) = (0, 0, 0);
+        for item in self.samples.scan_prefix(prefix) {
+            let (_, v) = item?;
+            batches += 1;
+            bytes += v.len() as u64;
+            rows += decode::<SampleBatch>(&v)?.rows.len() as u64;
+        }
+        Ok((batches, rows, bytes))
+    }
+
+    /// Drops samples whose window ended before `cutoff`, then, per model, the oldest until
+    /// the model's samples fit in `max_bytes`. Returns the batches dropped.
+    pub fn prune_samples(&self, cutoff: u64, max_bytes: u64) -> HubResult<usize> {
+        let mut dropped = 0;
+        let mut per_model: std::collections::BTreeMap<Vec<u8>, Vec<(sled::IVec, u64)>> =
+            Default::default();
+        for item in self.samples.iter() {
+            let (k, v) = item?;
+            let Some(z) = k.iter().position(|&b| b == 0) else {
+                continue;
+            };
+            let end = k
+                .get(z + 1..z + 9)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(0, u64::from_be_bytes);
+            if end < cutoff {
+                self.samples.remove(&k)?;
+                dropped += 1;
+            } else {
+                per_model
+                    .entry(k[..z].to_vec())
+                    .or_default()
+                    .push((k, v.len() as u64));
+            }
+        }
+        for batches in per_model.values() {
+            let mut total: u64 = batches.iter().map(|(_, n)| n).sum();
+            for (k, n) in batches {
+                if total <= max_bytes {
+                    break;
+                }
+                self.samples.remove(k)?;
+                total -= n;
+                dropped += 1;
+            }
+        }
+        Ok(dropped)
     }
 
     /// Drops dedup markers and aggregates older than `cutoff` (seconds since the epoch).

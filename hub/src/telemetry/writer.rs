@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use edgefleet_common::drift::{DriftConfig, profile_drift};
 use edgefleet_common::quality::ModelQuality;
+use edgefleet_common::sample::SampleBatch;
 use edgefleet_common::telemetry::{DecodedWindow, TelemetryRecord};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -15,7 +16,7 @@ use super::store::{DeviceTelemetry, LatestModelWindow, TelemetryStore};
 use super::{ALL, HOUR, LatencyMs};
 use crate::error::{HubError, HubResult};
 use crate::registry::VersionFacts;
-use crate::store::keys::{agg_key, seen_key};
+use crate::store::keys::{agg_key, sample_key, seen_key};
 use crate::store::{decode_stored, encode};
 
 /// Per model version: what its manifest says (the reference profile) and the model's drift
@@ -69,6 +70,8 @@ struct Group {
     latest: HashMap<String, Vec<u8>>,
     /// Dedup markers: key → window end.
     seen: HashMap<Vec<u8>, u64>,
+    /// Sample batches: key → bytes.
+    samples: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for TelemetryWriter {
@@ -200,6 +203,25 @@ impl TelemetryWriter {
         Ok(Staged::Stored)
     }
 
+    /// Stages a verified sample batch: stored with its dedup marker (one sequence counter for
+    /// a device's records and samples) when the group commits.
+    pub fn stage_samples(&mut self, batch: &SampleBatch) -> HubResult<Staged> {
+        let key = seen_key(&batch.device_id, batch.seq);
+        if self.group.seen.contains_key(&key) || self.store.seen.contains_key(&key)? {
+            return Ok(Staged::Duplicate);
+        }
+        let k = sample_key(
+            &batch.model,
+            batch.window_end,
+            batch.version,
+            &batch.device_id,
+            batch.seq,
+        );
+        self.group.samples.push((k, encode(batch)?));
+        self.group.seen.insert(key, batch.window_end);
+        Ok(Staged::Stored)
+    }
+
     /// The aggregate under `k`, read from disk into the hot set the first time.
     fn load(&mut self, k: &[u8], hour: u64) -> HubResult<Option<&Merged>> {
         if !self.hot.contains_key(k)
@@ -270,24 +292,31 @@ impl TelemetryWriter {
             qualities.push((k.as_slice(), encode(q)?));
         }
         let store = &self.store;
-        let result: Result<(), TransactionError<()>> =
-            (&store.seen, &store.agg, &store.latest, &store.quality).transaction(
-                |(seen, agg, latest, quality)| {
-                    for (k, v) in &aggregates {
-                        agg.insert(*k, v.as_slice())?;
-                    }
-                    for (k, v) in &qualities {
-                        quality.insert(*k, v.as_slice())?;
-                    }
-                    for (device, v) in &group.latest {
-                        latest.insert(device.as_bytes(), v.as_slice())?;
-                    }
-                    for (k, end) in &group.seen {
-                        seen.insert(k.as_slice(), &end.to_be_bytes())?;
-                    }
-                    Ok::<_, ConflictableTransactionError<()>>(())
-                },
-            );
+        let result: Result<(), TransactionError<()>> = (
+            &store.seen,
+            &store.agg,
+            &store.latest,
+            &store.quality,
+            &store.samples,
+        )
+            .transaction(|(seen, agg, latest, quality, samples)| {
+                for (k, v) in &group.samples {
+                    samples.insert(k.as_slice(), v.as_slice())?;
+                }
+                for (k, v) in &aggregates {
+                    agg.insert(*k, v.as_slice())?;
+                }
+                for (k, v) in &qualities {
+                    quality.insert(*k, v.as_slice())?;
+                }
+                for (device, v) in &group.latest {
+                    latest.insert(device.as_bytes(), v.as_slice())?;
+                }
+                for (k, end) in &group.seen {
+                    seen.insert(k.as_slice(), &end.to_be_bytes())?;
+                }
+                Ok::<_, ConflictableTransactionError<()>>(())
+            });
         result.map_err(|e| HubError::Internal(format!("telemetry commit: {e:?}")))
     }
 
