@@ -323,11 +323,11 @@ impl Feedback {
                 tracing::error!(error = %e, lost, "cannot store predictions for feedback; dropped");
             }
         }
-        self.mirror(&store);
         written
     }
 
-    /// Flushes the store to disk if it changed (blocking; sled's `flush`, not `flush_async`).
+    /// Flushes the store to disk if it changed (blocking; sled's `flush`, not `flush_async`),
+    /// then updates the gauges: a prediction `/metrics` counts as held is on disk.
     pub fn flush(&self) -> AgentResult<()> {
         if self.dirty.swap(false, Ordering::AcqRel)
             && let Err(e) = self.db.flush()
@@ -337,6 +337,7 @@ impl Feedback {
                 "feedback store: flush: {e}"
             )));
         }
+        self.mirror(&lock(&self.store));
         Ok(())
     }
 

@@ -136,6 +136,7 @@ fn record_at(fb: &Feedback, n: usize, from: usize, at_ms: u64) {
         }
     }
     fb.drain(crate::now_ms()).expect("drain");
+    fb.flush().expect("flush");
 }
 
 fn held_ids(fb: &Feedback, n: usize) -> Vec<usize> {
@@ -223,6 +224,7 @@ fn the_age_bound_expires_the_oldest_and_counts_them() {
     assert_eq!(fb.stats().held, 3);
     // Later, the writer's round expires them with no new prediction.
     fb.drain(now + 6_000).expect("drain");
+    fb.flush().expect("flush");
     assert_eq!(fb.stats().held, 0);
     assert_eq!(fb.stats().evicted.age, 6);
     assert_eq!(fb.stats().evicted.count, 0);
@@ -278,6 +280,7 @@ fn regression_mae_rmse_mape_are_the_hand_computed_ones() {
     fb.record(&m, "r1", &values(&[pairs[0].0]));
     fb.record(&m, "batch", &values(&[pairs[1].0, pairs[2].0]));
     fb.drain(crate::now_ms()).expect("drain");
+    fb.flush().expect("flush");
     fb.record(&m, "q", &values(&[pairs[3].0]));
     let o = ok(
         &fb,
@@ -320,6 +323,7 @@ fn regression_mae_rmse_mape_are_the_hand_computed_ones() {
     assert_eq!((q.matched, q.late, q.unknown), (4, 0, 1));
     // Every row had its feedback: nothing held, nothing queued that the writer would store.
     fb.drain(crate::now_ms()).expect("drain");
+    fb.flush().expect("flush");
     assert_eq!(fb.stats().held, 0);
 }
 
@@ -332,6 +336,7 @@ fn classification_accuracy_and_log_loss_with_int_labels_and_names() {
         let p = [0.7f32, 0.2, 0.1, 0.1, 0.3, 0.6, 0.2, 0.5, 0.3];
         fb.record(&m, "b", &labels(&[0, 2, 1], &p));
         fb.drain(crate::now_ms()).expect("drain");
+        fb.flush().expect("flush");
         fb.record(&m, "c", &labels(&[0], &p[..3]));
         // Truths: 0 (right), 1 (wrong, predicted 2), 1 (right), 2 (wrong, predicted 0).
         let t = |k: usize| -> serde_json::Value {
@@ -408,6 +413,7 @@ fn duplicates_conflict_and_bad_items_change_nothing() {
     let m = regressor(1);
     fb.record(&m, "a", &values(&[1.0, 2.0]));
     fb.drain(crate::now_ms()).expect("drain");
+    fb.flush().expect("flush");
     // A bad item refuses the whole call: row 0 is not scored.
     let r = refused(
         &fb,
