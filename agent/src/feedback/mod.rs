@@ -35,8 +35,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use arc_swap::ArcSwap;
-use edgefleet_common::{ModelManifest, Tensor};
+use edgefleet_common::Tensor;
 use serde::Serialize;
 
 pub use book::QualityBook;
@@ -156,8 +155,6 @@ pub struct Feedback {
     db: sled::Db,
     store: Mutex<Store>,
     queue: Mutex<Queue>,
-    /// Each served model's latest plan, by name.
-    plans: ArcSwap<HashMap<String, Arc<Plan>>>,
     book: QualityBook,
     limits: Limits,
     /// The store changed since the last flush.
@@ -184,7 +181,6 @@ impl Feedback {
             db: db.clone(),
             store: Mutex::new(store),
             queue: Mutex::new(Queue::default()),
-            plans: ArcSwap::default(),
             book: QualityBook::new(now_ms),
             limits,
             dirty: AtomicBool::new(false),
@@ -207,9 +203,10 @@ impl Feedback {
         self.limits.max_predictions > 0
     }
 
-    /// The inference path: keeps what scoring `id`'s prediction will need. No I/O, a short
-    /// lock; dropped (and counted) when the queue is full.
-    pub fn record(&self, manifest: &ModelManifest, id: &str, outputs: &[Tensor]) {
+    /// The inference path: keeps what scoring `id`'s prediction (`outputs`, every output the
+    /// model computed) will need, as `plan` says. No I/O, a short lock; dropped (and counted)
+    /// when the queue is full.
+    pub fn record(&self, plan: &Arc<Plan>, id: &str, outputs: &[Tensor]) {
         if !self.enabled() {
             return;
         }
@@ -217,12 +214,11 @@ impl Feedback {
             self.counters.not_kept.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let plan = self.plan(manifest);
         let (rows, kept) = match plan.keep(outputs) {
             Ok(k) => k,
             Err(why) => {
                 if self.counters.not_kept.fetch_add(1, Ordering::Relaxed) == 0 {
-                    tracing::warn!(model = %manifest.name, version = manifest.version, why, "a prediction with an id is not kept for feedback");
+                    tracing::warn!(model = %plan.model, version = plan.version, why, "a prediction with an id is not kept for feedback");
                 }
                 return;
             }
@@ -252,26 +248,10 @@ impl Feedback {
         }
         q.bytes += size;
         q.items.push(Queued {
-            plan,
+            plan: plan.clone(),
             id: id.to_owned(),
             prediction,
         });
-    }
-
-    /// The plan of the model `m` describes (cached per model name and version).
-    fn plan(&self, m: &ModelManifest) -> Arc<Plan> {
-        if let Some(p) = self.plans.load().get(&m.name)
-            && p.version == m.version
-        {
-            return p.clone();
-        }
-        let p = Arc::new(Plan::for_manifest(m));
-        self.plans.rcu(|map| {
-            let mut next = HashMap::clone(map);
-            next.insert(m.name.clone(), p.clone());
-            next
-        });
-        p
     }
 
     /// The writer: moves the queue into the store and applies the bounds at `now_ms`
@@ -559,13 +539,10 @@ impl Feedback {
                 continue;
             };
             let classes = match &s.prediction.kept {
-                Kept::Labels { .. } => match self.plans.load().get(model) {
-                    Some(p) if p.version == s.prediction.version => p.classes().to_vec(),
-                    _ => store
-                        .classes(model, s.prediction.version)
-                        .map_err(internal)?
-                        .unwrap_or_default(),
-                },
+                Kept::Labels { .. } => store
+                    .classes(model, s.prediction.version)
+                    .map_err(internal)?
+                    .unwrap_or_default(),
                 Kept::Values { .. } => Vec::new(),
             };
             *slot = Some(found.matches.len());

@@ -352,6 +352,11 @@ impl Store {
         }
         let encoded = &encoded[first_new..];
         w.added = encoded.len() as u64;
+        if encoded.is_empty() && victims.is_empty() && replaced.is_empty() {
+            // Nothing changes: no write (an idle agent must not write to its disk every round).
+            self.count_evicted(w.evicted);
+            return Ok(w);
+        }
         (&self.predictions, &self.by_time, &self.meta)
             .transaction(|(p, t, m)| {
                 for tk in &replaced {
@@ -374,10 +379,14 @@ impl Store {
             })
             .map_err(|e| sled_err(format!("{e:?}")))?;
         (self.count, self.bytes, self.next_seq) = (count, bytes, seq);
-        self.evicted.count += w.evicted.count;
-        self.evicted.bytes += w.evicted.bytes;
-        self.evicted.age += w.evicted.age;
+        self.count_evicted(w.evicted);
         Ok(w)
+    }
+
+    fn count_evicted(&mut self, e: Evicted) {
+        self.evicted.count += e.count;
+        self.evicted.bytes += e.bytes;
+        self.evicted.age += e.age;
     }
 
     /// Stores the done marks of predictions that received feedback; a prediction whose every
