@@ -10,8 +10,9 @@
 //! closed and kept here ([`ActiveModels::take_retired`]) until telemetry next closes a window,
 //! so the requests it saw are reported, not lost with the old model.
 //!
-//! This module depends on the model and the window only: the OIP server, telemetry and the
-//! updater all read or write it, and none of them is needed to hold it.
+//! This module depends on the model, the window and the feedback plan (a pure description of
+//! the manifest) only: the OIP server, telemetry and the updater all read or write it, and none
+//! of them is needed to hold it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,14 +20,19 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
+use crate::feedback::plan::Plan;
 use crate::model::LoadedModel;
 use crate::window::{Window, WindowRecorder};
 
-/// A model in service: the tract model and the window its requests are recorded in.
+/// A model in service: the tract model, the window its requests are recorded in, and how its
+/// predictions are kept for feedback.
 pub struct Served {
     pub model: LoadedModel,
     /// This model's current window: what its requests' inputs, outputs and latencies look like.
     pub window: WindowRecorder,
+    /// Which output feedback scores and what a prediction keeps of it, decided once here so
+    /// the inference path does not look it up.
+    pub scoring: Arc<Plan>,
 }
 
 impl Served {
@@ -34,7 +40,12 @@ impl Served {
     /// starts now.
     pub fn new(model: LoadedModel) -> Self {
         let window = WindowRecorder::for_manifest(&model.manifest, crate::now());
-        Self { model, window }
+        let scoring = Arc::new(Plan::for_manifest(&model.manifest));
+        Self {
+            model,
+            window,
+            scoring,
+        }
     }
 }
 

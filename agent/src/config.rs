@@ -58,6 +58,14 @@ pub struct AgentConfig {
     /// Bound of the telemetry outbox, bytes of records: when full, the oldest are dropped
     /// (and counted).
     pub outbox_max_bytes: u64,
+    /// Feedback (ground truth): most predictions kept for matching, by (model, request id).
+    /// When over, the oldest go first, counted. 0 keeps none (feedback cannot match).
+    pub feedback_max_predictions: u64,
+    /// Feedback: a prediction older than this many seconds is no longer kept.
+    pub feedback_max_age_secs: u64,
+    /// Feedback: most bytes of predictions kept on disk (in the data directory's sled
+    /// database). When over, the oldest go first, counted.
+    pub feedback_max_bytes: u64,
     /// Log format: "text" or "json" (under journald, text lines carry no timestamps).
     pub log_format: String,
     /// Log level or filter directive, e.g. "info" or "edgefleet_agent=debug,info";
@@ -89,6 +97,10 @@ impl Default for AgentConfig {
             heartbeat_secs: 300,
             telemetry_resend_secs: 60,
             outbox_max_bytes: 64 * 1024 * 1024,
+            // A day at 10 requests a second is 864,000.
+            feedback_max_predictions: 1_000_000,
+            feedback_max_age_secs: 2 * 86_400,
+            feedback_max_bytes: 256 * 1024 * 1024,
             log_format: "text".into(),
             log_level: "info".into(),
         }
@@ -97,7 +109,21 @@ impl Default for AgentConfig {
 
 pub const ENV_PREFIX: &str = "EDGEFLEET_AGENT_";
 
+/// Bounds of the feedback keys.
+pub const MAX_FEEDBACK_PREDICTIONS: u64 = 100_000_000;
+pub const MAX_FEEDBACK_AGE_SECS: u64 = 30 * 86_400;
+pub const MIN_FEEDBACK_BYTES: u64 = 1 << 20;
+
 impl AgentConfig {
+    /// The feedback store's bounds.
+    pub fn feedback_limits(&self) -> crate::feedback::Limits {
+        crate::feedback::Limits {
+            max_predictions: self.feedback_max_predictions,
+            max_age_ms: self.feedback_max_age_secs.saturating_mul(1000),
+            max_bytes: self.feedback_max_bytes,
+        }
+    }
+
     /// The time zone to report: the configured one, else the system's.
     pub fn time_zone(&self) -> Option<String> {
         self.time_zone.clone().or_else(system_time_zone)
@@ -218,6 +244,11 @@ impl AgentConfig {
                 "HEARTBEAT_SECS" => num(&value).map(|v| self.heartbeat_secs = v),
                 "TELEMETRY_RESEND_SECS" => num(&value).map(|v| self.telemetry_resend_secs = v),
                 "OUTBOX_MAX_BYTES" => num(&value).map(|v| self.outbox_max_bytes = v),
+                "FEEDBACK_MAX_PREDICTIONS" => {
+                    num(&value).map(|v| self.feedback_max_predictions = v)
+                }
+                "FEEDBACK_MAX_AGE_SECS" => num(&value).map(|v| self.feedback_max_age_secs = v),
+                "FEEDBACK_MAX_BYTES" => num(&value).map(|v| self.feedback_max_bytes = v),
                 "LOG_LEVEL" => {
                     self.log_level = value.clone();
                     Ok(())
@@ -306,6 +337,21 @@ impl AgentConfig {
         if self.outbox_max_bytes < 16 * 1024 {
             errors.push("outbox_max_bytes: must be at least 16384 (a few records)".into());
         }
+        if self.feedback_max_predictions > MAX_FEEDBACK_PREDICTIONS {
+            errors.push(format!(
+                "feedback_max_predictions: at most {MAX_FEEDBACK_PREDICTIONS} (0 keeps none)"
+            ));
+        }
+        if !(1..=MAX_FEEDBACK_AGE_SECS).contains(&self.feedback_max_age_secs) {
+            errors.push(format!(
+                "feedback_max_age_secs: must be 1..={MAX_FEEDBACK_AGE_SECS} (30 days)"
+            ));
+        }
+        if self.feedback_max_bytes < MIN_FEEDBACK_BYTES {
+            errors.push(format!(
+                "feedback_max_bytes: must be at least {MIN_FEEDBACK_BYTES} (1 MiB)"
+            ));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             errors.push(format!("log_level: {e}"));
         }
@@ -336,6 +382,9 @@ mod tests {
             poll_interval_secs: 0,
             log_format: "xml".into(),
             time_zone: Some("../../etc/passwd".into()),
+            feedback_max_predictions: MAX_FEEDBACK_PREDICTIONS + 1,
+            feedback_max_age_secs: 0,
+            feedback_max_bytes: 1000,
             ..AgentConfig::default()
         };
         let msg = c.validate().expect_err("invalid").to_string();
@@ -346,6 +395,9 @@ mod tests {
             "poll_interval_secs",
             "log_format",
             "time_zone",
+            "feedback_max_predictions",
+            "feedback_max_age_secs",
+            "feedback_max_bytes",
         ] {
             assert!(msg.contains(key), "{key} missing in {msg}");
         }
@@ -368,6 +420,39 @@ mod tests {
         c.apply_env([("EDGEFLEET_AGENT_TAGS".to_owned(), "a, b".to_owned())].into_iter())
             .expect("tags");
         assert_eq!(c.tags, vec!["a", "b"]);
+        c.apply_env(
+            [
+                (
+                    "EDGEFLEET_AGENT_FEEDBACK_MAX_PREDICTIONS".to_owned(),
+                    "10".to_owned(),
+                ),
+                (
+                    "EDGEFLEET_AGENT_FEEDBACK_MAX_AGE_SECS".to_owned(),
+                    "60".to_owned(),
+                ),
+                (
+                    "EDGEFLEET_AGENT_FEEDBACK_MAX_BYTES".to_owned(),
+                    "2097152".to_owned(),
+                ),
+            ]
+            .into_iter(),
+        )
+        .expect("feedback keys");
+        assert_eq!(
+            c.feedback_limits(),
+            crate::feedback::Limits {
+                max_predictions: 10,
+                max_age_ms: 60_000,
+                max_bytes: 2 << 20
+            }
+        );
+        let t: AgentConfig =
+            toml::from_str("feedback_max_predictions = 5\nfeedback_max_age_secs = 7")
+                .expect("toml");
+        assert_eq!(
+            (t.feedback_max_predictions, t.feedback_max_age_secs),
+            (5, 7)
+        );
         c.apply_env(
             [(
                 "EDGEFLEET_AGENT_TIME_ZONE".to_owned(),

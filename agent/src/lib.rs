@@ -10,6 +10,7 @@ pub mod active;
 pub mod config;
 pub mod download;
 pub mod error;
+pub mod feedback;
 pub mod hub_client;
 pub mod lifecycle;
 pub mod model;
@@ -36,6 +37,14 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Milliseconds since the Unix epoch (0 if the clock is before 1970).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Runs the agent until `shutdown` resolves: serves the models on disk at once, then follows
 /// the hub's assignments.
 pub async fn run(
@@ -57,6 +66,7 @@ pub async fn run_reloadable(
     let Parts {
         models,
         telemetry,
+        feedback,
         uplink_settings,
         updater,
     } = open_parts(&config).await?;
@@ -83,14 +93,21 @@ pub async fn run_reloadable(
     announce_ready(&listener, &config, &models)?;
     lifecycle::spawn_watchdog();
     spawn_folding(models.clone(), stop_rx.clone());
-    axum::serve(listener, serve::router(models, metrics))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            lifecycle::stopping();
-            let _ = stop_tx.send(true);
-        })
-        .await?;
+    let writer_task = spawn_feedback_writer(feedback.clone(), stop_rx.clone());
+    axum::serve(
+        listener,
+        serve::router_with_feedback(models, metrics, Some(feedback.clone())),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        lifecycle::stopping();
+        let _ = stop_tx.send(true);
+    })
+    .await?;
     let _ = loop_task.await;
+    let _ = writer_task.await;
+    // The server has drained: what its last requests queued goes to disk now.
+    let _ = tokio::task::spawn_blocking(move || write_feedback(&feedback)).await;
     // The uplink closes the current window into the outbox before it returns.
     let _ = uplink_task.await;
     tracing::info!("agent stopped");
@@ -101,6 +118,7 @@ pub async fn run_reloadable(
 struct Parts {
     models: Arc<active::ActiveModels>,
     telemetry: Arc<telemetry::Telemetry>,
+    feedback: Arc<feedback::Feedback>,
     uplink_settings: telemetry::uplink::Settings,
     updater: Arc<update::Updater>,
 }
@@ -120,13 +138,22 @@ async fn open_parts(config: &AgentConfig) -> anyhow::Result<Parts> {
     let models = Arc::new(active::ActiveModels::default());
     let hub = hub_client::HubClient::new(config, key.clone())?;
     let outbox = telemetry::Outbox::open(&layout.outbox(), config.outbox_max_bytes)?;
-    let telemetry = Arc::new(telemetry::Telemetry::new(
-        config.device_id.clone(),
-        key,
-        outbox,
-        models.clone(),
-        &config.data_dir,
-    ));
+    // The matching store shares the outbox's sled database: one page cache, one log.
+    let feedback = Arc::new(feedback::Feedback::open(
+        outbox.database(),
+        config.feedback_limits(),
+        now_ms(),
+    )?);
+    let telemetry = Arc::new(
+        telemetry::Telemetry::new(
+            config.device_id.clone(),
+            key,
+            outbox,
+            models.clone(),
+            &config.data_dir,
+        )
+        .with_quality(feedback.clone()),
+    );
     let uplink_settings =
         telemetry::uplink::Settings::from_config(config).map_err(|e| anyhow::anyhow!(e))?;
     let updater = Arc::new(update::Updater::new(
@@ -144,6 +171,7 @@ async fn open_parts(config: &AgentConfig) -> anyhow::Result<Parts> {
     Ok(Parts {
         models,
         telemetry,
+        feedback,
         uplink_settings,
         updater,
     })
@@ -193,4 +221,34 @@ fn spawn_folding(models: Arc<active::ActiveModels>, mut stop: tokio::sync::watch
             .await;
         }
     });
+}
+
+/// The feedback writer: every [`feedback::DRAIN_INTERVAL`] moves the predictions the inference
+/// path queued into the store and flushes it, on the blocking pool (sled's `flush_async` can
+/// hang; its blocking `flush` does not), until `stop` changes.
+fn spawn_feedback_writer(
+    feedback: Arc<feedback::Feedback>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(feedback::DRAIN_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let fb = feedback.clone();
+            let _ = tokio::task::spawn_blocking(move || write_feedback(&fb)).await;
+        }
+    })
+}
+
+/// One round of the feedback writer: drain the queue, flush.
+fn write_feedback(feedback: &feedback::Feedback) {
+    // Errors are logged (and the predictions counted as dropped) by `drain`.
+    let _ = feedback.drain(now_ms());
+    if let Err(error) = feedback.flush() {
+        tracing::warn!(%error, "cannot flush the feedback store");
+    }
 }

@@ -19,8 +19,10 @@ use edgefleet_common::TensorSpec;
 use serde_json::{Value, json};
 
 use crate::active::{ActiveModels, Served};
+use crate::feedback::Feedback;
 use crate::telemetry::Telemetry;
 
+pub mod feedback;
 pub mod request;
 pub mod response;
 
@@ -44,6 +46,10 @@ pub struct Metrics {
 struct Server {
     models: Arc<ActiveModels>,
     metrics: Metrics,
+    /// The matching store and quality book, when the agent keeps them.
+    feedback: Option<Arc<Feedback>>,
+    /// Feedback calls in flight: beyond [`feedback::MAX_IN_FLIGHT`] a call gets 429.
+    feedback_slots: Arc<tokio::sync::Semaphore>,
 }
 
 type Shared = State<Arc<Server>>;
@@ -56,7 +62,8 @@ async fn scrape(State(server): Shared) -> Response {
         .stale_assignments
         .as_ref()
         .map(|n| n.load(Ordering::Relaxed));
-    match crate::telemetry::exposition(&server.models, outbox, stale) {
+    let feedback = server.feedback.as_ref().map(|f| f.stats());
+    match crate::telemetry::exposition(&server.models, outbox, stale, feedback) {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,
@@ -69,7 +76,18 @@ async fn scrape(State(server): Shared) -> Response {
     }
 }
 
+/// The OIP server without feedback (the feedback endpoint answers 404).
 pub fn router(models: Arc<ActiveModels>, metrics: Metrics) -> Router {
+    router_with_feedback(models, metrics, None)
+}
+
+/// The OIP server; with `feedback`, inference requests that carry an id are kept for
+/// matching, and `POST /v2/models/{name}/feedback` scores their truths.
+pub fn router_with_feedback(
+    models: Arc<ActiveModels>,
+    metrics: Metrics,
+    feedback: Option<Arc<Feedback>>,
+) -> Router {
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(|| async { StatusCode::OK }))
@@ -87,6 +105,11 @@ pub fn router(models: Arc<ActiveModels>, metrics: Metrics) -> Router {
         .route("/metrics", get(scrape))
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer_v))
+        .route(
+            "/v2/models/{name}/feedback",
+            post(feedback::handle)
+                .layer(DefaultBodyLimit::max(crate::feedback::body::MAX_BODY_BYTES)),
+        )
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -94,7 +117,12 @@ pub fn router(models: Arc<ActiveModels>, metrics: Metrics) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_INFER_BODY))
-        .with_state(Arc::new(Server { models, metrics }))
+        .with_state(Arc::new(Server {
+            models,
+            metrics,
+            feedback,
+            feedback_slots: Arc::new(tokio::sync::Semaphore::new(feedback::MAX_IN_FLIGHT)),
+        }))
 }
 
 /// A protocol error: the status and a message that says what was expected. Rendered as the
@@ -200,7 +228,7 @@ async fn infer(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OipError> {
-    run_infer(&s.models, &name, None, &headers, &body)
+    run_infer(&s, &name, None, &headers, &body)
 }
 
 async fn infer_v(
@@ -209,18 +237,18 @@ async fn infer_v(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OipError> {
-    run_infer(&s.models, &name, Some(&v), &headers, &body)
+    run_infer(&s, &name, Some(&v), &headers, &body)
 }
 
 fn run_infer(
-    models: &ActiveModels,
+    server: &Server,
     name: &str,
     version: Option<&str>,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, OipError> {
-    let served = find(models, name, version)?;
-    let result = infer_recorded(&served, headers, body);
+    let served = find(&server.models, name, version)?;
+    let result = infer_recorded(&served, server.feedback.as_deref(), headers, body);
     if result.is_err() {
         // Every request the model refused counts in its window's error rate.
         served.window.record_error();
@@ -228,8 +256,29 @@ fn run_infer(
     result
 }
 
-/// Parses, infers and records one request in the model's window.
-fn infer_recorded(served: &Served, headers: &HeaderMap, body: &[u8]) -> Result<Response, OipError> {
+/// The request id a client sent as a header (`x-request-id`, or `inference-request-id`), for
+/// clients that cannot put one in the body.
+pub fn header_id(headers: &HeaderMap) -> Option<String> {
+    [
+        feedback::HEADER_REQUEST_ID,
+        feedback::HEADER_INFERENCE_REQUEST_ID,
+    ]
+    .iter()
+    .find_map(|h| headers.get(*h))
+    .and_then(|v| v.to_str().ok())
+    .map(str::trim)
+    .filter(|v| !v.is_empty())
+    .map(str::to_owned)
+}
+
+/// Parses, infers and records one request in the model's window, and, when it has an id, in
+/// the feedback queue.
+fn infer_recorded(
+    served: &Served,
+    feedback: Option<&Feedback>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, OipError> {
     let model = &served.model;
     if let Some(encoding) = headers.get(header::CONTENT_ENCODING)
         && encoding.as_bytes() != b"identity"
@@ -242,13 +291,16 @@ fn infer_recorded(served: &Served, headers: &HeaderMap, body: &[u8]) -> Result<R
             ),
         ));
     }
-    let req = request::decode(
+    let mut req = request::decode(
         body,
         headers
             .get(request::HEADER_LENGTH)
             .map(HeaderValue::as_bytes),
     )
     .map_err(bad_request)?;
+    if req.id.is_none() {
+        req.id = header_id(headers);
+    }
     let wanted: Vec<&str> = req.outputs.iter().map(|o| o.name.as_str()).collect();
     model.check_outputs(&wanted).map_err(bad_request)?;
     // Every output is computed (and profiled); `outputs` only selects what is sent back.
@@ -259,6 +311,9 @@ fn infer_recorded(served: &Served, headers: &HeaderMap, body: &[u8]) -> Result<R
     served
         .window
         .record(&req.inputs, &outputs, start.elapsed().as_secs_f64() * 1e6);
+    if let (Some(f), Some(id)) = (feedback, &req.id) {
+        f.record(&served.scoring, id, &outputs);
+    }
     if !wanted.is_empty() {
         outputs.retain(|o| wanted.contains(&o.name.as_str()));
     }

@@ -35,6 +35,7 @@ use edgefleet_common::telemetry::{
 
 use crate::active::ActiveModels;
 use crate::error::{AgentError, AgentResult};
+use crate::feedback::Feedback;
 use crate::window::Window;
 
 pub use outbox::Outbox;
@@ -50,6 +51,8 @@ pub struct Telemetry {
     health: Mutex<health::HealthSampler>,
     /// When this run started (heartbeats and the last will carry it).
     started_at: u64,
+    /// Prediction quality from ground truth: each close takes the window's into the record.
+    feedback: Option<Arc<Feedback>>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -73,7 +76,19 @@ impl Telemetry {
             models,
             health: Mutex::new(health::HealthSampler::new(data_dir)),
             started_at: crate::now(),
+            feedback: None,
         }
+    }
+
+    /// Reports the quality `feedback` scores: each window's record carries it.
+    pub fn with_quality(mut self, feedback: Arc<Feedback>) -> Self {
+        self.feedback = Some(feedback);
+        self
+    }
+
+    /// The feedback this telemetry reports the quality of, if any.
+    pub fn feedback(&self) -> Option<&Arc<Feedback>> {
+        self.feedback.as_ref()
     }
 
     fn sample_health(&self) -> edgefleet_common::telemetry::Health {
@@ -84,19 +99,33 @@ impl Telemetry {
     }
 
     /// Closes every served model's window (and the windows of models swapped out since the
-    /// last close) and queues one signed record if any saw a request. Returns its sequence.
+    /// last close) and the quality book's window, and queues one signed record if any saw a
+    /// request or feedback. Returns its sequence.
     pub fn close_window(&self, now: u64) -> AgentResult<Option<u64>> {
         let windows = self.collect_windows(now)?;
-        if windows.is_empty() {
+        // The book's window ends now to the millisecond: a prediction made after this is not
+        // late for the next window's feedback.
+        let (quality, quality_start) = match &self.feedback {
+            Some(f) => {
+                let start = f.book().window_start_ms() / 1000;
+                (f.book().take(crate::now_ms()), start)
+            }
+            None => (Vec::new(), now),
+        };
+        if windows.is_empty() && quality.is_empty() {
             return Ok(None);
         }
-        let window_start = windows.values().map(|w| w.started_at).min().unwrap_or(now);
+        let window_start = windows
+            .values()
+            .map(|w| w.started_at)
+            .min()
+            .unwrap_or(quality_start);
         let models: Vec<ModelWindow> = windows
             .into_iter()
             .map(|((model, version), w)| model_window(model, version, w))
             .collect();
         let bounds = (window_start.min(now), now);
-        let seq = self.append_windows(models, bounds, &self.sample_health())?;
+        let seq = self.append_windows(models, quality, bounds, &self.sample_health())?;
         tracing::debug!(seq, "telemetry window closed and queued");
         Ok(Some(seq))
     }
@@ -138,36 +167,66 @@ impl Telemetry {
         Ok(windows)
     }
 
-    /// Queues the windows: one record; if it would be over the hub's limit (many models, very
-    /// wide ones), one record per model. A single model's window over the limit can never be
-    /// accepted and is dropped, counted. Returns the last sequence queued.
+    /// Queues the windows and the quality: one record; if it would be over the hub's limit
+    /// (many models, very wide ones), one record per model and one for the quality. A single
+    /// model's window over the limit can never be accepted and is dropped, counted. Returns the
+    /// last sequence queued.
     fn append_windows(
         &self,
         models: Vec<ModelWindow>,
+        quality: Vec<ModelQuality>,
         bounds: (u64, u64),
         health: &Health,
     ) -> AgentResult<u64> {
         let estimate: usize = models
             .iter()
             .map(|m| m.profile.len() + m.latency.len())
-            .sum();
-        if estimate < telemetry::DEFAULT_MAX_RECORD_BYTES * 3 / 4 || models.len() == 1 {
+            .sum::<usize>()
+            + quality
+                .iter()
+                .map(|q| postcard::to_allocvec(q).map_or(0, |b| b.len()))
+                .sum::<usize>();
+        if estimate < telemetry::DEFAULT_MAX_RECORD_BYTES * 3 / 4
+            || models.len() + usize::from(!quality.is_empty()) == 1
+        {
+            let contents = Contents {
+                models,
+                quality,
+                bounds,
+            };
             return self
                 .outbox
-                .append(|seq, outbox| self.pack(seq, outbox, models, bounds, health.clone()))
+                .append(|seq, outbox| self.pack(seq, outbox, contents, health.clone()))
                 .inspect_err(|_| self.outbox.count_dropped(1));
         }
         let mut last = 0;
-        for m in models {
-            let (name, version) = (m.model.clone(), m.version);
+        let parts = models
+            .into_iter()
+            .map(|m| Contents {
+                models: vec![m],
+                quality: Vec::new(),
+                bounds,
+            })
+            .chain((!quality.is_empty()).then(|| Contents {
+                models: Vec::new(),
+                quality,
+                bounds,
+            }));
+        for contents in parts {
+            let what = contents
+                .models
+                .first()
+                .map_or("prediction quality".to_owned(), |m| {
+                    format!("model {} v{}", m.model, m.version)
+                });
             match self
                 .outbox
-                .append(|seq, outbox| self.pack(seq, outbox, vec![m], bounds, health.clone()))
+                .append(|seq, outbox| self.pack(seq, outbox, contents, health.clone()))
             {
                 Ok(seq) => last = seq,
                 Err(error) => {
                     self.outbox.count_dropped(1);
-                    tracing::error!(%error, model = %name, version, "telemetry window dropped");
+                    tracing::error!(%error, %what, "telemetry window dropped");
                 }
             }
         }
@@ -179,22 +238,10 @@ impl Telemetry {
         &self,
         seq: u64,
         outbox: OutboxStats,
-        models: Vec<ModelWindow>,
-        bounds: (u64, u64),
+        contents: Contents,
         health: Health,
     ) -> AgentResult<Vec<u8>> {
-        pack_record(
-            &self.device_id,
-            &self.key,
-            seq,
-            outbox,
-            Contents {
-                models,
-                quality: Vec::new(),
-                bounds,
-            },
-            health,
-        )
+        pack_record(&self.device_id, &self.key, seq, outbox, contents, health)
     }
 
     /// A signed heartbeat: with health when online, without (the last will) when not.
@@ -278,11 +325,13 @@ pub fn pack_record(
 }
 
 /// The agent's Prometheus exposition: served models, the current windows' counts, and, when
-/// given, the outbox and the count of stale assignments the updater ignored.
+/// given, the outbox, the count of stale assignments the updater ignored and the feedback
+/// store's gauges and counters.
 pub fn exposition(
     models: &ActiveModels,
     outbox: Option<OutboxStats>,
     stale_assignments: Option<u64>,
+    feedback: Option<crate::feedback::Stats>,
 ) -> Result<String, std::fmt::Error> {
     use prometheus_client::metrics::counter::Counter;
     use prometheus_client::metrics::family::Family;
@@ -348,7 +397,87 @@ pub fn exposition(
             stale,
         );
     }
+    if let Some(f) = feedback {
+        register_feedback(&mut r, f);
+    }
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &r)?;
     Ok(text)
+}
+
+/// The feedback store's gauges and counters.
+fn register_feedback(r: &mut prometheus_client::registry::Registry, f: crate::feedback::Stats) {
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    let gauge = |v: u64| {
+        let g = Gauge::<i64>::default();
+        g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        g
+    };
+    let counter = |v: u64| {
+        let c = Counter::<u64>::default();
+        c.inc_by(v);
+        c
+    };
+    r.register(
+        "feedback_predictions",
+        "Predictions held for feedback (in the store)",
+        gauge(f.held),
+    );
+    r.register(
+        "feedback_predictions_bytes",
+        "Bytes of the predictions held for feedback",
+        gauge(f.held_bytes),
+    );
+    r.register(
+        "feedback_queued",
+        "Predictions queued for the feedback store, not yet written",
+        gauge(f.queued),
+    );
+    let evicted = Family::<Vec<(String, String)>, Counter>::default();
+    for (bound, n) in [
+        ("feedback_max_predictions", f.evicted.count),
+        ("feedback_max_bytes", f.evicted.bytes),
+        ("feedback_max_age_secs", f.evicted.age),
+    ] {
+        evicted
+            .get_or_create(&vec![("bound".into(), bound.into())])
+            .inc_by(n);
+    }
+    r.register(
+        "feedback_evicted",
+        "Predictions removed without feedback to stay within a bound, by bound",
+        evicted,
+    );
+    r.register(
+        "feedback_dropped",
+        "Predictions dropped because the feedback queue was full",
+        counter(f.dropped),
+    );
+    r.register(
+        "feedback_not_kept",
+        "Predictions with an id not kept (id too long, output too large or not scorable)",
+        counter(f.not_kept),
+    );
+    r.register(
+        "feedback_matched",
+        "Feedback rows matched to a prediction and scored",
+        counter(f.matched),
+    );
+    r.register(
+        "feedback_late",
+        "Matched feedback rows whose prediction was made in an earlier telemetry window",
+        counter(f.late),
+    );
+    r.register(
+        "feedback_unknown",
+        "Feedback items for ids no prediction held (never recorded, expired or evicted)",
+        counter(f.unknown),
+    );
+    r.register(
+        "feedback_duplicate",
+        "Feedback rows refused because the row already had its feedback",
+        counter(f.duplicate),
+    );
 }

@@ -138,6 +138,12 @@ impl Outbox {
             .map_err(|_| AgentError::Other("outbox lock poisoned".into()))
     }
 
+    /// The sled database the outbox lives in: the agent keeps its other small trees (the
+    /// feedback store) in it too, so the process has one page cache and one log.
+    pub fn database(&self) -> &sled::Db {
+        &self.db
+    }
+
     pub fn stats(&self) -> OutboxStats {
         self.counters()
             .map(|c| OutboxStats {

@@ -167,7 +167,10 @@ impl Updater {
             root_key,
             enrollment_token,
             listen,
-            log_format
+            log_format,
+            feedback_max_predictions,
+            feedback_max_age_secs,
+            feedback_max_bytes
         );
         if !restart.is_empty() {
             tracing::warn!(keys = ?restart, "these keys change only on restart; kept their running values");

@@ -1,0 +1,699 @@
+//! Ground truth: callers tell the agent what the right answer to an earlier prediction was,
+//! and each telemetry window reports how good the predictions were (`ModelQuality`: MAE, RMSE,
+//! MAPE for a regression; accuracy, log-loss and a confusion matrix for a classifier).
+//!
+//! ```text
+//! infer (with an id) ─record─► queue (memory, bounded) ─drain every 200 ms─► Store (sled)
+//!                                                          (writer task, blocking pool, flush)
+//! POST …/feedback ─parse─► look the ids up (queue, then store) ─► mark rows done ─► QualityBook
+//!                                                        telemetry close_window ◄─take─┘
+//! ```
+//!
+//! - [`plan`]: which output is scored (the manifest's first) and what a prediction keeps of it.
+//! - [`store`]: recent predictions by (model, id) in the agent's sled database, bounded by
+//!   count, age and bytes (oldest first, counted), surviving restarts.
+//! - [`body`]: the feedback request body; [`truth`]: a truth read against its prediction.
+//! - [`book`]: this window's quality per model version, taken by telemetry at each close.
+//!
+//! The inference path only pushes a small entry onto the queue ([`Feedback::record`]: a short
+//! lock, no I/O); when the queue is full the entry is dropped and counted. The writer task
+//! ([`Feedback::drain`], [`Feedback::flush`]) moves the queue into sled. A feedback call holds
+//! the store's lock from lookup to marking, and the writer holds it from taking the queue to
+//! the end of its transaction, so a prediction is always found, in the queue or in the store,
+//! and a row is scored at most once.
+//!
+//! The HTTP endpoint lives in `serve` (this module names no HTTP type): it maps a [`Refusal`]'s
+//! [`Status`] to the status code.
+
+pub mod body;
+pub mod book;
+pub mod plan;
+pub mod store;
+pub mod truth;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use edgefleet_common::Tensor;
+use serde::Serialize;
+
+pub use book::QualityBook;
+use plan::{Classes, Kept, Plan, Prediction};
+pub use store::{Evicted, Limits, Store};
+use truth::RowTruth;
+
+use crate::error::AgentResult;
+
+/// Most predictions waiting in the queue for the writer.
+pub const MAX_QUEUED: usize = 16_384;
+/// Most bytes of predictions waiting in the queue.
+pub const MAX_QUEUED_BYTES: usize = 4 << 20;
+/// How often the writer moves the queue into the store.
+pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// What went wrong with a feedback call, for the transport to render.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// The body's shape or a truth is wrong (400).
+    BadRequest,
+    /// No item matched a prediction (404).
+    NotFound,
+    /// Every row named already received its feedback (409).
+    Conflict,
+    /// The body or the item count is over its bound (413).
+    TooLarge,
+    /// The store failed (500): nothing was scored.
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub status: Status,
+    pub message: String,
+    /// Ids no prediction held (404).
+    pub unknown: Vec<String>,
+    /// Ids whose rows already had feedback (409).
+    pub duplicate: Vec<String>,
+}
+
+impl Refusal {
+    pub fn new(status: Status, message: String) -> Self {
+        Self {
+            status,
+            message,
+            unknown: Vec::new(),
+            duplicate: Vec::new(),
+        }
+    }
+}
+
+/// A call's result when at least one row matched.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Outcome {
+    /// Rows matched and scored.
+    pub matched: u64,
+    /// Of those, rows predicted before the current telemetry window started.
+    pub late: u64,
+    /// Ids no prediction held (never recorded, expired or evicted), each once.
+    pub unknown: Vec<String>,
+    /// Ids with rows that already had feedback (those rows were not scored again), each once.
+    pub duplicate: Vec<String>,
+}
+
+/// The gauges and counters `/metrics` shows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Predictions in the store and their bytes.
+    pub held: u64,
+    pub held_bytes: u64,
+    /// Predictions in the queue, not yet in the store.
+    pub queued: u64,
+    pub evicted: Evicted,
+    /// Predictions dropped because the queue was full.
+    pub dropped: u64,
+    /// Predictions with an id that were not kept (the id too long, the output too large or
+    /// not scorable).
+    pub not_kept: u64,
+    /// Feedback rows matched, of them late, for unknown ids, and already given.
+    pub matched: u64,
+    pub late: u64,
+    pub unknown: u64,
+    pub duplicate: u64,
+}
+
+/// A prediction waiting for the writer.
+struct Queued {
+    plan: Arc<Plan>,
+    id: String,
+    prediction: Prediction,
+}
+
+#[derive(Default)]
+struct Queue {
+    items: Vec<Queued>,
+    bytes: usize,
+}
+
+#[derive(Default)]
+struct Counters {
+    dropped: AtomicU64,
+    not_kept: AtomicU64,
+    matched: AtomicU64,
+    late: AtomicU64,
+    unknown: AtomicU64,
+    duplicate: AtomicU64,
+    held: AtomicU64,
+    held_bytes: AtomicU64,
+    evicted_count: AtomicU64,
+    evicted_bytes: AtomicU64,
+    evicted_age: AtomicU64,
+}
+
+/// The agent's feedback: the queue, the store, the quality book.
+pub struct Feedback {
+    db: sled::Db,
+    store: Mutex<Store>,
+    queue: Mutex<Queue>,
+    book: QualityBook,
+    limits: Limits,
+    /// The store changed since the last flush.
+    dirty: AtomicBool,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for Feedback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Feedback({:?})", self.stats())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Feedback {
+    /// Opens the store in `db` (the agent's sled database); the first window starts at
+    /// `now_ms`.
+    pub fn open(db: &sled::Db, limits: Limits, now_ms: u64) -> AgentResult<Self> {
+        let store = Store::open(db, limits)?;
+        let fb = Self {
+            db: db.clone(),
+            store: Mutex::new(store),
+            queue: Mutex::new(Queue::default()),
+            book: QualityBook::new(now_ms),
+            limits,
+            dirty: AtomicBool::new(false),
+            counters: Counters::default(),
+        };
+        fb.mirror(&lock(&fb.store));
+        Ok(fb)
+    }
+
+    pub fn book(&self) -> &QualityBook {
+        &self.book
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Whether predictions are kept at all (`feedback_max_predictions` > 0).
+    pub fn enabled(&self) -> bool {
+        self.limits.max_predictions > 0
+    }
+
+    /// The inference path: keeps what scoring `id`'s prediction (`outputs`, every output the
+    /// model computed) will need, as `plan` says. No I/O, a short lock; dropped (and counted)
+    /// when the queue is full.
+    pub fn record(&self, plan: &Arc<Plan>, id: &str, outputs: &[Tensor]) {
+        if !self.enabled() {
+            return;
+        }
+        if id.is_empty() || id.len() > plan::MAX_ID_BYTES {
+            self.counters.not_kept.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let (rows, kept) = match plan.keep(outputs) {
+            Ok(k) => k,
+            Err(why) => {
+                if self.counters.not_kept.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!(model = %plan.model, version = plan.version, why, "a prediction with an id is not kept for feedback");
+                }
+                return;
+            }
+        };
+        let size = std::mem::size_of::<Queued>() + id.len() + kept.bytes();
+        let prediction = Prediction {
+            version: plan.version,
+            at_ms: crate::now_ms(),
+            rows,
+            done: Vec::new(),
+            kept,
+        };
+        let mut q = lock(&self.queue);
+        if q.items.len() >= MAX_QUEUED || q.bytes + size > MAX_QUEUED_BYTES {
+            drop(q);
+            if self
+                .counters
+                .dropped
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(10_000)
+            {
+                tracing::warn!(
+                    "the feedback queue is full (the store cannot keep up): predictions are dropped and counted"
+                );
+            }
+            return;
+        }
+        q.bytes += size;
+        q.items.push(Queued {
+            plan: plan.clone(),
+            id: id.to_owned(),
+            prediction,
+        });
+    }
+
+    /// The writer: moves the queue into the store and applies the bounds at `now_ms`
+    /// (blocking; run it on the blocking pool). Does not flush.
+    pub fn drain(&self, now_ms: u64) -> AgentResult<store::Written> {
+        let mut store = lock(&self.store);
+        let taken = {
+            let mut q = lock(&self.queue);
+            let capacity = q.items.len().clamp(64, MAX_QUEUED);
+            q.bytes = 0;
+            std::mem::replace(&mut q.items, Vec::with_capacity(capacity))
+        };
+        let mut result = Ok(());
+        let mut new = Vec::with_capacity(taken.len());
+        let mut seen: Vec<*const Plan> = Vec::new();
+        for t in taken {
+            if t.prediction.all_done() {
+                // Every row had its feedback while it waited.
+                continue;
+            }
+            let ptr = Arc::as_ptr(&t.plan);
+            if !seen.contains(&ptr) {
+                seen.push(ptr);
+                if !t.plan.classes().is_empty()
+                    && let Err(e) =
+                        store.put_classes(&t.plan.model, t.plan.version, t.plan.classes())
+                {
+                    result = Err(e);
+                }
+            }
+            new.push(store::New {
+                key: store::key(&t.plan.model, &t.id),
+                prediction: t.prediction,
+            });
+        }
+        let lost = new.len() as u64;
+        let written = result.and_then(|()| store.write(new, now_ms));
+        match &written {
+            Ok(w) => {
+                if w.added + w.replaced + w.evicted.total() > 0 {
+                    self.dirty.store(true, Ordering::Release);
+                }
+                if w.evicted.count + w.evicted.bytes > 0 {
+                    tracing::debug!(evicted = ?w.evicted, "feedback store over a bound: oldest predictions evicted");
+                }
+            }
+            Err(e) => {
+                self.counters.dropped.fetch_add(lost, Ordering::Relaxed);
+                tracing::error!(error = %e, lost, "cannot store predictions for feedback; dropped");
+            }
+        }
+        written
+    }
+
+    /// Flushes the store to disk if it changed (blocking; sled's `flush`, not `flush_async`),
+    /// then updates the gauges: a prediction `/metrics` counts as held is on disk.
+    pub fn flush(&self) -> AgentResult<()> {
+        if self.dirty.swap(false, Ordering::AcqRel)
+            && let Err(e) = self.db.flush()
+        {
+            self.dirty.store(true, Ordering::Release);
+            return Err(crate::error::AgentError::Other(format!(
+                "feedback store: flush: {e}"
+            )));
+        }
+        self.mirror(&lock(&self.store));
+        Ok(())
+    }
+
+    fn mirror(&self, store: &Store) {
+        let (held, bytes) = store.held();
+        let e = store.evicted();
+        let c = &self.counters;
+        c.held.store(held, Ordering::Relaxed);
+        c.held_bytes.store(bytes, Ordering::Relaxed);
+        c.evicted_count.store(e.count, Ordering::Relaxed);
+        c.evicted_bytes.store(e.bytes, Ordering::Relaxed);
+        c.evicted_age.store(e.age, Ordering::Relaxed);
+    }
+
+    pub fn stats(&self) -> Stats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            held: get(&c.held),
+            held_bytes: get(&c.held_bytes),
+            queued: lock(&self.queue).items.len() as u64,
+            evicted: Evicted {
+                count: get(&c.evicted_count),
+                bytes: get(&c.evicted_bytes),
+                age: get(&c.evicted_age),
+            },
+            dropped: get(&c.dropped),
+            not_kept: get(&c.not_kept),
+            matched: get(&c.matched),
+            late: get(&c.late),
+            unknown: get(&c.unknown),
+            duplicate: get(&c.duplicate),
+        }
+    }
+
+    /// One feedback call for `model` (blocking: run it on the blocking pool). `served` is the
+    /// version of `model` served now (unknown ids count against it); `header_id` the request
+    /// id header, for the single-item form.
+    pub fn submit(
+        &self,
+        model: &str,
+        served: Option<u64>,
+        header_id: Option<&str>,
+        body: &[u8],
+    ) -> Result<Outcome, Refusal> {
+        let items = body::parse(body, header_id)?;
+        if !self.enabled() {
+            return Err(Refusal::new(
+                Status::NotFound,
+                "this device keeps no predictions (feedback_max_predictions = 0 in its configuration): feedback cannot match".into(),
+            ));
+        }
+        if edgefleet_common::name::validate(model).is_err() {
+            return Err(Refusal::new(
+                Status::NotFound,
+                format!("{model:?} is not a model name"),
+            ));
+        }
+        let mut store = lock(&self.store);
+        let mut found = self.look_up(&store, model, &items)?;
+        // Read every item against its prediction before anything changes: a bad item refuses
+        // the whole call.
+        let mut ops: Vec<(usize, u32, RowTruth)> = Vec::new();
+        let (mut unknown, mut duplicate) = (Vec::<&str>::new(), Vec::<&str>::new());
+        let mut unknown_items = 0u64;
+        let mut duplicate_rows = 0u64;
+        let mut first_duplicate = None;
+        let single = items.len() == 1;
+        for (i, item) in items.iter().enumerate() {
+            let Some(&f) = found.index.get(item.id.as_str()) else {
+                unknown_items += 1;
+                if !unknown.contains(&item.id.as_str()) {
+                    unknown.push(&item.id);
+                }
+                continue;
+            };
+            let m = &mut found.matches[f];
+            let classes = Classes::new(&m.classes);
+            let rows = truth::resolve(item, &m.prediction, classes).map_err(|e| {
+                let at = if single {
+                    format!("id {:?}", item.id)
+                } else {
+                    format!("feedback[{i}] (id {:?})", item.id)
+                };
+                Refusal::new(Status::BadRequest, format!("{at}: {e}"))
+            })?;
+            for (r, t) in rows {
+                if m.prediction.is_done(r) {
+                    if !was_done(&m.before, r) {
+                        return Err(Refusal::new(
+                            Status::BadRequest,
+                            format!("row {r} of id {:?} is given twice in this call", item.id),
+                        ));
+                    }
+                    duplicate_rows += 1;
+                    first_duplicate.get_or_insert((item.id.clone(), r));
+                    if !duplicate.contains(&item.id.as_str()) {
+                        duplicate.push(&item.id);
+                    }
+                    continue;
+                }
+                m.prediction.mark_done(r);
+                m.touched = true;
+                ops.push((f, r, t));
+            }
+        }
+        let unknown: Vec<String> = unknown.into_iter().map(str::to_owned).collect();
+        let duplicate: Vec<String> = duplicate.into_iter().map(str::to_owned).collect();
+        self.counters
+            .duplicate
+            .fetch_add(duplicate_rows, Ordering::Relaxed);
+        if ops.is_empty() {
+            drop(store);
+            self.count_unknown(model, served, unknown_items);
+            if let Some((id, row)) = first_duplicate {
+                return Err(Refusal {
+                    status: Status::Conflict,
+                    message: format!(
+                        "row {row} of id {id:?} already received its feedback (each row is scored once); nothing in this call was new"
+                    ),
+                    unknown,
+                    duplicate,
+                });
+            }
+            return Err(Refusal {
+                status: Status::NotFound,
+                message: self.not_found_message(model, served, &unknown),
+                unknown,
+                duplicate,
+            });
+        }
+        // Marks first, in one transaction; then the scores. A failed store scores nothing.
+        let stored: Vec<(Vec<u8>, store::Stored)> = found
+            .matches
+            .iter()
+            .filter(|m| m.touched)
+            .filter_map(|m| match m.source {
+                Source::Stored(seq) => Some((
+                    store::key(model, &m.id),
+                    store::Stored {
+                        seq,
+                        prediction: m.prediction.clone(),
+                    },
+                )),
+                Source::Queued(_) => None,
+            })
+            .collect();
+        if !stored.is_empty() {
+            if let Err(e) = store.update(&stored) {
+                tracing::error!(error = %e, "cannot store feedback marks");
+                return Err(Refusal::new(
+                    Status::Internal,
+                    format!(
+                        "the device cannot store feedback now ({e}); nothing was scored: send it again"
+                    ),
+                ));
+            }
+            self.dirty.store(true, Ordering::Release);
+            self.mirror(&store);
+        }
+        {
+            let mut q = lock(&self.queue);
+            for m in found.matches.iter().filter(|m| m.touched) {
+                if let Source::Queued(i) = m.source
+                    && let Some(entry) = q.items.get_mut(i)
+                {
+                    entry.prediction.done = m.prediction.done.clone();
+                }
+            }
+        }
+        drop(store);
+        let (matched, late) = self.score(model, &found.matches, ops);
+        self.count_unknown(model, served, unknown_items);
+        Ok(Outcome {
+            matched,
+            late,
+            unknown,
+            duplicate,
+        })
+    }
+
+    /// Finds each distinct id of `items`: in the queue (the newest entry), else in the store.
+    fn look_up(&self, store: &Store, model: &str, items: &[body::Item]) -> Result<Found, Refusal> {
+        let mut found = Found::default();
+        let mut wanted: HashMap<&str, Option<usize>> =
+            items.iter().map(|i| (i.id.as_str(), None)).collect();
+        {
+            let q = lock(&self.queue);
+            for (i, e) in q.items.iter().enumerate().rev() {
+                if &*e.plan.model != model {
+                    continue;
+                }
+                if let Some(slot @ None) = wanted.get_mut(e.id.as_str()) {
+                    *slot = Some(found.matches.len());
+                    found.matches.push(Match {
+                        id: e.id.clone(),
+                        source: Source::Queued(i),
+                        prediction: e.prediction.clone(),
+                        classes: e.plan.classes().to_vec(),
+                        before: e.prediction.done.clone(),
+                        touched: false,
+                    });
+                }
+            }
+        }
+        let internal = |e: crate::error::AgentError| {
+            Refusal::new(
+                Status::Internal,
+                format!(
+                    "the device cannot read its predictions now ({e}): send the feedback again"
+                ),
+            )
+        };
+        for (id, slot) in wanted.iter_mut() {
+            if slot.is_some() {
+                continue;
+            }
+            let Some(s) = store.get(&store::key(model, id)).map_err(internal)? else {
+                continue;
+            };
+            let classes = match &s.prediction.kept {
+                Kept::Labels { .. } => store
+                    .classes(model, s.prediction.version)
+                    .map_err(internal)?
+                    .unwrap_or_default(),
+                Kept::Values { .. } => Vec::new(),
+            };
+            *slot = Some(found.matches.len());
+            found.matches.push(Match {
+                id: (*id).to_owned(),
+                source: Source::Stored(s.seq),
+                before: s.prediction.done.clone(),
+                prediction: s.prediction,
+                classes,
+                touched: false,
+            });
+        }
+        found.index = wanted
+            .into_iter()
+            .filter_map(|(id, slot)| slot.map(|s| (id.to_owned(), s)))
+            .collect();
+        Ok(found)
+    }
+
+    /// Scores the rows into the book; returns (matched, late).
+    fn score(
+        &self,
+        model: &str,
+        matches: &[Match],
+        ops: Vec<(usize, u32, RowTruth)>,
+    ) -> (u64, u64) {
+        let (mut matched, mut late) = (0, 0);
+        self.book.with(|w| {
+            let start = w.start_ms();
+            for (f, r, t) in ops {
+                let m = &matches[f];
+                let p = &m.prediction;
+                let is_late = p.at_ms < start;
+                let q = w.quality(model, p.version);
+                let classes = Classes::new(&m.classes);
+                let scored = match (&p.kept, &t) {
+                    (Kept::Values { width, values }, RowTruth::Values(truth)) => {
+                        let w = *width as usize;
+                        q.score_values(&values.row(r as usize * w, w), truth, is_late)
+                    }
+                    (Kept::Labels { labels, probs }, RowTruth::Label(truth)) => {
+                        let predicted = labels
+                            .get(r as usize)
+                            .map(|l| l.text(classes))
+                            .unwrap_or_default();
+                        let p_true = probs.as_ref().and_then(|(c, values)| {
+                            let c = *c as usize;
+                            truth
+                                .column(classes, c)
+                                .and_then(|k| values.get(r as usize * c + k))
+                        });
+                        q.score_label(&predicted, &truth.text(classes), p_true, is_late)
+                    }
+                    _ => Err(edgefleet_common::Error::Malformed {
+                        what: "feedback",
+                        detail: "a truth of the wrong kind".into(),
+                    }),
+                };
+                match scored {
+                    Ok(()) => {
+                        matched += 1;
+                        late += u64::from(is_late);
+                    }
+                    // Every truth was checked against its prediction: not expected.
+                    Err(e) => {
+                        tracing::error!(error = %e, model, "a feedback row could not be scored")
+                    }
+                }
+            }
+        });
+        self.counters.matched.fetch_add(matched, Ordering::Relaxed);
+        self.counters.late.fetch_add(late, Ordering::Relaxed);
+        (matched, late)
+    }
+
+    fn count_unknown(&self, model: &str, served: Option<u64>, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.counters.unknown.fetch_add(n, Ordering::Relaxed);
+        if let Some(version) = served {
+            self.book.with(|w| {
+                let q = w.quality(model, version);
+                q.unknown = q.unknown.saturating_add(n);
+            });
+        }
+    }
+
+    fn not_found_message(&self, model: &str, served: Option<u64>, unknown: &[String]) -> String {
+        let l = self.limits;
+        let e = self.stats().evicted;
+        let shown: Vec<&String> = unknown.iter().take(10).collect();
+        let more = if unknown.len() > 10 {
+            format!(" and {} more", unknown.len() - 10)
+        } else {
+            String::new()
+        };
+        let serving = if served.is_none() {
+            format!(" Model {model:?} is not served here.")
+        } else {
+            String::new()
+        };
+        format!(
+            "no prediction of model {model:?} with id {shown:?}{more} is held on this device: the \
+             inference request carried no id (set \"id\" in its body or the x-request-id header), \
+             or the prediction expired (older than feedback_max_age_secs = {} s; {} expired so \
+             far), or it was evicted to stay within feedback_max_predictions = {} and \
+             feedback_max_bytes = {} ({} evicted so far).{serving}",
+            l.max_age_ms / 1000,
+            e.age,
+            l.max_predictions,
+            l.max_bytes,
+            e.count + e.bytes
+        )
+    }
+}
+
+/// Where a prediction was found.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// At this index of the queue (stable while the store lock is held: only the writer,
+    /// under that lock, takes entries out).
+    Queued(usize),
+    /// In the store, under this sequence number.
+    Stored(u64),
+}
+
+struct Match {
+    id: String,
+    source: Source,
+    /// A copy, marked as the call goes; written back once every item is read.
+    prediction: Prediction,
+    classes: Vec<String>,
+    /// The done marks before this call.
+    before: Vec<u8>,
+    /// Whether this call marked a row.
+    touched: bool,
+}
+
+fn was_done(before: &[u8], row: u32) -> bool {
+    before
+        .get(row as usize / 8)
+        .is_some_and(|b| b & (1 << (row % 8)) != 0)
+}
+
+#[derive(Default)]
+struct Found {
+    matches: Vec<Match>,
+    /// id → index into `matches`.
+    index: HashMap<String, usize>,
+}
+
+#[cfg(test)]
+mod tests;
