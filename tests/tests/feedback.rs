@@ -337,6 +337,47 @@ async fn regression_quality_in_the_record_is_the_mae_of_the_pairs() {
         metric(&http, &agent.url, "edgefleet_agent_feedback_unknown_total").await,
     );
     assert_eq!(metrics, (Some(7.0), Some(1.0)));
+    // The hub merged the same records: its drift report and its /metrics show the same MAE.
+    let report = eventually("the hub's quality of demand v1", || async {
+        let v: Value = http
+            .get(hub.api("models/demand/versions/1/drift"))
+            .bearer_auth(&hub.token)
+            .send()
+            .await
+            .map_err(|e| Seen(json!(e.to_string())))?
+            .json()
+            .await
+            .map_err(|e| Seen(json!(e.to_string())))?;
+        when(v["quality"]["matched"] == 7, v)
+    })
+    .await;
+    let hub_mae = report["quality"]["mae"].as_f64().expect("mae");
+    assert!((hub_mae - mae).abs() < 1e-5, "hub MAE {hub_mae} vs {mae}");
+    assert_eq!(report["quality"]["unknown"], 1, "{report}");
+    assert_eq!(report["quality"]["task"], "regression", "{report}");
+    let line = eventually("edgefleet_hub_model_mae on the hub's /metrics", || async {
+        let text = http
+            .get(format!("{}/metrics", hub.url))
+            .send()
+            .await
+            .map_err(|e| Seen(json!(e.to_string())))?
+            .text()
+            .await
+            .map_err(|e| Seen(json!(e.to_string())))?;
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("edgefleet_hub_model_mae{"))
+            .map(str::to_owned);
+        found(line, &json!(text))
+    })
+    .await;
+    assert!(line.contains(r#"model="demand""#), "{line}");
+    let value: f64 = line
+        .split_whitespace()
+        .last()
+        .and_then(|v| v.parse().ok())
+        .expect("a value");
+    assert!((value - mae).abs() < 1e-5, "{line} vs {mae}");
     agent.stop().await;
 }
 
