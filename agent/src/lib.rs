@@ -156,14 +156,10 @@ async fn open_parts(config: &AgentConfig) -> anyhow::Result<Parts> {
     );
     let uplink_settings =
         telemetry::uplink::Settings::from_config(config).map_err(|e| anyhow::anyhow!(e))?;
-    let updater = Arc::new(update::Updater::new(
-        config.clone(),
-        layout,
-        hub,
-        models.clone(),
-        trust,
-        active,
-    ));
+    let updater = Arc::new(
+        update::Updater::new(config.clone(), layout, hub, models.clone(), trust, active)
+            .with_capture(feedback.capture().clone()),
+    );
     {
         let mut a = updater.active.lock().await;
         updater.load_from_disk(&mut a)?;

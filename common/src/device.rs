@@ -131,10 +131,9 @@ pub enum InstallPhase {
     Removing,
 }
 
-/// The newest bundle format the agent reads: 2 added the signed telemetry-window instruction
-/// and the assigned set. Format 3 (sample-capture instructions) is defined and decoded, and
-/// becomes the newest when the agent captures samples.
-pub const BUNDLE_FORMAT: u32 = 2;
+/// The newest bundle format: 2 added the signed telemetry-window instruction and the assigned
+/// set, 3 the signed sample-capture instructions.
+pub const BUNDLE_FORMAT: u32 = 3;
 
 /// The HTTP request header in which an agent's poll names the newest bundle format it reads
 /// (before its first status report has told the hub).
@@ -157,6 +156,11 @@ pub struct AssignmentBundle {
     /// Format 3: per model whose samples the hub collects, a signed capture instruction for
     /// this device. None: no capture.
     pub capture: Vec<crate::trust::Signed<crate::sample::CaptureInstruction>>,
+    /// The format [`AssignmentBundle::from_wire`] read (0: built in this process, not
+    /// decoded). Not on the wire: a reader must not take what an older format cannot say
+    /// (capture instructions) as "none".
+    #[serde(skip)]
+    pub format: u32,
 }
 
 /// Format 2 of the bundle, as agents before sample capture decode it.
@@ -199,7 +203,7 @@ impl AssignmentBundle {
     pub fn from_wire(bytes: &[u8]) -> Result<Self> {
         const WHAT: &str = "assignment bundle";
         let v3 = match crate::encoding::from_bytes::<Self>(WHAT, bytes) {
-            Ok(b) => return Ok(b),
+            Ok(b) => return Ok(Self { format: 3, ..b }),
             Err(e) => e,
         };
         if let Ok(v2) = crate::encoding::from_bytes::<BundleV2>(WHAT, bytes) {
@@ -209,12 +213,14 @@ impl AssignmentBundle {
                 window: v2.window,
                 assigned: v2.assigned,
                 capture: Vec::new(),
+                format: 2,
             });
         }
         match crate::encoding::from_bytes::<BundleV1>(WHAT, bytes) {
             Ok(v1) => Ok(Self {
                 assignments: v1.assignments,
                 rotations: v1.rotations,
+                format: 1,
                 ..Self::default()
             }),
             // The newest format's complaint is the useful one.

@@ -362,6 +362,7 @@ fn bundle_formats_and_window_instruction_bytes() {
             .expect("sign"),
         ),
         capture: vec![],
+        format: 0,
     };
     let v2 = bundle.to_wire(2).expect("v2");
     let v1 = bundle.to_wire(1).expect("v1");
@@ -390,8 +391,13 @@ fn bundle_formats_and_window_instruction_bytes() {
     assert!(encoding::from_bytes::<OldBundle>("bundle", &v1).is_ok());
     assert!(encoding::from_bytes::<OldBundle>("bundle", &v2).is_err());
     // A new reader reads both.
-    assert_eq!(AssignmentBundle::from_wire(&v2).expect("v2"), bundle);
-    assert_eq!(AssignmentBundle::from_wire(&v1).expect("v1"), none);
+    let read = |bytes: &[u8]| AssignmentBundle {
+        format: 0,
+        ..AssignmentBundle::from_wire(bytes).expect("decodes")
+    };
+    assert_eq!(read(&v2), bundle);
+    assert_eq!(read(&v1), none);
+    assert_eq!(AssignmentBundle::from_wire(&v1).expect("v1").format, 1);
     let bad = AssignmentBundle::from_wire(&v2[..v2.len() - 3]).expect_err("truncated");
     assert!(bad.to_string().contains("assignment bundle"), "{bad}");
     // Format 3 adds the capture instructions at the end: format 2 is format 3 without them,
@@ -421,8 +427,10 @@ fn bundle_formats_and_window_instruction_bytes() {
         [v2.clone(), vec![0]].concat()
     );
     assert_eq!(with_capture.to_wire(2).expect("v2"), v2);
-    assert_eq!(AssignmentBundle::from_wire(&v3).expect("v3"), with_capture);
-    assert_eq!(AssignmentBundle::from_wire(&v2).expect("v2"), bundle);
+    assert_eq!(read(&v3), with_capture);
+    assert_eq!(read(&v2), bundle);
+    assert_eq!(AssignmentBundle::from_wire(&v3).expect("v3").format, 3);
+    assert_eq!(AssignmentBundle::from_wire(&v2).expect("v2").format, 2);
     assert_eq!(
         encoding::domain_prefix(edgefleet_common::sample::SampleBatch::KIND),
         b"EDGEFLEET\0samples\0\x01"

@@ -349,6 +349,7 @@ impl Desired {
             window,
             assigned: Some(assigned),
             capture,
+            format: 0,
         })
     }
 

@@ -97,7 +97,7 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         for id in &ids[round * ROUND..(round + 1) * ROUND] {
             let out = infer();
-            fb.record(&scoring, id, &out);
+            fb.record(&scoring, id, &[], &out);
             std::hint::black_box(out);
         }
         recorded += t.elapsed();
@@ -127,7 +127,7 @@ fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     for chunk in 0..20 {
         for i in 0..10_000 {
-            fb.record(&scoring, &format!("w-{chunk}-{i}"), &out);
+            fb.record(&scoring, &format!("w-{chunk}-{i}"), &[], &out);
         }
         written += fb.drain(now_ms())?.added;
         fb.flush()?;

@@ -137,6 +137,7 @@ fn bundle(a: Assignment, key: &SecretKey) -> AssignmentBundle {
         window: None,
         assigned: None,
         capture: vec![],
+        format: 0,
     }
 }
 

@@ -788,3 +788,193 @@ async fn every_bad_call_gets_its_4xx_and_a_flood_gets_200_404_or_429_only() {
     assert_eq!(a["id"], "after");
     agent.stop().await;
 }
+
+/// `GET` an admin API path of the hub as JSON.
+async fn hub_json(http: &reqwest::Client, hub: &Hub, path: &str) -> Result<Value, Seen> {
+    http.get(hub.api(path))
+        .bearer_auth(&hub.token)
+        .send()
+        .await
+        .map_err(|e| Seen(json!(e.to_string())))?
+        .json()
+        .await
+        .map_err(|e| Seen(json!(e.to_string())))
+}
+
+/// Sample capture end to end: off by default; switched on at the hub, the device keeps a
+/// reservoir of matched rows (capped per window however many come) and the hub's export holds
+/// exactly those rows, with the digest of exactly its bytes; switched off, no sample leaves
+/// the device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn captured_samples_reach_the_hub_and_the_export_holds_exactly_them() {
+    let hub = Hub::start_mqtt().await;
+    hub.push_mlp(MODEL, 1, 7).await;
+    hub.assign("shop-cap", MODEL, 1).await;
+    let http = client();
+    let put = http
+        .put(hub.api("models/demand/capture"))
+        .bearer_auth(&hub.token)
+        .json(&json!({"rate": 1.0, "max_rows": 3}))
+        .send()
+        .await
+        .expect("capture on");
+    assert_eq!(put.status(), 200);
+    let bad = http
+        .put(hub.api("models/demand/capture"))
+        .bearer_auth(&hub.token)
+        .json(&json!({"rate": 2.0, "max_rows": 3}))
+        .send()
+        .await
+        .expect("bad capture");
+    assert_eq!(bad.status(), 400);
+    let agent = Agent::start_with(&hub, "shop-cap", tempfile::tempdir().expect("tmp"), |c| {
+        c.telemetry_window_secs = 3;
+        c.heartbeat_secs = 1;
+        c.telemetry_resend_secs = 2;
+    })
+    .await;
+    wait_ready(&http, &agent.url, MODEL).await;
+    // The instruction arrives with the bundle that installed the model.
+    eventually("capture in force on the device", || async {
+        let n = metric(&http, &agent.url, "edgefleet_agent_capture_models").await;
+        when(n == Some(1.0), json!(n))
+    })
+    .await;
+    // Five predictions, their truths in one call: all offered to one window's reservoir of 3.
+    let mut rows = Vec::new();
+    for i in 0..5u64 {
+        let id = format!("c{i}");
+        let a = infer_json(
+            &http,
+            &agent.url,
+            MODEL,
+            mlp_body(1, 200 + i, Some(&id)),
+            None,
+        )
+        .await;
+        rows.push((
+            id,
+            floats(&a, "y")[0],
+            edgefleet_tests::probe_rows(1, 200 + i),
+        ));
+    }
+    let truths: Vec<f64> = (0..5).map(|i| 100.0 + i as f64).collect();
+    let items: Vec<Value> = rows
+        .iter()
+        .zip(&truths)
+        .map(|((id, _, _), t)| json!({"id": id, "truth": t}))
+        .collect();
+    let o = feedback_ok(&http, &agent.url, MODEL, json!({"feedback": items})).await;
+    assert_eq!(o["matched"], 5, "{o}");
+    let summary = eventually("the hub holds the captured rows", || async {
+        let v = hub_json(&http, &hub, "models/demand/samples").await?;
+        when(v["rows"].as_u64() >= Some(3), v)
+    })
+    .await;
+    assert_eq!(
+        summary["rows"], 3,
+        "three rows kept of five offered: {summary}"
+    );
+    // The export: exactly those rows, each one of ours with its inputs, prediction and truth.
+    let resp = http
+        .get(hub.api("models/demand/samples/export"))
+        .bearer_auth(&hub.token)
+        .send()
+        .await
+        .expect("export");
+    assert_eq!(resp.status(), 200);
+    let digest = resp
+        .headers()
+        .get("x-edgefleet-dataset-sha256")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .expect("digest header");
+    let csv = resp.bytes().await.expect("body");
+    assert_eq!(digest, edgefleet_common::Digest::of(&csv).to_string());
+    let text = String::from_utf8(csv.to_vec()).expect("utf-8");
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().expect("header").split(',').collect();
+    assert_eq!(&header[..3], ["device", "version", "made_at"]);
+    assert_eq!(
+        header.len(),
+        3 + edgefleet_tests::FEATURES + 2,
+        "{header:?}"
+    );
+    assert_eq!(header[header.len() - 2..], ["predicted_y", "truth_y"]);
+    let exported: Vec<Vec<String>> = lines
+        .map(|l| l.split(',').map(str::to_owned).collect())
+        .collect();
+    assert_eq!(exported.len(), 3, "{text}");
+    for e in &exported {
+        assert_eq!(e[0], "shop-cap");
+        let truth: f64 = e[e.len() - 1].parse().expect("truth");
+        let i = truths
+            .iter()
+            .position(|t| *t == truth)
+            .unwrap_or_else(|| panic!("a truth we did not send: {e:?}"));
+        let (_, pred, inputs) = &rows[i];
+        let got_pred: f64 = e[e.len() - 2].parse().expect("prediction");
+        assert!((got_pred - pred).abs() < 1e-4, "{got_pred} vs {pred}");
+        for (j, x) in inputs[0].iter().enumerate() {
+            let got: f64 = e[3 + j].parse().expect("input");
+            assert!(
+                (got - f64::from(*x)).abs() < 1e-5,
+                "input {j}: {got} vs {x}"
+            );
+        }
+    }
+    // Off: later feedback is scored, but no sample leaves the device.
+    let off = http
+        .delete(hub.api("models/demand/capture"))
+        .bearer_auth(&hub.token)
+        .send()
+        .await
+        .expect("capture off");
+    assert_eq!(off.status(), 200);
+    eventually("the device stops keeping inputs", || async {
+        let v = hub_json(&http, &hub, "models/demand/capture").await?;
+        when(v["capture"] == false, v)
+    })
+    .await;
+    eventually("capture off on the device", || async {
+        let n = metric(&http, &agent.url, "edgefleet_agent_capture_models").await;
+        when(n == Some(0.0), json!(n))
+    })
+    .await;
+    let before = hub_json(&http, &hub, "models/demand/versions/1/drift")
+        .await
+        .expect("drift")["quality"]["matched"]
+        .as_u64()
+        .unwrap_or(0);
+    for i in 0..5u64 {
+        let id = format!("d{i}");
+        infer_json(
+            &http,
+            &agent.url,
+            MODEL,
+            mlp_body(1, 300 + i, Some(&id)),
+            None,
+        )
+        .await;
+        feedback_ok(
+            &http,
+            &agent.url,
+            MODEL,
+            json!({"feedback": [{"id": id, "truth": 1.0}]}),
+        )
+        .await;
+    }
+    eventually("the later feedback reached the hub", || async {
+        let v = hub_json(&http, &hub, "models/demand/versions/1/drift").await?;
+        when(v["quality"]["matched"].as_u64() >= Some(before + 5), v)
+    })
+    .await;
+    let after = hub_json(&http, &hub, "models/demand/samples")
+        .await
+        .expect("summary");
+    assert_eq!(
+        after["rows"], 3,
+        "no sample after capture was switched off: {after}"
+    );
+    agent.stop().await;
+}

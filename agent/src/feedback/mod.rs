@@ -27,6 +27,7 @@
 
 pub mod body;
 pub mod book;
+pub mod capture;
 pub mod plan;
 pub mod store;
 pub mod truth;
@@ -39,6 +40,7 @@ use edgefleet_common::Tensor;
 use serde::Serialize;
 
 pub use book::QualityBook;
+pub use capture::Capture;
 use plan::{Classes, Kept, Plan, Prediction};
 pub use store::{Evicted, Limits, Store};
 use truth::RowTruth;
@@ -120,7 +122,12 @@ pub struct Stats {
     pub late: u64,
     pub unknown: u64,
     pub duplicate: u64,
+    /// Models whose training samples are captured now (the hub's instructions in force).
+    pub capturing: u64,
 }
+
+/// (model, version) → its plan.
+type PlansByVersion = HashMap<(Arc<str>, u64), Arc<Plan>>;
 
 /// A prediction waiting for the writer.
 struct Queued {
@@ -156,6 +163,9 @@ pub struct Feedback {
     store: Mutex<Store>,
     queue: Mutex<Queue>,
     book: QualityBook,
+    capture: Arc<Capture>,
+    /// The plans of model versions whose predictions kept inputs: a captured row's columns.
+    captured_plans: Mutex<PlansByVersion>,
     limits: Limits,
     /// The store changed since the last flush.
     dirty: AtomicBool,
@@ -182,6 +192,8 @@ impl Feedback {
             store: Mutex::new(store),
             queue: Mutex::new(Queue::default()),
             book: QualityBook::new(now_ms),
+            capture: Arc::new(Capture::new(now_ms / 1000, now_ms)),
+            captured_plans: Mutex::new(HashMap::new()),
             limits,
             dirty: AtomicBool::new(false),
             counters: Counters::default(),
@@ -194,6 +206,11 @@ impl Feedback {
         &self.book
     }
 
+    /// Sample capture: the hub's instructions in force and this window's reservoirs.
+    pub fn capture(&self) -> &Arc<Capture> {
+        &self.capture
+    }
+
     pub fn limits(&self) -> Limits {
         self.limits
     }
@@ -204,9 +221,9 @@ impl Feedback {
     }
 
     /// The inference path: keeps what scoring `id`'s prediction (`outputs`, every output the
-    /// model computed) will need, as `plan` says. No I/O, a short lock; dropped (and counted)
-    /// when the queue is full.
-    pub fn record(&self, plan: &Arc<Plan>, id: &str, outputs: &[Tensor]) {
+    /// model computed) will need, as `plan` says, and its `inputs` while the model's samples
+    /// are captured. No I/O, a short lock; dropped (and counted) when the queue is full.
+    pub fn record(&self, plan: &Arc<Plan>, id: &str, inputs: &[Tensor], outputs: &[Tensor]) {
         if !self.enabled() {
             return;
         }
@@ -223,13 +240,23 @@ impl Feedback {
                 return;
             }
         };
-        let size = std::mem::size_of::<Queued>() + id.len() + kept.bytes();
+        let at_ms = crate::now_ms();
+        let inputs = if self.capture.wants(&plan.model, at_ms / 1000) {
+            lock(&self.captured_plans)
+                .entry((plan.model.clone(), plan.version))
+                .or_insert_with(|| plan.clone());
+            plan.input_rows(inputs, rows)
+        } else {
+            Vec::new()
+        };
+        let size = std::mem::size_of::<Queued>() + id.len() + kept.bytes() + inputs.len() * 8;
         let prediction = Prediction {
             version: plan.version,
-            at_ms: crate::now_ms(),
+            at_ms,
             rows,
             done: Vec::new(),
             kept,
+            inputs,
         };
         let mut q = lock(&self.queue);
         if q.items.len() >= MAX_QUEUED || q.bytes + size > MAX_QUEUED_BYTES {
@@ -350,6 +377,7 @@ impl Feedback {
             late: get(&c.late),
             unknown: get(&c.unknown),
             duplicate: get(&c.duplicate),
+            capturing: self.capture.capturing(crate::now()),
         }
     }
 
@@ -605,6 +633,7 @@ impl Feedback {
                     Ok(()) => {
                         matched += 1;
                         late += u64::from(is_late);
+                        self.offer_sample(model, m, r, &t);
                     }
                     // Every truth was checked against its prediction: not expected.
                     Err(e) => {
@@ -616,6 +645,59 @@ impl Feedback {
         self.counters.matched.fetch_add(matched, Ordering::Relaxed);
         self.counters.late.fetch_add(late, Ordering::Relaxed);
         (matched, late)
+    }
+
+    /// Offers a scored row to the capture's reservoir when its prediction kept its inputs.
+    fn offer_sample(&self, model: &str, m: &Match, r: u32, truth: &RowTruth) {
+        use edgefleet_common::sample::{SampleRow, Value};
+        let p = &m.prediction;
+        if p.inputs.is_empty() {
+            return;
+        }
+        let plan = lock(&self.captured_plans)
+            .get(&(Arc::from(model), p.version))
+            .cloned();
+        let Some(plan) = plan else { return };
+        let width = plan.input_names.len();
+        let Some(inputs) = p.inputs.get(r as usize * width..(r as usize + 1) * width) else {
+            return;
+        };
+        let classes = Classes::new(&m.classes);
+        let (predicted, truth) = match (&p.kept, truth) {
+            (Kept::Values { width, values }, RowTruth::Values(t)) => {
+                let w = *width as usize;
+                (
+                    values
+                        .row(r as usize * w, w)
+                        .into_iter()
+                        .map(Value::Number)
+                        .collect(),
+                    t.iter().copied().map(Value::Number).collect(),
+                )
+            }
+            (Kept::Labels { labels, .. }, RowTruth::Label(t)) => (
+                labels
+                    .get(r as usize)
+                    .map(|l| vec![Value::Label(l.text(classes))])
+                    .unwrap_or_default(),
+                vec![Value::Label(t.text(classes))],
+            ),
+            _ => return,
+        };
+        let columns = capture::Columns {
+            inputs: &plan.input_names,
+            outputs: &plan.output_names,
+        };
+        let row = SampleRow {
+            made_at: p.at_ms / 1000,
+            inputs: inputs.to_vec(),
+            predicted,
+            truth,
+        };
+        if row.predicted.len() == plan.output_names.len() {
+            self.capture
+                .offer(model, p.version, columns, row, crate::now());
+        }
     }
 
     fn count_unknown(&self, model: &str, served: Option<u64>, n: u64) {

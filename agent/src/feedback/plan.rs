@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use edgefleet_common::sketch::{ModelColumn, model_columns};
 use edgefleet_common::{DataType, ModelManifest, Tensor, TensorData, TensorSpec};
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +30,13 @@ pub struct Plan {
     /// row), by the rule the window profiles use.
     batched: bool,
     pub kind: Kind,
+    /// The input columns a captured sample holds (the window profiles' columns of the
+    /// inputs), and their tensors' names.
+    input_columns: Vec<ModelColumn>,
+    input_tensors: Vec<String>,
+    /// Column names of the inputs and of the scored output, as a sample batch names them.
+    pub input_names: Vec<String>,
+    pub output_names: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -101,13 +109,70 @@ impl Plan {
                     }),
             },
         };
+        let columns = model_columns(m);
+        let input_columns: Vec<ModelColumn> = columns
+            .iter()
+            .filter(|c| c.tensor < m.inputs.len())
+            .cloned()
+            .collect();
+        let output_names = match (&kind, first) {
+            (Kind::Regression, Some(_)) => columns
+                .iter()
+                .filter(|c| c.tensor == m.inputs.len())
+                .map(|c| c.name.clone())
+                .collect(),
+            (_, Some(s)) => vec![s.name.clone()],
+            (_, None) => vec![],
+        };
         Plan {
             model: m.name.as_str().into(),
             version: m.version,
             output: first.map(|s| s.name.clone()).unwrap_or_default(),
             batched: first.is_some_and(batched),
             kind,
+            input_names: input_columns.iter().map(|c| c.name.clone()).collect(),
+            input_tensors: m.inputs.iter().map(|t| t.name.clone()).collect(),
+            input_columns,
+            output_names,
         }
+    }
+
+    /// The request's input values, `rows` rows of [`Plan::input_names`] each (row-major; NaN
+    /// where a value is missing or not a number), for a captured sample. An unbatched input
+    /// is the same for every row.
+    pub fn input_rows(&self, inputs: &[Tensor], rows: u32) -> Vec<f64> {
+        let found: Vec<Option<(&Tensor, usize)>> = self
+            .input_tensors
+            .iter()
+            .map(|name| {
+                inputs.iter().find(|t| &t.name == name).map(|t| {
+                    let width = t
+                        .shape
+                        .get(1..)
+                        .map_or(1, |d| d.iter().product::<u64>().max(1));
+                    (t, width as usize)
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(rows as usize * self.input_columns.len());
+        for r in 0..rows as usize {
+            for c in &self.input_columns {
+                let v = found
+                    .get(c.tensor)
+                    .copied()
+                    .flatten()
+                    .and_then(|(t, width)| {
+                        let at = if c.batched {
+                            r * width + c.element
+                        } else {
+                            c.element
+                        };
+                        t.data.get_f64(at)
+                    });
+                out.push(v.unwrap_or(f64::NAN));
+            }
+        }
+        out
     }
 
     /// The class names of a classifier (none for a regression).
@@ -257,6 +322,9 @@ pub struct Prediction {
     /// Bit `r` set: row `r` received its feedback. Empty until the first one does.
     pub done: Vec<u8>,
     pub kept: Kept,
+    /// The inputs, rows × the plan's input columns, when the model's samples were being
+    /// captured as it was made; empty otherwise.
+    pub inputs: Vec<f64>,
 }
 
 impl Prediction {

@@ -130,7 +130,7 @@ fn refused(fb: &Feedback, model: &str, body: serde_json::Value) -> Refusal {
 fn record_at(fb: &Feedback, n: usize, from: usize, at_ms: u64) {
     let m = regressor(1);
     for i in from..from + n {
-        fb.record(&plan(&m), &format!("p{i}"), &values(&[i as f32]));
+        fb.record(&plan(&m), &format!("p{i}"), &[], &values(&[i as f32]));
     }
     // The same predictions, made at `at_ms`.
     {
@@ -240,8 +240,8 @@ fn predictions_survive_a_reopen() {
     {
         let (db, fb) = f.open(LIMITS);
         let m = regressor(1);
-        fb.record(&plan(&m), "a", &values(&[10.0, 20.0]));
-        fb.record(&plan(&m), "b", &values(&[5.0]));
+        fb.record(&plan(&m), "a", &[], &values(&[10.0, 20.0]));
+        fb.record(&plan(&m), "b", &[], &values(&[5.0]));
         fb.drain(crate::now_ms()).expect("drain");
         fb.flush().expect("flush");
         // Half of "a" answered before the restart.
@@ -281,11 +281,11 @@ fn regression_mae_rmse_mape_are_the_hand_computed_ones() {
     let (_db, fb) = f.open(LIMITS);
     let m = regressor(1);
     let pairs = [(10.0f32, 12.0f64), (5.0, 4.0), (3.0, 3.0), (8.0, 0.0)];
-    fb.record(&plan(&m), "r1", &values(&[pairs[0].0]));
-    fb.record(&plan(&m), "batch", &values(&[pairs[1].0, pairs[2].0]));
+    fb.record(&plan(&m), "r1", &[], &values(&[pairs[0].0]));
+    fb.record(&plan(&m), "batch", &[], &values(&[pairs[1].0, pairs[2].0]));
     fb.drain(crate::now_ms()).expect("drain");
     fb.flush().expect("flush");
-    fb.record(&plan(&m), "q", &values(&[pairs[3].0]));
+    fb.record(&plan(&m), "q", &[], &values(&[pairs[3].0]));
     let o = ok(
         &fb,
         "demand",
@@ -338,10 +338,10 @@ fn classification_accuracy_and_log_loss_with_int_labels_and_names() {
         let (_db, fb) = f.open(LIMITS);
         let m = classifier(names);
         let p = [0.7f32, 0.2, 0.1, 0.1, 0.3, 0.6, 0.2, 0.5, 0.3];
-        fb.record(&plan(&m), "b", &labels(&[0, 2, 1], &p));
+        fb.record(&plan(&m), "b", &[], &labels(&[0, 2, 1], &p));
         fb.drain(crate::now_ms()).expect("drain");
         fb.flush().expect("flush");
-        fb.record(&plan(&m), "c", &labels(&[0], &p[..3]));
+        fb.record(&plan(&m), "c", &[], &labels(&[0], &p[..3]));
         // Truths: 0 (right), 1 (wrong, predicted 2), 1 (right), 2 (wrong, predicted 0).
         let t = |k: usize| -> serde_json::Value {
             if names.first() == Some(&"cat") {
@@ -398,7 +398,7 @@ fn a_bool_classifier_without_probabilities() {
         shape: vec![2],
         data: TensorData::Bool(vec![true, false]),
     }];
-    fb.record(&plan(&m), "t", &out);
+    fb.record(&plan(&m), "t", &[], &out);
     let o = ok(
         &fb,
         "flag",
@@ -415,7 +415,7 @@ fn duplicates_conflict_and_bad_items_change_nothing() {
     let f = Fixture::new();
     let (_db, fb) = f.open(LIMITS);
     let m = regressor(1);
-    fb.record(&plan(&m), "a", &values(&[1.0, 2.0]));
+    fb.record(&plan(&m), "a", &[], &values(&[1.0, 2.0]));
     fb.drain(crate::now_ms()).expect("drain");
     fb.flush().expect("flush");
     // A bad item refuses the whole call: row 0 is not scored.
@@ -461,8 +461,8 @@ fn feedback_after_the_window_closed_is_late() {
     let f = Fixture::new();
     let (_db, fb) = f.open(LIMITS);
     let m = regressor(1);
-    fb.record(&plan(&m), "a", &values(&[1.0]));
-    fb.record(&plan(&m), "b", &values(&[1.0]));
+    fb.record(&plan(&m), "a", &[], &values(&[1.0]));
+    fb.record(&plan(&m), "b", &[], &values(&[1.0]));
     assert_eq!(ok(&fb, "demand", json!({"id": "a", "truth": 2.0})).late, 0);
     // The window closes (taking "a"'s score); "b"'s feedback lands in the next, late.
     let first = fb.book().take(crate::now_ms() + 1);

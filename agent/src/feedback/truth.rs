@@ -146,6 +146,7 @@ mod tests {
 
     fn regression(rows: u32, width: u32) -> Prediction {
         Prediction {
+            inputs: vec![],
             version: 1,
             at_ms: 0,
             rows,
@@ -257,6 +258,7 @@ mod tests {
     #[test]
     fn classifier_rows() {
         let p = Prediction {
+            inputs: vec![],
             version: 1,
             at_ms: 0,
             rows: 2,

@@ -312,7 +312,7 @@ fn infer_recorded(
         .window
         .record(&req.inputs, &outputs, start.elapsed().as_secs_f64() * 1e6);
     if let (Some(f), Some(id)) = (feedback, &req.id) {
-        f.record(&served.scoring, id, &outputs);
+        f.record(&served.scoring, id, &req.inputs, &outputs);
     }
     if !wanted.is_empty() {
         outputs.retain(|o| wanted.contains(&o.name.as_str()));

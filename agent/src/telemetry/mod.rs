@@ -102,6 +102,9 @@ impl Telemetry {
     /// last close) and the quality book's window, and queues one signed record if any saw a
     /// request or feedback. Returns its sequence.
     pub fn close_window(&self, now: u64) -> AgentResult<Option<u64>> {
+        // Samples first: their sequence numbers come before the record's, but the uplink
+        // publishes records ahead of samples, so drift telemetry never waits behind them.
+        self.queue_samples(now);
         let windows = self.collect_windows(now)?;
         // The book's window ends now to the millisecond: a prediction made after this is not
         // late for the next window's feedback.
@@ -128,6 +131,36 @@ impl Telemetry {
         let seq = self.append_windows(models, quality, bounds, &self.sample_health())?;
         tracing::debug!(seq, "telemetry window closed and queued");
         Ok(Some(seq))
+    }
+
+    /// Signs the window's captured samples (one batch per model version) into the outbox,
+    /// marked [`outbox::SAMPLES`]. A batch that cannot be queued is dropped and counted.
+    fn queue_samples(&self, now: u64) {
+        let Some(f) = &self.feedback else { return };
+        for mut batch in f.capture().take(now) {
+            batch.device_id = self.device_id.clone();
+            let (model, version, rows) = (batch.model.clone(), batch.version, batch.rows.len());
+            let appended = self.outbox.append(|seq, _| {
+                batch.seq = seq;
+                let signed = Signed::sign(&batch, &self.key, None)?.to_bytes()?;
+                let packed = telemetry::pack_record(&signed);
+                if packed.len() > telemetry::DEFAULT_MAX_RECORD_BYTES {
+                    return Err(AgentError::Other(format!(
+                        "a sample batch of {} bytes is over the {} the hub accepts; lower the capture's max_rows",
+                        packed.len(),
+                        telemetry::DEFAULT_MAX_RECORD_BYTES
+                    )));
+                }
+                Ok([&[outbox::SAMPLES][..], &packed].concat())
+            });
+            match appended {
+                Ok(seq) => tracing::debug!(seq, %model, version, rows, "samples queued"),
+                Err(error) => {
+                    self.outbox.count_dropped(1);
+                    tracing::warn!(%error, %model, version, "samples dropped");
+                }
+            }
+        }
     }
 
     /// The retired windows and the served models' current ones, closed at `now`, one per model
@@ -434,6 +467,11 @@ fn register_feedback(r: &mut prometheus_client::registry::Registry, f: crate::fe
         "feedback_queued",
         "Predictions queued for the feedback store, not yet written",
         gauge(f.queued),
+    );
+    r.register(
+        "capture_models",
+        "Models whose training samples the hub asked this device to capture (instructions in force)",
+        gauge(f.capturing),
     );
     let evicted = Family::<Vec<(String, String)>, Counter>::default();
     for (bound, n) in [

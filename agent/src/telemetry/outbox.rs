@@ -16,6 +16,10 @@ use sled::Transactional;
 
 use crate::error::{AgentError, AgentResult};
 
+/// First byte of an outbox entry that is a sample batch (the packed batch follows), published
+/// on `…/samples`; a telemetry record's packed bytes start with 0x01 or 0x02.
+pub const SAMPLES: u8 = b'S';
+
 const NEXT_SEQ: &[u8] = b"next_seq";
 const DROPPED: &[u8] = b"dropped";
 

@@ -309,7 +309,12 @@ async fn publish_pending(
         .count();
     let mut budget = MAX_IN_FLIGHT.saturating_sub(outstanding);
     let topic = topic::telemetry(&telemetry.device_id);
-    for (seq, bytes) in pending {
+    let samples_topic = topic::samples(&telemetry.device_id);
+    // Records before samples: drift telemetry never waits behind training samples.
+    let (records, samples): (Vec<_>, Vec<_>) = pending
+        .into_iter()
+        .partition(|(_, b)| b.first() != Some(&super::outbox::SAMPLES));
+    for (seq, bytes) in records.into_iter().chain(samples) {
         if budget == 0 {
             break;
         }
@@ -325,7 +330,11 @@ async fn publish_pending(
         }
         // Never waits: a full request channel means the connection is slow or gone, and the
         // record stays in the outbox for the next round.
-        if let Err(e) = client.try_publish(topic.clone(), QoS::AtLeastOnce, false, bytes) {
+        let (to, payload) = match bytes.split_first() {
+            Some((&super::outbox::SAMPLES, rest)) => (samples_topic.clone(), rest.to_vec()),
+            _ => (topic.clone(), bytes),
+        };
+        if let Err(e) = client.try_publish(to, QoS::AtLeastOnce, false, payload) {
             tracing::debug!(error = %e, "publish not queued");
             return;
         }

@@ -70,6 +70,8 @@ pub struct Updater {
     pub unassigned: Mutex<removal::Unassigned>,
     /// Serial of the newest signed assigned set applied: an older one is a replay.
     pub assigned_serial: AtomicU64,
+    /// Where the hub's capture instructions go (none: this updater ignores them).
+    pub capture: Option<Arc<crate::feedback::Capture>>,
 }
 
 /// Test-only fault point (see ARCHITECTURE.md): abort between staging and activation.
@@ -108,7 +110,40 @@ impl Updater {
             window: Default::default(),
             unassigned: Mutex::new(removals.unassigned),
             assigned_serial: AtomicU64::new(removals.assigned_serial),
+            capture: None,
         }
+    }
+
+    /// Hands the hub's sample-capture instructions to `capture` (the agent's feedback).
+    pub fn with_capture(mut self, capture: Arc<crate::feedback::Capture>) -> Self {
+        self.capture = Some(capture);
+        self
+    }
+
+    /// Verifies the bundle's capture instructions (signed under the root's delegation for the
+    /// model, for this device, unexpired) and puts the good ones in force; a refused one is
+    /// logged and switches nothing on.
+    async fn apply_capture(&self, bundle: &AssignmentBundle, now: u64) {
+        let Some(capture) = &self.capture else {
+            return;
+        };
+        if (1..3).contains(&bundle.format) {
+            // An older format cannot carry capture instructions (the hub pushes the format of
+            // the device's last status report): it says nothing about them.
+            return;
+        }
+        let root = self.trust.lock().await.root.clone();
+        let mut verified = Vec::new();
+        for signed in &bundle.capture {
+            match signed
+                .verify(&root, now)
+                .and_then(|c| c.validate_for(self.hub.device_id(), now).map(|()| c))
+            {
+                Ok(c) => verified.push(c),
+                Err(error) => tracing::warn!(%error, "sample capture instruction refused"),
+            }
+        }
+        capture.set(verified);
     }
 
     /// Serves what `active.json` says, before the hub is reachable; falls back to the previous
@@ -293,6 +328,7 @@ impl Updater {
         if let Err(e) = self.apply_window(bundle.window.as_ref(), now).await {
             tracing::warn!(error = %e, "telemetry window instruction refused");
         }
+        self.apply_capture(bundle, now).await;
         self.note_unassigned(bundle, now).await;
         for signed in &bundle.assignments {
             if let Err(e) = self.apply_one(signed, now).await {
