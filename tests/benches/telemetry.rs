@@ -224,6 +224,41 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
+    // 2b. Training samples at 100 rows a window (sample capture on): one signed batch of the
+    // demand model's 8 inputs, prediction and truth per window, as the agent queues it.
+    {
+        use edgefleet_common::sample::{SampleBatch, SampleRow, Value};
+        let rows: Vec<SampleRow> = (0..100u64)
+            .map(|i| SampleRow {
+                made_at: 1_795_000_000 + i * 9,
+                inputs: (0..8).map(|j| 10.0 * j as f64 + rng.normal()).collect(),
+                predicted: vec![Value::Number(50.0 + 10.0 * rng.normal())],
+                truth: vec![Value::Number(50.0 + 10.0 * rng.normal())],
+            })
+            .collect();
+        let batch = SampleBatch {
+            device_id: "shop-00001".into(),
+            seq: 2,
+            model: "demand".into(),
+            version: 1,
+            window_start: 1_795_000_000,
+            window_end: 1_795_000_900,
+            offered: 900,
+            inputs: (0..8).map(|j| format!("f{j}")).collect(),
+            outputs: vec!["y".into()],
+            rows,
+        };
+        let signed = Signed::sign(&batch, &device, None)?.to_bytes()?;
+        let packed = pack_record(&signed);
+        let up = publish_bytes(&topic::samples("shop-00001"), packed.len()) + 4;
+        println!(
+            "bytes\tsamples, 100 rows/window (8 inputs, prediction, truth)\tsigned batch {} B, deflated {} B\tper day up {:.2} MB more (96 windows; each batch's ack as a record's)",
+            signed.len(),
+            packed.len(),
+            (96 * up) as f64 / 1e6,
+        );
+    }
+
     // 3. Hub ingest against a plain decode of the same records.
     let count: usize = std::env::var("BENCH_RECORDS")
         .ok()
