@@ -90,6 +90,11 @@ impl Shared {
         db: sled::Db,
         staging: PathBuf,
     ) -> Self {
+        // The outboxes' database lives until the process exits: the last `sled::Db` clone
+        // flushes in its drop, and sled 0.34's flush can wait forever (seen when a device
+        // task dropped the last clone inside the runtime: the test's runtime never shut
+        // down). The simulator's outboxes are not durable anyway.
+        std::mem::forget(db.clone());
         Self {
             permits: Semaphore::new(config.http_concurrency as usize),
             root,
