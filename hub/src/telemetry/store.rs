@@ -157,20 +157,21 @@ impl TelemetryStore {
             .collect()
     }
 
-    /// The merged aggregate of a model version over hours `[from, to)` for one scope.
-    pub fn aggregate(
-        &self,
+    /// The stored values of one model version and scope in `tree` whose hour bucket lies in
+    /// `[from, to)`, in hour order: the one scan behind [`aggregate`](Self::aggregate) and
+    /// [`quality`](Self::quality) (both trees have the aggregates' keys).
+    fn scope_values(
+        tree: &sled::Tree,
         model: &str,
         version: u64,
         scope: &str,
-        from: u64,
-        to: u64,
-    ) -> HubResult<Option<Merged>> {
+        (from, to): (u64, u64),
+    ) -> HubResult<Vec<sled::IVec>> {
         let prefix = version_prefix(model, version);
         let mut start = prefix.clone();
         start.extend_from_slice(&(from / HOUR * HOUR).to_be_bytes());
-        let mut out: Option<Merged> = None;
-        for item in self.agg.range(start..) {
+        let mut out = Vec::new();
+        for item in tree.range(start..) {
             let (k, v) = item?;
             if !k.starts_with(&prefix) {
                 break;
@@ -181,9 +182,24 @@ impl TelemetryStore {
             if hour >= to {
                 break;
             }
-            if s != scope {
-                continue;
+            if s == scope {
+                out.push(v);
             }
+        }
+        Ok(out)
+    }
+
+    /// The merged aggregate of a model version over hours `[from, to)` for one scope.
+    pub fn aggregate(
+        &self,
+        model: &str,
+        version: u64,
+        scope: &str,
+        from: u64,
+        to: u64,
+    ) -> HubResult<Option<Merged>> {
+        let mut out: Option<Merged> = None;
+        for v in Self::scope_values(&self.agg, model, version, scope, (from, to))? {
             let m = Merged::decode(&decode::<Aggregate>(&v)?)?;
             match out.as_mut() {
                 None => out = Some(m),
@@ -203,24 +219,8 @@ impl TelemetryStore {
         from: u64,
         to: u64,
     ) -> HubResult<Option<ModelQuality>> {
-        let prefix = version_prefix(model, version);
-        let mut start = prefix.clone();
-        start.extend_from_slice(&(from / HOUR * HOUR).to_be_bytes());
         let mut out: Option<ModelQuality> = None;
-        for item in self.quality.range(start..) {
-            let (k, v) = item?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            let Some((_, _, hour, s)) = parse_agg_key(&k) else {
-                continue;
-            };
-            if hour >= to {
-                break;
-            }
-            if s != scope {
-                continue;
-            }
+        for v in Self::scope_values(&self.quality, model, version, scope, (from, to))? {
             let q: ModelQuality = decode(&v)?;
             match out.as_mut() {
                 None => out = Some(q),
