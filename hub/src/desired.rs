@@ -404,7 +404,11 @@ impl Desired {
         let mut out = Vec::new();
         for model in models {
             let Some(policy) = self.store.capture_policy(model)? else {
-                self.store.remove_issued_capture(&device.id, model)?;
+                // Most models never capture: read before writing, so a bundle round writes
+                // nothing for them.
+                if self.store.issued_capture(&device.id, model)?.is_some() {
+                    self.store.remove_issued_capture(&device.id, model)?;
+                }
                 continue;
             };
             if let Some(prev) = self.store.issued_capture(&device.id, model)? {
