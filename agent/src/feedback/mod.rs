@@ -41,7 +41,7 @@ use serde::Serialize;
 
 pub use book::QualityBook;
 pub use capture::Capture;
-use plan::{Classes, Kept, Plan, Prediction};
+use plan::{Classes, Kept, Plan, Prediction, PredictionRef};
 pub use store::{Evicted, Limits, Store};
 use truth::RowTruth;
 
@@ -49,7 +49,7 @@ use crate::error::AgentResult;
 
 /// Most predictions waiting in the queue for the writer.
 pub const MAX_QUEUED: usize = 16_384;
-/// Most bytes of predictions waiting in the queue.
+/// Most bytes of predictions waiting in the queue (the last one recorded may go over).
 pub const MAX_QUEUED_BYTES: usize = 4 << 20;
 /// How often the writer moves the queue into the store.
 pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
@@ -129,17 +129,92 @@ pub struct Stats {
 /// (model, version) → its plan.
 type PlansByVersion = HashMap<(Arc<str>, u64), Arc<Plan>>;
 
-/// A prediction waiting for the writer.
-struct Queued {
-    plan: Arc<Plan>,
-    id: String,
-    prediction: Prediction,
+/// A prediction waiting for the writer: where its bytes are in [`Queue::buf`].
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// Its plan: an index into [`Queue::plans`].
+    plan: u32,
+    /// `buf[start..start + id_len]` is the request id, `buf[start + id_len..end]` the
+    /// prediction (postcard of a [`Prediction`]).
+    start: u32,
+    id_len: u32,
+    end: u32,
 }
 
+/// Predictions waiting for the writer, as flat bytes: recording one copies its id and what it
+/// keeps into `buf` and allocates nothing, so the inference path pays a short lock and a copy.
 #[derive(Default)]
 struct Queue {
-    items: Vec<Queued>,
-    bytes: usize,
+    /// The plans of the queued predictions (a few: the versions served since the last drain).
+    plans: Vec<Arc<Plan>>,
+    entries: Vec<Entry>,
+    buf: Vec<u8>,
+    /// Done marks given by feedback while a prediction waits, by entry index.
+    done: HashMap<usize, Vec<u8>>,
+}
+
+impl Queue {
+    fn bytes(&self) -> usize {
+        self.buf.len() + self.entries.len() * std::mem::size_of::<Entry>()
+    }
+
+    fn plan(&self, e: &Entry) -> Option<&Arc<Plan>> {
+        self.plans.get(e.plan as usize)
+    }
+
+    fn id(&self, e: &Entry) -> &[u8] {
+        let start = e.start as usize;
+        self.buf
+            .get(start..start + e.id_len as usize)
+            .unwrap_or_default()
+    }
+
+    /// Entry `i`'s prediction with the marks feedback gave it while it waited.
+    fn prediction(&self, i: usize) -> Option<Prediction> {
+        let e = self.entries.get(i)?;
+        let bytes = self
+            .buf
+            .get((e.start + e.id_len) as usize..e.end as usize)?;
+        let mut p: Prediction = postcard::from_bytes(bytes).ok()?;
+        if let Some(done) = self.done.get(&i) {
+            p.done.clone_from(done);
+        }
+        Some(p)
+    }
+
+    /// Appends a prediction; false (and the queue unchanged) if it does not encode.
+    fn push(&mut self, plan: &Arc<Plan>, id: &str, p: &PredictionRef<'_>) -> bool {
+        let plan_index = match self.plans.iter().rposition(|q| Arc::ptr_eq(q, plan)) {
+            Some(i) => i,
+            None => {
+                self.plans.push(plan.clone());
+                self.plans.len() - 1
+            }
+        };
+        let start = self.buf.len();
+        self.buf.extend_from_slice(id.as_bytes());
+        // `&mut Vec<u8>` is an `io::Write`: the bytes go straight into the buffer.
+        let encoded = postcard::to_io(p, &mut self.buf).is_ok();
+        let (Ok(plan), Ok(start_u32), Ok(end)) = (
+            u32::try_from(plan_index),
+            u32::try_from(start),
+            u32::try_from(self.buf.len()),
+        ) else {
+            self.buf.truncate(start);
+            return false;
+        };
+        if !encoded {
+            self.buf.truncate(start);
+            return false;
+        }
+        self.entries.push(Entry {
+            plan,
+            start: start_u32,
+            id_len: id.len() as u32,
+            end,
+        });
+        true
+    }
 }
 
 #[derive(Default)]
@@ -224,6 +299,18 @@ impl Feedback {
     /// model computed) will need, as `plan` says, and its `inputs` while the model's samples
     /// are captured. No I/O, a short lock; dropped (and counted) when the queue is full.
     pub fn record(&self, plan: &Arc<Plan>, id: &str, inputs: &[Tensor], outputs: &[Tensor]) {
+        self.record_made_at(plan, id, inputs, outputs, crate::now_ms());
+    }
+
+    /// [`Feedback::record`] of a prediction made at `at_ms`.
+    fn record_made_at(
+        &self,
+        plan: &Arc<Plan>,
+        id: &str,
+        inputs: &[Tensor],
+        outputs: &[Tensor],
+        at_ms: u64,
+    ) {
         if !self.enabled() {
             return;
         }
@@ -240,8 +327,7 @@ impl Feedback {
                 return;
             }
         };
-        let at_ms = crate::now_ms();
-        let inputs = if self.capture.wants(&plan.model, at_ms / 1000) {
+        let captured = if self.capture.wants(&plan.model, at_ms / 1000) {
             lock(&self.captured_plans)
                 .entry((plan.model.clone(), plan.version))
                 .or_insert_with(|| plan.clone());
@@ -249,17 +335,19 @@ impl Feedback {
         } else {
             Vec::new()
         };
-        let size = std::mem::size_of::<Queued>() + id.len() + kept.bytes() + inputs.len() * 8;
-        let prediction = Prediction {
+        let prediction = PredictionRef {
             version: plan.version,
             at_ms,
             rows,
-            done: Vec::new(),
+            done: &[],
             kept,
-            inputs,
+            inputs: &captured,
         };
         let mut q = lock(&self.queue);
-        if q.items.len() >= MAX_QUEUED || q.bytes + size > MAX_QUEUED_BYTES {
+        if q.entries.len() >= MAX_QUEUED
+            || q.bytes() >= MAX_QUEUED_BYTES
+            || !q.push(plan, id, &prediction)
+        {
             drop(q);
             if self
                 .counters
@@ -271,14 +359,7 @@ impl Feedback {
                     "the feedback queue is full (the store cannot keep up): predictions are dropped and counted"
                 );
             }
-            return;
         }
-        q.bytes += size;
-        q.items.push(Queued {
-            plan: plan.clone(),
-            id: id.to_owned(),
-            prediction,
-        });
     }
 
     /// The writer: moves the queue into the store and applies the bounds at `now_ms`
@@ -287,31 +368,39 @@ impl Feedback {
         let mut store = lock(&self.store);
         let taken = {
             let mut q = lock(&self.queue);
-            let capacity = q.items.len().clamp(64, MAX_QUEUED);
-            q.bytes = 0;
-            std::mem::replace(&mut q.items, Vec::with_capacity(capacity))
+            // The next buffers start at about this round's size: recording seldom grows them.
+            let fresh = Queue {
+                entries: Vec::with_capacity(q.entries.len().clamp(64, MAX_QUEUED)),
+                buf: Vec::with_capacity(q.buf.len().clamp(4096, MAX_QUEUED_BYTES)),
+                ..Queue::default()
+            };
+            std::mem::replace(&mut *q, fresh)
         };
         let mut result = Ok(());
-        let mut new = Vec::with_capacity(taken.len());
-        let mut seen: Vec<*const Plan> = Vec::new();
-        for t in taken {
-            if t.prediction.all_done() {
+        let mut new = Vec::with_capacity(taken.entries.len());
+        let mut classes_stored = vec![false; taken.plans.len()];
+        for (i, e) in taken.entries.iter().enumerate() {
+            let (Some(plan), Some(prediction)) = (taken.plan(e), taken.prediction(i)) else {
+                // Not expected: the queue's own bytes.
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            if prediction.all_done() {
                 // Every row had its feedback while it waited.
                 continue;
             }
-            let ptr = Arc::as_ptr(&t.plan);
-            if !seen.contains(&ptr) {
-                seen.push(ptr);
-                if !t.plan.classes().is_empty()
-                    && let Err(e) =
-                        store.put_classes(&t.plan.model, t.plan.version, t.plan.classes())
+            if let Some(stored @ false) = classes_stored.get_mut(e.plan as usize) {
+                *stored = true;
+                if !plan.classes().is_empty()
+                    && let Err(err) = store.put_classes(&plan.model, plan.version, plan.classes())
                 {
-                    result = Err(e);
+                    result = Err(err);
                 }
             }
+            let id = String::from_utf8_lossy(taken.id(e));
             new.push(store::New {
-                key: store::key(&t.plan.model, &t.id),
-                prediction: t.prediction,
+                key: store::key(&plan.model, &id),
+                prediction,
             });
         }
         let lost = new.len() as u64;
@@ -365,7 +454,7 @@ impl Feedback {
         Stats {
             held: get(&c.held),
             held_bytes: get(&c.held_bytes),
-            queued: lock(&self.queue).items.len() as u64,
+            queued: lock(&self.queue).entries.len() as u64,
             evicted: Evicted {
                 count: get(&c.evicted_count),
                 bytes: get(&c.evicted_bytes),
@@ -509,10 +598,8 @@ impl Feedback {
         {
             let mut q = lock(&self.queue);
             for m in found.matches.iter().filter(|m| m.touched) {
-                if let Source::Queued(i) = m.source
-                    && let Some(entry) = q.items.get_mut(i)
-                {
-                    entry.prediction.done = m.prediction.done.clone();
+                if let Source::Queued(i) = m.source {
+                    q.done.insert(i, m.prediction.done.clone());
                 }
             }
         }
@@ -534,18 +621,23 @@ impl Feedback {
             items.iter().map(|i| (i.id.as_str(), None)).collect();
         {
             let q = lock(&self.queue);
-            for (i, e) in q.items.iter().enumerate().rev() {
-                if &*e.plan.model != model {
+            for (i, e) in q.entries.iter().enumerate().rev() {
+                let Some(plan) = q.plan(e).filter(|p| &*p.model == model) else {
                     continue;
-                }
-                if let Some(slot @ None) = wanted.get_mut(e.id.as_str()) {
+                };
+                let Ok(id) = std::str::from_utf8(q.id(e)) else {
+                    continue;
+                };
+                if let Some(slot @ None) = wanted.get_mut(id)
+                    && let Some(prediction) = q.prediction(i)
+                {
                     *slot = Some(found.matches.len());
                     found.matches.push(Match {
-                        id: e.id.clone(),
+                        id: id.to_owned(),
                         source: Source::Queued(i),
-                        prediction: e.prediction.clone(),
-                        classes: e.plan.classes().to_vec(),
-                        before: e.prediction.done.clone(),
+                        before: prediction.done.clone(),
+                        prediction,
+                        classes: plan.classes().to_vec(),
                         touched: false,
                     });
                 }

@@ -7,6 +7,7 @@
 //! each row's probabilities. That output's `feature_names`, when the manifest gives them, name
 //! the classes (see [`Classes`]).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use edgefleet_common::sketch::{ModelColumn, model_columns};
@@ -183,9 +184,9 @@ impl Plan {
         }
     }
 
-    /// What a prediction keeps of `outputs` (every output the model computed), or why it
-    /// keeps nothing.
-    pub fn keep(&self, outputs: &[Tensor]) -> Result<(u32, Kept), &'static str> {
+    /// What a prediction keeps of `outputs` (every output the model computed), borrowed from
+    /// them (nothing is copied on the inference path), or why it keeps nothing.
+    pub fn keep<'a>(&self, outputs: &'a [Tensor]) -> Result<(u32, KeptRef<'a>), &'static str> {
         let t = outputs
             .iter()
             .find(|t| t.name == self.output)
@@ -199,42 +200,97 @@ impl Plan {
                 if t.data.len() > MAX_KEPT_VALUES {
                     return Err("the prediction is too large to keep");
                 }
-                let values = match &t.data {
-                    TensorData::Fp32(v) => Numbers::F32(v.clone()),
-                    TensorData::Fp64(v) => Numbers::F64(v.clone()),
-                    _ => return Err("the scored output is not floating point"),
-                };
-                Kept::Values {
+                KeptRef::Values {
                     width: width as u32,
-                    values,
+                    values: NumbersRef::of(&t.data)
+                        .ok_or("the scored output is not floating point")?,
                 }
             }
             Kind::Classification { probs } => {
                 if width != 1 {
                     return Err("the scored output has more than one label per row");
                 }
+                if t.data.len() > MAX_KEPT_VALUES {
+                    return Err("the prediction is too large to keep");
+                }
                 let labels = match &t.data {
-                    TensorData::Int64(v) => Labels::Int(v.clone()),
-                    TensorData::Int32(v) => Labels::Int(v.iter().map(|&x| i64::from(x)).collect()),
-                    TensorData::Bool(v) => Labels::Bool(v.clone()),
+                    TensorData::Int64(v) => LabelsRef::Int(Cow::Borrowed(v)),
+                    TensorData::Int32(v) => {
+                        LabelsRef::Int(Cow::Owned(v.iter().map(|&x| i64::from(x)).collect()))
+                    }
+                    TensorData::Bool(v) => LabelsRef::Bool(v),
                     _ => return Err("the scored output is not a label"),
                 };
                 let probs = probs.as_ref().and_then(|p| {
                     let t = outputs.iter().find(|t| t.name == p.output)?;
                     let (prows, c) = rows_width(t, p.batched);
-                    let values = match &t.data {
-                        TensorData::Fp32(v) => Numbers::F32(v.clone()),
-                        TensorData::Fp64(v) => Numbers::F64(v.clone()),
-                        _ => return None,
-                    };
+                    let values = NumbersRef::of(&t.data)?;
                     (prows == rows && c > 1 && values.len() <= MAX_KEPT_VALUES)
                         .then_some((c as u32, values))
                 });
-                Kept::Labels { labels, probs }
+                KeptRef::Labels { labels, probs }
             }
         };
         Ok((rows as u32, kept))
     }
+}
+
+/// [`Numbers`] borrowed from an output tensor; serialises byte for byte as [`Numbers`].
+#[derive(Debug, Clone, Copy, Serialize)]
+pub enum NumbersRef<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+}
+
+impl<'a> NumbersRef<'a> {
+    fn of(data: &'a TensorData) -> Option<Self> {
+        match data {
+            TensorData::Fp32(v) => Some(NumbersRef::F32(v)),
+            TensorData::Fp64(v) => Some(NumbersRef::F64(v)),
+            _ => None,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            NumbersRef::F32(v) => v.len(),
+            NumbersRef::F64(v) => v.len(),
+        }
+    }
+}
+
+/// [`Labels`] borrowed from an output tensor (INT32 labels widened, so copied);
+/// serialises byte for byte as [`Labels`].
+#[derive(Debug, Clone, Serialize)]
+pub enum LabelsRef<'a> {
+    Int(Cow<'a, [i64]>),
+    Bool(&'a [bool]),
+}
+
+/// [`Kept`] borrowed from the outputs; serialises byte for byte as [`Kept`].
+#[derive(Debug, Clone, Serialize)]
+pub enum KeptRef<'a> {
+    Values {
+        width: u32,
+        values: NumbersRef<'a>,
+    },
+    Labels {
+        labels: LabelsRef<'a>,
+        probs: Option<(u32, NumbersRef<'a>)>,
+    },
+}
+
+/// A new [`Prediction`] borrowing what it keeps; serialises byte for byte as [`Prediction`],
+/// so the queue holds it as bytes and the writer reads it back as a [`Prediction`].
+#[derive(Debug, Clone, Serialize)]
+pub struct PredictionRef<'a> {
+    pub version: u64,
+    pub at_ms: u64,
+    pub rows: u32,
+    /// No row has had feedback yet.
+    pub done: &'a [u8],
+    pub kept: KeptRef<'a>,
+    pub inputs: &'a [f64],
 }
 
 /// Numbers as the model produced them (FP32 kept as f32: half the bytes, no precision lost).
@@ -267,13 +323,6 @@ impl Numbers {
     pub fn row(&self, start: usize, len: usize) -> Vec<f64> {
         (start..start + len).filter_map(|i| self.get(i)).collect()
     }
-
-    fn bytes(&self) -> usize {
-        match self {
-            Numbers::F32(v) => v.len() * 4,
-            Numbers::F64(v) => v.len() * 8,
-        }
-    }
 }
 
 /// A classifier's predicted labels, one per row.
@@ -294,22 +343,6 @@ pub enum Kept {
         labels: Labels,
         probs: Option<(u32, Numbers)>,
     },
-}
-
-impl Kept {
-    /// Approximate bytes in memory (for the queue's bound).
-    pub fn bytes(&self) -> usize {
-        match self {
-            Kept::Values { values, .. } => values.bytes(),
-            Kept::Labels { labels, probs } => {
-                let l = match labels {
-                    Labels::Int(v) => v.len() * 8,
-                    Labels::Bool(v) => v.len(),
-                };
-                l + probs.as_ref().map_or(0, |(_, p)| p.bytes())
-            }
-        }
-    }
 }
 
 /// One prediction as the store holds it.
@@ -569,6 +602,9 @@ mod tests {
         ];
         let (rows, kept) = p.keep(&outputs).expect("kept");
         assert_eq!(rows, 2);
+        // As the queue holds it.
+        let kept: Kept =
+            postcard::from_bytes(&postcard::to_allocvec(&kept).expect("encode")).expect("decode");
         let Kept::Labels {
             labels,
             probs: Some((3, probs)),

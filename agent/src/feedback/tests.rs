@@ -130,14 +130,13 @@ fn refused(fb: &Feedback, model: &str, body: serde_json::Value) -> Refusal {
 fn record_at(fb: &Feedback, n: usize, from: usize, at_ms: u64) {
     let m = regressor(1);
     for i in from..from + n {
-        fb.record(&plan(&m), &format!("p{i}"), &[], &values(&[i as f32]));
-    }
-    // The same predictions, made at `at_ms`.
-    {
-        let mut q = lock(&fb.queue);
-        for e in q.items.iter_mut() {
-            e.prediction.at_ms = at_ms;
-        }
+        fb.record_made_at(
+            &plan(&m),
+            &format!("p{i}"),
+            &[],
+            &values(&[i as f32]),
+            at_ms,
+        );
     }
     fb.drain(crate::now_ms()).expect("drain");
     fb.flush().expect("flush");
@@ -470,4 +469,102 @@ fn feedback_after_the_window_closed_is_late() {
     assert_eq!(ok(&fb, "demand", json!({"id": "b", "truth": 2.0})).late, 1);
     let second = fb.book().take(crate::now_ms() + 1);
     assert_eq!((second[0].matched, second[0].late), (1, 1));
+}
+
+/// The queue holds a [`PredictionRef`]'s bytes and the writer reads them as a [`Prediction`]:
+/// the two must encode alike for every kind of output.
+#[test]
+fn a_borrowed_prediction_encodes_as_the_owned_one() {
+    let int32_labels = vec![Tensor {
+        name: "label".into(),
+        shape: vec![2],
+        data: TensorData::Int32(vec![2, 0]),
+    }];
+    let bool_model = manifest("flag", 1, vec![spec("label", DataType::Bool, &[-1], &[])]);
+    let bools = vec![Tensor {
+        name: "label".into(),
+        shape: vec![2],
+        data: TensorData::Bool(vec![true, false]),
+    }];
+    let fp64 = vec![Tensor {
+        name: "y".into(),
+        shape: vec![2, 1],
+        data: TensorData::Fp64(vec![1.5, -2.25]),
+    }];
+    let cases = [
+        (regressor(3), values(&[1.5, 2.5])),
+        (regressor(3), fp64),
+        (
+            classifier(&["a", "b", "c"]),
+            labels(&[2, 0], &[0.1, 0.2, 0.7, 0.6, 0.3, 0.1]),
+        ),
+        (classifier(&["a", "b", "c"]), int32_labels),
+        (bool_model, bools),
+    ];
+    for (m, outputs) in cases {
+        let p = plan(&m);
+        let (rows, kept) = p.keep(&outputs).expect("kept");
+        let inputs = [0.5, f64::NAN, 3.0, 4.0];
+        let borrowed = PredictionRef {
+            version: m.version,
+            at_ms: 1_700_000_000_123,
+            rows,
+            done: &[],
+            kept,
+            inputs: &inputs,
+        };
+        let bytes = postcard::to_allocvec(&borrowed).expect("encode");
+        let owned: Prediction = postcard::from_bytes(&bytes).expect("decode");
+        assert_eq!(owned.rows, 2, "{}", m.name);
+        assert_eq!(owned.at_ms, 1_700_000_000_123);
+        assert!(owned.done.is_empty());
+        assert_eq!(owned.inputs.len(), 4);
+        assert_eq!(
+            postcard::to_allocvec(&owned).expect("encode"),
+            bytes,
+            "{}",
+            m.name
+        );
+    }
+}
+
+/// Feedback given while a prediction waits in the queue is kept when the writer stores it.
+#[test]
+fn marks_given_in_the_queue_reach_the_store() {
+    let f = Fixture::new();
+    let (_db, fb) = f.open(LIMITS);
+    let m = regressor(1);
+    let p = plan(&m);
+    fb.record(&p, "two", &[], &values(&[1.0, 2.0]));
+    fb.record(&p, "one", &[], &values(&[5.0]));
+    assert_eq!(fb.stats().queued, 2);
+    let o = ok(
+        &fb,
+        "demand",
+        json!({"feedback": [{"id": "two", "row": 1, "truth": 2.5}]}),
+    );
+    assert_eq!(o.matched, 1);
+    // "one" is answered in full while queued: the writer does not store it.
+    assert_eq!(
+        ok(&fb, "demand", json!({"id": "one", "truth": 4.0})).matched,
+        1
+    );
+    fb.drain(crate::now_ms()).expect("drain");
+    assert_eq!(fb.stats().queued, 0);
+    assert_eq!(lock(&fb.store).held().0, 1);
+    let r = refused(
+        &fb,
+        "demand",
+        json!({"feedback": [{"id": "two", "row": 1, "truth": 2.5}]}),
+    );
+    assert_eq!(r.status, Status::Conflict);
+    assert_eq!(
+        ok(
+            &fb,
+            "demand",
+            json!({"feedback": [{"id": "two", "row": 0, "truth": 1.0}]})
+        )
+        .matched,
+        1
+    );
 }
