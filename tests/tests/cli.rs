@@ -168,6 +168,57 @@ fn cli_refuses_bad_input_with_a_useful_message() {
     assert!(!ok && out.contains("cannot reach the hub"), "{out}");
     let (ok, out) = run(ef().args(["--token", "t", "approve", "../x"]));
     assert!(!ok && out.contains("invalid name"), "{out}");
+    // Sample capture and export: refused before anything is sent.
+    let hub = ["--hub", "http://127.0.0.1:9", "--token", "t"];
+    for (args, needle) in [
+        (
+            &["capture", "demand", "--rate", "0", "--max-rows", "10"][..],
+            "--rate 0 must be in (0, 1]",
+        ),
+        (
+            &["capture", "demand", "--rate", "1.5", "--max-rows", "10"],
+            "must be in (0, 1]",
+        ),
+        (
+            &["capture", "demand", "--rate", "NaN", "--max-rows", "10"],
+            "must be in (0, 1]",
+        ),
+        (
+            &["capture", "demand", "--rate", "0.1", "--max-rows", "0"],
+            "--max-rows 0 must be 1..=10000",
+        ),
+        (
+            &["capture", "demand", "--rate", "0.1", "--max-rows", "10001"],
+            "must be 1..=10000",
+        ),
+        (&["capture", "demand", "--rate", "0.1"], "--max-rows"),
+        (
+            &[
+                "capture",
+                "demand",
+                "--off",
+                "--rate",
+                "0.1",
+                "--max-rows",
+                "5",
+            ],
+            "cannot be used with",
+        ),
+        (&["capture", "../x", "--off"], "invalid name"),
+        (&["samples", "demand", "--version", "2"], "--export"),
+        (
+            &["samples", "demand", "--export", "x.csv", "--version", "two"],
+            "invalid value",
+        ),
+        (&["samples", "Bad Name"], "invalid name"),
+    ] {
+        let (ok, out) = run(ef().args(hub).args(args));
+        assert!(!ok && out.contains(needle), "{args:?}: {out}");
+        assert!(
+            !out.contains("cannot reach the hub"),
+            "{args:?} was sent: {out}"
+        );
+    }
 }
 
 #[test]
@@ -201,6 +252,28 @@ fn check_config_names_every_bad_key() {
     for key in ["log_format", "root_key", "signing_key", "delegation"] {
         assert!(out.contains(key), "{key}: {out}");
     }
+    // The training samples' retention and cap, from the file and from the environment.
+    std::fs::write(
+        &hub_cfg,
+        "samples_retention_days = 0\nsamples_max_bytes_per_model = 1000\n",
+    )
+    .expect("write");
+    let (ok, out) = run(Command::new(bin("edgefleet-hub"))
+        .args(["check-config", "--config"])
+        .arg(&hub_cfg));
+    assert!(!ok);
+    for needle in [
+        "samples_retention_days: must be 1..=3650",
+        "samples_max_bytes_per_model: must be at least 1 MiB",
+    ] {
+        assert!(out.contains(needle), "{needle}: {out}");
+    }
+    std::fs::write(&hub_cfg, "").expect("write");
+    let (ok, out) = run(Command::new(bin("edgefleet-hub"))
+        .args(["check-config", "--config"])
+        .arg(&hub_cfg)
+        .env("EDGEFLEET_HUB_SAMPLES_RETENTION_DAYS", "a month"));
+    assert!(!ok && out.contains("SAMPLES_RETENTION_DAYS"), "{out}");
     let (ok, out) =
         run(Command::new(bin("edgefleet-hub")).args(["serve", "--listen", "not-an-address"]));
     assert!(!ok && out.contains("invalid"), "{out}");

@@ -875,22 +875,46 @@ async fn captured_samples_reach_the_hub_and_the_export_holds_exactly_them() {
         summary["rows"], 3,
         "three rows kept of five offered: {summary}"
     );
-    // The export: exactly those rows, each one of ours with its inputs, prediction and truth.
-    let resp = http
-        .get(hub.api("models/demand/samples/export"))
-        .bearer_auth(&hub.token)
-        .send()
+    // The export, with the admin CLI: exactly those rows, each one of ours with its inputs,
+    // prediction and truth; the digest it prints is the file's; the schema types them.
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("demand.csv");
+    let out = tokio::process::Command::new(bin("edgefleet"))
+        .args(["--hub", &hub.url, "--token", &hub.token, "--json"])
+        .args(["samples", "demand", "--export"])
+        .arg(&file)
+        .output()
         .await
-        .expect("export");
-    assert_eq!(resp.status(), 200);
-    let digest = resp
-        .headers()
-        .get("x-edgefleet-dataset-sha256")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .expect("digest header");
-    let csv = resp.bytes().await.expect("body");
-    assert_eq!(digest, edgefleet_common::Digest::of(&csv).to_string());
+        .expect("edgefleet");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let csv = std::fs::read(&file).expect("the CSV");
+    assert_eq!(printed["rows"], 3, "{printed}");
+    assert_eq!(
+        printed["sha256"],
+        edgefleet_common::Digest::of(&csv).to_string()
+    );
+    let schema: Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("demand.csv.schema.json")).expect("the schema"),
+    )
+    .expect("schema json");
+    let fields = schema["fields"].as_array().expect("fields");
+    assert_eq!(fields.len(), 3 + edgefleet_tests::FEATURES + 2, "{schema}");
+    assert_eq!(fields[3]["type"], "number");
+    assert_eq!(fields[3]["role"], "input");
+    let last = &fields[fields.len() - 1];
+    assert_eq!(
+        (
+            last["name"].as_str(),
+            last["type"].as_str(),
+            last["role"].as_str()
+        ),
+        (Some("truth_y"), Some("number"), Some("truth"))
+    );
     let text = String::from_utf8(csv.to_vec()).expect("utf-8");
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().expect("header").split(',').collect();

@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 
 use edgefleet_common::device::AssignmentBundle;
+use edgefleet_common::sample::{SampleBatch, SampleRow, Value as Sample};
 use edgefleet_common::sketch::{ColumnKind, ColumnSpec, Profile};
 use edgefleet_common::telemetry::{
     Health, ModelWindow, OutboxStats, TelemetryRecord, pack_record, topic,
@@ -563,6 +564,27 @@ fn wrong_columns(device: &str) -> TelemetryRecord {
     r
 }
 
+/// A sample batch of `model` from `device`: one row of the demand model's columns.
+fn sample_batch(device: &str, model: &str) -> SampleBatch {
+    SampleBatch {
+        device_id: device.into(),
+        seq: 9,
+        model: model.into(),
+        version: 1,
+        window_start: now() - 60,
+        window_end: now(),
+        offered: 1,
+        inputs: FEATURE_NAMES.iter().map(|s| s.to_string()).collect(),
+        outputs: vec!["y".into()],
+        rows: vec![SampleRow {
+            made_at: now() - 30,
+            inputs: vec![1.0; FEATURE_NAMES.len()],
+            predicted: vec![Sample::Number(2.0)],
+            truth: vec![Sample::Number(2.5)],
+        }],
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn spoofed_garbage_oversize_and_unknown_messages_are_counted_and_the_hub_keeps_serving() {
     let hub = Hub::start_mqtt().await;
@@ -583,6 +605,15 @@ async fn spoofed_garbage_oversize_and_unknown_messages_are_counted_and_the_hub_k
                 .expect("sign"),
         )
     };
+    let signed_batch = |b: &SampleBatch, k: &SecretKey| {
+        pack_record(
+            &Signed::sign(b, k, None)
+                .and_then(|s| s.to_bytes())
+                .expect("sign"),
+        )
+    };
+    let mut wide = sample_batch("shop-b", MODEL);
+    wide.rows[0].inputs.push(3.0);
     let max = hub.config.max_telemetry_bytes as usize;
     publish_raw(
         &hub.mqtt_url(),
@@ -619,6 +650,19 @@ async fn spoofed_garbage_oversize_and_unknown_messages_are_counted_and_the_hub_k
                 signed(&record("nobody", 1), &stranger),
             ),
             (topic::health("shop-a"), b"\x01\x02".to_vec()),
+            // Training samples: garbage, a spoof, an unknown model, rows wider than their
+            // columns, and one over the size bound.
+            (topic::samples("shop-a"), b"garbage".to_vec()),
+            (
+                topic::samples("shop-a"),
+                signed_batch(&sample_batch("shop-a", MODEL), &b_key),
+            ),
+            (
+                topic::samples("shop-b"),
+                signed_batch(&sample_batch("shop-b", "ghost"), &b_key),
+            ),
+            (topic::samples("shop-b"), signed_batch(&wide, &b_key)),
+            (topic::samples("shop-b"), vec![0u8; max + 1]),
             ("edgefleet/v1/devices/shop-a/other".into(), b"x".to_vec()),
         ],
     )
@@ -626,19 +670,22 @@ async fn spoofed_garbage_oversize_and_unknown_messages_are_counted_and_the_hub_k
     let fleet = eventually("the refusals to be counted", || async {
         let f = get(&hub, "fleet/metrics").await;
         let r = &f["ingest"]["rejected"];
-        let counted = r["bad_signature"].as_u64() >= Some(2)
-            && r["malformed"].as_u64() >= Some(2)
-            && r["oversize"].as_u64() >= Some(2)
+        let counted = r["bad_signature"].as_u64() >= Some(3)
+            && r["malformed"].as_u64() >= Some(4)
+            && r["oversize"].as_u64() >= Some(3)
             && r["unknown_device"].as_u64() >= Some(1)
-            && r["unknown_model"].as_u64() >= Some(2);
+            && r["unknown_model"].as_u64() >= Some(3);
         when(counted, f)
     })
     .await;
-    // The subscription is to …/telemetry and …/health only: other leaves never arrive.
+    // The subscription is to …/telemetry, …/samples and …/health only: other leaves never
+    // arrive.
     assert_eq!(
         fleet["ingest"]["stored"], 0,
         "nothing forged was stored: {fleet}"
     );
+    let samples = get(&hub, "models/demand/samples").await;
+    assert_eq!(samples["rows"], 0, "no forged sample was stored: {samples}");
     // Still serving, still ingesting the real device.
     send(&http, &a.url, 3, 0.0).await;
     eventually("the real device's window", || async {

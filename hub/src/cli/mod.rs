@@ -192,10 +192,11 @@ pub enum Command {
         off: bool,
     },
     /// Samples of MODEL the hub holds (batches, rows, bytes, columns), or with --export FILE
-    /// the dataset as CSV, checked against the SHA-256 the hub computed, which it prints.
+    /// the dataset as CSV, checked against the SHA-256 the hub computed, which it prints, and
+    /// its column types (a Frictionless Table Schema) in FILE.schema.json.
     Samples {
         model: String,
-        /// Write the CSV here.
+        /// Write the CSV here (and its schema to FILE.schema.json).
         #[arg(long)]
         export: Option<std::path::PathBuf>,
         /// Only this version's samples.
@@ -897,6 +898,46 @@ async fn samples(
     if let Some(v) = version {
         url.push_str(&format!("?version={v}"));
     }
+    let schema_url = format!(
+        "{url}{}format=schema",
+        if version.is_some() { '&' } else { '?' }
+    );
+    // The CSV, then the schema of the same export: they describe the same rows when their
+    // digests agree (a batch stored between the two calls changes both; try again).
+    for _ in 0..3 {
+        let (csv, claimed, rows) = export_csv(r, &url).await?;
+        let sha256 = edgefleet_common::Digest::of(&csv).to_string();
+        if sha256 != claimed {
+            bail!("the dataset's SHA-256 is {sha256}, the hub said {claimed}: not written");
+        }
+        let described = r.send(r.http.get(&schema_url)).await?;
+        if described.get("sha256").and_then(|v| v.as_str()) != Some(sha256.as_str()) {
+            continue;
+        }
+        let schema = described.get("schema").cloned().unwrap_or_default();
+        let schema_path = schema_file(path);
+        std::fs::write(path, &csv).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(&schema_path, serde_json::to_vec_pretty(&schema)?)
+            .with_context(|| format!("cannot write {}", schema_path.display()))?;
+        return Ok(serde_json::json!({
+            "file": path.display().to_string(), "schema": schema_path.display().to_string(),
+            "rows": rows, "bytes": csv.len(), "sha256": sha256,
+        }));
+    }
+    bail!(
+        "samples of {model} kept arriving while exporting (the CSV and its schema differed three times): try again, or narrow it with --version"
+    )
+}
+
+/// `FILE.schema.json` beside `FILE`.
+fn schema_file(path: &std::path::Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".schema.json");
+    path.with_file_name(name)
+}
+
+/// One CSV export: its bytes, the digest the hub claims, and the row count.
+async fn export_csv(r: &Remote, url: &str) -> anyhow::Result<(Vec<u8>, String, u64)> {
     let resp = r
         .http
         .get(url)
@@ -921,17 +962,11 @@ async fn samples(
     };
     let claimed = header("x-edgefleet-dataset-sha256")
         .context("the hub sent no dataset digest (x-edgefleet-dataset-sha256)")?;
-    let rows = header("x-edgefleet-dataset-rows").unwrap_or_default();
+    let rows = header("x-edgefleet-dataset-rows")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let csv = resp.bytes().await.context("reading the dataset")?;
-    let sha256 = edgefleet_common::Digest::of(&csv).to_string();
-    if sha256 != claimed {
-        bail!("the dataset's SHA-256 is {sha256}, the hub said {claimed}: not written");
-    }
-    std::fs::write(path, &csv).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(serde_json::json!({
-        "file": path.display().to_string(), "rows": rows.parse::<u64>().unwrap_or(0),
-        "bytes": csv.len(), "sha256": sha256,
-    }))
+    Ok((csv.to_vec(), claimed, rows))
 }
 
 async fn drift(

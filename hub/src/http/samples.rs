@@ -66,18 +66,36 @@ pub async fn summary(
     Ok(Json(hub.telemetry.samples_summary(&model)?))
 }
 
-/// `GET /api/v1/models/{name}/samples/export?version=&from=&to=`: CSV, with its SHA-256 in
-/// `x-edgefleet-dataset-sha256`.
+/// `GET /api/v1/models/{name}/samples/export?version=&from=&to=&format=`: CSV, with its
+/// SHA-256 in `x-edgefleet-dataset-sha256`; with `format=schema`, the same export described in
+/// JSON: its Table Schema (column types and roles), rows, bytes and SHA-256.
 pub async fn export(
     _: Admin,
     State(hub): State<AppState>,
     Path(model): Path<String>,
     Query(q): Query<SamplesQuery>,
 ) -> ApiResult<Response> {
+    let schema_only = match q.format.as_deref() {
+        None | Some("csv") => false,
+        Some("schema") => true,
+        Some(other) => {
+            return Err(crate::error::HubError::Invalid(format!(
+                "format={other:?} is not a dataset format: use csv (the default) or schema"
+            ))
+            .into());
+        }
+    };
     let telemetry = hub.telemetry.clone();
     let d = tokio::task::spawn_blocking(move || telemetry.export_samples(&model, &q))
         .await
         .map_err(|e| crate::error::HubError::Internal(e.to_string()))??;
+    if schema_only {
+        return Ok(Json(json!({
+            "schema": d.schema, "rows": d.rows, "batches": d.batches,
+            "bytes": d.csv.len(), "sha256": d.sha256.to_string(),
+        }))
+        .into_response());
+    }
     let digest = HeaderValue::try_from(d.sha256.to_string())
         .map_err(|e| crate::error::HubError::Internal(e.to_string()))?;
     Ok((

@@ -3,7 +3,7 @@
 
 use edgefleet_common::Digest;
 use edgefleet_common::name;
-use edgefleet_common::sample::SampleBatch;
+use edgefleet_common::sample::{SampleBatch, Value};
 use serde::Serialize;
 
 use super::{HOUR, Telemetry};
@@ -31,16 +31,106 @@ pub struct Dataset {
     pub sha256: Digest,
     pub rows: u64,
     pub batches: u64,
+    /// The CSV's columns and their types.
+    pub schema: TableSchema,
+}
+
+/// A dataset's columns, as a Frictionless Data Table Schema
+/// (<https://specs.frictionlessdata.io/table-schema/>): what pandas, DuckDB or a
+/// `frictionless validate` need to read the CSV with the right types.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TableSchema {
+    pub fields: Vec<Field>,
+    /// An empty cell is a missing value (an input that was not a finite number).
+    #[serde(rename = "missingValues")]
+    pub missing_values: Vec<String>,
+    #[serde(rename = "primaryKey")]
+    pub primary_key: Vec<String>,
+}
+
+/// One column of a [`TableSchema`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Field {
+    pub name: String,
+    /// `string`, `integer` or `number`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// `meta` (where and when), `input`, `predicted` or `truth` (Edgefleet's own key: which
+    /// columns are features and which the target).
+    pub role: &'static str,
+    pub description: String,
+}
+
+impl TableSchema {
+    /// The schema of rows with `inputs` and `outputs` columns; `numeric[0][i]` says whether
+    /// output `i`'s predicted values were all numbers (a regression) or not (labels),
+    /// `numeric[1][i]` the same of its true values.
+    fn new(inputs: &[String], outputs: &[String], numeric: &[Vec<bool>; 2]) -> Self {
+        let meta = |name: &str, kind, description: &str| Field {
+            name: name.into(),
+            kind,
+            role: "meta",
+            description: description.into(),
+        };
+        let mut fields = vec![
+            meta("device", "string", "the device that captured the row"),
+            meta(
+                "version",
+                "integer",
+                "the model version that made the prediction",
+            ),
+            meta(
+                "made_at",
+                "integer",
+                "when the prediction was made, seconds since the Unix epoch (device clock)",
+            ),
+        ];
+        fields.extend(inputs.iter().map(|i| Field {
+            name: i.clone(),
+            kind: "number",
+            role: "input",
+            description: format!("input feature {i}"),
+        }));
+        for (numeric, role, prefix, what) in [
+            (
+                &numeric[0],
+                "predicted",
+                "predicted_",
+                "the model's prediction of",
+            ),
+            (
+                &numeric[1],
+                "truth",
+                "truth_",
+                "the true value reported as feedback for",
+            ),
+        ] {
+            fields.extend(outputs.iter().zip(numeric).map(|(o, &n)| Field {
+                name: format!("{prefix}{o}"),
+                kind: if n { "number" } else { "string" },
+                role,
+                description: format!("{what} {o}"),
+            }));
+        }
+        Self {
+            fields,
+            missing_values: vec![String::new()],
+            primary_key: Vec::new(),
+        }
+    }
 }
 
 /// Which samples an export takes.
 #[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SamplesQuery {
     pub version: Option<u64>,
     /// Window end at or after (seconds since the epoch; default 0).
     pub from: Option<u64>,
     /// Window end before (default: now + 1 h).
     pub to: Option<u64>,
+    /// `csv` (the default): the dataset; `schema`: its Table Schema, row count and digest.
+    pub format: Option<String>,
 }
 
 /// A CSV field: quoted when it holds a comma, quote or line break (RFC 4180).
@@ -97,6 +187,9 @@ impl Telemetry {
         }
         let mut csv = String::new();
         let mut header: Option<Vec<String>> = None;
+        let (mut inputs, mut outputs) = (Vec::new(), Vec::new());
+        // Per output: every predicted ([0]) and true ([1]) value so far was a number.
+        let mut numeric: [Vec<bool>; 2] = Default::default();
         let (mut rows, mut batches) = (0u64, 0u64);
         for b in self.store.sample_batches(model, q.version, from, to) {
             let b: SampleBatch = b?;
@@ -105,6 +198,9 @@ impl Telemetry {
                 None => {
                     line(&mut csv, h.iter().cloned());
                     header = Some(h);
+                    inputs.clone_from(&b.inputs);
+                    outputs.clone_from(&b.outputs);
+                    numeric = [vec![true; b.outputs.len()], vec![true; b.outputs.len()]];
                 }
                 Some(have) if *have != h => {
                     return Err(HubError::Invalid(format!(
@@ -122,6 +218,11 @@ impl Telemetry {
             }
             batches += 1;
             for r in &b.rows {
+                for (numeric, values) in numeric.iter_mut().zip([&r.predicted, &r.truth]) {
+                    for (i, n) in numeric.iter_mut().enumerate() {
+                        *n &= matches!(values.get(i), Some(Value::Number(_)));
+                    }
+                }
                 let values = [
                     b.device_id.clone(),
                     b.version.to_string(),
@@ -146,6 +247,7 @@ impl Telemetry {
             csv,
             rows,
             batches,
+            schema: TableSchema::new(&inputs, &outputs, &numeric),
         })
     }
 }
@@ -154,7 +256,7 @@ impl Telemetry {
 mod tests {
     use std::sync::atomic::Ordering;
 
-    use edgefleet_common::sample::{SampleRow, Value};
+    use edgefleet_common::sample::SampleRow;
     use edgefleet_common::telemetry::pack_record;
     use edgefleet_common::{SecretKey, Signed, Target};
 
@@ -252,7 +354,35 @@ mod tests {
         );
         assert_eq!(csv, want);
         assert_eq!((d.rows, d.batches), (3, 2));
-        assert_eq!(d.sha256, edgefleet_common::Digest::of(want.as_bytes()));
+        // Inputs are numbers; a prediction or truth that was ever a label is a string.
+        let types: Vec<(&str, &str, &str)> = d
+            .schema
+            .fields
+            .iter()
+            .map(|f| (f.name.as_str(), f.kind, f.role))
+            .collect();
+        assert_eq!(
+            types,
+            [
+                ("device", "string", "meta"),
+                ("version", "integer", "meta"),
+                ("made_at", "integer", "meta"),
+                ("price", "number", "input"),
+                ("temp", "number", "input"),
+                ("predicted_y", "number", "predicted"),
+                ("truth_y", "string", "truth"),
+            ]
+        );
+        let second_only = SamplesQuery {
+            from: Some(now - 50),
+            ..Default::default()
+        };
+        let numbers = t.export_samples("demand", &second_only).expect("export");
+        assert_eq!(numbers.rows, 1);
+        assert_eq!(
+            numbers.schema.fields[6].kind, "string",
+            "its truth is a label"
+        );
         let summary = t.samples_summary("demand").expect("summary");
         assert_eq!((summary.batches, summary.rows), (2, 3));
         assert_eq!(summary.columns.len(), 7);
