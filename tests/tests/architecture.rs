@@ -333,6 +333,7 @@ fn every_crate_forbids_unsafe_code() {
         "hub/src/lib.rs",
         "sim/src/lib.rs",
         "tests/src/lib.rs",
+        "trainer/src/lib.rs",
     ] {
         assert!(read(lib).contains("#![forbid(unsafe_code)]"), "{lib}");
     }
@@ -345,12 +346,35 @@ fn binaries_are_thin() {
         ("hub/src/bin/edgefleet-hub.rs", 120),
         ("hub/src/bin/edgefleet.rs", 40),
         ("sim/src/main.rs", 40),
+        ("trainer/src/main.rs", 60),
     ] {
         let n = read(bin).lines().count();
         assert!(
             n <= max_lines,
             "{bin} has {n} lines: move logic into the library"
         );
+    }
+}
+
+/// The reference trainer is a separate program the hub runs through the trainer contract
+/// (docs/trainers.md): it shares the wire contract's types and nothing else of ours, so it can
+/// be swapped for any other trainer, and the agent never carries a training library.
+#[test]
+fn the_trainer_depends_on_common_only_and_nothing_ships_it() {
+    let deps = dependencies("trainer/Cargo.toml");
+    let ours: Vec<&str> = deps
+        .lines()
+        .filter_map(|l| l.trim().split(['.', ' ', '=']).next())
+        .filter(|name| name.starts_with("edgefleet-"))
+        .collect();
+    assert_eq!(
+        ours,
+        ["edgefleet-common"],
+        "the trainer's workspace dependencies"
+    );
+    for package in ["edgefleet-agent", "edgefleet-hub"] {
+        let (found, text) = depends_on(package, "forust-ml");
+        assert!(!found, "{package} depends on forust-ml:\n{text}");
     }
 }
 
