@@ -137,17 +137,27 @@ fn main() -> anyhow::Result<()> {
     let fb = open(&dir.path().join("b"))?;
     let out = infer();
     let mut written = 0u64;
-    let t = Instant::now();
+    let mut recording = Duration::ZERO;
+    let mut writing = Duration::ZERO;
     for chunk in 0..20 {
-        for i in 0..10_000 {
-            fb.record(&scoring, &format!("w-{chunk}-{i}"), &[], &out);
+        let ids: Vec<String> = (0..10_000).map(|i| format!("w-{chunk}-{i}")).collect();
+        let t = Instant::now();
+        for id in &ids {
+            fb.record(&scoring, id, &[], &out);
         }
+        recording += t.elapsed();
+        let t = Instant::now();
         written += fb.drain(now_ms())?.added;
         fb.flush()?;
+        writing += t.elapsed();
     }
     println!(
+        "Feedback::record alone (no inference around it): {:.0} ns per prediction",
+        recording.as_secs_f64() * 1e9 / 200_000.0
+    );
+    println!(
         "writer: {:.0} predictions/s into sled (batches of 10,000, flushed); store {} predictions, {:.1} MB",
-        written as f64 / t.elapsed().as_secs_f64(),
+        written as f64 / writing.as_secs_f64(),
         fb.stats().held,
         fb.stats().held_bytes as f64 / 1e6
     );

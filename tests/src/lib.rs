@@ -2,6 +2,7 @@
 //! with their expected outputs computed independently in plain Rust, and specs to sign them.
 #![forbid(unsafe_code)]
 
+pub mod demand;
 pub mod fixtures;
 pub mod onnx;
 

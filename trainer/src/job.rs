@@ -92,7 +92,8 @@ pub struct Params {
     /// The share of the newest rows kept out of fitting to report validation metrics, [0, 0.9].
     #[serde(default = "default_validation")]
     pub validation: f64,
-    /// Ridge: the L2 penalty on standardised coefficients, ≥ 0.
+    /// Ridge: the L2 penalty on standardised coefficients against the mean squared error, ≥ 0
+    /// (1.0 shrinks a coefficient worth one standard deviation of the target by half).
     #[serde(default = "default_alpha")]
     pub alpha: f64,
     /// Trees: how many, the learning rate, the depth.
@@ -111,7 +112,7 @@ fn default_validation() -> f64 {
     0.2
 }
 fn default_alpha() -> f64 {
-    1.0
+    0.001
 }
 fn default_iterations() -> usize {
     100

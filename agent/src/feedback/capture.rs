@@ -40,6 +40,9 @@ struct State {
 #[derive(Debug)]
 pub struct Capture {
     state: Mutex<State>,
+    /// Some instruction is held: the inference path asks [`Capture::wants`] only then (capture
+    /// is off on almost every device, and a lock per request would be for nothing).
+    any: std::sync::atomic::AtomicBool,
 }
 
 /// What a reservoir's columns are called.
@@ -57,6 +60,7 @@ impl Capture {
                 rng: seed | 1,
                 ..State::default()
             }),
+            any: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -94,6 +98,8 @@ impl Capture {
             }
         }
         s.policies = next;
+        self.any
+            .store(!s.policies.is_empty(), std::sync::atomic::Ordering::Release);
         let mut on: Vec<String> = s.policies.keys().cloned().collect();
         on.sort();
         on
@@ -110,6 +116,9 @@ impl Capture {
 
     /// Whether `model`'s predictions should keep their inputs now.
     pub fn wants(&self, model: &str, now: u64) -> bool {
+        if !self.any.load(std::sync::atomic::Ordering::Acquire) {
+            return false;
+        }
         self.lock()
             .policies
             .get(model)

@@ -193,8 +193,16 @@ impl Queue {
         };
         let start = self.buf.len();
         self.buf.extend_from_slice(id.as_bytes());
-        // `&mut Vec<u8>` is an `io::Write`: the bytes go straight into the buffer.
-        let encoded = postcard::to_io(p, &mut self.buf).is_ok();
+        // A small prediction (the usual one) is encoded on the stack and copied once; a
+        // larger one straight into the buffer (`&mut Vec<u8>` is an `io::Write`).
+        let mut small = [0u8; 256];
+        let encoded = match postcard::to_slice(p, &mut small) {
+            Ok(bytes) => {
+                self.buf.extend_from_slice(bytes);
+                true
+            }
+            Err(_) => postcard::to_io(p, &mut self.buf).is_ok(),
+        };
         let (Ok(plan), Ok(start_u32), Ok(end)) = (
             u32::try_from(plan_index),
             u32::try_from(start),

@@ -1,0 +1,93 @@
+//! A deterministic food-demand table, as a shop's captured samples would export it: the
+//! motivating case's features and a demand that depends on them non-linearly, plus noise.
+
+use serde_json::json;
+
+/// The features, in the model's column order.
+pub const FEATURES: [&str; 7] = [
+    "day_of_week",
+    "price",
+    "promotion",
+    "temperature",
+    "holiday",
+    "fuel_price",
+    "last_week_sales",
+];
+
+/// A deterministic demand table: `rows` rows, a few missing cells, demand a non-linear
+/// function of the features plus noise.
+pub fn demand_csv(rows: usize, seed: u64) -> String {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut next = move || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((s >> 33) as f64) / (1u64 << 31) as f64
+    };
+    let mut csv = String::from("device,version,made_at,");
+    csv += &FEATURES.join(",");
+    csv += ",predicted_y,truth_y\n";
+    for i in 0..rows {
+        let dow = (i % 7) as f64;
+        let price = (2.0 + 3.0 * next()) as f32;
+        let promo = if next() < 0.2 { 1.0f32 } else { 0.0 };
+        let temp = (5.0 + 25.0 * next()) as f32;
+        let holiday = if next() < 0.05 { 1.0f32 } else { 0.0 };
+        let fuel = (1.4 + 0.4 * next()) as f32;
+        let last = (80.0 + 60.0 * next()) as f32;
+        let demand = 40.0 + 0.5 * f64::from(last) - 9.0 * f64::from(price)
+            + 25.0 * f64::from(promo)
+            + if dow >= 5.0 { 15.0 } else { 0.0 }
+            + 0.03 * (f64::from(temp) - 18.0).powi(2)
+            - 20.0 * (f64::from(fuel) - 1.5).max(0.0)
+            + 30.0 * f64::from(holiday)
+            + 4.0 * (next() - 0.5);
+        let cell = |v: f32, j: usize| {
+            if (i * 7 + j).is_multiple_of(53) {
+                String::new()
+            } else {
+                format!("{}", f64::from(v))
+            }
+        };
+        let cells: Vec<String> = [dow as f32, price, promo, temp, holiday, fuel, last]
+            .iter()
+            .enumerate()
+            .map(|(j, v)| cell(*v, j))
+            .collect();
+        csv += &format!(
+            "shop-{},1,{},{},0,{demand}\n",
+            i % 5,
+            1_700_000_000 + i,
+            cells.join(",")
+        );
+    }
+    csv
+}
+
+/// The Table Schema `edgefleet samples --export` writes for [`demand_csv`].
+pub fn schema() -> serde_json::Value {
+    let mut fields = vec![
+        json!({"name": "device", "type": "string", "role": "meta"}),
+        json!({"name": "version", "type": "integer", "role": "meta"}),
+        json!({"name": "made_at", "type": "integer", "role": "meta"}),
+    ];
+    fields.extend(
+        FEATURES
+            .iter()
+            .map(|f| json!({"name": f, "type": "number", "role": "input"})),
+    );
+    fields.push(json!({"name": "predicted_y", "type": "number", "role": "predicted"}));
+    fields.push(json!({"name": "truth_y", "type": "number", "role": "truth"}));
+    json!({"fields": fields, "missingValues": [""], "primaryKey": []})
+}
+
+/// The demand model's spec: one FP32 input of the [`FEATURES`], one FP32 output `y`.
+pub fn parent() -> serde_json::Value {
+    json!({
+        "name": "demand", "version": 1,
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 7], "feature_names": FEATURES}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}],
+    })
+}
