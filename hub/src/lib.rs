@@ -28,6 +28,7 @@ pub mod lifecycle;
 pub mod mqtt;
 pub mod reference;
 pub mod registry;
+pub mod retrain;
 pub mod rollout;
 pub mod store;
 pub mod telemetry;

@@ -115,7 +115,7 @@ fn no_import_cycles_between_modules() {
 #[test]
 fn hub_layers() {
     const TRANSPORTS: [&str; 3] = ["http", "mqtt", "drivers"];
-    const DOMAIN: [&str; 8] = [
+    const DOMAIN: [&str; 9] = [
         "hub",
         "error",
         "store",
@@ -124,6 +124,7 @@ fn hub_layers() {
         "desired",
         "telemetry",
         "rollout",
+        "retrain",
     ];
     /// What every layer may use: configuration, key files, reference profiles, process
     /// plumbing.

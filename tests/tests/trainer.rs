@@ -226,3 +226,46 @@ fn a_bad_job_fails_with_a_message_and_leaves_no_model() {
         assert!(!d.join("model.onnx").exists(), "{what}: a model was left");
     }
 }
+
+/// The hub's trainer runner with the real reference trainer: the model it reports is the one
+/// the trainer wrote, its metrics are the trainer's, its log the trainer's summary line.
+#[tokio::test]
+async fn the_hubs_runner_runs_the_reference_trainer() {
+    use edgefleet_hub::retrain::runner::{TrainerCommand, run};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("job");
+    job(
+        &dir,
+        &demand_csv(1_000, 4),
+        json!({"model": "gbt", "seed": 1, "iterations": 20}),
+    );
+    let t = TrainerCommand {
+        command: vec![bin("edgefleet-train").display().to_string()],
+        timeout: std::time::Duration::from_secs(120),
+        max_dir_bytes: 64 << 20,
+        max_model_bytes: 16 << 20,
+        max_log_bytes: 64 << 10,
+    };
+    let r = run(&t, &dir).await;
+    assert_eq!(r.outcome, Ok(()), "{}", r.log);
+    assert_eq!(
+        r.model.as_deref(),
+        Some(
+            std::fs::read(dir.join("model.onnx"))
+                .expect("model")
+                .as_slice()
+        )
+    );
+    assert_eq!(
+        r.metrics.as_ref().map(|m| m["model"].clone()),
+        Some(json!("gbt"))
+    );
+    assert!(r.log.contains("trained Gbt on 800 rows"), "{}", r.log);
+    // A bad job through the runner: the trainer's message is the run's log.
+    std::fs::write(dir.join("params.json"), r#"{"max_depth": 99}"#).expect("write");
+    std::fs::remove_file(dir.join("model.onnx")).expect("rm");
+    let r = run(&t, &dir).await;
+    assert!(r.outcome.is_err());
+    assert!(r.log.contains("max_depth 99 must be 1..=16"), "{}", r.log);
+    assert!(r.model.is_none());
+}
