@@ -1,36 +1,12 @@
 //! ONNX protobufs built with tract's own `pb` types and encoded with prost.
 
+use edgefleet_trainer::onnx::value_info;
 use prost::Message;
 use tract_onnx::pb::{
-    GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto,
-    TypeProto, ValueInfoProto, tensor_proto::DataType, tensor_shape_proto, type_proto,
+    GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, tensor_proto::DataType,
 };
 
 use crate::{FEATURES, HIDDEN, Mlp};
-
-fn value_info(name: &str, elem: DataType, dims: &[Option<i64>]) -> ValueInfoProto {
-    let dim = dims
-        .iter()
-        .map(|d| tensor_shape_proto::Dimension {
-            denotation: String::new(),
-            value: Some(match d {
-                Some(n) => tensor_shape_proto::dimension::Value::DimValue(*n),
-                None => tensor_shape_proto::dimension::Value::DimParam("N".into()),
-            }),
-        })
-        .collect();
-    ValueInfoProto {
-        name: name.into(),
-        r#type: Some(TypeProto {
-            denotation: String::new(),
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: elem as i32,
-                shape: Some(TensorShapeProto { dim }),
-            })),
-        }),
-        doc_string: String::new(),
-    }
-}
 
 fn f32_tensor(name: &str, dims: &[i64], data: &[f32]) -> TensorProto {
     TensorProto {

@@ -21,7 +21,9 @@ use crate::ridge::Linear;
 /// The ONNX-ML opset the exported operators are defined in.
 const ML_OPSET: i64 = 3;
 
-fn value_info(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
+/// A tensor's name, element type and shape (`None`: the symbolic batch dimension `N`), as a
+/// graph's input or output declares it.
+pub fn value_info(name: &str, elem: DataType, dims: &[Option<i64>]) -> ValueInfoProto {
     let dim = dims
         .iter()
         .map(|d| tensor_shape_proto::Dimension {
@@ -37,7 +39,7 @@ fn value_info(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
         r#type: Some(TypeProto {
             denotation: String::new(),
             value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: DataType::Float as i32,
+                elem_type: elem as i32,
                 shape: Some(TensorShapeProto { dim }),
             })),
         }),
@@ -155,8 +157,12 @@ fn model(
         name: name.into(),
         node: nodes,
         initializer,
-        input: vec![value_info(&sig.input, &[None, Some(sig.features as i64)])],
-        output: vec![value_info(&sig.output, output_dims)],
+        input: vec![value_info(
+            &sig.input,
+            DataType::Float,
+            &[None, Some(sig.features as i64)],
+        )],
+        output: vec![value_info(&sig.output, DataType::Float, output_dims)],
         ..Default::default()
     };
     ModelProto {

@@ -18,7 +18,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::{ChildStderr, ChildStdout};
 
 /// How often the job directory's size is checked while the trainer runs.
 pub const SIZE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
@@ -107,6 +108,46 @@ impl Tail {
     }
 }
 
+/// Reads `r` into `buf`: Some(n) for n bytes, None at its end (or an error); never completes
+/// once `r` is closed (None).
+async fn read_pipe<R: AsyncRead + Unpin>(r: &mut Option<R>, buf: &mut [u8]) -> Option<usize> {
+    match r {
+        Some(r) => match r.read(buf).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => Some(n),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// The trainer's stdout and stderr, read as they come into one bounded tail.
+struct Output {
+    stdout: Option<ChildStdout>,
+    stderr: Option<ChildStderr>,
+    tail: Tail,
+}
+
+impl Output {
+    fn open(&self) -> bool {
+        self.stdout.is_some() || self.stderr.is_some()
+    }
+
+    /// Reads the next chunk of either stream into the tail (a stream at its end is closed).
+    async fn read_some(&mut self) {
+        let (mut a, mut b) = ([0u8; 8192], [0u8; 8192]);
+        tokio::select! {
+            n = read_pipe(&mut self.stdout, &mut a) => match n {
+                Some(n) => self.tail.push(&a[..n]),
+                None => self.stdout = None,
+            },
+            n = read_pipe(&mut self.stderr, &mut b) => match n {
+                Some(n) => self.tail.push(&b[..n]),
+                None => self.stderr = None,
+            },
+        }
+    }
+}
+
 /// Kills the process group `pgid` (the trainer and everything it started).
 fn kill_group(pgid: u32) {
     let Some(pid) = i32::try_from(pgid)
@@ -165,7 +206,7 @@ pub async fn run(t: &TrainerCommand, job: &Path) -> RunReport {
         model,
         metrics,
     };
-    let mut log = Tail {
+    let log = Tail {
         bytes: Vec::new(),
         max: t.max_log_bytes,
     };
@@ -204,35 +245,22 @@ pub async fn run(t: &TrainerCommand, job: &Path) -> RunReport {
         }
     };
     let pgid = child.id().unwrap_or(0);
-    let (Some(mut stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        kill_group(pgid);
-        return report(
-            Err(Failure::NotStarted("no output pipes".into())),
-            &log,
-            None,
-            None,
-        );
+    let mut output = Output {
+        stdout: child.stdout.take(),
+        stderr: child.stderr.take(),
+        tail: log,
     };
     let deadline = tokio::time::sleep(t.timeout);
     tokio::pin!(deadline);
     let mut check = tokio::time::interval(SIZE_CHECK_INTERVAL);
-    let (mut out_buf, mut err_buf) = ([0u8; 8192], [0u8; 8192]);
-    let (mut out_open, mut err_open) = (true, true);
     let status = loop {
         tokio::select! {
-            n = stdout.read(&mut out_buf), if out_open => match n {
-                Ok(0) | Err(_) => out_open = false,
-                Ok(n) => log.push(&out_buf[..n]),
-            },
-            n = stderr.read(&mut err_buf), if err_open => match n {
-                Ok(0) | Err(_) => err_open = false,
-                Ok(n) => log.push(&err_buf[..n]),
-            },
+            _ = output.read_some(), if output.open() => {}
             status = child.wait() => break status,
             _ = &mut deadline => {
                 kill_group(pgid);
                 let _ = child.wait().await;
-                return report(Err(Failure::TimedOut(t.timeout.as_secs())), &log, None, None);
+                return report(Err(Failure::TimedOut(t.timeout.as_secs())), &output.tail, None, None);
             }
             _ = check.tick() => {
                 let dir = job.to_path_buf();
@@ -240,7 +268,7 @@ pub async fn run(t: &TrainerCommand, job: &Path) -> RunReport {
                 if size > t.max_dir_bytes {
                     kill_group(pgid);
                     let _ = child.wait().await;
-                    return report(Err(Failure::DirectoryTooLarge(t.max_dir_bytes)), &log, None, None);
+                    return report(Err(Failure::DirectoryTooLarge(t.max_dir_bytes)), &output.tail, None, None);
                 }
             }
         }
@@ -248,21 +276,13 @@ pub async fn run(t: &TrainerCommand, job: &Path) -> RunReport {
     // Whatever the trainer left running in its group goes with it (and with it the pipes'
     // last writers); then the output still buffered is read, briefly.
     kill_group(pgid);
-    let drain = async {
-        while out_open || err_open {
-            tokio::select! {
-                n = stdout.read(&mut out_buf), if out_open => match n {
-                    Ok(0) | Err(_) => out_open = false,
-                    Ok(n) => log.push(&out_buf[..n]),
-                },
-                n = stderr.read(&mut err_buf), if err_open => match n {
-                    Ok(0) | Err(_) => err_open = false,
-                    Ok(n) => log.push(&err_buf[..n]),
-                },
-            }
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while output.open() {
+            output.read_some().await;
         }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+    })
+    .await;
+    let log = output.tail;
     let status = match status {
         Ok(s) => s,
         Err(e) => return report(Err(Failure::Exited(e.to_string())), &log, None, None),
