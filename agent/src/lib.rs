@@ -220,22 +220,36 @@ fn spawn_folding(models: Arc<active::ActiveModels>, mut stop: tokio::sync::watch
 }
 
 /// The feedback writer: every [`feedback::DRAIN_INTERVAL`] moves the predictions the inference
-/// path queued into the store and flushes it, on the blocking pool (sled's `flush_async` can
-/// hang; its blocking `flush` does not), until `stop` changes.
+/// path queued into the store and flushes it (sled's blocking `flush`: its `flush_async` can
+/// hang), until `stop` changes. It runs on one thread of its own for the agent's life: its
+/// sled work then allocates in one malloc arena, where on the blocking pool's changing threads
+/// it spread over several and held about twice the memory (BENCHMARKS.md, ground truth).
 fn spawn_feedback_writer(
     feedback: Arc<feedback::Feedback>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(feedback::DRAIN_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.changed() => return,
+    let (quit, quit_rx) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("feedback-writer".into())
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                quit_rx.recv_timeout(feedback::DRAIN_INTERVAL)
+            {
+                write_feedback(&feedback);
             }
-            let fb = feedback.clone();
-            let _ = tokio::task::spawn_blocking(move || write_feedback(&fb)).await;
+        });
+    let thread = match thread {
+        Ok(t) => Some(t),
+        Err(error) => {
+            tracing::error!(%error, "cannot start the feedback writer: predictions with an id stay queued until dropped");
+            None
+        }
+    };
+    tokio::spawn(async move {
+        let _ = stop.changed().await;
+        drop(quit);
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
     })
 }
