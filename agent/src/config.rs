@@ -63,8 +63,8 @@ pub struct AgentConfig {
     pub feedback_max_predictions: u64,
     /// Feedback: a prediction older than this many seconds is no longer kept.
     pub feedback_max_age_secs: u64,
-    /// Feedback: most bytes of predictions kept on disk (in the data directory's sled
-    /// database). When over, the oldest go first, counted.
+    /// Feedback: most bytes of predictions kept on disk (the data directory's
+    /// `feedback.sqlite`). When over, the oldest go first, counted.
     pub feedback_max_bytes: u64,
     /// Log format: "text" or "json" (under journald, text lines carry no timestamps).
     pub log_format: String,

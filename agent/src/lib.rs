@@ -138,9 +138,10 @@ async fn open_parts(config: &AgentConfig) -> anyhow::Result<Parts> {
     let models = Arc::new(active::ActiveModels::default());
     let hub = hub_client::HubClient::new(config, key.clone())?;
     let outbox = telemetry::Outbox::open(&layout.outbox(), config.outbox_max_bytes)?;
-    // The matching store shares the outbox's sled database: one page cache, one log.
+    // Earlier agents kept the matching store in the outbox's sled database: reclaim its space.
+    feedback::store::drop_sled_trees(outbox.database());
     let feedback = Arc::new(feedback::Feedback::open(
-        outbox.database(),
+        &layout.feedback(),
         config.feedback_limits(),
         now_ms(),
     )?);
@@ -254,11 +255,8 @@ fn spawn_feedback_writer(
     })
 }
 
-/// One round of the feedback writer: drain the queue, flush.
+/// One round of the feedback writer: move the queue into the store.
 fn write_feedback(feedback: &feedback::Feedback) {
     // Errors are logged (and the predictions counted as dropped) by `drain`.
     let _ = feedback.drain(now_ms());
-    if let Err(error) = feedback.flush() {
-        tracing::warn!(%error, "cannot flush the feedback store");
-    }
 }

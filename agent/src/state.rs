@@ -76,6 +76,11 @@ impl Layout {
         self.root.join("outbox")
     }
 
+    /// The feedback matching store (SQLite, with its `-wal` and `-shm` files beside it).
+    pub fn feedback(&self) -> PathBuf {
+        self.root.join("feedback.sqlite")
+    }
+
     pub fn create_dirs(&self) -> AgentResult<()> {
         for d in [self.root.clone(), self.models(), self.staging()] {
             std::fs::create_dir_all(&d)?;

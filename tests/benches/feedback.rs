@@ -6,7 +6,7 @@
 //!   percentage of the inference time (goal ≤ 3 %);
 //! - the same over HTTP: OIP infer on loopback with an id in the body vs without, alternating
 //!   rounds, 8 concurrent clients, the writer task running;
-//! - the writer: predictions per second moved from the queue into sled (flush included);
+//! - the writer: predictions per second moved from the queue into the store (committed);
 //! - feedback calls per second: in-process (`Feedback::submit`, one item per call, against a
 //!   store of 100,000 predictions) and over HTTP (8 concurrent clients, one item per call).
 //!
@@ -44,12 +44,11 @@ fn now_ms() -> u64 {
 }
 
 fn open(dir: &std::path::Path) -> anyhow::Result<Arc<Feedback>> {
-    // The agent's own settings: the outbox's database and its 4 MiB cache.
-    let db = sled::Config::new()
-        .path(dir.join("db"))
-        .cache_capacity(edgefleet_agent::telemetry::outbox::OUTBOX_CACHE_BYTES)
-        .open()?;
-    Ok(Arc::new(Feedback::open(&db, LIMITS, now_ms())?))
+    Ok(Arc::new(Feedback::open(
+        &dir.join("feedback.sqlite"),
+        LIMITS,
+        now_ms(),
+    )?))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -105,7 +104,7 @@ fn main() -> anyhow::Result<()> {
             }
             t.elapsed()
         };
-        // Which goes first alternates: the round right after the writer's flush runs with
+        // Which goes first alternates: the round right after the writer's commit runs with
         // colder caches.
         if round % 2 == 0 {
             plain += plain_round();
@@ -115,7 +114,6 @@ fn main() -> anyhow::Result<()> {
             plain += plain_round();
         }
         fb.drain(now_ms())?;
-        fb.flush()?;
     }
     let n = (ROUND * ROUNDS) as f64;
     let (plain_ns, recorded_ns) = (
@@ -133,7 +131,7 @@ fn main() -> anyhow::Result<()> {
         stats.dropped
     );
 
-    // 2. The writer: predictions per second from the queue into sled, flushed.
+    // 2. The writer: predictions per second from the queue into the store, committed.
     let fb = open(&dir.path().join("b"))?;
     let out = infer();
     let mut written = 0u64;
@@ -148,7 +146,6 @@ fn main() -> anyhow::Result<()> {
         recording += t.elapsed();
         let t = Instant::now();
         written += fb.drain(now_ms())?.added;
-        fb.flush()?;
         writing += t.elapsed();
     }
     println!(
@@ -156,7 +153,7 @@ fn main() -> anyhow::Result<()> {
         recording.as_secs_f64() * 1e9 / 200_000.0
     );
     println!(
-        "writer: {:.0} predictions/s into sled (batches of 10,000, flushed); store {} predictions, {:.1} MB",
+        "writer: {:.0} predictions/s into the store (batches of 10,000, committed); store {} predictions, {:.1} MB",
         written as f64 / writing.as_secs_f64(),
         fb.stats().held,
         fb.stats().held_bytes as f64 / 1e6
@@ -195,7 +192,6 @@ fn main() -> anyhow::Result<()> {
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(edgefleet_agent::feedback::DRAIN_INTERVAL);
                 let _ = fb.drain(now_ms());
-                let _ = fb.flush();
             }
         })
     };

@@ -3,21 +3,21 @@
 //! MAPE for a regression; accuracy, log-loss and a confusion matrix for a classifier).
 //!
 //! ```text
-//! infer (with an id) ─record─► queue (memory, bounded) ─drain every 200 ms─► Store (sled)
-//!                                                          (writer task, blocking pool, flush)
+//! infer (with an id) ─record─► queue (memory, bounded) ─drain every 200 ms─► Store (SQLite)
+//!                                                          (writer thread, one transaction)
 //! POST …/feedback ─parse─► look the ids up (queue, then store) ─► mark rows done ─► QualityBook
 //!                                                        telemetry close_window ◄─take─┘
 //! ```
 //!
 //! - [`plan`]: which output is scored (the manifest's first) and what a prediction keeps of it.
-//! - [`store`]: recent predictions by (model, id) in the agent's sled database, bounded by
+//! - [`store`]: recent predictions by (model, id) on disk (SQLite, bounded memory), bounded by
 //!   count, age and bytes (oldest first, counted), surviving restarts.
 //! - [`body`]: the feedback request body; [`truth`]: a truth read against its prediction.
 //! - [`book`]: this window's quality per model version, taken by telemetry at each close.
 //!
 //! The inference path only pushes a small entry onto the queue ([`Feedback::record`]: a short
 //! lock, no I/O); when the queue is full the entry is dropped and counted. The writer task
-//! ([`Feedback::drain`], [`Feedback::flush`]) moves the queue into sled. A feedback call holds
+//! ([`Feedback::drain`]) moves the queue into the store. A feedback call holds
 //! the store's lock from lookup to marking, and the writer holds it from taking the queue to
 //! the end of its transaction, so a prediction is always found, in the queue or in the store,
 //! and a row is scored at most once.
@@ -33,7 +33,7 @@ pub mod store;
 pub mod truth;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use edgefleet_common::Tensor;
@@ -242,7 +242,6 @@ struct Counters {
 
 /// The agent's feedback: the queue, the store, the quality book.
 pub struct Feedback {
-    db: sled::Db,
     store: Mutex<Store>,
     queue: Mutex<Queue>,
     book: QualityBook,
@@ -250,8 +249,6 @@ pub struct Feedback {
     /// The plans of model versions whose predictions kept inputs: a captured row's columns.
     captured_plans: Mutex<PlansByVersion>,
     limits: Limits,
-    /// The store changed since the last flush.
-    dirty: AtomicBool,
     counters: Counters,
 }
 
@@ -266,19 +263,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Feedback {
-    /// Opens the store in `db` (the agent's sled database); the first window starts at
-    /// `now_ms`.
-    pub fn open(db: &sled::Db, limits: Limits, now_ms: u64) -> AgentResult<Self> {
-        let store = Store::open(db, limits)?;
+    /// Opens the store at `path` (the data directory's `feedback.sqlite`); the first window
+    /// starts at `now_ms`.
+    pub fn open(path: &std::path::Path, limits: Limits, now_ms: u64) -> AgentResult<Self> {
+        let store = Store::open(path, limits)?;
         let fb = Self {
-            db: db.clone(),
             store: Mutex::new(store),
             queue: Mutex::new(Queue::default()),
             book: QualityBook::new(now_ms),
             capture: Arc::new(Capture::new(now_ms / 1000, now_ms)),
             captured_plans: Mutex::new(HashMap::new()),
             limits,
-            dirty: AtomicBool::new(false),
             counters: Counters::default(),
         };
         fb.mirror(&lock(&fb.store));
@@ -371,7 +366,8 @@ impl Feedback {
     }
 
     /// The writer: moves the queue into the store and applies the bounds at `now_ms`
-    /// (blocking; run it on the blocking pool). Does not flush.
+    /// (blocking: its own thread). The store commits durably, so what the gauges then count
+    /// as held is on disk.
     pub fn drain(&self, now_ms: u64) -> AgentResult<store::Written> {
         let mut store = lock(&self.store);
         let taken = {
@@ -415,9 +411,6 @@ impl Feedback {
         let written = result.and_then(|()| store.write(new, now_ms));
         match &written {
             Ok(w) => {
-                if w.added + w.replaced + w.evicted.total() > 0 {
-                    self.dirty.store(true, Ordering::Release);
-                }
                 if w.evicted.count + w.evicted.bytes > 0 {
                     tracing::debug!(evicted = ?w.evicted, "feedback store over a bound: oldest predictions evicted");
                 }
@@ -427,22 +420,8 @@ impl Feedback {
                 tracing::error!(error = %e, lost, "cannot store predictions for feedback; dropped");
             }
         }
+        self.mirror(&store);
         written
-    }
-
-    /// Flushes the store to disk if it changed (blocking; sled's `flush`, not `flush_async`),
-    /// then updates the gauges: a prediction `/metrics` counts as held is on disk.
-    pub fn flush(&self) -> AgentResult<()> {
-        if self.dirty.swap(false, Ordering::AcqRel)
-            && let Err(e) = self.db.flush()
-        {
-            self.dirty.store(true, Ordering::Release);
-            return Err(crate::error::AgentError::Other(format!(
-                "feedback store: flush: {e}"
-            )));
-        }
-        self.mirror(&lock(&self.store));
-        Ok(())
     }
 
     fn mirror(&self, store: &Store) {
@@ -600,7 +579,6 @@ impl Feedback {
                     ),
                 ));
             }
-            self.dirty.store(true, Ordering::Release);
             self.mirror(&store);
         }
         {

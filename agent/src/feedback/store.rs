@@ -1,22 +1,31 @@
-//! The matching store: recent predictions by (model, request id), in sled.
+//! The matching store: recent predictions by (model, request id), on disk in SQLite.
 //!
-//! Trees (in the agent's one sled database, beside the outbox's):
-//! - `feedback_predictions`: `model \0 id` → [`Stored`] (postcard, a format byte first);
-//! - `feedback_by_time`: `at_ms ‖ seq` (big-endian) → `size ‖ model \0 id`, oldest first: what
-//!   eviction and expiry walk;
-//! - `feedback_meta`: the count, the bytes and the next sequence number;
-//! - `feedback_plans`: `model \0 version` → a classifier's class names, which scoring needs
-//!   after the version has stopped serving.
+//! A busy shop keeps a day of predictions (10 requests/s: 864,000) to match the truths that
+//! arrive a day later. sled held them at +14–25 MB of RSS by 200,000 and ~415 bytes of disk
+//! each (BENCHMARKS.md "Ground truth"); SQLite keeps them in a file with a bounded page cache
+//! ([`CACHE_KIB`]), so memory does not grow with what is held.
 //!
-//! Every change is one sled transaction over the trees it touches, so the counters always
-//! agree with what is held, across kill -9. The store does not flush: its owner does, off the
-//! request path. It is not thread-safe on its own: [`super::Feedback`] holds it in a mutex.
+//! Tables (the file `feedback.sqlite` in the data directory, WAL mode):
+//! - `prediction`: `key` (`model \0 id`) → `at_ms`, `seq`, `size`, `value` ([`Stored`]'s
+//!   prediction, postcard), indexed by `(at_ms, seq)`: what eviction and expiry walk, oldest
+//!   first;
+//! - `plan`: `model \0 version` → a classifier's class names, which scoring needs after the
+//!   version has stopped serving;
+//! - `meta`: the count, the bytes and the next sequence number, so opening a full store does
+//!   not scan it.
+//!
+//! Every change is one transaction, committed with `synchronous = FULL` (on disk when `write`
+//! returns), so the counters always agree with what is held, across kill -9 and power loss.
+//! A file that is not a store of this format (corrupt, or written by a newer agent) is moved
+//! aside as `feedback.sqlite.unreadable-<ms>` and a new store starts: feedback is worth less
+//! than serving. The store is not thread-safe on its own: [`super::Feedback`] holds it in a
+//! mutex.
 
 use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use super::plan::Prediction;
 use crate::error::{AgentError, AgentResult};
@@ -34,10 +43,28 @@ pub struct Limits {
 /// huge transaction).
 pub const MAX_EVICT_PER_WRITE: usize = 20_000;
 
-const FORMAT: u8 = 1;
-const COUNT: &[u8] = b"count";
-const BYTES: &[u8] = b"bytes";
-const NEXT_SEQ: &[u8] = b"next_seq";
+/// SQLite's page cache for the store, in KiB: lookups of a day-old id and appends touch a
+/// few pages each; the rest stays on disk.
+pub const CACHE_KIB: u32 = 512;
+
+/// The schema's version (`PRAGMA user_version`).
+const FORMAT: i64 = 1;
+const COUNT: &str = "count";
+const BYTES: &str = "bytes";
+const NEXT_SEQ: &str = "next_seq";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS prediction (
+    key BLOB PRIMARY KEY NOT NULL,
+    at_ms INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    value BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS prediction_by_time ON prediction (at_ms, seq);
+CREATE TABLE IF NOT EXISTS plan (key BLOB PRIMARY KEY NOT NULL, classes BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL) WITHOUT ROWID;
+";
 
 /// A prediction as stored: its index key's sequence number with it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,13 +106,17 @@ impl Evicted {
     }
 }
 
-fn sled_err(e: impl std::fmt::Display) -> AgentError {
+fn db_err(e: impl std::fmt::Display) -> AgentError {
     AgentError::Other(format!("feedback store: {e}"))
 }
 
-fn be(v: Option<sled::IVec>) -> Option<u64> {
-    v.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
-        .map(u64::from_be_bytes)
+/// SQLite integers are i64; times and counters stay far below 2^63.
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn uint(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
 }
 
 /// The key of `id` of `model` (model names never hold a 0 byte).
@@ -97,35 +128,20 @@ pub fn key(model: &str, id: &str) -> Vec<u8> {
     k
 }
 
-fn time_key(at_ms: u64, seq: u64) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&at_ms.to_be_bytes());
-    k[8..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-
 fn plan_key(model: &str, version: u64) -> Vec<u8> {
     let mut k = key(model, "");
     k.extend_from_slice(&version.to_be_bytes());
     k
 }
 
-/// Bytes an entry occupies: its key and value, and its index entry.
+/// Bytes an entry is counted as on disk: its key twice (the row and the time index), its
+/// value and the index's two integers.
 fn entry_size(key: &[u8], value: &[u8]) -> u64 {
-    (key.len() + value.len() + 16 + 4 + key.len()) as u64
+    (2 * key.len() + value.len() + 24) as u64
 }
 
-fn encode(s: &Stored) -> AgentResult<Vec<u8>> {
-    let mut out = vec![FORMAT];
-    out.extend(postcard::to_allocvec(s).map_err(sled_err)?);
-    Ok(out)
-}
-
-fn decode(bytes: &[u8]) -> Option<Stored> {
-    match bytes.split_first() {
-        Some((&FORMAT, rest)) => postcard::from_bytes(rest).ok(),
-        _ => None,
-    }
+fn encode(p: &Prediction) -> AgentResult<Vec<u8>> {
+    postcard::to_allocvec(p).map_err(db_err)
 }
 
 /// One new prediction for [`Store::write`].
@@ -144,10 +160,7 @@ pub struct Written {
 }
 
 pub struct Store {
-    predictions: sled::Tree,
-    by_time: sled::Tree,
-    meta: sled::Tree,
-    plans: sled::Tree,
+    conn: Connection,
     limits: Limits,
     count: u64,
     bytes: u64,
@@ -157,41 +170,71 @@ pub struct Store {
     plans_stored: HashSet<Vec<u8>>,
 }
 
+/// Opens `path` as a store of this format, creating it if new.
+fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "cache_size", -i64::from(CACHE_KIB))?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > FORMAT {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_NOTADB),
+            Some(format!(
+                "format {version}, newer than this agent's {FORMAT}"
+            )),
+        ));
+    }
+    conn.execute_batch(SCHEMA)?;
+    conn.pragma_update(None, "user_version", FORMAT)?;
+    // A store whose pages do not read back is not one: find out now, not at the first lookup.
+    conn.query_row("SELECT count(*) FROM meta", [], |r| r.get::<_, i64>(0))?;
+    Ok(conn)
+}
+
 impl Store {
-    /// Opens the store's trees in `db`.
-    pub fn open(db: &sled::Db, limits: Limits) -> AgentResult<Self> {
-        let predictions = db.open_tree("feedback_predictions").map_err(sled_err)?;
-        let by_time = db.open_tree("feedback_by_time").map_err(sled_err)?;
-        let meta = db.open_tree("feedback_meta").map_err(sled_err)?;
-        let plans = db.open_tree("feedback_plans").map_err(sled_err)?;
-        let count = be(meta.get(COUNT).map_err(sled_err)?);
-        let bytes = be(meta.get(BYTES).map_err(sled_err)?);
-        let (count, bytes) = match (count, bytes) {
-            (Some(c), Some(b)) => (c, b),
-            // Never written (a new store): count what is there, which is normally nothing.
-            _ => {
-                let (mut c, mut b) = (0, 0);
-                for item in predictions.iter() {
-                    let (k, v) = item.map_err(sled_err)?;
-                    c += 1;
-                    b += entry_size(&k, &v);
+    /// Opens (or creates) the store at `path`. A file that cannot be read as a store is moved
+    /// aside (logged) and a new one starts; an error is left only when the directory itself
+    /// fails (no space, no permission).
+    pub fn open(path: &Path, limits: Limits) -> AgentResult<Self> {
+        let conn = match connect(path) {
+            Ok(c) => c,
+            Err(error) if unreadable(&error) => {
+                let aside =
+                    PathBuf::from(format!("{}.unreadable-{}", path.display(), crate::now_ms()));
+                tracing::error!(%error, path = %path.display(), aside = %aside.display(),
+                    "the feedback store cannot be read; moved aside, starting a new one (the predictions it held cannot be scored)");
+                std::fs::rename(path, &aside)
+                    .map_err(|e| db_err(format!("cannot move {} aside: {e}", path.display())))?;
+                for ext in ["-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
                 }
-                (c, b)
+                connect(path).map_err(|e| db_err(format!("{}: {e}", path.display())))?
             }
+            Err(e) => return Err(db_err(format!("{}: {e}", path.display()))),
         };
-        let last = by_time
-            .last()
-            .map_err(sled_err)?
-            .and_then(|(k, _)| <[u8; 8]>::try_from(&k[8..]).ok())
-            .map_or(0, u64::from_be_bytes);
-        let next_seq = be(meta.get(NEXT_SEQ).map_err(sled_err)?)
-            .unwrap_or(0)
-            .max(last + 1);
+        let meta = |name: &str| -> AgentResult<Option<u64>> {
+            conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()
+            .map(|v| v.map(uint))
+            .map_err(db_err)
+        };
+        let (count, bytes, next_seq) = match (meta(COUNT)?, meta(BYTES)?, meta(NEXT_SEQ)?) {
+            (Some(c), Some(b), Some(s)) => (c, b, s),
+            // Never written (a new store): count what is there, which is normally nothing.
+            _ => conn
+                .query_row(
+                    "SELECT count(*), coalesce(sum(size), 0), coalesce(max(seq) + 1, 0) FROM prediction",
+                    [],
+                    |r| Ok((uint(r.get(0)?), uint(r.get(1)?), uint(r.get(2)?))),
+                )
+                .map_err(db_err)?,
+        };
         Ok(Self {
-            predictions,
-            by_time,
-            meta,
-            plans,
+            conn,
             limits,
             count,
             bytes,
@@ -215,12 +258,20 @@ impl Store {
     }
 
     pub fn get(&self, key: &[u8]) -> AgentResult<Option<Stored>> {
-        let Some(v) = self.predictions.get(key).map_err(sled_err)? else {
+        let row = self
+            .conn
+            .prepare_cached("SELECT seq, value FROM prediction WHERE key = ?1")
+            .and_then(|mut s| {
+                s.query_row([key], |r| Ok((uint(r.get(0)?), r.get::<_, Vec<u8>>(1)?)))
+                    .optional()
+            })
+            .map_err(db_err)?;
+        let Some((seq, value)) = row else {
             return Ok(None);
         };
-        match decode(&v) {
-            Some(s) => Ok(Some(s)),
-            None => {
+        match postcard::from_bytes(&value) {
+            Ok(prediction) => Ok(Some(Stored { seq, prediction })),
+            Err(_) => {
                 tracing::warn!("feedback store: an entry does not decode; treated as unknown");
                 Ok(None)
             }
@@ -229,11 +280,15 @@ impl Store {
 
     /// A classifier's class names for `model` `version`, if stored.
     pub fn classes(&self, model: &str, version: u64) -> AgentResult<Option<Vec<String>>> {
-        Ok(self
-            .plans
-            .get(plan_key(model, version))
-            .map_err(sled_err)?
-            .and_then(|v| postcard::from_bytes(&v).ok()))
+        let v: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT classes FROM plan WHERE key = ?1")
+            .and_then(|mut s| {
+                s.query_row([plan_key(model, version)], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(db_err)?;
+        Ok(v.and_then(|v| postcard::from_bytes(&v).ok()))
     }
 
     /// Stores a version's class names once (a no-op when already stored).
@@ -247,8 +302,13 @@ impl Store {
         if self.plans_stored.contains(&k) {
             return Ok(());
         }
-        let v = postcard::to_allocvec(classes).map_err(sled_err)?;
-        self.plans.insert(k.as_slice(), v).map_err(sled_err)?;
+        let v = postcard::to_allocvec(classes).map_err(db_err)?;
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO plan (key, classes) VALUES (?1, ?2)",
+                params![k, v],
+            )
+            .map_err(db_err)?;
         self.plans_stored.insert(k);
         Ok(())
     }
@@ -274,36 +334,46 @@ impl Store {
         let before = new.len();
         new.retain(|n| n.prediction.at_ms >= cutoff);
         w.evicted.age += (before - new.len()) as u64;
-        let mut encoded = Vec::with_capacity(new.len());
-        let (mut count, mut bytes) = (self.count, self.bytes);
-        // Old entries the new ones replace: their index entries go.
-        let mut replaced: Vec<[u8; 16]> = Vec::new();
-        let mut replaced_keys: HashSet<Vec<u8>> = HashSet::new();
-        for n in &new {
-            if let Some(old) = self.predictions.get(&n.key).map_err(sled_err)? {
-                count -= 1;
-                bytes -= entry_size(&n.key, &old).min(bytes);
-                if let Some(s) = decode(&old) {
-                    replaced.push(time_key(s.prediction.at_ms, s.seq));
+        let limits = self.limits;
+        let (mut count, mut bytes, mut seq) = (self.count, self.bytes, self.next_seq);
+        let first_new = seq;
+        let tx = self.conn.transaction().map_err(db_err)?;
+        {
+            let mut old_size = tx
+                .prepare_cached("SELECT size FROM prediction WHERE key = ?1")
+                .map_err(db_err)?;
+            let mut put = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO prediction (key, at_ms, seq, size, value) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(db_err)?;
+            for n in &new {
+                if let Some(old) = old_size
+                    .query_row([&n.key], |r| r.get::<_, i64>(0))
+                    .optional()
+                    .map_err(db_err)?
+                {
+                    count = count.saturating_sub(1);
+                    bytes = bytes.saturating_sub(uint(old));
+                    w.replaced += 1;
                 }
-                replaced_keys.insert(n.key.clone());
-                w.replaced += 1;
+                let value = encode(&n.prediction)?;
+                let size = entry_size(&n.key, &value);
+                put.execute(params![
+                    n.key,
+                    int(n.prediction.at_ms),
+                    int(seq),
+                    int(size),
+                    value
+                ])
+                .map_err(db_err)?;
+                count += 1;
+                bytes += size;
+                seq += 1;
             }
         }
-        let mut seq = self.next_seq;
-        for n in new {
-            let stored = Stored {
-                seq,
-                prediction: n.prediction,
-            };
-            let value = encode(&stored)?;
-            count += 1;
-            bytes += entry_size(&n.key, &value);
-            encoded.push((n.key, value, time_key(stored.prediction.at_ms, seq)));
-            seq += 1;
-        }
-        // Oldest first until within every bound.
-        let limits = self.limits;
+        // Oldest first until within every bound (new entries included: a clock step can make
+        // one older than what is held).
         let over = |count: u64, bytes: u64| {
             if count > limits.max_predictions {
                 Some(Bound::Count)
@@ -313,71 +383,50 @@ impl Store {
                 None
             }
         };
-        let cap = MAX_EVICT_PER_WRITE + encoded.len();
-        let mut victims: Vec<(sled::IVec, Vec<u8>)> = Vec::new();
-        for item in self.by_time.iter() {
-            if victims.len() >= cap {
-                break;
+        let cap = MAX_EVICT_PER_WRITE + new.len();
+        let mut victims: Vec<Vec<u8>> = Vec::new();
+        let mut new_evicted = 0u64;
+        {
+            let mut oldest = tx
+                .prepare_cached(
+                    "SELECT key, at_ms, seq, size FROM prediction ORDER BY at_ms, seq LIMIT ?1",
+                )
+                .map_err(db_err)?;
+            let mut rows = oldest.query([int(cap as u64)]).map_err(db_err)?;
+            while let Some(row) = rows.next().map_err(db_err)? {
+                let at = uint(row.get(1).map_err(db_err)?);
+                let reason = if at < cutoff {
+                    Some(Bound::Age)
+                } else {
+                    over(count, bytes)
+                };
+                let Some(reason) = reason else { break };
+                count -= 1;
+                bytes = bytes.saturating_sub(uint(row.get(3).map_err(db_err)?));
+                w.evicted.add(reason);
+                if uint(row.get(2).map_err(db_err)?) >= first_new {
+                    new_evicted += 1;
+                }
+                victims.push(row.get(0).map_err(db_err)?);
             }
-            let (tk, tv) = item.map_err(sled_err)?;
-            let at = <[u8; 8]>::try_from(&tk[..8]).map_or(0, u64::from_be_bytes);
-            let reason = if at < cutoff {
-                Some(Bound::Age)
-            } else {
-                over(count, bytes)
-            };
-            let Some(reason) = reason else { break };
-            let primary = tv.get(4..).unwrap_or_default().to_vec();
-            if replaced_keys.contains(&primary) {
-                // Already accounted for: the new prediction of that id replaces it.
-                continue;
-            }
-            let size = <[u8; 4]>::try_from(&tv[..4.min(tv.len())])
-                .map_or(0, |b| u64::from(u32::from_be_bytes(b)));
-            count -= 1;
-            bytes -= size.min(bytes);
-            w.evicted.add(reason);
-            victims.push((tk, primary));
         }
-        // Still over with every old entry gone: the oldest new ones go too.
-        let mut first_new = 0;
-        while let Some(reason) = over(count, bytes) {
-            let Some((k, v, _)) = encoded.get(first_new) else {
-                break;
-            };
-            count -= 1;
-            bytes -= entry_size(k, v).min(bytes);
-            w.evicted.add(reason);
-            first_new += 1;
-        }
-        let encoded = &encoded[first_new..];
-        w.added = encoded.len() as u64;
-        if encoded.is_empty() && victims.is_empty() && replaced.is_empty() {
+        w.added = new.len() as u64 - new_evicted;
+        if new.is_empty() && victims.is_empty() {
             // Nothing changes: no write (an idle agent must not write to its disk every round).
+            drop(tx);
             self.count_evicted(w.evicted);
             return Ok(w);
         }
-        (&self.predictions, &self.by_time, &self.meta)
-            .transaction(|(p, t, m)| {
-                for tk in &replaced {
-                    t.remove(tk.as_slice())?;
-                }
-                for (tk, primary) in &victims {
-                    t.remove(tk)?;
-                    p.remove(primary.as_slice())?;
-                }
-                for (k, v, tk) in encoded {
-                    p.insert(k.as_slice(), v.as_slice())?;
-                    let mut index = Vec::with_capacity(4 + k.len());
-                    let size = u32::try_from(entry_size(k, v)).unwrap_or(u32::MAX);
-                    index.extend_from_slice(&size.to_be_bytes());
-                    index.extend_from_slice(k);
-                    t.insert(tk.as_slice(), index)?;
-                }
-                put_counters(m, count, bytes, seq)?;
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| sled_err(format!("{e:?}")))?;
+        {
+            let mut delete = tx
+                .prepare_cached("DELETE FROM prediction WHERE key = ?1")
+                .map_err(db_err)?;
+            for k in &victims {
+                delete.execute([k]).map_err(db_err)?;
+            }
+        }
+        put_counters(&tx, count, bytes, seq)?;
+        tx.commit().map_err(db_err)?;
         (self.count, self.bytes, self.next_seq) = (count, bytes, seq);
         self.count_evicted(w.evicted);
         Ok(w)
@@ -392,62 +441,84 @@ impl Store {
     /// Stores the done marks of predictions that received feedback; a prediction whose every
     /// row is done is removed. One transaction.
     pub fn update(&mut self, changed: &[(Vec<u8>, Stored)]) -> AgentResult<()> {
-        let mut ops = Vec::with_capacity(changed.len());
         let (mut count, mut bytes) = (self.count, self.bytes);
-        for (k, s) in changed {
-            let tk = time_key(s.prediction.at_ms, s.seq);
-            // The size as counted: the index entry has it.
-            let old = self
-                .by_time
-                .get(tk)
-                .map_err(sled_err)?
-                .and_then(|v| <[u8; 4]>::try_from(v.get(..4)?).ok())
-                .map_or(0, |b| u64::from(u32::from_be_bytes(b)));
-            bytes -= old.min(bytes);
-            if s.prediction.all_done() {
-                count = count.saturating_sub(1);
-                ops.push((k, None, tk));
-            } else {
-                let value = encode(s)?;
-                let size = entry_size(k, &value);
-                bytes += size;
-                let mut index = Vec::with_capacity(4 + k.len());
-                index.extend_from_slice(&u32::try_from(size).unwrap_or(u32::MAX).to_be_bytes());
-                index.extend_from_slice(k);
-                ops.push((k, Some((value, index)), tk));
+        let tx = self.conn.transaction().map_err(db_err)?;
+        {
+            let mut old_size = tx
+                .prepare_cached("SELECT size FROM prediction WHERE key = ?1")
+                .map_err(db_err)?;
+            let mut delete = tx
+                .prepare_cached("DELETE FROM prediction WHERE key = ?1")
+                .map_err(db_err)?;
+            let mut put = tx
+                .prepare_cached("UPDATE prediction SET size = ?2, value = ?3 WHERE key = ?1")
+                .map_err(db_err)?;
+            for (k, s) in changed {
+                // Gone meanwhile (evicted): nothing to mark.
+                let Some(old) = old_size
+                    .query_row([k], |r| r.get::<_, i64>(0))
+                    .optional()
+                    .map_err(db_err)?
+                else {
+                    continue;
+                };
+                bytes = bytes.saturating_sub(uint(old));
+                if s.prediction.all_done() {
+                    count = count.saturating_sub(1);
+                    delete.execute([k]).map_err(db_err)?;
+                } else {
+                    let value = encode(&s.prediction)?;
+                    let size = entry_size(k, &value);
+                    bytes += size;
+                    put.execute(params![k, int(size), value]).map_err(db_err)?;
+                }
             }
         }
-        (&self.predictions, &self.by_time, &self.meta)
-            .transaction(|(p, t, m)| {
-                for (k, v, tk) in &ops {
-                    match v {
-                        Some((v, index)) => {
-                            p.insert(k.as_slice(), v.as_slice())?;
-                            t.insert(tk.as_slice(), index.as_slice())?;
-                        }
-                        None => {
-                            p.remove(k.as_slice())?;
-                            t.remove(tk.as_slice())?;
-                        }
-                    }
-                }
-                put_counters(m, count, bytes, self.next_seq)?;
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| sled_err(format!("{e:?}")))?;
+        put_counters(&tx, count, bytes, self.next_seq)?;
+        tx.commit().map_err(db_err)?;
         (self.count, self.bytes) = (count, bytes);
         Ok(())
     }
 }
 
+/// Drops the trees in which earlier agents kept the store in the outbox's sled database (their
+/// predictions are not carried over: at most a day of feedback is lost once, at the upgrade).
+pub fn drop_sled_trees(db: &sled::Db) {
+    for tree in [
+        "feedback_predictions",
+        "feedback_by_time",
+        "feedback_meta",
+        "feedback_plans",
+    ] {
+        match db.drop_tree(tree) {
+            Ok(true) => tracing::info!(tree, "dropped an earlier agent's feedback tree"),
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(%error, tree, "cannot drop an earlier agent's feedback tree")
+            }
+        }
+    }
+}
+
+/// A failure that says the file is not a readable store (as opposed to I/O on a good one).
+fn unreadable(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+    )
+}
+
 fn put_counters(
-    m: &TransactionalTree,
+    tx: &rusqlite::Transaction<'_>,
     count: u64,
     bytes: u64,
     seq: u64,
-) -> Result<(), ConflictableTransactionError<()>> {
-    m.insert(COUNT, &count.to_be_bytes())?;
-    m.insert(BYTES, &bytes.to_be_bytes())?;
-    m.insert(NEXT_SEQ, &seq.to_be_bytes())?;
+) -> AgentResult<()> {
+    let mut put = tx
+        .prepare_cached("INSERT OR REPLACE INTO meta (name, value) VALUES (?1, ?2)")
+        .map_err(db_err)?;
+    for (name, v) in [(COUNT, count), (BYTES, bytes), (NEXT_SEQ, seq)] {
+        put.execute(params![name, int(v)]).map_err(db_err)?;
+    }
     Ok(())
 }

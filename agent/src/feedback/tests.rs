@@ -94,18 +94,12 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("tmp");
-        let path = dir.path().join("db");
+        let path = dir.path().join("feedback.sqlite");
         Self { _dir: dir, path }
     }
 
-    fn open(&self, limits: Limits) -> (sled::Db, Feedback) {
-        let db = sled::Config::new()
-            .path(&self.path)
-            .cache_capacity(1 << 20)
-            .open()
-            .expect("db");
-        let fb = Feedback::open(&db, limits, crate::now_ms()).expect("open");
-        (db, fb)
+    fn open(&self, limits: Limits) -> Feedback {
+        Feedback::open(&self.path, limits, crate::now_ms()).expect("open")
     }
 }
 
@@ -139,7 +133,6 @@ fn record_at(fb: &Feedback, n: usize, from: usize, at_ms: u64) {
         );
     }
     fb.drain(crate::now_ms()).expect("drain");
-    fb.flush().expect("flush");
 }
 
 fn held_ids(fb: &Feedback, n: usize) -> Vec<usize> {
@@ -157,7 +150,7 @@ fn held_ids(fb: &Feedback, n: usize) -> Vec<usize> {
 #[test]
 fn the_count_bound_evicts_the_oldest_and_counts_them() {
     let f = Fixture::new();
-    let (_db, fb) = f.open(Limits {
+    let fb = f.open(Limits {
         max_predictions: 5,
         ..LIMITS
     });
@@ -191,18 +184,15 @@ fn the_count_bound_evicts_the_oldest_and_counts_them() {
 #[test]
 fn the_byte_bound_evicts_the_oldest_and_counts_them() {
     let f = Fixture::new();
-    let (_db, fb) = f.open(LIMITS);
+    let fb = f.open(LIMITS);
     let now = crate::now_ms();
     record_at(&fb, 10, 0, now - 5000);
     let per_entry = fb.stats().held_bytes / 10;
     drop(fb);
-    let (_db2, fb) = {
-        drop(_db);
-        f.open(Limits {
-            max_bytes: per_entry * 6 + per_entry / 2,
-            ..LIMITS
-        })
-    };
+    let fb = f.open(Limits {
+        max_bytes: per_entry * 6 + per_entry / 2,
+        ..LIMITS
+    });
     // Reopened with a smaller bound: the next write gets back within it, oldest first.
     record_at(&fb, 1, 10, now - 1000);
     assert_eq!(held_ids(&fb, 11), vec![5, 6, 7, 8, 9, 10]);
@@ -214,7 +204,7 @@ fn the_byte_bound_evicts_the_oldest_and_counts_them() {
 #[test]
 fn the_age_bound_expires_the_oldest_and_counts_them() {
     let f = Fixture::new();
-    let (_db, fb) = f.open(Limits {
+    let fb = f.open(Limits {
         max_age_ms: 10_000,
         ..LIMITS
     });
@@ -227,7 +217,6 @@ fn the_age_bound_expires_the_oldest_and_counts_them() {
     assert_eq!(fb.stats().held, 3);
     // Later, the writer's round expires them with no new prediction.
     fb.drain(now + 6_000).expect("drain");
-    fb.flush().expect("flush");
     assert_eq!(fb.stats().held, 0);
     assert_eq!(fb.stats().evicted.age, 6);
     assert_eq!(fb.stats().evicted.count, 0);
@@ -237,23 +226,20 @@ fn the_age_bound_expires_the_oldest_and_counts_them() {
 fn predictions_survive_a_reopen() {
     let f = Fixture::new();
     {
-        let (db, fb) = f.open(LIMITS);
+        let fb = f.open(LIMITS);
         let m = regressor(1);
         fb.record(&plan(&m), "a", &[], &values(&[10.0, 20.0]));
         fb.record(&plan(&m), "b", &[], &values(&[5.0]));
         fb.drain(crate::now_ms()).expect("drain");
-        fb.flush().expect("flush");
         // Half of "a" answered before the restart.
         ok(
             &fb,
             "demand",
             json!({"feedback": [{"id": "a", "row": 0, "truth": 12.0}]}),
         );
-        fb.flush().expect("flush");
         drop(fb);
-        drop(db);
     }
-    let (_db, fb) = f.open(LIMITS);
+    let fb = f.open(LIMITS);
     assert_eq!(fb.stats().held, 2);
     let o = ok(
         &fb,
@@ -277,13 +263,12 @@ fn predictions_survive_a_reopen() {
 #[test]
 fn regression_mae_rmse_mape_are_the_hand_computed_ones() {
     let f = Fixture::new();
-    let (_db, fb) = f.open(LIMITS);
+    let fb = f.open(LIMITS);
     let m = regressor(1);
     let pairs = [(10.0f32, 12.0f64), (5.0, 4.0), (3.0, 3.0), (8.0, 0.0)];
     fb.record(&plan(&m), "r1", &[], &values(&[pairs[0].0]));
     fb.record(&plan(&m), "batch", &[], &values(&[pairs[1].0, pairs[2].0]));
     fb.drain(crate::now_ms()).expect("drain");
-    fb.flush().expect("flush");
     fb.record(&plan(&m), "q", &[], &values(&[pairs[3].0]));
     let o = ok(
         &fb,
@@ -326,7 +311,6 @@ fn regression_mae_rmse_mape_are_the_hand_computed_ones() {
     assert_eq!((q.matched, q.late, q.unknown), (4, 0, 1));
     // Every row had its feedback: nothing held, nothing queued that the writer would store.
     fb.drain(crate::now_ms()).expect("drain");
-    fb.flush().expect("flush");
     assert_eq!(fb.stats().held, 0);
 }
 
@@ -334,12 +318,11 @@ fn regression_mae_rmse_mape_are_the_hand_computed_ones() {
 fn classification_accuracy_and_log_loss_with_int_labels_and_names() {
     for names in [&[][..], &["cat", "dog", "bird"][..], &["0", "1", "2"][..]] {
         let f = Fixture::new();
-        let (_db, fb) = f.open(LIMITS);
+        let fb = f.open(LIMITS);
         let m = classifier(names);
         let p = [0.7f32, 0.2, 0.1, 0.1, 0.3, 0.6, 0.2, 0.5, 0.3];
         fb.record(&plan(&m), "b", &[], &labels(&[0, 2, 1], &p));
         fb.drain(crate::now_ms()).expect("drain");
-        fb.flush().expect("flush");
         fb.record(&plan(&m), "c", &[], &labels(&[0], &p[..3]));
         // Truths: 0 (right), 1 (wrong, predicted 2), 1 (right), 2 (wrong, predicted 0).
         let t = |k: usize| -> serde_json::Value {
@@ -386,7 +369,7 @@ fn classification_accuracy_and_log_loss_with_int_labels_and_names() {
 #[test]
 fn a_bool_classifier_without_probabilities() {
     let f = Fixture::new();
-    let (_db, fb) = f.open(LIMITS);
+    let fb = f.open(LIMITS);
     let m = manifest(
         "flag",
         1,
@@ -412,11 +395,10 @@ fn a_bool_classifier_without_probabilities() {
 #[test]
 fn duplicates_conflict_and_bad_items_change_nothing() {
     let f = Fixture::new();
-    let (_db, fb) = f.open(LIMITS);
+    let fb = f.open(LIMITS);
     let m = regressor(1);
     fb.record(&plan(&m), "a", &[], &values(&[1.0, 2.0]));
     fb.drain(crate::now_ms()).expect("drain");
-    fb.flush().expect("flush");
     // A bad item refuses the whole call: row 0 is not scored.
     let r = refused(
         &fb,
@@ -458,7 +440,7 @@ fn duplicates_conflict_and_bad_items_change_nothing() {
 #[test]
 fn feedback_after_the_window_closed_is_late() {
     let f = Fixture::new();
-    let (_db, fb) = f.open(LIMITS);
+    let fb = f.open(LIMITS);
     let m = regressor(1);
     fb.record(&plan(&m), "a", &[], &values(&[1.0]));
     fb.record(&plan(&m), "b", &[], &values(&[1.0]));
@@ -532,7 +514,7 @@ fn a_borrowed_prediction_encodes_as_the_owned_one() {
 #[test]
 fn marks_given_in_the_queue_reach_the_store() {
     let f = Fixture::new();
-    let (_db, fb) = f.open(LIMITS);
+    let fb = f.open(LIMITS);
     let m = regressor(1);
     let p = plan(&m);
     fb.record(&p, "two", &[], &values(&[1.0, 2.0]));
@@ -567,4 +549,112 @@ fn marks_given_in_the_queue_reach_the_store() {
         .matched,
         1
     );
+}
+
+/// The files beside the store's (`feedback.sqlite.unreadable-…`).
+fn set_aside(f: &Fixture) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(f._dir.path())
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("feedback.sqlite.unreadable-"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A store file that is not one (a disk error, a truncated copy) costs the predictions it
+/// held, never the agent's start: it is moved aside, kept for a look, and a new store works.
+#[test]
+fn an_unreadable_store_is_moved_aside_and_a_new_one_works() {
+    let f = Fixture::new();
+    std::fs::write(&f.path, vec![0x5a; 64 * 1024]).expect("garbage");
+    let fb = f.open(LIMITS);
+    assert_eq!(fb.stats().held, 0);
+    let aside = set_aside(&f);
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        std::fs::read(f._dir.path().join(&aside[0]))
+            .expect("aside")
+            .len(),
+        64 * 1024,
+        "the bad file is kept as it was"
+    );
+    record_at(&fb, 3, 0, crate::now_ms());
+    drop(fb);
+    let fb = f.open(LIMITS);
+    assert_eq!(fb.stats().held, 3);
+    assert_eq!(set_aside(&f).len(), 1, "a good store is not moved");
+}
+
+/// A store written by a newer agent (a downgrade) is not read with the wrong schema.
+#[test]
+fn a_store_of_a_newer_format_is_moved_aside() {
+    let f = Fixture::new();
+    drop(f.open(LIMITS));
+    let conn = rusqlite::Connection::open(&f.path).expect("sqlite");
+    conn.pragma_update(None, "user_version", 99)
+        .expect("version");
+    drop(conn);
+    let fb = f.open(LIMITS);
+    assert_eq!(set_aside(&f).len(), 1);
+    record_at(&fb, 2, 0, crate::now_ms());
+    assert_eq!(fb.stats().held, 2);
+}
+
+/// The counters are kept in the same transaction as the predictions: a store opened after
+/// any sequence of writes, evictions and answers counts exactly what it holds.
+#[test]
+fn the_counters_agree_with_the_rows_after_a_reopen() {
+    let f = Fixture::new();
+    let limits = Limits {
+        max_predictions: 7,
+        ..LIMITS
+    };
+    let fb = f.open(limits);
+    let now = crate::now_ms();
+    record_at(&fb, 10, 0, now - 3000);
+    // p5 answered in full: removed; an id recorded again replaces its prediction.
+    ok(&fb, "demand", json!({"id": "p5", "truth": 1.0}));
+    record_at(&fb, 1, 9, now - 1000);
+    let before = fb.stats();
+    drop(fb);
+    let fb = f.open(limits);
+    let after = fb.stats();
+    assert_eq!(
+        (after.held, after.held_bytes),
+        (before.held, before.held_bytes)
+    );
+    assert_eq!(held_ids(&fb, 10), vec![3, 4, 6, 7, 8, 9]);
+    let conn = rusqlite::Connection::open(&f.path).expect("sqlite");
+    let (rows, bytes): (i64, i64) = conn
+        .query_row(
+            "SELECT count(*), coalesce(sum(size), 0) FROM prediction",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("count");
+    assert_eq!((rows as u64, bytes as u64), (after.held, after.held_bytes));
+}
+
+/// Earlier agents kept the store in the outbox's sled database: its trees go at the upgrade,
+/// the outbox's stay.
+#[test]
+fn an_earlier_agents_sled_trees_are_dropped() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = sled::Config::new()
+        .path(dir.path().join("outbox"))
+        .open()
+        .expect("db");
+    for tree in ["feedback_predictions", "feedback_by_time", "records"] {
+        db.open_tree(tree)
+            .expect("tree")
+            .insert(b"k", b"v".as_slice())
+            .expect("insert");
+    }
+    store::drop_sled_trees(&db);
+    let names: Vec<Vec<u8>> = db.tree_names().into_iter().map(|n| n.to_vec()).collect();
+    assert!(names.contains(&b"records".to_vec()));
+    assert!(!names.contains(&b"feedback_predictions".to_vec()));
+    assert!(!names.contains(&b"feedback_by_time".to_vec()));
 }
