@@ -62,6 +62,16 @@ pub struct HubConfig {
     pub samples_retention_days: u64,
     /// And at most this many bytes per model: past it the oldest windows' samples go first.
     pub samples_max_bytes_per_model: u64,
+    /// The retraining trainer: a program and its arguments (the job directory is appended).
+    /// Empty: the reference trainer, `edgefleet-train`, beside the hub's own binary or on
+    /// `PATH`. See docs/trainers.md for the contract.
+    pub trainer_command: Vec<String>,
+    /// A training run is killed (and counted as failed) past this.
+    pub trainer_timeout_secs: u64,
+    /// And when its job directory (the dataset included) grows past this.
+    pub trainer_max_dir_bytes: u64,
+    /// Training runs at once, over all models; more jobs wait in the queue.
+    pub max_concurrent_trainings: u32,
     /// Log format: "text" or "json" (under journald, text lines carry no timestamps).
     pub log_format: String,
     /// Log level or filter directive, e.g. "info" or "edgefleet_agent=debug,info";
@@ -93,6 +103,10 @@ impl Default for HubConfig {
             telemetry_retention_days: 30,
             samples_retention_days: 30,
             samples_max_bytes_per_model: 256 * 1024 * 1024,
+            trainer_command: Vec::new(),
+            trainer_timeout_secs: 3600,
+            trainer_max_dir_bytes: 4 * 1024 * 1024 * 1024,
+            max_concurrent_trainings: 1,
             log_format: "text".into(),
             log_level: "info".into(),
         }
@@ -245,6 +259,23 @@ impl HubConfig {
                     .parse()
                     .map(|v| self.samples_max_bytes_per_model = v)
                     .map_err(|e| format!("{e}")),
+                "TRAINER_COMMAND" => {
+                    // Words split on whitespace; a path with spaces belongs in the file.
+                    self.trainer_command = value.split_whitespace().map(str::to_owned).collect();
+                    Ok(())
+                }
+                "TRAINER_TIMEOUT_SECS" => value
+                    .parse()
+                    .map(|v| self.trainer_timeout_secs = v)
+                    .map_err(|e| format!("{e}")),
+                "TRAINER_MAX_DIR_BYTES" => value
+                    .parse()
+                    .map(|v| self.trainer_max_dir_bytes = v)
+                    .map_err(|e| format!("{e}")),
+                "MAX_CONCURRENT_TRAININGS" => value
+                    .parse()
+                    .map(|v| self.max_concurrent_trainings = v)
+                    .map_err(|e| format!("{e}")),
                 "LOG_LEVEL" => {
                     self.log_level = value.clone();
                     Ok(())
@@ -313,6 +344,18 @@ impl HubConfig {
         }
         if self.samples_max_bytes_per_model < 1024 * 1024 {
             errors.push("samples_max_bytes_per_model: must be at least 1 MiB (1048576)".to_owned());
+        }
+        if !(10..=7 * 24 * 3600).contains(&self.trainer_timeout_secs) {
+            errors.push("trainer_timeout_secs: must be 10..=604800".to_owned());
+        }
+        if self.trainer_max_dir_bytes < 1024 * 1024 {
+            errors.push("trainer_max_dir_bytes: must be at least 1 MiB (1048576)".to_owned());
+        }
+        if !(1..=64).contains(&self.max_concurrent_trainings) {
+            errors.push("max_concurrent_trainings: must be 1..=64".to_owned());
+        }
+        if self.trainer_command.first().is_some_and(|p| p.is_empty()) {
+            errors.push("trainer_command: the program must not be empty".to_owned());
         }
         if let Some(t) = &self.enrollment_token
             && t.len() < 16
@@ -417,12 +460,20 @@ mod tests {
             root_key: "/nonexistent/root.pub".into(),
             assignment_ttl_secs: 1,
             log_format: "xml".into(),
+            trainer_timeout_secs: 0,
+            trainer_max_dir_bytes: 10,
+            max_concurrent_trainings: 0,
+            trainer_command: vec![String::new()],
             ..HubConfig::default()
         };
         let msg = format!("{:#}", c.validate().expect_err("invalid"));
         for key in [
             "assignment_ttl_secs",
             "log_format",
+            "trainer_timeout_secs",
+            "trainer_max_dir_bytes",
+            "max_concurrent_trainings",
+            "trainer_command",
             "root_key",
             "signing_key",
             "delegation",

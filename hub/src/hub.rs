@@ -13,6 +13,7 @@ use crate::desired::Desired;
 use crate::devices::{Devices, Enrolled};
 use crate::error::HubResult;
 use crate::registry::{Published, Registry};
+use crate::retrain::Retrain;
 use crate::rollout::Rollouts;
 use crate::store::{DeviceRecord, Store};
 use crate::telemetry::Telemetry;
@@ -23,6 +24,7 @@ pub struct Hub {
     pub desired: Desired,
     pub telemetry: Telemetry,
     pub rollouts: Rollouts,
+    pub retrain: Retrain,
     config: SharedConfig,
     store: Store,
     admin_token_hash: Digest,
@@ -51,8 +53,15 @@ impl Hub {
             desired.clone(),
             telemetry.clone(),
         );
+        let retrain = Retrain::open(
+            store.clone(),
+            registry.clone(),
+            telemetry.clone(),
+            config.clone(),
+        )?;
         Ok(Self {
             rollouts,
+            retrain,
             registry,
             devices,
             desired,

@@ -2,7 +2,7 @@
 //!
 //! Layers (ARCHITECTURE.md has the picture):
 //! - domain: [`hub`] (the handle), [`registry`], [`devices`], [`desired`], [`telemetry`],
-//!   [`rollout`],
+//!   [`rollout`], [`retrain`],
 //!   over [`store`]; errors in [`error`]. No axum, no rumqttc.
 //! - transports: [`http`] (axum) and [`mqtt`] (rumqttc, rumqttd); drivers: [`drivers`]. They
 //!   call the domain and never import each other.
@@ -98,7 +98,8 @@ pub async fn run_reloadable(
         mqtt::start(hub.clone(), stop_rx.clone()).await?;
     }
     tokio::spawn(drivers::prune::run(hub.clone(), stop_rx.clone()));
-    tokio::spawn(drivers::rollout::run(hub.clone(), stop_rx));
+    tokio::spawn(drivers::rollout::run(hub.clone(), stop_rx.clone()));
+    tokio::spawn(drivers::retrain::run(hub.clone(), stop_rx));
     let reloading = hub.clone();
     tokio::spawn(async move {
         while let Some(new) = reloads.recv().await {

@@ -19,6 +19,7 @@ pub struct Kit {
     pub hub: Arc<Hub>,
     pub hub_key: SecretKey,
     pub delegation: Signed<Delegation>,
+    config: RuntimeConfig,
     _dir: tempfile::TempDir,
 }
 
@@ -33,6 +34,11 @@ fn tensor(name: &str, shape: Vec<i64>, features: &[&str]) -> TensorSpec {
 
 impl Kit {
     pub fn new() -> Self {
+        Self::with(|_| {})
+    }
+
+    /// A kit whose hub configuration `tune` changes first.
+    pub fn with(tune: impl FnOnce(&mut HubConfig)) -> Self {
         let dir = tempfile::tempdir().expect("tmp");
         let (root, hub_key) = (
             SecretKey::generate().expect("key"),
@@ -52,22 +58,46 @@ impl Kit {
             None,
         )
         .expect("delegation");
+        let mut hub_config = HubConfig {
+            data_dir: dir.path().to_owned(),
+            enrollment_token: Some(TOKEN.into()),
+            ..HubConfig::default()
+        };
+        tune(&mut hub_config);
         let config = RuntimeConfig {
-            config: HubConfig {
-                data_dir: dir.path().to_owned(),
-                enrollment_token: Some(TOKEN.into()),
-                ..HubConfig::default()
-            },
+            config: hub_config,
             trust: TrustRoot::new(root.public()),
             signing_key: hub_key.clone(),
             delegation: delegation.clone(),
             rotations: vec![],
         };
         Kit {
-            hub: Arc::new(Hub::open(config, "admin").expect("open")),
+            hub: Arc::new(Hub::open(config.clone(), "admin").expect("open")),
             hub_key,
             delegation,
+            config,
             _dir: dir,
+        }
+    }
+
+    /// The hub stopped and started again on the same data, as after a crash: nothing is
+    /// flushed but what the domain flushed itself. Every other handle on the hub must be
+    /// gone (sled's lock goes with the last one).
+    pub fn restart(self) -> Self {
+        let Kit {
+            hub,
+            hub_key,
+            delegation,
+            config,
+            _dir,
+        } = self;
+        drop(hub);
+        Kit {
+            hub: Arc::new(Hub::open(config.clone(), "admin").expect("reopen")),
+            hub_key,
+            delegation,
+            config,
+            _dir,
         }
     }
 

@@ -915,6 +915,28 @@ async fn captured_samples_reach_the_hub_and_the_export_holds_exactly_them() {
         ),
         (Some("truth_y"), Some("number"), Some("truth"))
     );
+    // Over HTTP: `format=schema` describes the same bytes; an unknown format is a 400 that
+    // names the ones there are.
+    let described = hub_json(&http, &hub, "models/demand/samples/export?format=schema")
+        .await
+        .expect("schema");
+    assert_eq!(
+        (&described["sha256"], &described["rows"]),
+        (&printed["sha256"], &json!(3)),
+        "{described}"
+    );
+    let bogus = http
+        .get(hub.api("models/demand/samples/export?format=parquet2"))
+        .bearer_auth(&hub.token)
+        .send()
+        .await
+        .expect("export");
+    let status = bogus.status().as_u16();
+    let body = bogus.text().await.unwrap_or_default();
+    assert!(
+        status == 400 && body.contains("parquet2") && body.contains("csv"),
+        "{status} {body}"
+    );
     let text = String::from_utf8(csv.to_vec()).expect("utf-8");
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().expect("header").split(',').collect();

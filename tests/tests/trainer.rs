@@ -269,3 +269,112 @@ async fn the_hubs_runner_runs_the_reference_trainer() {
     assert!(r.log.contains("max_depth 99 must be 1..=16"), "{}", r.log);
     assert!(r.model.is_none());
 }
+
+/// `edgefleet` as an admin drives retraining: a policy from a file (a bad one refused with
+/// every problem named), a job now, the job's failure with its reason when no samples were
+/// captured, the run that says what it had; a real hub, the real CLI and the real trainer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_sets_a_policy_and_retrains_through_the_cli() {
+    use support::{Hub, eventually, when};
+    let trainer = bin("edgefleet-train").display().to_string();
+    let hub = Hub::start_with(|c| c.trainer_command = vec![trainer.clone()]).await;
+    hub.push_mlp("demand", 1, 3).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let cli = |args: &[&str]| {
+        let out = Command::new(bin("edgefleet"))
+            .args(["--hub", &hub.url, "--token", &hub.token])
+            .args(args)
+            .output()
+            .expect("edgefleet");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, out) = cli(&["retrain", "now", "demand"]);
+    assert!(!ok && out.contains("no retraining policy"), "{out}");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"holdout": 2, "retries": 50, "colour": "red"}"#).expect("write");
+    let (ok, out) = cli(&[
+        "retrain",
+        "policy",
+        "demand",
+        "--file",
+        bad.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        !ok && out.contains("colour"),
+        "an unknown key is named: {out}"
+    );
+    std::fs::write(&bad, r#"{"holdout": 2, "retries": 50}"#).expect("write");
+    let (ok, out) = cli(&[
+        "retrain",
+        "policy",
+        "demand",
+        "--file",
+        bad.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        !ok && out.contains("holdout") && out.contains("retries"),
+        "{out}"
+    );
+    let good = dir.path().join("policy.json");
+    std::fs::write(
+        &good,
+        r#"{"params": {"model": "gbt"}, "seed": 5, "min_rows": 10, "retries": 0}"#,
+    )
+    .expect("write");
+    let (ok, out) = cli(&[
+        "retrain",
+        "policy",
+        "demand",
+        "--file",
+        good.to_str().expect("utf-8"),
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&["--json", "retrain", "policy", "demand"]);
+    let policy: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert!(ok && policy["policy"]["seed"] == 5, "{out}");
+    let (ok, out) = cli(&["retrain", "now", "demand", "--reason", "a test"]);
+    assert!(ok && out.contains("job 1 queued"), "{out}");
+    let job = eventually("the job to end", || async {
+        let v: serde_json::Value = hub
+            .http
+            .get(hub.api("retrain/jobs/1"))
+            .bearer_auth(&hub.token)
+            .send()
+            .await
+            .map_err(|e| support::Seen(json!(e.to_string())))?
+            .json()
+            .await
+            .map_err(|e| support::Seen(json!(e.to_string())))?;
+        when(v["state"] == "failed", v)
+    })
+    .await;
+    assert!(
+        job["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("0 captured rows"),
+        "{job}"
+    );
+    let (ok, out) = cli(&["retrain", "jobs"]);
+    assert!(
+        ok && out.contains("failed") && out.contains("a test"),
+        "{out}"
+    );
+    let (ok, out) = cli(&["retrain", "runs", "demand"]);
+    assert!(ok && out.contains("failed: 0 captured rows"), "{out}");
+    let (ok, out) = cli(&["--json", "retrain", "runs", "demand"]);
+    let runs: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert!(ok, "{out}");
+    assert_eq!(runs[0]["params"], json!({"model": "gbt", "seed": 5}));
+    assert_eq!(runs[0]["trainer"]["command"], json!([trainer]));
+    assert!(runs[0]["trainer"]["program_sha256"].is_string(), "{runs}");
+    let (ok, out) = cli(&["retrain", "policy", "demand", "--off"]);
+    assert!(ok && out.contains("\"removed\": true"), "{out}");
+}

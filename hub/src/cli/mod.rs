@@ -15,8 +15,10 @@ use serde::Deserialize;
 
 use crate::keyfile;
 
+mod retrain;
 mod rollout;
 
+pub use retrain::RetrainCommand;
 pub use rollout::RolloutCommand;
 
 #[derive(Parser, Debug)]
@@ -24,7 +26,7 @@ pub use rollout::RolloutCommand;
     name = "edgefleet",
     version,
     about = "Edgefleet admin CLI: keys, signing, and the hub's admin API",
-    long_about = "Edgefleet admin CLI.\n\nOffline (no hub): keygen, delegate, sign, rotate-root.\nAgainst a hub (--hub/EDGEFLEET_HUB, --token/EDGEFLEET_TOKEN): push, models, devices, approve, assign, rollout, status, drift, fleet.\n\nTypical first run:\n  edgefleet keygen --role root --out keys/root.key\n  edgefleet keygen --role hub --out keys/hub.key\n  edgefleet delegate --root-key keys/root.key --to keys/hub.key.pub --out keys/hub.delegation\n  edgefleet sign --key keys/root.key --spec model.json --model model.onnx --out model.manifest\n  edgefleet push model.manifest model.onnx\n  edgefleet assign --device shop-1 demand 1"
+    long_about = "Edgefleet admin CLI.\n\nOffline (no hub): keygen, delegate, sign, rotate-root.\nAgainst a hub (--hub/EDGEFLEET_HUB, --token/EDGEFLEET_TOKEN): push, models, devices, approve, assign, rollout, status, drift, fleet, capture, samples, retrain.\n\nTypical first run:\n  edgefleet keygen --role root --out keys/root.key\n  edgefleet keygen --role hub --out keys/hub.key\n  edgefleet delegate --root-key keys/root.key --to keys/hub.key.pub --out keys/hub.delegation\n  edgefleet sign --key keys/root.key --spec model.json --model model.onnx --out model.manifest\n  edgefleet push model.manifest model.onnx\n  edgefleet assign --device shop-1 demand 1"
 )]
 pub struct Cli {
     /// Hub base URL.
@@ -210,6 +212,12 @@ pub enum Command {
     Rollout {
         #[command(subcommand)]
         command: RolloutCommand,
+    },
+    /// Retraining: a model's policy, a job now, the jobs and the runs (what each trained on,
+    /// with which params and seed, and what it made).
+    Retrain {
+        #[command(subcommand)]
+        command: RetrainCommand,
     },
 }
 
@@ -697,6 +705,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<()> {
             version,
         } => Some(samples(&r, model, export.as_deref(), *version).await?),
         Command::Rollout { command } => rollout::run(&r, command, cli.json).await?,
+        Command::Retrain { command } => retrain::run(&r, command, cli.json).await?,
         Command::Status { device: None } => {
             let devices = get("devices").await?;
             let desired = get("assignments").await?;

@@ -3,6 +3,8 @@
 //!
 //! - [`prune`]: drops telemetry past the retention, hourly.
 //! - [`rollout`]: advances the staged rollouts, every second.
+//! - [`retrain`]: makes scheduled retraining jobs and starts queued ones, every second.
 
 pub mod prune;
+pub mod retrain;
 pub mod rollout;

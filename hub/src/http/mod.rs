@@ -14,6 +14,7 @@ pub mod error;
 mod fleet;
 mod models;
 mod prometheus;
+mod retrain;
 mod rollouts;
 mod samples;
 
@@ -52,6 +53,17 @@ pub fn router(hub: AppState) -> Router {
                 .put(samples::put_capture)
                 .delete(samples::delete_capture),
         )
+        .route(
+            "/api/v1/models/{name}/retrain-policy",
+            get(retrain::get_policy)
+                .put(retrain::put_policy)
+                .delete(retrain::delete_policy),
+        )
+        .route("/api/v1/models/{name}/retrain", post(retrain::request))
+        .route("/api/v1/models/{name}/runs", get(retrain::runs))
+        .route("/api/v1/retrain/jobs", get(retrain::jobs))
+        .route("/api/v1/retrain/jobs/{id}", get(retrain::job))
+        .route("/api/v1/retrain/runs/{id}", get(retrain::run))
         .route("/api/v1/models/{name}/samples", get(samples::summary))
         .route("/api/v1/models/{name}/samples/export", get(samples::export))
         .route(

@@ -42,7 +42,7 @@ pub struct TrainerCommand {
 
 /// Why a run produced no model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 pub enum Failure {
     #[error("the trainer could not be started: {0}")]
     NotStarted(String),

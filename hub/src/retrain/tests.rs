@@ -166,3 +166,375 @@ async fn only_the_end_of_a_flood_of_output_is_kept() {
         &r.log[r.log.len() - 20..]
     );
 }
+
+// ---- jobs and runs: the domain over a real hub (temp dir), a real trainer process ----
+
+mod jobs {
+    use edgefleet_common::sample::{SampleBatch, SampleRow, Value};
+    use edgefleet_common::telemetry::pack_record;
+    use edgefleet_common::{Digest, SecretKey, Signed};
+    use serde_json::json;
+
+    use crate::error::HubError;
+    use crate::retrain::{JobState, PolicyRequest, RunFailure};
+    use crate::telemetry::Message;
+    use crate::testkit::Kit;
+
+    /// A trainer that checks the job directory holds what the contract says (and not the
+    /// held-out rows), then "trains": its model is the dataset it was given, byte for byte.
+    const CHECKING: &str = r#"set -e
+for f in dataset.csv dataset.schema.json params.json parent/manifest.json parent/model.onnx; do
+  [ -s "$f" ] || { echo "missing $f"; exit 9; }
+done
+[ ! -e holdout.csv ] || { echo "the holdout is in the job directory"; exit 9; }
+grep -q '"seed": 7' params.json || { echo "no seed"; cat params.json; exit 9; }
+grep -q '"name": "demand"' parent/manifest.json || { echo "no parent"; exit 9; }
+echo "training on $(($(wc -l < dataset.csv) - 1)) rows"
+cp dataset.csv model.tmp && mv model.tmp model.onnx
+echo '{"rows": 1}' > metrics.json"#;
+
+    fn kit(script: &str) -> Kit {
+        let script = script.to_owned();
+        Kit::with(move |c| {
+            c.trainer_command = vec!["sh".into(), "-c".into(), script, "trainer".into()];
+        })
+    }
+
+    /// Uploads `n` captured rows of `demand` v1 from `device`, in one window ending at `end`.
+    async fn capture(kit: &Kit, key: &SecretKey, device: &str, seq: u64, end: u64, n: usize) {
+        let batch = SampleBatch {
+            device_id: device.into(),
+            seq,
+            model: "demand".into(),
+            version: 1,
+            window_start: end - 60,
+            window_end: end,
+            offered: n as u64,
+            inputs: vec!["price".into(), "temp".into()],
+            outputs: vec!["y".into()],
+            rows: (0..n)
+                .map(|i| SampleRow {
+                    made_at: end - 60 + i as u64,
+                    inputs: vec![seq as f64, i as f64],
+                    predicted: vec![Value::Number(1.0)],
+                    truth: vec![Value::Number(2.0 + i as f64)],
+                })
+                .collect(),
+        };
+        let payload = pack_record(
+            &Signed::sign(&batch, key, None)
+                .and_then(|s| s.to_bytes())
+                .expect("sign"),
+        );
+        let mut accept = kit.hub.telemetry.accept();
+        let out = accept
+            .batch(vec![Message::Samples {
+                device: device.into(),
+                payload,
+            }])
+            .await;
+        assert_eq!(out.acks[device], vec![seq]);
+    }
+
+    fn policy(min_rows: u64, retries: u32) -> PolicyRequest {
+        PolicyRequest {
+            params: json!({"model": "ridge"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+            seed: 7,
+            min_rows,
+            retries,
+            holdout: 0.25,
+            ..PolicyRequest::default()
+        }
+    }
+
+    async fn fleet_with_samples(script: &str) -> Kit {
+        let kit = kit(script);
+        kit.publish("demand", 1).await;
+        let key = kit.enroll("shop-1", &[], true).await;
+        let now = crate::now();
+        capture(&kit, &key, "shop-1", 1, now - 600, 4).await;
+        capture(&kit, &key, "shop-1", 2, now - 300, 4).await;
+        kit
+    }
+
+    #[tokio::test]
+    async fn a_manual_job_trains_on_the_older_rows_and_records_what_went_in_and_came_out() {
+        let kit = fleet_with_samples(CHECKING).await;
+        let r = &kit.hub.retrain;
+        let now = crate::now();
+        // No policy, no job.
+        assert!(matches!(
+            r.request("demand", "", now).await,
+            Err(HubError::Conflict(m)) if m.contains("no retraining policy")
+        ));
+        r.set_policy("demand", policy(4, 0), now)
+            .await
+            .expect("policy");
+        let job = r
+            .request("demand", "fuel prices jumped", now)
+            .await
+            .expect("job");
+        assert_eq!((job.state, job.parent), (JobState::Queued, 1));
+        assert_eq!(job.trigger.values["reason"], "fuel prices jumped");
+        // One job per model at a time.
+        assert!(matches!(
+            r.request("demand", "again", now).await,
+            Err(HubError::Conflict(_))
+        ));
+        assert_eq!(r.tick(now).await.expect("tick"), vec![job.id]);
+        assert_eq!(
+            r.tick(now).await.expect("tick"),
+            Vec::<u64>::new(),
+            "started once"
+        );
+        let done = r.execute(job.id).await.expect("execute");
+        let run = r.run(done.runs[0]).expect("run");
+        assert_eq!(
+            done.state,
+            JobState::Succeeded,
+            "{:?} {}",
+            run.failure,
+            run.log
+        );
+        assert_eq!(run.log, "training on 6 rows\n");
+        // The model is the training CSV: the six older rows, never the two held out.
+        let (train, held) = kit
+            .hub
+            .telemetry
+            .export_split("demand", &Default::default(), 0.25)
+            .expect("split");
+        let model = std::fs::read(
+            kit.hub
+                .registry
+                .artifact_path(&run.artifact.as_ref().expect("artifact").sha256),
+        )
+        .expect("the candidate is kept");
+        assert_eq!(model, train.csv);
+        assert_eq!(done.candidate, Some(Digest::of(&model)));
+        let dataset = run.dataset.as_ref().expect("dataset");
+        let holdout = run.holdout.as_ref().expect("holdout");
+        assert_eq!((dataset.sha256, dataset.rows), (train.sha256, 6));
+        assert_eq!((holdout.sha256, holdout.rows), (held.sha256, 2));
+        assert_eq!(run.params, json!({"model": "ridge", "seed": 7}));
+        assert_eq!(run.seed, 7);
+        assert_eq!(run.trainer.command[0], "sh");
+        assert!(
+            run.trainer.program_sha256.is_some(),
+            "sh is found on PATH and hashed"
+        );
+        assert_eq!(run.metrics, Some(json!({"rows": 1})));
+        assert_eq!(r.runs("demand").expect("runs").len(), 1);
+        // The run's directory is gone.
+        let dir = kit.hub.config().config.data_dir.join("retrain");
+        assert_eq!(std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failing_trainer_is_retried_per_policy_then_the_job_fails_with_its_reason() {
+        let kit = fleet_with_samples("echo 'out of memory' >&2; exit 3").await;
+        let r = &kit.hub.retrain;
+        let now = crate::now();
+        r.set_policy("demand", policy(4, 1), now)
+            .await
+            .expect("policy");
+        let job = r.request("demand", "", now).await.expect("job");
+        r.tick(now).await.expect("tick");
+        let after_one = r.execute(job.id).await.expect("execute");
+        assert_eq!((after_one.state, after_one.attempts), (JobState::Queued, 1));
+        assert!(
+            after_one
+                .reason
+                .as_deref()
+                .is_some_and(|m| m.contains("exit status: 3"))
+        );
+        assert_eq!(r.tick(now).await.expect("tick"), vec![job.id], "the retry");
+        let failed = r.execute(job.id).await.expect("execute");
+        assert_eq!(
+            (failed.state, failed.attempts, failed.candidate),
+            (JobState::Failed, 2, None)
+        );
+        let runs = r.runs("demand").expect("runs");
+        assert_eq!(runs.len(), 2);
+        for run in &runs {
+            assert!(
+                matches!(run.failure, Some(RunFailure::Trainer { .. })),
+                "{:?}",
+                run.failure
+            );
+            assert_eq!(run.log, "out of memory\n");
+            assert!(run.artifact.is_none());
+        }
+        assert_eq!(
+            r.tick(now).await.expect("tick"),
+            Vec::<u64>::new(),
+            "no third attempt"
+        );
+    }
+
+    #[tokio::test]
+    async fn too_few_rows_fail_the_job_without_running_the_trainer_or_retrying() {
+        let kit = fleet_with_samples(CHECKING).await;
+        let r = &kit.hub.retrain;
+        let now = crate::now();
+        r.set_policy("demand", policy(100, 3), now)
+            .await
+            .expect("policy");
+        let job = r.request("demand", "", now).await.expect("job");
+        r.tick(now).await.expect("tick");
+        let failed = r.execute(job.id).await.expect("execute");
+        assert_eq!((failed.state, failed.attempts), (JobState::Failed, 1));
+        let reason = failed.reason.unwrap_or_default();
+        assert!(
+            reason.contains("8 captured rows, the policy needs 100"),
+            "{reason}"
+        );
+        let run = r.run(failed.runs[0]).expect("run");
+        assert!(run.log.is_empty(), "the trainer did not run: {}", run.log);
+        assert!(
+            run.dataset.is_some(),
+            "what it would have trained on is recorded"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_run_cut_off_by_a_hub_restart_is_marked_interrupted_and_retried() {
+        let kit = fleet_with_samples(CHECKING).await;
+        let now = crate::now();
+        kit.hub
+            .retrain
+            .set_policy("demand", policy(4, 1), now)
+            .await
+            .expect("policy");
+        let job = kit
+            .hub
+            .retrain
+            .request("demand", "", now)
+            .await
+            .expect("job");
+        kit.hub.retrain.tick(now).await.expect("tick");
+        // The hub dies with the run under way: a directory half written.
+        let dir = kit
+            .hub
+            .config()
+            .config
+            .data_dir
+            .join("retrain")
+            .join("run-1");
+        std::fs::create_dir_all(&dir).expect("dir");
+        let kit = kit.restart();
+        let r = &kit.hub.retrain;
+        let job = r.job(job.id).expect("job");
+        assert_eq!((job.state, job.attempts), (JobState::Queued, 1));
+        assert!(
+            job.reason
+                .as_deref()
+                .is_some_and(|m| m.contains("hub stopped"))
+        );
+        assert!(matches!(
+            r.run(job.runs[0]).expect("run").failure,
+            Some(RunFailure::Interrupted { .. })
+        ));
+        assert!(!dir.exists(), "its directory is cleared");
+        assert_eq!(r.tick(now).await.expect("tick"), vec![job.id]);
+        let done = r.execute(job.id).await.expect("execute");
+        assert_eq!((done.state, done.attempts), (JobState::Succeeded, 2));
+    }
+
+    #[tokio::test]
+    async fn schedules_cooldowns_and_the_concurrency_cap_hold() {
+        let kit = fleet_with_samples(CHECKING).await;
+        kit.publish("other", 1).await;
+        let r = &kit.hub.retrain;
+        let t0 = crate::now();
+        let mut p = policy(4, 0);
+        p.every_secs = Some(3600);
+        p.cooldown_secs = 7200;
+        r.set_policy("demand", p.clone(), t0).await.expect("policy");
+        assert!(
+            r.tick(t0 + 3599).await.expect("tick").is_empty(),
+            "not due yet"
+        );
+        let started = r.tick(t0 + 3600).await.expect("tick");
+        assert_eq!(started.len(), 1);
+        let job = r.job(started[0]).expect("job");
+        assert_eq!(job.trigger.kind, "schedule");
+        assert_eq!(job.trigger.values["every_secs"], 3600);
+        // A manual request for another model waits: one training at a time (the default).
+        r.set_policy("other", policy(4, 0), t0)
+            .await
+            .expect("policy");
+        let other = r.request("other", "", t0 + 3600).await.expect("job");
+        assert!(
+            r.tick(t0 + 3601).await.expect("tick").is_empty(),
+            "capacity is one"
+        );
+        r.execute(job.id).await.expect("execute");
+        assert_eq!(r.tick(t0 + 3602).await.expect("tick"), vec![other.id]);
+        // Due again an hour later, but the cooldown (2 h after the last start) holds it.
+        assert!(
+            r.jobs()
+                .expect("jobs")
+                .iter()
+                .filter(|j| j.model == "demand")
+                .count()
+                == 1
+        );
+        r.execute(other.id).await.expect("execute");
+        r.tick(t0 + 7300).await.expect("tick");
+        assert_eq!(
+            r.jobs()
+                .expect("jobs")
+                .iter()
+                .filter(|j| j.model == "demand")
+                .count(),
+            1
+        );
+        r.tick(t0 + 3600 + 7200).await.expect("tick");
+        assert_eq!(
+            r.jobs()
+                .expect("jobs")
+                .iter()
+                .filter(|j| j.model == "demand")
+                .count(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_policies_are_refused_with_every_problem_named() {
+        let kit = kit(CHECKING);
+        kit.publish("demand", 1).await;
+        let r = &kit.hub.retrain;
+        let bad = PolicyRequest {
+            params: json!({"seed": 1}).as_object().cloned().unwrap_or_default(),
+            every_secs: Some(60),
+            retries: 99,
+            min_rows: 0,
+            holdout: 0.9,
+            ..PolicyRequest::default()
+        };
+        let Err(HubError::Invalid(msg)) = r.set_policy("demand", bad, 0).await else {
+            panic!("accepted")
+        };
+        for key in [
+            "params.seed",
+            "every_secs",
+            "retries",
+            "min_rows",
+            "holdout",
+        ] {
+            assert!(msg.contains(key), "{key} missing from {msg}");
+        }
+        assert!(matches!(
+            r.set_policy("nosuch", PolicyRequest::default(), 0).await,
+            Err(HubError::NotFound(_))
+        ));
+        assert!(matches!(
+            r.request("demand", "two\nlines", 0).await,
+            Err(HubError::Invalid(_))
+        ));
+    }
+}

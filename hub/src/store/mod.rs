@@ -8,8 +8,9 @@
 //! (id-be, sequence-be → JSON), `windows` (device → WindowOrder: the telemetry window a rollout
 //! asks of it), `issued_windows` (device → Signed<WindowInstruction>), `issued_sets` (device →
 //! Signed<AssignedSet>), `capture_policies` (model → JSON [`CapturePolicy`]: the samples an
-//! admin asked for), `issued_captures` (device \0 model → Signed<CaptureInstruction>), `meta`
-//! (counters). Artifacts live under
+//! admin asked for), `issued_captures` (device \0 model → Signed<CaptureInstruction>),
+//! `retrain_policies` (model → JSON), `retrain_jobs` (id-be → JSON), `retrain_runs` (id-be →
+//! JSON), `meta` (counters). Artifacts live under
 //! `blobs/sha256/<hex>`, written to `tmp/` first, fsynced, then renamed: a blob that exists is
 //! whole and has the hash it is named by.
 
@@ -47,6 +48,9 @@ pub struct Store {
     issued_sets: sled::Tree,
     capture_policies: sled::Tree,
     issued_captures: sled::Tree,
+    retrain_policies: sled::Tree,
+    retrain_jobs: sled::Tree,
+    retrain_runs: sled::Tree,
     meta: sled::Tree,
     blob_dir: PathBuf,
     tmp_dir: PathBuf,
@@ -94,6 +98,9 @@ impl Store {
             issued_sets: db.open_tree("issued_sets")?,
             capture_policies: db.open_tree("capture_policies")?,
             issued_captures: db.open_tree("issued_captures")?,
+            retrain_policies: db.open_tree("retrain_policies")?,
+            retrain_jobs: db.open_tree("retrain_jobs")?,
+            retrain_runs: db.open_tree("retrain_runs")?,
             meta: db.open_tree("meta")?,
             db,
             blob_dir,
@@ -430,11 +437,7 @@ impl Store {
 
     /// Every rollout, oldest first.
     pub fn rollouts(&self) -> HubResult<Vec<Vec<u8>>> {
-        self.rollouts
-            .iter()
-            .values()
-            .map(|v| Ok(v?.to_vec()))
-            .collect()
+        json_values(&self.rollouts)
     }
 
     /// Appends to a rollout's audit log (ordered by insertion).
@@ -451,6 +454,62 @@ impl Store {
             .values()
             .map(|v| Ok(v?.to_vec()))
             .collect()
+    }
+
+    // ---- retraining (JSON documents, like rollouts) ----
+
+    pub fn next_job_id(&self) -> HubResult<u64> {
+        self.next_counter("retrain_job")
+    }
+
+    pub fn next_run_id(&self) -> HubResult<u64> {
+        self.next_counter("retrain_run")
+    }
+
+    pub fn retrain_policy(&self, model: &str) -> HubResult<Option<Vec<u8>>> {
+        Ok(self.retrain_policies.get(model)?.map(|v| v.to_vec()))
+    }
+
+    /// Every model's policy, by model name.
+    pub fn retrain_policies(&self) -> HubResult<Vec<Vec<u8>>> {
+        json_values(&self.retrain_policies)
+    }
+
+    /// Sets (`Some`) or clears a model's retraining policy.
+    pub fn put_retrain_policy(&self, model: &str, json: Option<&[u8]>) -> HubResult<()> {
+        match json {
+            Some(j) => self.retrain_policies.insert(model, j)?,
+            None => self.retrain_policies.remove(model)?,
+        };
+        Ok(())
+    }
+
+    pub fn put_job(&self, id: u64, json: &[u8]) -> HubResult<()> {
+        self.retrain_jobs.insert(id.to_be_bytes(), json)?;
+        Ok(())
+    }
+
+    pub fn job(&self, id: u64) -> HubResult<Option<Vec<u8>>> {
+        Ok(self.retrain_jobs.get(id.to_be_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// Every job, oldest first.
+    pub fn jobs(&self) -> HubResult<Vec<Vec<u8>>> {
+        json_values(&self.retrain_jobs)
+    }
+
+    pub fn put_run(&self, id: u64, json: &[u8]) -> HubResult<()> {
+        self.retrain_runs.insert(id.to_be_bytes(), json)?;
+        Ok(())
+    }
+
+    pub fn run(&self, id: u64) -> HubResult<Option<Vec<u8>>> {
+        Ok(self.retrain_runs.get(id.to_be_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// Every run, oldest first.
+    pub fn runs(&self) -> HubResult<Vec<Vec<u8>>> {
+        json_values(&self.retrain_runs)
     }
 
     // ---- sessions ----
@@ -502,6 +561,11 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Every value of a tree of JSON documents, in key order.
+fn json_values(tree: &sled::Tree) -> HubResult<Vec<Vec<u8>>> {
+    tree.iter().values().map(|v| Ok(v?.to_vec())).collect()
 }
 
 /// Makes every write so far durable, on the blocking pool. Not sled's `flush_async`: in sled

@@ -175,6 +175,29 @@ impl Telemetry {
     /// The samples of `model` as CSV, oldest window first: one header, one line per row.
     /// Every batch must have the same columns (a version with other inputs: export it alone).
     pub fn export_samples(&self, model: &str, q: &SamplesQuery) -> HubResult<Dataset> {
+        let rows = self.sample_rows(model, q)?;
+        Ok(rows.dataset(0..rows.lines.len()))
+    }
+
+    /// The same rows split in two: the oldest for training, the newest `holdout_share` of
+    /// them (at least one row when there are two or more) held out, each a whole CSV with the
+    /// header and its own digest. A retraining run gives the trainer the first only, and
+    /// scores the candidate against the champion on the second.
+    pub fn export_split(
+        &self,
+        model: &str,
+        q: &SamplesQuery,
+        holdout_share: f64,
+    ) -> HubResult<(Dataset, Dataset)> {
+        let rows = self.sample_rows(model, q)?;
+        let n = rows.lines.len();
+        // The share of n, rounded; never all of them, never none of two or more.
+        let held = ((n as f64 * holdout_share.clamp(0.0, 1.0)).round() as usize)
+            .clamp(usize::from(n >= 2), n.saturating_sub(1));
+        Ok((rows.dataset(0..n - held), rows.dataset(n - held..n)))
+    }
+
+    fn sample_rows(&self, model: &str, q: &SamplesQuery) -> HubResult<SampleRows> {
         name::validate(model)?;
         let (from, to) = (
             q.from.unwrap_or(0),
@@ -185,18 +208,19 @@ impl Telemetry {
                 "from={from} to={to}: the range must not be empty"
             )));
         }
-        let mut csv = String::new();
+        let mut header_line = String::new();
+        let mut lines = Vec::new();
         let mut header: Option<Vec<String>> = None;
         let (mut inputs, mut outputs) = (Vec::new(), Vec::new());
         // Per output: every predicted ([0]) and true ([1]) value so far was a number.
         let mut numeric: [Vec<bool>; 2] = Default::default();
-        let (mut rows, mut batches) = (0u64, 0u64);
+        let mut batches = 0u64;
         for b in self.store.sample_batches(model, q.version, from, to) {
             let b: SampleBatch = b?;
             let h = b.csv_header();
             match &header {
                 None => {
-                    line(&mut csv, h.iter().cloned());
+                    line(&mut header_line, h.iter().cloned());
                     header = Some(h);
                     inputs.clone_from(&b.inputs);
                     outputs.clone_from(&b.outputs);
@@ -210,8 +234,7 @@ impl Telemetry {
                 }
                 Some(_) => {}
             }
-            rows += b.rows.len() as u64;
-            if rows > MAX_EXPORT_ROWS {
+            if (lines.len() + b.rows.len()) as u64 > MAX_EXPORT_ROWS {
                 return Err(HubError::Invalid(format!(
                     "more than {MAX_EXPORT_ROWS} rows: narrow the range (from, to) or pick a version"
                 )));
@@ -238,17 +261,46 @@ impl Telemetry {
                 }))
                 .chain(r.predicted.iter().map(ToString::to_string))
                 .chain(r.truth.iter().map(ToString::to_string));
-                line(&mut csv, values);
+                let mut l = String::new();
+                line(&mut l, values);
+                lines.push(l);
             }
         }
-        let csv = csv.into_bytes();
-        Ok(Dataset {
-            sha256: Digest::of(&csv),
-            csv,
-            rows,
+        Ok(SampleRows {
+            header: header_line,
+            lines,
             batches,
             schema: TableSchema::new(&inputs, &outputs, &numeric),
         })
+    }
+}
+
+/// An export's rows before they are joined: the header line and one line per row.
+struct SampleRows {
+    header: String,
+    lines: Vec<String>,
+    batches: u64,
+    schema: TableSchema,
+}
+
+impl SampleRows {
+    /// Rows `range` as one CSV (the header first when there are rows).
+    fn dataset(&self, range: std::ops::Range<usize>) -> Dataset {
+        let rows = &self.lines[range];
+        let mut csv =
+            String::with_capacity(self.header.len() + rows.iter().map(String::len).sum::<usize>());
+        csv.push_str(&self.header);
+        for l in rows {
+            csv.push_str(l);
+        }
+        let csv = csv.into_bytes();
+        Dataset {
+            sha256: Digest::of(&csv),
+            csv,
+            rows: rows.len() as u64,
+            batches: self.batches,
+            schema: self.schema.clone(),
+        }
     }
 }
 
@@ -383,6 +435,31 @@ mod tests {
             numbers.schema.fields[6].kind, "string",
             "its truth is a label"
         );
+        // Split for retraining: the newest rows held out, each part a whole CSV whose rows
+        // together are the export's.
+        let (train, held) = t
+            .export_split("demand", &SamplesQuery::default(), 0.2)
+            .expect("split");
+        let (train_csv, held_csv) = (
+            String::from_utf8(train.csv.clone()).expect("utf-8"),
+            String::from_utf8(held.csv.clone()).expect("utf-8"),
+        );
+        let header = "device,version,made_at,price,temp,predicted_y,truth_y\n";
+        assert_eq!((train.rows, held.rows), (2, 1));
+        assert_eq!(held_csv, format!("{header}shop-2,1,{},3,,6,12\n", now - 30));
+        assert_eq!(
+            format!("{train_csv}{}", &held_csv[header.len()..]),
+            want,
+            "the two parts are the export"
+        );
+        assert_eq!(train.sha256, Digest::of(&train.csv));
+        // Never all rows held out, never none of two or more.
+        for (share, want_held) in [(0.0, 1), (0.5, 2), (1.0, 2)] {
+            let (_, h) = t
+                .export_split("demand", &SamplesQuery::default(), share)
+                .expect("split");
+            assert_eq!(h.rows, want_held, "share {share}");
+        }
         let summary = t.samples_summary("demand").expect("summary");
         assert_eq!((summary.batches, summary.rows), (2, 3));
         assert_eq!(summary.columns.len(), 7);
