@@ -22,8 +22,8 @@ pub enum RetrainCommand {
         reason: String,
     },
     /// Show MODEL's retraining policy, set it from a JSON file (--file) or remove it (--off).
-    /// Keys: params (the trainer's params.json), seed, every_secs, cooldown_secs, retries,
-    /// min_rows, holdout; docs/trainers.md describes them.
+    /// Keys: params (the trainer's params.json), seed, every_secs, drift, quality, cooldown_secs,
+    /// retries, min_rows, holdout; docs/trainers.md describes them.
     Policy {
         model: String,
         /// A JSON file with the policy, e.g. {"params": {"model": "gbt"}, "min_rows": 500}.

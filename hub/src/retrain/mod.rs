@@ -1,13 +1,15 @@
 //! Retraining: the closed loop's hub side (issue: the closed loop). A model with a policy gets
-//! jobs (an admin's request, a schedule); the retraining driver (`drivers::retrain`) starts
+//! jobs (an admin's request, a schedule, drift on the devices, a drop in quality from ground
+//! truth); the retraining driver (`drivers::retrain`) starts
 //! queued jobs as capacity allows, and each run prepares a job directory, runs the trainer
 //! under the contract of docs/trainers.md and records exactly what went in and came out.
-//! Champion/challenger, signing and the drift and quality triggers come next and build on the
-//! candidate a successful job leaves.
+//! Champion/challenger and signing come next and build on the candidate a successful job
+//! leaves.
 //!
 //! - [`policy`]: a model's policy (params, seed, schedule, cooldown, retries, rows needed,
 //!   holdout share);
 //! - [`job`]: the job and run records;
+//! - [`trigger`]: the drift and quality judgements;
 //! - [`runner`]: one trainer run: its own process group, an empty environment but `PATH`, a
 //!   timeout, a cap on the job directory's size, its output kept (bounded), the model and
 //!   metrics checked before anything is reported as a success.
@@ -25,6 +27,7 @@
 pub mod job;
 pub mod policy;
 pub mod runner;
+pub mod trigger;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,6 +41,7 @@ use serde_json::{Value, json};
 pub use job::{Artifact, DatasetRef, Job, JobState, Run, RunFailure, TrainerRef, Trigger};
 pub use policy::{Policy, PolicyRequest};
 pub use runner::{Failure, RunReport, TrainerCommand};
+pub use trigger::{DriftTrigger, QualityMetric, QualityTrigger};
 
 use crate::config::SharedConfig;
 use crate::error::{HubError, HubResult};
@@ -52,6 +56,9 @@ pub const MAX_REASON_BYTES: usize = 500;
 pub const MAX_LOG_BYTES: usize = 64 * 1024;
 /// The name of the reference trainer's program.
 pub const REFERENCE_TRAINER: &str = "edgefleet-train";
+/// How often drift and quality triggers are judged (each judgement reads every device's
+/// latest window).
+pub const JUDGE_EVERY_SECS: u64 = 5;
 
 #[derive(Clone)]
 pub struct Retrain {
@@ -61,6 +68,8 @@ pub struct Retrain {
     config: SharedConfig,
     /// Job creation and starts read, decide and write the same records: one at a time.
     lock: Arc<tokio::sync::Mutex<()>>,
+    /// Each device's run of drifted windows, and when triggers were last judged.
+    streaks: Arc<std::sync::Mutex<(trigger::Streaks, u64)>>,
 }
 
 fn to_json<T: Serialize>(v: &T) -> HubResult<Vec<u8>> {
@@ -86,6 +95,7 @@ impl Retrain {
             telemetry,
             config,
             lock: Default::default(),
+            streaks: Default::default(),
         };
         r.recover(crate::now())?;
         Ok(r)
@@ -277,10 +287,9 @@ impl Retrain {
     pub async fn tick(&self, now: u64) -> HubResult<Vec<u64>> {
         let _one = self.lock.lock().await;
         let jobs = self.jobs()?;
-        for p in self.policies()? {
-            let Some(every) = p.policy.every_secs else {
-                continue;
-            };
+        let policies = self.policies()?;
+        let judged = self.judge(&policies, now)?;
+        for p in policies {
             if jobs
                 .iter()
                 .any(|j| j.model == p.model && j.state.is_active())
@@ -292,17 +301,28 @@ impl Retrain {
                 .filter(|j| j.model == p.model)
                 .map(|j| j.created_at)
                 .max();
-            let due = last.unwrap_or(p.set_at).saturating_add(every);
             let cooled = last.is_none_or(|t| now >= t.saturating_add(p.policy.cooldown_secs));
-            if now >= due && cooled {
-                let trigger = Trigger {
+            if !cooled {
+                continue;
+            }
+            let scheduled = p.policy.every_secs.and_then(|every| {
+                let due = last.unwrap_or(p.set_at).saturating_add(every);
+                (now >= due).then(|| Trigger {
                     kind: "schedule".into(),
                     detail: format!("every {every} s"),
                     values: json!({ "every_secs": every, "previous_job_at": last }),
-                };
-                if let Err(error) = self.create_job(&p, trigger, now).await {
-                    tracing::warn!(%error, model = %p.model, "a scheduled retraining job could not be made");
-                }
+                })
+            });
+            // Drift and quality say why better than the clock: they go first.
+            let fired = judged
+                .iter()
+                .find(|(m, _)| *m == p.model)
+                .map(|(_, t)| t.clone())
+                .or(scheduled);
+            if let Some(trigger) = fired
+                && let Err(error) = self.create_job(&p, trigger, now).await
+            {
+                tracing::warn!(%error, model = %p.model, "a retraining job could not be made");
             }
         }
         let jobs = self.jobs()?;
@@ -349,6 +369,58 @@ impl Retrain {
             self.store.flush().await?;
         }
         Ok(started)
+    }
+
+    /// The drift and quality triggers that fire now, per model (at most one each: drift
+    /// first). Streaks are updated on every judgement, whether or not a job could start.
+    fn judge(&self, policies: &[Policy], now: u64) -> HubResult<Vec<(String, Trigger)>> {
+        use crate::telemetry::{ALL, HOUR};
+        let mut guard = self
+            .streaks
+            .lock()
+            .map_err(|_| HubError::Internal("retrain streaks poisoned".into()))?;
+        let (streaks, last) = &mut *guard;
+        if *last != 0 && now < last.saturating_add(JUDGE_EVERY_SECS) {
+            return Ok(Vec::new());
+        }
+        *last = now;
+        let latest = if policies.iter().any(|p| p.policy.drift.is_some()) {
+            self.telemetry.store().all_latest()?
+        } else {
+            Vec::new()
+        };
+        let mut fired = Vec::new();
+        for p in policies {
+            if let Some(d) = &p.policy.drift {
+                let tally = streaks.tally(&p.model, d, &latest, now);
+                if let Some(t) = trigger::drift_fires(d, &tally) {
+                    fired.push((p.model.clone(), t));
+                    continue;
+                }
+            }
+            let Some(q) = &p.policy.quality else {
+                continue;
+            };
+            let Some(version) = self
+                .registry
+                .get(&p.model)
+                .ok()
+                .and_then(|m| m.versions.last().map(|v| v.version))
+            else {
+                continue;
+            };
+            let hour = now / HOUR * HOUR;
+            let start = hour.saturating_sub((q.hours - 1) * HOUR);
+            let base_start = start.saturating_sub(q.baseline_hours * HOUR);
+            let store = self.telemetry.store();
+            let current = store.quality(&p.model, version, ALL, start, hour + HOUR)?;
+            let baseline = store.quality(&p.model, version, ALL, base_start, start)?;
+            if let Some(t) = trigger::quality_fires(q, version, baseline.as_ref(), current.as_ref())
+            {
+                fired.push((p.model.clone(), t));
+            }
+        }
+        Ok(fired)
     }
 
     /// Runs the started job's current attempt to its end: prepares the job directory, runs

@@ -5,6 +5,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::trigger::{DriftTrigger, QualityTrigger};
+
 /// Largest `params` accepted, as JSON.
 pub const MAX_PARAMS_BYTES: usize = 16 * 1024;
 /// The shortest schedule: retraining more often than hourly is a loop, not a schedule.
@@ -25,6 +27,12 @@ pub struct PolicyRequest {
     /// Retrain on a schedule: every this many seconds after the last job started (≥ 3600).
     #[serde(default)]
     pub every_secs: Option<u64>,
+    /// Retrain when the devices' inputs drift ([`DriftTrigger`]).
+    #[serde(default)]
+    pub drift: Option<DriftTrigger>,
+    /// Retrain when the champion's quality from ground truth drops ([`QualityTrigger`]).
+    #[serde(default)]
+    pub quality: Option<QualityTrigger>,
     /// No automatic job starts sooner than this after the previous one started (a manual
     /// request is not held back).
     #[serde(default = "default_cooldown")]
@@ -61,6 +69,8 @@ impl Default for PolicyRequest {
             params: Map::new(),
             seed: 0,
             every_secs: None,
+            drift: None,
+            quality: None,
             cooldown_secs: default_cooldown(),
             retries: default_retries(),
             min_rows: default_min_rows(),
@@ -81,6 +91,12 @@ impl PolicyRequest {
         }
         if self.every_secs.is_some_and(|e| e < MIN_EVERY_SECS) {
             errors.push(format!("every_secs: at least {MIN_EVERY_SECS}"));
+        }
+        if let Some(d) = &self.drift {
+            d.validate(&mut errors);
+        }
+        if let Some(q) = &self.quality {
+            q.validate(&mut errors);
         }
         if self.cooldown_secs > 30 * 24 * 3600 {
             errors.push("cooldown_secs: at most 30 days (2592000)".to_owned());

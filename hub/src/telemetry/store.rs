@@ -138,6 +138,17 @@ impl TelemetryStore {
         self.latest.get(device)?.map(|v| decode(&v)).transpose()
     }
 
+    /// Every device's latest window.
+    pub fn all_latest(&self) -> HubResult<Vec<(String, DeviceTelemetry)>> {
+        self.latest
+            .iter()
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), decode(&v)?))
+            })
+            .collect()
+    }
+
     pub fn put_liveness(&self, device: &str, l: &Liveness) -> HubResult<()> {
         self.liveness.insert(device.as_bytes(), encode(l)?)?;
         Ok(())
