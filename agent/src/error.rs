@@ -33,6 +33,33 @@ pub enum AgentError {
     Other(String),
 }
 
+impl From<edgefleet_engine::EngineError> for AgentError {
+    fn from(e: edgefleet_engine::EngineError) -> Self {
+        use edgefleet_engine::EngineError as E;
+        match e {
+            E::Model {
+                name,
+                version,
+                message,
+            } => AgentError::Model {
+                name,
+                version,
+                message,
+            },
+            E::SmokeTest {
+                name,
+                version,
+                message,
+            } => AgentError::SmokeTest {
+                name,
+                version,
+                message,
+            },
+            E::Io(e) => AgentError::Io(e),
+        }
+    }
+}
+
 impl From<reqwest::Error> for AgentError {
     fn from(e: reqwest::Error) -> Self {
         // reqwest's Display omits the cause chain; include it so "connection refused" shows.

@@ -13,8 +13,6 @@ pub mod error;
 pub mod feedback;
 pub mod hub_client;
 pub mod lifecycle;
-pub mod model;
-pub mod onnx_ml;
 pub mod serve;
 pub mod state;
 pub mod telemetry;
@@ -27,6 +25,9 @@ use std::sync::Arc;
 use anyhow::Context;
 
 pub use config::AgentConfig;
+/// The engine the agent serves models with (its own crate, so the hub scores candidates with
+/// the same code).
+pub use edgefleet_engine::{model, onnx_ml};
 pub use lifecycle::install_crypto_provider;
 
 /// Seconds since the Unix epoch (0 if the clock is before 1970).

@@ -101,9 +101,15 @@ impl Kit {
         }
     }
 
-    /// Publishes `model` `version` with inputs `price`, `temp` and output `y`.
+    /// Publishes `model` `version` with inputs `price`, `temp` and output `y` (an artifact
+    /// that is not a model: enough for everything but the engine).
     pub async fn publish(&self, model: &str, version: u64) {
-        let artifact = format!("{model} v{version}").into_bytes();
+        self.publish_artifact(model, version, format!("{model} v{version}").into_bytes())
+            .await;
+    }
+
+    /// [`Kit::publish`] with `artifact` as the model file.
+    pub async fn publish_artifact(&self, model: &str, version: u64, artifact: Vec<u8>) {
         let digest = Digest::of(&artifact);
         let chunks = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(artifact.clone())]);
         self.hub

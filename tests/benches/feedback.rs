@@ -44,6 +44,7 @@ fn now_ms() -> u64 {
 }
 
 fn open(dir: &std::path::Path) -> anyhow::Result<Arc<Feedback>> {
+    std::fs::create_dir_all(dir)?;
     Ok(Arc::new(Feedback::open(
         &dir.join("feedback.sqlite"),
         LIMITS,

@@ -33,7 +33,7 @@ pub fn load_installed(layout: &Layout, name: &str, version: u64) -> AgentResult<
             message: "artifact on disk does not match its manifest".into(),
         });
     }
-    LoadedModel::load(manifest, &dir.join("model.onnx"))
+    Ok(LoadedModel::load(manifest, &dir.join("model.onnx"))?)
 }
 
 /// The download limits the configuration sets (read per update: they reload without restart).

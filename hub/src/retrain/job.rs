@@ -27,8 +27,11 @@ pub enum JobState {
     Queued,
     /// A run is under way.
     Running,
-    /// A run produced a candidate model.
+    /// A run produced a candidate model that beat the champion on the held-out rows.
     Succeeded,
+    /// A run produced a candidate, but it did not beat the champion by the policy's margin:
+    /// the champion stays (see `reason`).
+    Rejected,
     /// Every attempt failed, or the job could not run at all (see `reason`).
     Failed,
 }
@@ -104,8 +107,11 @@ pub struct Run {
     pub metrics: Option<Value>,
     /// The end of the trainer's output.
     pub log: String,
-    /// The model it wrote, kept as a blob.
+    /// The model it wrote, kept as a blob (a losing one too, for inspection).
     pub artifact: Option<Artifact>,
+    /// The candidate against the champion on the held-out rows.
+    #[serde(default)]
+    pub gate: Option<super::gate::GateVerdict>,
 }
 
 /// The model a run wrote: its digest and size.
@@ -125,6 +131,9 @@ pub enum RunFailure {
     Preparation { message: String },
     /// The hub stopped while the run was under way.
     Interrupted { message: String },
+    /// The trainer's model could not be judged: it does not load with the champion's
+    /// tensors, or the held-out rows could not be scored.
+    Candidate { message: String },
 }
 
 impl RunFailure {
@@ -132,12 +141,14 @@ impl RunFailure {
         match self {
             Self::Trainer { message, .. }
             | Self::Preparation { message }
-            | Self::Interrupted { message } => message,
+            | Self::Interrupted { message }
+            | Self::Candidate { message } => message,
         }
     }
 
-    /// A failure another attempt could get past (not one of the data).
+    /// A failure another attempt could get past: not one of the data, and not a model a
+    /// deterministic trainer would make again.
     pub fn retryable(&self) -> bool {
-        !matches!(self, Self::Preparation { .. })
+        !matches!(self, Self::Preparation { .. } | Self::Candidate { .. })
     }
 }

@@ -8,6 +8,7 @@
 //!
 //! - [`policy`]: a model's policy (params, seed, schedule, cooldown, retries, rows needed,
 //!   holdout share);
+//! - [`gate`]: champion against challenger on the held-out rows, with the devices' engine;
 //! - [`job`]: the job and run records;
 //! - [`trigger`]: the drift and quality judgements;
 //! - [`runner`]: one trainer run: its own process group, an empty environment but `PATH`, a
@@ -24,6 +25,7 @@
 //!   get past (not too few rows), up to the policy's retries;
 //! - a run the hub stopped during is marked interrupted at the next start, never left running.
 
+pub mod gate;
 pub mod job;
 pub mod policy;
 pub mod runner;
@@ -121,7 +123,7 @@ impl Retrain {
                 run.failure = Some(failure.clone());
                 self.store.put_run(id, &to_json(&run)?)?;
             }
-            settle(&mut job, Err(failure), now);
+            settle(&mut job, Err(failure), None, now);
             tracing::warn!(job = job.id, model = %job.model, state = ?job.state, "a retraining run was interrupted by a hub restart");
             self.store.put_job(job.id, &to_json(&job)?)?;
         }
@@ -360,6 +362,7 @@ impl Retrain {
                 metrics: None,
                 log: String::new(),
                 artifact: None,
+                gate: None,
             };
             self.store.put_run(run_id, &to_json(&run)?)?;
             self.store.put_job(job.id, &to_json(&job)?)?;
@@ -449,7 +452,8 @@ impl Retrain {
     }
 
     /// One attempt; the run is filled in as it goes (what went in, then what came out).
-    async fn attempt(&self, job: &Job, run: &mut Run, dir: &Path) -> Result<(), RunFailure> {
+    /// Whether the candidate beat the champion.
+    async fn attempt(&self, job: &Job, run: &mut Run, dir: &Path) -> Result<bool, RunFailure> {
         let prep = |e: HubError| RunFailure::Preparation {
             message: e.to_string(),
         };
@@ -508,7 +512,48 @@ impl Retrain {
             sha256: digest,
             size,
         });
-        Ok(())
+        let verdict = self
+            .gate(job, digest, size, &holdout, policy.policy.margin)
+            .await
+            .map_err(|message| RunFailure::Candidate { message })?;
+        let wins = verdict.wins;
+        tracing::info!(job = job.id, run = run.id, model = %job.model, wins, detail = %verdict.detail(), "champion against challenger");
+        run.gate = Some(verdict);
+        Ok(wins)
+    }
+
+    /// Scores the candidate (blob `digest`) against the job's parent on the held-out rows,
+    /// on the blocking pool (two model loads and inference over every row).
+    async fn gate(
+        &self,
+        job: &Job,
+        digest: Digest,
+        size: u64,
+        holdout: &Dataset,
+        margin: f64,
+    ) -> Result<gate::GateVerdict, String> {
+        let (_, parent) = self
+            .registry
+            .find(&job.model, &job.parent.to_string())
+            .map_err(|e| e.to_string())?;
+        let parent_path = self.registry.artifact_path(&parent.artifact.sha256);
+        let mut candidate = parent.clone();
+        candidate.artifact.sha256 = digest;
+        candidate.artifact.size = size;
+        let candidate_path = self.registry.artifact_path(&digest);
+        let csv = holdout.csv.clone();
+        tokio::task::spawn_blocking(move || {
+            gate::judge(
+                &parent,
+                &parent_path,
+                &candidate,
+                &candidate_path,
+                &csv,
+                margin,
+            )
+        })
+        .await
+        .map_err(|e| format!("the gate stopped: {e}"))?
     }
 
     /// Writes the job directory (`work`): the training rows, their schema, params.json and
@@ -577,21 +622,23 @@ impl Retrain {
         &self,
         mut job: Job,
         run: Run,
-        outcome: Result<(), RunFailure>,
+        outcome: Result<bool, RunFailure>,
     ) -> HubResult<Job> {
         let mut run = run;
         let now = crate::now();
         match &outcome {
-            Ok(()) => {
+            Ok(true) => {
                 job.candidate = run.artifact.as_ref().map(|a| a.sha256);
-                tracing::info!(job = job.id, run = run.id, model = %job.model, ms = run.duration_ms, "training run made a candidate");
+                tracing::info!(job = job.id, run = run.id, model = %job.model, ms = run.duration_ms, "training run made a candidate that beat the champion");
             }
+            Ok(false) => {}
             Err(f) => {
                 run.failure = Some(f.clone());
                 tracing::warn!(job = job.id, run = run.id, model = %job.model, reason = f.message(), "training run failed");
             }
         }
-        settle(&mut job, outcome, now);
+        let lost = run.gate.as_ref().filter(|g| !g.wins).map(|g| g.detail());
+        settle(&mut job, outcome, lost, now);
         self.store.put_run(run.id, &to_json(&run)?)?;
         self.store.put_job(job.id, &to_json(&job)?)?;
         self.store.flush().await?;
@@ -599,13 +646,17 @@ impl Retrain {
     }
 }
 
-/// The job's state after an attempt's outcome.
-fn settle(job: &mut Job, outcome: Result<(), RunFailure>, now: u64) {
+/// The job's state after an attempt's outcome (`lost`: why the candidate lost the gate).
+fn settle(job: &mut Job, outcome: Result<bool, RunFailure>, lost: Option<String>, now: u64) {
     job.updated_at = now;
     match outcome {
-        Ok(()) => {
+        Ok(true) => {
             job.state = JobState::Succeeded;
             job.reason = None;
+        }
+        Ok(false) => {
+            job.state = JobState::Rejected;
+            job.reason = lost;
         }
         Err(f) => {
             job.reason = Some(f.message().to_owned());

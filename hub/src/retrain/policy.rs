@@ -48,6 +48,10 @@ pub struct PolicyRequest {
     /// candidate against the champion.
     #[serde(default = "default_holdout")]
     pub holdout: f64,
+    /// How much better the candidate must be on the held-out rows: its MAE at most the
+    /// champion's × (1 − margin).
+    #[serde(default = "default_margin")]
+    pub margin: f64,
 }
 
 fn default_cooldown() -> u64 {
@@ -62,6 +66,9 @@ fn default_min_rows() -> u64 {
 fn default_holdout() -> f64 {
     0.2
 }
+fn default_margin() -> f64 {
+    0.02
+}
 
 impl Default for PolicyRequest {
     fn default() -> Self {
@@ -75,6 +82,7 @@ impl Default for PolicyRequest {
             retries: default_retries(),
             min_rows: default_min_rows(),
             holdout: default_holdout(),
+            margin: default_margin(),
         }
     }
 }
@@ -109,6 +117,9 @@ impl PolicyRequest {
                 "min_rows: 2..={}",
                 crate::telemetry::samples::MAX_EXPORT_ROWS
             ));
+        }
+        if !(0.0..0.9).contains(&self.margin) {
+            errors.push("margin: a share in [0, 0.9)".to_owned());
         }
         if !(self.holdout > 0.0 && self.holdout <= 0.5) {
             errors.push("holdout: a share in (0, 0.5]".to_owned());

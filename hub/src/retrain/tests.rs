@@ -175,23 +175,89 @@ mod jobs {
     use edgefleet_common::{Digest, SecretKey, Signed};
     use serde_json::json;
 
+    use std::path::Path;
+
     use crate::error::HubError;
     use crate::retrain::{JobState, PolicyRequest, RunFailure};
     use crate::telemetry::Message;
     use crate::testkit::Kit;
 
     /// A trainer that checks the job directory holds what the contract says (and not the
-    /// held-out rows), then "trains": its model is the dataset it was given, byte for byte.
-    const CHECKING: &str = r#"set -e
+    /// held-out rows), then "trains": its model is `candidate`, a model the test fitted.
+    fn checking(candidate: &Path) -> String {
+        checking_seen(candidate, Path::new("/dev/null"))
+    }
+
+    /// [`checking`], also copying the dataset it was given to `seen`.
+    fn checking_seen(candidate: &Path, seen: &Path) -> String {
+        format!(
+            r#"set -e
 for f in dataset.csv dataset.schema.json params.json parent/manifest.json parent/model.onnx; do
-  [ -s "$f" ] || { echo "missing $f"; exit 9; }
+  [ -s "$f" ] || {{ echo "missing $f"; exit 9; }}
 done
-[ ! -e holdout.csv ] || { echo "the holdout is in the job directory"; exit 9; }
-grep -q '"seed": 7' params.json || { echo "no seed"; cat params.json; exit 9; }
-grep -q '"name": "demand"' parent/manifest.json || { echo "no parent"; exit 9; }
+[ ! -e holdout.csv ] || {{ echo "the holdout is in the job directory"; exit 9; }}
+grep -q '"seed": 7' params.json || {{ echo "no seed"; cat params.json; exit 9; }}
+grep -q '"name": "demand"' parent/manifest.json || {{ echo "no parent"; exit 9; }}
 echo "training on $(($(wc -l < dataset.csv) - 1)) rows"
-cp dataset.csv model.tmp && mv model.tmp model.onnx
-echo '{"rows": 1}' > metrics.json"#;
+cp dataset.csv '{}'
+cp '{}' model.tmp && mv model.tmp model.onnx
+echo '{{"rows": 1}}' > metrics.json"#,
+            seen.display(),
+            candidate.display()
+        )
+    }
+
+    /// A ridge regression of `y` on (price, temp) fitted by the reference trainer's own code,
+    /// as ONNX with the kit's tensors.
+    fn fit(rows: &[(f64, f64, f64)]) -> Vec<u8> {
+        let data = edgefleet_trainer::Dataset {
+            x: rows.iter().flat_map(|r| [r.0, r.1]).collect(),
+            y: rows.iter().map(|r| r.2).collect(),
+            features: vec!["price".into(), "temp".into()],
+            target: "truth_y".into(),
+            skipped: 0,
+        };
+        let params = edgefleet_trainer::Params {
+            validation: 0.0,
+            ..Default::default()
+        };
+        let sig = edgefleet_trainer::Signature {
+            input: "x".into(),
+            features: 2,
+            feature_names: vec!["price".into(), "temp".into()],
+            output: "y".into(),
+            flat_output: false,
+        };
+        edgefleet_trainer::train(&data, &params, &sig)
+            .expect("fit")
+            .onnx
+    }
+
+    /// `bytes` in a file of `dir`, for a trainer to copy.
+    fn file(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).expect("write");
+        p
+    }
+
+    /// The truth of the captured rows is 2 + temp: a model that knows it, and one that
+    /// predicts 1 whatever comes.
+    fn good_model() -> Vec<u8> {
+        fit(&[
+            (1.0, 0.0, 2.0),
+            (2.0, 1.0, 3.0),
+            (1.0, 5.0, 7.0),
+            (3.0, 2.0, 4.0),
+        ])
+    }
+    fn flat_model() -> Vec<u8> {
+        fit(&[
+            (1.0, 0.0, 1.0),
+            (2.0, 1.0, 1.0),
+            (1.0, 5.0, 1.0),
+            (3.0, 2.0, 1.0),
+        ])
+    }
 
     fn kit(script: &str) -> Kit {
         let script = script.to_owned();
@@ -250,9 +316,10 @@ echo '{"rows": 1}' > metrics.json"#;
         }
     }
 
+    /// The champion (`flat_model`) serving demand v1 on shop-1, which captured 8 rows.
     async fn fleet_with_samples(script: &str) -> Kit {
         let kit = kit(script);
-        kit.publish("demand", 1).await;
+        kit.publish_artifact("demand", 1, flat_model()).await;
         let key = kit.enroll("shop-1", &[], true).await;
         let now = crate::now();
         capture(&kit, &key, "shop-1", 1, now - 600, 4).await;
@@ -261,8 +328,13 @@ echo '{"rows": 1}' > metrics.json"#;
     }
 
     #[tokio::test]
-    async fn a_manual_job_trains_on_the_older_rows_and_records_what_went_in_and_came_out() {
-        let kit = fleet_with_samples(CHECKING).await;
+    async fn a_manual_job_trains_on_the_older_rows_and_its_candidate_beats_the_champion() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (candidate, seen) = (
+            file(&tmp, "good.onnx", &good_model()),
+            tmp.path().join("seen"),
+        );
+        let kit = fleet_with_samples(&checking_seen(&candidate, &seen)).await;
         let r = &kit.hub.retrain;
         let now = crate::now();
         // No policy, no job.
@@ -300,20 +372,28 @@ echo '{"rows": 1}' > metrics.json"#;
             run.log
         );
         assert_eq!(run.log, "training on 6 rows\n");
-        // The model is the training CSV: the six older rows, never the two held out.
+        // The trainer saw the six older rows, never the two held out.
         let (train, held) = kit
             .hub
             .telemetry
             .export_split("demand", &Default::default(), 0.25)
             .expect("split");
+        assert_eq!(std::fs::read(&seen).expect("seen"), train.csv);
         let model = std::fs::read(
             kit.hub
                 .registry
                 .artifact_path(&run.artifact.as_ref().expect("artifact").sha256),
         )
         .expect("the candidate is kept");
-        assert_eq!(model, train.csv);
+        assert_eq!(model, good_model());
         assert_eq!(done.candidate, Some(Digest::of(&model)));
+        // The gate: on the two held-out rows (temp 2 and 3, truth 4 and 5) the champion,
+        // which says 1, is 3.5 off; the candidate is right.
+        let gate = run.gate.as_ref().expect("gate");
+        assert!(gate.wins, "{gate:?}");
+        assert_eq!(gate.rows, 2);
+        assert!((gate.champion - 3.5).abs() < 1e-3, "{gate:?}");
+        assert!(gate.candidate < 1e-3, "{gate:?}");
         let dataset = run.dataset.as_ref().expect("dataset");
         let holdout = run.holdout.as_ref().expect("holdout");
         assert_eq!((dataset.sha256, dataset.rows), (train.sha256, 6));
@@ -376,7 +456,8 @@ echo '{"rows": 1}' > metrics.json"#;
 
     #[tokio::test]
     async fn too_few_rows_fail_the_job_without_running_the_trainer_or_retrying() {
-        let kit = fleet_with_samples(CHECKING).await;
+        let tmp = tempfile::tempdir().expect("tmp");
+        let kit = fleet_with_samples(&checking(&file(&tmp, "good.onnx", &good_model()))).await;
         let r = &kit.hub.retrain;
         let now = crate::now();
         r.set_policy("demand", policy(100, 3), now)
@@ -401,7 +482,8 @@ echo '{"rows": 1}' > metrics.json"#;
 
     #[tokio::test]
     async fn a_run_cut_off_by_a_hub_restart_is_marked_interrupted_and_retried() {
-        let kit = fleet_with_samples(CHECKING).await;
+        let tmp = tempfile::tempdir().expect("tmp");
+        let kit = fleet_with_samples(&checking(&file(&tmp, "good.onnx", &good_model()))).await;
         let now = crate::now();
         kit.hub
             .retrain
@@ -445,7 +527,8 @@ echo '{"rows": 1}' > metrics.json"#;
 
     #[tokio::test]
     async fn schedules_cooldowns_and_the_concurrency_cap_hold() {
-        let kit = fleet_with_samples(CHECKING).await;
+        let tmp = tempfile::tempdir().expect("tmp");
+        let kit = fleet_with_samples(&checking(&file(&tmp, "good.onnx", &good_model()))).await;
         kit.publish("other", 1).await;
         let r = &kit.hub.retrain;
         let t0 = crate::now();
@@ -504,8 +587,99 @@ echo '{"rows": 1}' > metrics.json"#;
     }
 
     #[tokio::test]
+    async fn a_candidate_that_loses_is_rejected_and_the_champion_stays() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        // The champion is the good model now; the candidate the flat one.
+        let kit = kit(&checking(&file(&tmp, "flat.onnx", &flat_model())));
+        kit.publish_artifact("demand", 1, good_model()).await;
+        let key = kit.enroll("shop-1", &[], true).await;
+        let now = crate::now();
+        capture(&kit, &key, "shop-1", 1, now - 600, 4).await;
+        capture(&kit, &key, "shop-1", 2, now - 300, 4).await;
+        let r = &kit.hub.retrain;
+        r.set_policy("demand", policy(4, 2), now)
+            .await
+            .expect("policy");
+        let job = r.request("demand", "", now).await.expect("job");
+        r.tick(now).await.expect("tick");
+        let done = r.execute(job.id).await.expect("execute");
+        assert_eq!(
+            (done.state, done.attempts, done.candidate),
+            (JobState::Rejected, 1, None)
+        );
+        let reason = done.reason.unwrap_or_default();
+        assert!(reason.contains("the champion stays"), "{reason}");
+        let run = r.run(done.runs[0]).expect("run");
+        assert!(!run.gate.expect("gate").wins);
+        assert!(
+            run.artifact.is_some(),
+            "the losing candidate is kept for inspection"
+        );
+        assert_eq!(
+            r.tick(now).await.expect("tick"),
+            Vec::<u64>::new(),
+            "not retried"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_candidate_that_is_no_model_or_has_other_tensors_fails_the_job_cleanly() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        // Bytes that are no ONNX, and a model with three inputs where the champion has two.
+        let other = {
+            let data = edgefleet_trainer::Dataset {
+                x: vec![1.0, 2.0, 3.0, 2.0, 1.0, 0.0, 5.0, 5.0, 1.0],
+                y: vec![1.0, 2.0, 3.0],
+                features: vec!["a".into(), "b".into(), "c".into()],
+                target: "y".into(),
+                skipped: 0,
+            };
+            let sig = edgefleet_trainer::Signature {
+                input: "x".into(),
+                features: 3,
+                feature_names: vec![],
+                output: "y".into(),
+                flat_output: false,
+            };
+            let params = edgefleet_trainer::Params {
+                validation: 0.0,
+                ..Default::default()
+            };
+            edgefleet_trainer::train(&data, &params, &sig)
+                .expect("fit")
+                .onnx
+        };
+        for (name, bytes, needle) in [
+            ("junk.onnx", b"not a model".to_vec(), "does not load"),
+            ("wide.onnx", other, "does not load"),
+        ] {
+            let kit = fleet_with_samples(&checking(&file(&tmp, name, &bytes))).await;
+            let r = &kit.hub.retrain;
+            let now = crate::now();
+            r.set_policy("demand", policy(4, 2), now)
+                .await
+                .expect("policy");
+            let job = r.request("demand", "", now).await.expect("job");
+            r.tick(now).await.expect("tick");
+            let done = r.execute(job.id).await.expect("execute");
+            assert_eq!(
+                (done.state, done.attempts),
+                (JobState::Failed, 1),
+                "{name}: not retried"
+            );
+            let reason = done.reason.unwrap_or_default();
+            assert!(reason.contains(needle), "{name}: {reason}");
+            assert!(matches!(
+                r.run(done.runs[0]).expect("run").failure,
+                Some(RunFailure::Candidate { .. })
+            ));
+            assert_eq!(done.candidate, None);
+        }
+    }
+
+    #[tokio::test]
     async fn bad_policies_are_refused_with_every_problem_named() {
-        let kit = kit(CHECKING);
+        let kit = kit("exit 1");
         kit.publish("demand", 1).await;
         let r = &kit.hub.retrain;
         let bad = PolicyRequest {

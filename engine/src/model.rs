@@ -6,7 +6,7 @@ use std::sync::Arc;
 use edgefleet_common::{ModelManifest, Tensor, TensorData, TensorSpec};
 use tract_onnx::prelude::*;
 
-use crate::error::{AgentError, AgentResult};
+use crate::error::{EngineError, EngineResult};
 
 /// A model ready to serve: its verified manifest and an optimised tract plan. It knows nothing
 /// of telemetry: the `active` module pairs it with its window when it is put in service, so a
@@ -44,8 +44,8 @@ impl std::fmt::Debug for LoadedModel {
     }
 }
 
-fn model_err(m: &ModelManifest, message: impl std::fmt::Display) -> AgentError {
-    AgentError::Model {
+fn model_err(m: &ModelManifest, message: impl std::fmt::Display) -> EngineError {
+    EngineError::Model {
         name: m.name.clone(),
         version: m.version,
         message: message.to_string(),
@@ -55,7 +55,7 @@ fn model_err(m: &ModelManifest, message: impl std::fmt::Display) -> AgentError {
 impl LoadedModel {
     /// Parses and optimises the ONNX file, and checks that its inputs and outputs are the ones
     /// the manifest declares (a mismatch means a mislabelled artifact: refuse it).
-    pub fn load(manifest: ModelManifest, path: &Path) -> AgentResult<Self> {
+    pub fn load(manifest: ModelManifest, path: &Path) -> EngineResult<Self> {
         let mut file = std::fs::File::open(path)?;
         let mut model = parse(&mut file).map_err(|e| model_err(&manifest, e))?;
         let input_names: Vec<String> = model
@@ -253,15 +253,15 @@ impl LoadedModel {
     }
 
     /// Runs every smoke test of the manifest; the first mismatch is the error.
-    /// Runs the manifest's smoke tests; a failure is [`AgentError::SmokeTest`], so the agent
+    /// Runs the manifest's smoke tests; a failure is [`EngineError::SmokeTest`], so the agent
     /// can report it as such.
-    pub fn smoke_test(&self) -> AgentResult<()> {
+    pub fn smoke_test(&self) -> EngineResult<()> {
         self.run_smoke_tests().map_err(|e| match e {
-            AgentError::Model {
+            EngineError::Model {
                 name,
                 version,
                 message,
-            } => AgentError::SmokeTest {
+            } => EngineError::SmokeTest {
                 name,
                 version,
                 message,
@@ -270,7 +270,7 @@ impl LoadedModel {
         })
     }
 
-    fn run_smoke_tests(&self) -> AgentResult<()> {
+    fn run_smoke_tests(&self) -> EngineResult<()> {
         for (i, test) in self.manifest.smoke_tests.iter().enumerate() {
             let got = self
                 .infer(&test.inputs, &[])

@@ -1,0 +1,184 @@
+//! Champion against challenger: the candidate a run made and the model it would replace,
+//! scored on the same held-out rows (the newest captured, which the trainer never saw), by
+//! the engine the devices serve them with. The candidate wins only by the policy's margin.
+
+use std::path::Path;
+
+use edgefleet_common::{DataType, ModelManifest, Tensor, TensorData};
+use edgefleet_engine::LoadedModel;
+use serde::{Deserialize, Serialize};
+
+/// Rows per inference call while scoring.
+const BATCH: usize = 1024;
+
+/// The gate's judgement, kept with the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateVerdict {
+    /// `mae`: mean absolute error on the held-out rows (lower is better).
+    pub metric: String,
+    pub champion: f64,
+    pub candidate: f64,
+    /// Held-out rows scored (rows without a numeric truth are left out).
+    pub rows: u64,
+    /// The candidate must beat the champion by this share: candidate ≤ champion × (1 − margin).
+    pub margin: f64,
+    pub wins: bool,
+}
+
+impl GateVerdict {
+    pub fn detail(&self) -> String {
+        format!(
+            "{} on {} held-out rows: candidate {:.4}, champion {:.4} (the candidate must be ≤ {:.4}){}",
+            self.metric.to_uppercase(),
+            self.rows,
+            self.candidate,
+            self.champion,
+            self.champion * (1.0 - self.margin),
+            if self.wins {
+                ""
+            } else {
+                ": the champion stays"
+            }
+        )
+    }
+}
+
+/// The held-out rows as the gate scores them: the model input's features in its order (NaN
+/// where a value is missing), and the first true value.
+#[derive(Debug, Default)]
+struct Rows {
+    x: Vec<f32>,
+    y: Vec<f64>,
+    width: usize,
+}
+
+/// What the gate can score: one FP32 input `[batch, features]` and a numeric first output
+/// (a regression), the shape the reference trainer fits.
+fn signature(m: &ModelManifest) -> Result<(String, Vec<String>, String), String> {
+    let no = |why: String| {
+        format!("the gate scores regressions with one FP32 input [-1, features]: {why}")
+    };
+    let [input] = &m.inputs[..] else {
+        return Err(no(format!("{} has {} inputs", m.name, m.inputs.len())));
+    };
+    match (input.datatype, &input.shape[..]) {
+        (DataType::Fp32, [b, f])
+            if *b < 0 && *f > 0 && input.feature_names.len() == *f as usize => {}
+        _ => {
+            return Err(no(format!(
+                "input {:?} is {:?} {:?} with {} feature names",
+                input.name,
+                input.datatype,
+                input.shape,
+                input.feature_names.len()
+            )));
+        }
+    }
+    let output = m.outputs.first().ok_or_else(|| no("no output".into()))?;
+    Ok((
+        input.name.clone(),
+        input.feature_names.clone(),
+        output.name.clone(),
+    ))
+}
+
+/// Reads the held-out CSV (the hub's own export) by column name: `features` in order, the
+/// target `truth_<output>` (rows whose truth is not a number are left out).
+fn read_rows(csv: &[u8], features: &[String], output: &str) -> Result<Rows, String> {
+    let mut r = csv::ReaderBuilder::new().has_headers(true).from_reader(csv);
+    let header = r.headers().map_err(|e| e.to_string())?.clone();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| h == name)
+            .ok_or_else(|| format!("the held-out rows have no column {name:?}"))
+    };
+    let cols: Vec<usize> = features.iter().map(|f| col(f)).collect::<Result<_, _>>()?;
+    let target = col(&format!("truth_{output}"))?;
+    let mut rows = Rows {
+        width: cols.len(),
+        ..Rows::default()
+    };
+    for record in r.records() {
+        let record = record.map_err(|e| e.to_string())?;
+        let cell = |c: usize| record.get(c).unwrap_or_default().trim();
+        let Some(y) = cell(target).parse::<f64>().ok().filter(|v| v.is_finite()) else {
+            continue;
+        };
+        for &c in &cols {
+            // An empty cell is a missing value; anything else unreadable is one too (the hub
+            // wrote these rows from numbers).
+            rows.x.push(cell(c).parse::<f32>().unwrap_or(f32::NAN));
+        }
+        rows.y.push(y);
+    }
+    Ok(rows)
+}
+
+/// Scores `candidate` (a model file with the parent's tensors) against the parent on the
+/// held-out CSV. Errors say why nothing could be judged.
+pub fn judge(
+    parent: &ModelManifest,
+    parent_model: &Path,
+    candidate: &ModelManifest,
+    candidate_model: &Path,
+    holdout_csv: &[u8],
+    margin: f64,
+) -> Result<GateVerdict, String> {
+    let (input, features, output) = signature(parent)?;
+    let rows = read_rows(holdout_csv, &features, &output)?;
+    let champion = LoadedModel::load(parent.clone(), parent_model)
+        .map_err(|e| format!("the champion: {e}"))?;
+    let challenger = LoadedModel::load(candidate.clone(), candidate_model)
+        .map_err(|e| format!("the candidate does not load with the parent's tensors: {e}"))?;
+    let (c, n) = mae(&champion, &input, &output, &rows)?;
+    let (k, _) =
+        mae(&challenger, &input, &output, &rows).map_err(|e| format!("the candidate: {e}"))?;
+    Ok(GateVerdict {
+        metric: "mae".into(),
+        champion: c,
+        candidate: k,
+        rows: n,
+        margin,
+        wins: k <= c * (1.0 - margin),
+    })
+}
+
+/// The model's mean absolute error on `rows`, and the rows scored.
+fn mae(m: &LoadedModel, input: &str, output: &str, rows: &Rows) -> Result<(f64, u64), String> {
+    let w = rows.width;
+    let (mut sum, mut n) = (0.0, 0u64);
+    for start in (0..rows.y.len()).step_by(BATCH) {
+        let end = (start + BATCH).min(rows.y.len());
+        let t = Tensor {
+            name: input.to_owned(),
+            shape: vec![(end - start) as u64, w as u64],
+            data: TensorData::Fp32(rows.x[start * w..end * w].to_vec()),
+        };
+        let out = m.infer(&[t], &[output.to_owned()])?;
+        let predicted = out
+            .iter()
+            .find(|o| o.name == output)
+            .ok_or_else(|| format!("no output {output:?}"))?
+            .data
+            .to_f64();
+        if predicted.len() != end - start {
+            return Err(format!(
+                "{} predictions for {} rows",
+                predicted.len(),
+                end - start
+            ));
+        }
+        for (p, y) in predicted.iter().zip(&rows.y[start..end]) {
+            if !p.is_finite() {
+                return Err(format!("a prediction of {p}"));
+            }
+            sum += (p - y).abs();
+            n += 1;
+        }
+    }
+    if n == 0 {
+        return Err("no held-out row has a numeric truth to score against".into());
+    }
+    Ok((sum / n as f64, n))
+}
