@@ -366,8 +366,8 @@ impl Feedback {
     }
 
     /// The writer: moves the queue into the store and applies the bounds at `now_ms`
-    /// (blocking: its own thread). The store commits durably, so what the gauges then count
-    /// as held is on disk.
+    /// (blocking: its own thread). What the gauges then count as held is committed: safe from
+    /// the agent's own crash at once, from power loss at the store's next WAL sync.
     pub fn drain(&self, now_ms: u64) -> AgentResult<store::Written> {
         let mut store = lock(&self.store);
         let taken = {
