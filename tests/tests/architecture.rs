@@ -32,6 +32,16 @@ fn dependencies(manifest: &str) -> String {
     rest[..end].to_owned()
 }
 
+/// The workspace crates (`edgefleet-*`) among a manifest's dependencies.
+fn our_dependencies(manifest: &str) -> Vec<String> {
+    dependencies(manifest)
+        .lines()
+        .filter_map(|l| l.trim().split(['.', ' ', '=']).next())
+        .filter(|name| name.starts_with("edgefleet-"))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Paths that do I/O or read a clock: what `common` never names.
 const IO_PATHS: [&[&str]; 6] = [
     &["std", "fs"],
@@ -263,12 +273,7 @@ impl Problems {
 /// code and neither drags the other in.
 #[test]
 fn the_engine_depends_on_common_only() {
-    let deps = dependencies("engine/Cargo.toml");
-    let ours: Vec<&str> = deps
-        .lines()
-        .filter_map(|l| l.trim().split(['.', ' ', '=']).next())
-        .filter(|name| name.starts_with("edgefleet-"))
-        .collect();
+    let ours = our_dependencies("engine/Cargo.toml");
     assert_eq!(
         ours,
         ["edgefleet-common"],
@@ -292,14 +297,10 @@ fn hub_never_depends_on_agent_and_agent_never_on_hub() {
 #[test]
 fn sim_depends_on_agent_and_common_never_on_hub() {
     const ALLOWED: [&str; 2] = ["edgefleet-agent", "edgefleet-common"];
-    let deps = dependencies("sim/Cargo.toml");
-    let ours: Vec<&str> = deps
-        .lines()
-        .filter_map(|l| l.trim().split(['.', ' ', '=']).next())
-        .filter(|name| name.starts_with("edgefleet-"))
-        .collect();
+    let ours = our_dependencies("sim/Cargo.toml");
     assert!(
-        ours.contains(&"edgefleet-agent") && ours.iter().all(|c| ALLOWED.contains(c)),
+        ours.iter().any(|c| c == "edgefleet-agent")
+            && ours.iter().all(|c| ALLOWED.contains(&c.as_str())),
         "the sim's workspace dependencies: {ours:?}"
     );
     assert!(
@@ -378,12 +379,7 @@ fn binaries_are_thin() {
 /// be swapped for any other trainer, and the agent never carries a training library.
 #[test]
 fn the_trainer_depends_on_common_only_and_nothing_ships_it() {
-    let deps = dependencies("trainer/Cargo.toml");
-    let ours: Vec<&str> = deps
-        .lines()
-        .filter_map(|l| l.trim().split(['.', ' ', '=']).next())
-        .filter(|name| name.starts_with("edgefleet-"))
-        .collect();
+    let ours = our_dependencies("trainer/Cargo.toml");
     assert_eq!(
         ours,
         ["edgefleet-common"],

@@ -10,17 +10,8 @@ use crate::hub::Hub;
 
 const EVERY: Duration = Duration::from_secs(1);
 
-pub async fn run(hub: Arc<Hub>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
-        if hub.is_stopping() {
-            return;
-        }
+pub async fn run(hub: Arc<Hub>, stop: tokio::sync::watch::Receiver<bool>) {
+    super::every(&hub, stop, EVERY, || async {
         match hub.retrain.tick(crate::now()).await {
             Ok(started) => {
                 for job in started {
@@ -34,5 +25,6 @@ pub async fn run(hub: Arc<Hub>, mut stop: tokio::sync::watch::Receiver<bool>) {
             }
             Err(error) => tracing::warn!(%error, "retraining round failed"),
         }
-    }
+    })
+    .await;
 }

@@ -9,19 +9,11 @@ use crate::hub::Hub;
 
 const EVERY: Duration = Duration::from_secs(1);
 
-pub async fn run(hub: Arc<Hub>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
-        if hub.is_stopping() {
-            return;
-        }
+pub async fn run(hub: Arc<Hub>, stop: tokio::sync::watch::Receiver<bool>) {
+    super::every(&hub, stop, EVERY, || async {
         if let Err(error) = hub.rollouts.step(crate::now()).await {
             tracing::warn!(%error, "rollout step failed");
         }
-    }
+    })
+    .await;
 }
