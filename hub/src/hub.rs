@@ -57,6 +57,7 @@ impl Hub {
             store.clone(),
             registry.clone(),
             telemetry.clone(),
+            rollouts.clone(),
             config.clone(),
         )?;
         Ok(Self {

@@ -17,6 +17,7 @@ pub const TOKEN: &str = "enrollment-token-for-tests";
 
 pub struct Kit {
     pub hub: Arc<Hub>,
+    pub root: SecretKey,
     pub hub_key: SecretKey,
     pub delegation: Signed<Delegation>,
     config: RuntimeConfig,
@@ -73,6 +74,7 @@ impl Kit {
         };
         Kit {
             hub: Arc::new(Hub::open(config.clone(), "admin").expect("open")),
+            root,
             hub_key,
             delegation,
             config,
@@ -86,6 +88,7 @@ impl Kit {
     pub fn restart(self) -> Self {
         let Kit {
             hub,
+            root,
             hub_key,
             delegation,
             config,
@@ -94,11 +97,33 @@ impl Kit {
         drop(hub);
         Kit {
             hub: Arc::new(Hub::open(config.clone(), "admin").expect("reopen")),
+            root,
             hub_key,
             delegation,
             config,
             _dir,
         }
+    }
+
+    /// Root delegates the hub key anew (`patterns`, `permissions`), and the hub reloads with
+    /// it, as after `edgefleet delegate` and a reload.
+    pub fn redelegate(&mut self, patterns: &[&str], permissions: &[Permission]) {
+        let now = crate::now();
+        self.delegation = Signed::sign(
+            &Delegation {
+                key: self.hub_key.public(),
+                label: "test hub".into(),
+                patterns: patterns.iter().map(|p| (*p).into()).collect(),
+                permissions: permissions.to_vec(),
+                issued_at: now,
+                expires_at: now + 3600,
+            },
+            &self.root,
+            None,
+        )
+        .expect("delegation");
+        self.config.delegation = self.delegation.clone();
+        self.hub.reload(self.config.clone());
     }
 
     /// Publishes `model` `version` with inputs `price`, `temp` and output `y` (an artifact

@@ -375,6 +375,24 @@ async fn an_admin_sets_a_policy_and_retrains_through_the_cli() {
     assert_eq!(runs[0]["params"], json!({"model": "gbt", "seed": 5}));
     assert_eq!(runs[0]["trainer"]["command"], json!([trainer]));
     assert!(runs[0]["trainer"]["program_sha256"].is_string(), "{runs}");
+    let (ok, out) = cli(&["runs", "demand"]);
+    assert!(ok && out.contains("failed: 0 captured rows"), "{out}");
+    // A run that made no model cannot be reproduced; a version no job made cannot be
+    // approved; a hand-published version's lineage says so.
+    let (ok, out) = cli(&["retrain", "reproduce", "1"]);
+    assert!(!ok && out.contains("made no model"), "{out}");
+    let (ok, out) = cli(&["approve-model", "demand", "1"]);
+    assert!(
+        !ok && out.contains("no retraining job published demand v1"),
+        "{out}"
+    );
+    let (ok, out) = cli(&["lineage", "demand", "1"]);
+    assert!(
+        ok && out.contains("demand v1") && out.contains("published by hand"),
+        "{out}"
+    );
+    let (ok, out) = cli(&["lineage", "demand", "7"]);
+    assert!(!ok && out.contains("no version 7"), "{out}");
     let (ok, out) = cli(&["retrain", "policy", "demand", "--off"]);
     assert!(ok && out.contains("\"removed\": true"), "{out}");
 }

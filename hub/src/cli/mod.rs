@@ -219,6 +219,20 @@ pub enum Command {
         #[command(subcommand)]
         command: RetrainCommand,
     },
+    /// MODEL's training runs (the same as `edgefleet retrain runs MODEL`).
+    Runs { model: String },
+    /// Where MODEL VERSION came from, back to the first model: data digests, params, seed,
+    /// trainer, metrics, the gate, what triggered each retraining, and the rollouts.
+    Lineage { model: String, version: u64 },
+    /// Start the rollout of a retrained version that waits for an admin (its policy says
+    /// `"release": "approval"`), with the policy's rollout or the one in --rollout.
+    ApproveModel {
+        model: String,
+        version: u64,
+        /// A JSON rollout spec without model and version (waves, bake_secs, gates, …).
+        #[arg(long)]
+        rollout: Option<PathBuf>,
+    },
 }
 
 /// The spec a data scientist writes next to the model; `sign` adds hash, size and time.
@@ -706,6 +720,20 @@ async fn remote(cli: &Cli) -> anyhow::Result<()> {
         } => Some(samples(&r, model, export.as_deref(), *version).await?),
         Command::Rollout { command } => rollout::run(&r, command, cli.json).await?,
         Command::Retrain { command } => retrain::run(&r, command, cli.json).await?,
+        Command::Runs { model } => {
+            let c = RetrainCommand::Runs {
+                model: model.clone(),
+            };
+            retrain::run(&r, &c, cli.json).await?
+        }
+        Command::Lineage { model, version } => {
+            retrain::lineage(&r, model, *version, cli.json).await?
+        }
+        Command::ApproveModel {
+            model,
+            version,
+            rollout,
+        } => retrain::approve(&r, model, *version, rollout.as_deref(), cli.json).await?,
         Command::Status { device: None } => {
             let devices = get("devices").await?;
             let desired = get("assignments").await?;

@@ -64,6 +64,18 @@ pub fn router(hub: AppState) -> Router {
         .route("/api/v1/retrain/jobs", get(retrain::jobs))
         .route("/api/v1/retrain/jobs/{id}", get(retrain::job))
         .route("/api/v1/retrain/runs/{id}", get(retrain::run))
+        .route(
+            "/api/v1/retrain/runs/{id}/reproduce",
+            post(retrain::reproduce),
+        )
+        .route(
+            "/api/v1/models/{name}/versions/{version}/approve",
+            post(retrain::approve),
+        )
+        .route(
+            "/api/v1/models/{name}/versions/{version}/lineage",
+            get(retrain::lineage),
+        )
         .route("/api/v1/models/{name}/samples", get(samples::summary))
         .route("/api/v1/models/{name}/samples/export", get(samples::export))
         .route(

@@ -1,4 +1,5 @@
-//! Retraining, for admins: a model's policy, a manual request, the jobs and their runs.
+//! Retraining, for admins: a model's policy, a manual request, the jobs and their runs, the
+//! approval of a retrained version, a version's lineage, a run run again.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -9,7 +10,7 @@ use serde_json::{Value, json};
 use super::error::ApiResult;
 use super::{Admin, AppState};
 use crate::error::HubError;
-use crate::retrain::{Job, Policy, PolicyRequest, Run};
+use crate::retrain::{Job, LineageStep, Policy, PolicyRequest, Reproduction, Run};
 
 /// Parsed here rather than by axum's extractor, so a bad body gets the API's JSON error
 /// naming the field.
@@ -129,4 +130,57 @@ pub async fn run(
     Path(id): Path<u64>,
 ) -> ApiResult<Json<Run>> {
     Ok(Json(hub.retrain.run(id)?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveRequest {
+    /// A rollout spec without model and version; absent: the policy's.
+    #[serde(default)]
+    pub rollout: Option<serde_json::Map<String, Value>>,
+}
+
+fn version(v: &str) -> Result<u64, HubError> {
+    v.parse()
+        .map_err(|_| HubError::Invalid(format!("version {v:?} is not a positive integer")))
+}
+
+/// `POST /api/v1/models/{name}/versions/{version}/approve` `{"rollout": {…}}`: starts the
+/// rollout of a retrained version that waits for an admin.
+pub async fn approve(
+    _: Admin,
+    State(hub): State<AppState>,
+    Path((model, v)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Job>> {
+    let req: ApproveRequest = if body.is_empty() {
+        ApproveRequest::default()
+    } else {
+        parse("approval", &body)?
+    };
+    Ok(Json(
+        hub.retrain
+            .approve(&model, version(&v)?, req.rollout)
+            .await?,
+    ))
+}
+
+/// `GET /api/v1/models/{name}/versions/{version}/lineage`: the version and its ancestors,
+/// newest first, each with its job, run and rollouts.
+pub async fn lineage(
+    _: Admin,
+    State(hub): State<AppState>,
+    Path((model, v)): Path<(String, String)>,
+) -> ApiResult<Json<Vec<LineageStep>>> {
+    Ok(Json(hub.retrain.lineage(&model, version(&v)?)?))
+}
+
+/// `POST /api/v1/retrain/runs/{id}/reproduce`: runs a recorded run again and compares the
+/// model bytes (waits for the trainer; nothing is published).
+pub async fn reproduce(
+    _: Admin,
+    State(hub): State<AppState>,
+    Path(id): Path<u64>,
+) -> ApiResult<Json<Reproduction>> {
+    Ok(Json(hub.retrain.reproduce(id).await?))
 }

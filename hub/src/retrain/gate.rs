@@ -46,15 +46,17 @@ impl GateVerdict {
 /// The held-out rows as the gate scores them: the model input's features in its order (NaN
 /// where a value is missing), and the first true value.
 #[derive(Debug, Default)]
-struct Rows {
-    x: Vec<f32>,
-    y: Vec<f64>,
-    width: usize,
+pub(super) struct Rows {
+    pub x: Vec<f32>,
+    /// Empty when the rows were read without a target.
+    pub y: Vec<f64>,
+    pub width: usize,
+    pub len: usize,
 }
 
 /// What the gate can score: one FP32 input `[batch, features]` and a numeric first output
 /// (a regression), the shape the reference trainer fits.
-fn signature(m: &ModelManifest) -> Result<(String, Vec<String>, String), String> {
+pub(super) fn signature(m: &ModelManifest) -> Result<(String, Vec<String>, String), String> {
     let no = |why: String| {
         format!("the gate scores regressions with one FP32 input [-1, features]: {why}")
     };
@@ -82,9 +84,13 @@ fn signature(m: &ModelManifest) -> Result<(String, Vec<String>, String), String>
     ))
 }
 
-/// Reads the held-out CSV (the hub's own export) by column name: `features` in order, the
-/// target `truth_<output>` (rows whose truth is not a number are left out).
-fn read_rows(csv: &[u8], features: &[String], output: &str) -> Result<Rows, String> {
+/// Reads a CSV of the hub's own export by column name: `features` in order and, given
+/// `output`, the target `truth_<output>` (rows whose truth is not a number are left out).
+pub(super) fn read_rows(
+    csv: &[u8],
+    features: &[String],
+    output: Option<&str>,
+) -> Result<Rows, String> {
     let mut r = csv::ReaderBuilder::new().has_headers(true).from_reader(csv);
     let header = r.headers().map_err(|e| e.to_string())?.clone();
     let col = |name: &str| {
@@ -94,7 +100,7 @@ fn read_rows(csv: &[u8], features: &[String], output: &str) -> Result<Rows, Stri
             .ok_or_else(|| format!("the held-out rows have no column {name:?}"))
     };
     let cols: Vec<usize> = features.iter().map(|f| col(f)).collect::<Result<_, _>>()?;
-    let target = col(&format!("truth_{output}"))?;
+    let target = output.map(|o| col(&format!("truth_{o}"))).transpose()?;
     let mut rows = Rows {
         width: cols.len(),
         ..Rows::default()
@@ -102,15 +108,20 @@ fn read_rows(csv: &[u8], features: &[String], output: &str) -> Result<Rows, Stri
     for record in r.records() {
         let record = record.map_err(|e| e.to_string())?;
         let cell = |c: usize| record.get(c).unwrap_or_default().trim();
-        let Some(y) = cell(target).parse::<f64>().ok().filter(|v| v.is_finite()) else {
-            continue;
+        let y = match target {
+            Some(t) => match cell(t).parse::<f64>().ok().filter(|v| v.is_finite()) {
+                Some(y) => Some(y),
+                None => continue,
+            },
+            None => None,
         };
         for &c in &cols {
             // An empty cell is a missing value; anything else unreadable is one too (the hub
             // wrote these rows from numbers).
             rows.x.push(cell(c).parse::<f32>().unwrap_or(f32::NAN));
         }
-        rows.y.push(y);
+        rows.y.extend(y);
+        rows.len += 1;
     }
     Ok(rows)
 }
@@ -126,7 +137,7 @@ pub fn judge(
     margin: f64,
 ) -> Result<GateVerdict, String> {
     let (input, features, output) = signature(parent)?;
-    let rows = read_rows(holdout_csv, &features, &output)?;
+    let rows = read_rows(holdout_csv, &features, Some(&output))?;
     let champion = LoadedModel::load(parent.clone(), parent_model)
         .map_err(|e| format!("the champion: {e}"))?;
     let challenger = LoadedModel::load(candidate.clone(), candidate_model)
@@ -144,12 +155,18 @@ pub fn judge(
     })
 }
 
-/// The model's mean absolute error on `rows`, and the rows scored.
-fn mae(m: &LoadedModel, input: &str, output: &str, rows: &Rows) -> Result<(f64, u64), String> {
+/// The model's values of `output` for every row of `rows`, row after row (a row's values
+/// are as many as the output is wide), in batches of [`BATCH`].
+pub(super) fn predict(
+    m: &LoadedModel,
+    input: &str,
+    output: &str,
+    rows: &Rows,
+) -> Result<Vec<f64>, String> {
     let w = rows.width;
-    let (mut sum, mut n) = (0.0, 0u64);
-    for start in (0..rows.y.len()).step_by(BATCH) {
-        let end = (start + BATCH).min(rows.y.len());
+    let mut values = Vec::with_capacity(rows.len);
+    for start in (0..rows.len).step_by(BATCH) {
+        let end = (start + BATCH).min(rows.len);
         let t = Tensor {
             name: input.to_owned(),
             shape: vec![(end - start) as u64, w as u64],
@@ -162,20 +179,36 @@ fn mae(m: &LoadedModel, input: &str, output: &str, rows: &Rows) -> Result<(f64, 
             .ok_or_else(|| format!("no output {output:?}"))?
             .data
             .to_f64();
-        if predicted.len() != end - start {
+        if predicted.len() % (end - start) != 0 || predicted.is_empty() {
             return Err(format!(
-                "{} predictions for {} rows",
+                "{} values of {output:?} for {} rows",
                 predicted.len(),
                 end - start
             ));
         }
-        for (p, y) in predicted.iter().zip(&rows.y[start..end]) {
-            if !p.is_finite() {
-                return Err(format!("a prediction of {p}"));
-            }
-            sum += (p - y).abs();
-            n += 1;
+        values.extend(predicted);
+    }
+    Ok(values)
+}
+
+/// The model's mean absolute error on `rows` (one value of `output` per row), and the rows
+/// scored.
+fn mae(m: &LoadedModel, input: &str, output: &str, rows: &Rows) -> Result<(f64, u64), String> {
+    let predicted = predict(m, input, output, rows)?;
+    if predicted.len() != rows.len {
+        return Err(format!(
+            "{} predictions for {} rows",
+            predicted.len(),
+            rows.len
+        ));
+    }
+    let (mut sum, mut n) = (0.0, 0u64);
+    for (p, y) in predicted.iter().zip(&rows.y) {
+        if !p.is_finite() {
+            return Err(format!("a prediction of {p}"));
         }
+        sum += (p - y).abs();
+        n += 1;
     }
     if n == 0 {
         return Err("no held-out row has a numeric truth to score against".into());

@@ -27,7 +27,8 @@ pub enum JobState {
     Queued,
     /// A run is under way.
     Running,
-    /// A run produced a candidate model that beat the champion on the held-out rows.
+    /// A run produced a candidate model that beat the champion on the held-out rows; it was
+    /// signed and published as `version` (then rolled out, or left for approval, per policy).
     Succeeded,
     /// A run produced a candidate, but it did not beat the champion by the policy's margin:
     /// the champion stays (see `reason`).
@@ -65,6 +66,19 @@ pub struct Job {
     /// The candidate model its successful run made.
     #[serde(default)]
     pub candidate: Option<Digest>,
+    /// The version the candidate was published as.
+    #[serde(default)]
+    pub version: Option<u64>,
+    /// The staged rollout the version was handed to.
+    #[serde(default)]
+    pub rollout: Option<u64>,
+    /// Published, and waiting for an admin's `edgefleet approve-model`.
+    #[serde(default)]
+    pub awaiting_approval: bool,
+    /// What became of the published version, in words (who approved it, or why no rollout
+    /// could be made).
+    #[serde(default)]
+    pub release_note: Option<String>,
 }
 
 /// A dataset as a run used it: exactly these bytes.
@@ -112,6 +126,12 @@ pub struct Run {
     /// The candidate against the champion on the held-out rows.
     #[serde(default)]
     pub gate: Option<super::gate::GateVerdict>,
+    /// The training rows' schema (`dataset.schema.json`), kept to run the run again.
+    #[serde(default)]
+    pub dataset_schema: Option<Value>,
+    /// The version its candidate was signed and published as.
+    #[serde(default)]
+    pub version: Option<u64>,
 }
 
 /// The model a run wrote: its digest and size.
@@ -134,6 +154,9 @@ pub enum RunFailure {
     /// The trainer's model could not be judged: it does not load with the champion's
     /// tensors, or the held-out rows could not be scored.
     Candidate { message: String },
+    /// The candidate won, but could not be signed or published: the hub's delegation does
+    /// not cover the model, or its manifest could not be made.
+    Signing { message: String },
 }
 
 impl RunFailure {
@@ -142,13 +165,17 @@ impl RunFailure {
             Self::Trainer { message, .. }
             | Self::Preparation { message }
             | Self::Interrupted { message }
-            | Self::Candidate { message } => message,
+            | Self::Candidate { message }
+            | Self::Signing { message } => message,
         }
     }
 
     /// A failure another attempt could get past: not one of the data, and not a model a
     /// deterministic trainer would make again.
     pub fn retryable(&self) -> bool {
-        !matches!(self, Self::Preparation { .. } | Self::Candidate { .. })
+        !matches!(
+            self,
+            Self::Preparation { .. } | Self::Candidate { .. } | Self::Signing { .. }
+        )
     }
 }

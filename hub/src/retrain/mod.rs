@@ -3,12 +3,15 @@
 //! truth); the retraining driver (`drivers::retrain`) starts
 //! queued jobs as capacity allows, and each run prepares a job directory, runs the trainer
 //! under the contract of docs/trainers.md and records exactly what went in and came out.
-//! Champion/challenger and signing come next and build on the candidate a successful job
-//! leaves.
+//! A candidate that beats the champion is signed with the hub's delegated key and published
+//! as the next version, then handed to a staged rollout or left for an admin's approval, per
+//! policy ([`release`]).
 //!
 //! - [`policy`]: a model's policy (params, seed, schedule, cooldown, retries, rows needed,
 //!   holdout share);
 //! - [`gate`]: champion against challenger on the held-out rows, with the devices' engine;
+//! - [`candidate`]: the winner's manifest (reference profile, smoke tests, lineage);
+//! - [`release`]: signing, publishing, the rollout or the approval, lineage, reproduction;
 //! - [`job`]: the job and run records;
 //! - [`trigger`]: the drift and quality judgements;
 //! - [`runner`]: one trainer run: its own process group, an empty environment but `PATH`, a
@@ -23,11 +26,15 @@
 //! - the trainer never sees the held-out rows (they stay outside its job directory);
 //! - a failed run yields no candidate; a job is retried only for failures another attempt can
 //!   get past (not too few rows), up to the policy's retries;
-//! - a run the hub stopped during is marked interrupted at the next start, never left running.
+//! - a run the hub stopped during is marked interrupted at the next start, never left running;
+//! - a version is published only for a candidate that won its gate, signed by the hub's
+//!   delegated key (never root's), and the job records it before any rollout is made.
 
+pub mod candidate;
 pub mod gate;
 pub mod job;
 pub mod policy;
+pub mod release;
 pub mod runner;
 pub mod trigger;
 
@@ -41,13 +48,15 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 pub use job::{Artifact, DatasetRef, Job, JobState, Run, RunFailure, TrainerRef, Trigger};
-pub use policy::{Policy, PolicyRequest};
+pub use policy::{Policy, PolicyRequest, Release};
+pub use release::{LineageStep, Reproduction};
 pub use runner::{Failure, RunReport, TrainerCommand};
 pub use trigger::{DriftTrigger, QualityMetric, QualityTrigger};
 
 use crate::config::SharedConfig;
 use crate::error::{HubError, HubResult};
 use crate::registry::Registry;
+use crate::rollout::Rollouts;
 use crate::store::Store;
 use crate::telemetry::Telemetry;
 use crate::telemetry::samples::{Dataset, SamplesQuery};
@@ -67,6 +76,7 @@ pub struct Retrain {
     store: Store,
     registry: Registry,
     telemetry: Telemetry,
+    rollouts: Rollouts,
     config: SharedConfig,
     /// Job creation and starts read, decide and write the same records: one at a time.
     lock: Arc<tokio::sync::Mutex<()>>,
@@ -76,6 +86,10 @@ pub struct Retrain {
 
 fn to_json<T: Serialize>(v: &T) -> HubResult<Vec<u8>> {
     serde_json::to_vec(v).map_err(|e| HubError::Internal(e.to_string()))
+}
+
+fn pretty<T: Serialize + ?Sized>(v: &T) -> HubResult<Vec<u8>> {
+    serde_json::to_vec_pretty(v).map_err(|e| HubError::Internal(e.to_string()))
 }
 
 fn from_json<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> HubResult<T> {
@@ -89,12 +103,14 @@ impl Retrain {
         store: Store,
         registry: Registry,
         telemetry: Telemetry,
+        rollouts: Rollouts,
         config: SharedConfig,
     ) -> HubResult<Self> {
         let r = Self {
             store,
             registry,
             telemetry,
+            rollouts,
             config,
             lock: Default::default(),
             streaks: Default::default(),
@@ -276,6 +292,10 @@ impl Retrain {
             reason: None,
             runs: Vec::new(),
             candidate: None,
+            version: None,
+            rollout: None,
+            awaiting_approval: false,
+            release_note: None,
         };
         self.store.put_job(job.id, &to_json(&job)?)?;
         self.store.flush().await?;
@@ -363,6 +383,8 @@ impl Retrain {
                 log: String::new(),
                 artifact: None,
                 gate: None,
+                dataset_schema: None,
+                version: None,
             };
             self.store.put_run(run_id, &to_json(&run)?)?;
             self.store.put_job(job.id, &to_json(&job)?)?;
@@ -469,6 +491,7 @@ impl Retrain {
         let rows = train.rows + holdout.rows;
         run.dataset = Some(dataset_ref(&train));
         run.holdout = Some(dataset_ref(&holdout));
+        run.dataset_schema = serde_json::to_value(&train.schema).ok();
         run.params = params_json(&policy);
         run.seed = policy.policy.seed;
         run.trainer = TrainerRef {
@@ -486,6 +509,7 @@ impl Retrain {
         self.store
             .put_run(run.id, &to_json(&*run).map_err(prep)?)
             .map_err(prep)?;
+        self.keep_dataset(&train).await;
         tracing::info!(job = job.id, run = run.id, model = %job.model, rows = train.rows, held_out = holdout.rows, "training run started");
         let report = runner::run(&trainer, &work).await;
         run.duration_ms = report.duration_ms;
@@ -519,6 +543,13 @@ impl Retrain {
         let wins = verdict.wins;
         tracing::info!(job = job.id, run = run.id, model = %job.model, wins, detail = %verdict.detail(), "champion against challenger");
         run.gate = Some(verdict);
+        if wins {
+            let version = self
+                .publish(job, run, &train, &holdout)
+                .await
+                .map_err(|message| RunFailure::Signing { message })?;
+            run.version = Some(version);
+        }
         Ok(wins)
     }
 
@@ -565,7 +596,7 @@ impl Retrain {
         dir: &Path,
         work: &Path,
     ) -> HubResult<(Dataset, Dataset)> {
-        let (record, manifest) = self.registry.find(&job.model, &job.parent.to_string())?;
+        let (_, manifest) = self.registry.find(&job.model, &job.parent.to_string())?;
         let telemetry = self.telemetry.clone();
         let (model, share) = (job.model.clone(), policy.policy.holdout);
         let (train, holdout) = tokio::task::spawn_blocking(move || {
@@ -573,30 +604,18 @@ impl Retrain {
         })
         .await
         .map_err(|e| HubError::Internal(e.to_string()))??;
-        let parent = work.join("parent");
-        tokio::fs::create_dir_all(&parent).await?;
-        tokio::fs::write(work.join("dataset.csv"), &train.csv).await?;
-        tokio::fs::write(
-            work.join("dataset.schema.json"),
-            serde_json::to_vec_pretty(&train.schema)
-                .map_err(|e| HubError::Internal(e.to_string()))?,
+        let schema =
+            serde_json::to_value(&train.schema).map_err(|e| HubError::Internal(e.to_string()))?;
+        let artifact = self.registry.artifact_path(&manifest.artifact.sha256);
+        write_job_dir(
+            work,
+            &train.csv,
+            &schema,
+            &params_json(policy),
+            &manifest,
+            &artifact,
         )
         .await?;
-        tokio::fs::write(
-            work.join("params.json"),
-            serde_json::to_vec_pretty(&params_json(policy))
-                .map_err(|e| HubError::Internal(e.to_string()))?,
-        )
-        .await?;
-        tokio::fs::write(
-            parent.join("manifest.json"),
-            serde_json::to_vec_pretty(&manifest).map_err(|e| HubError::Internal(e.to_string()))?,
-        )
-        .await?;
-        let artifact = self
-            .registry
-            .artifact_path(&record.manifest.decode_unverified()?.artifact.sha256);
-        tokio::fs::copy(&artifact, parent.join("model.onnx")).await?;
         tokio::fs::write(dir.join("holdout.csv"), &holdout.csv).await?;
         Ok((train, holdout))
     }
@@ -629,7 +648,8 @@ impl Retrain {
         match &outcome {
             Ok(true) => {
                 job.candidate = run.artifact.as_ref().map(|a| a.sha256);
-                tracing::info!(job = job.id, run = run.id, model = %job.model, ms = run.duration_ms, "training run made a candidate that beat the champion");
+                job.version = run.version;
+                tracing::info!(job = job.id, run = run.id, model = %job.model, version = ?run.version, ms = run.duration_ms, "training run made a candidate that beat the champion: published");
             }
             Ok(false) => {}
             Err(f) => {
@@ -642,6 +662,13 @@ impl Retrain {
         self.store.put_run(run.id, &to_json(&run)?)?;
         self.store.put_job(job.id, &to_json(&job)?)?;
         self.store.flush().await?;
+        // The version is recorded as published before any rollout is made of it: a hub that
+        // stops here leaves it waiting for approval, never rolled out twice.
+        if job.version.is_some() {
+            self.hand_over(&mut job).await;
+            self.store.put_job(job.id, &to_json(&job)?)?;
+            self.store.flush().await?;
+        }
         Ok(job)
     }
 }
@@ -667,6 +694,26 @@ fn settle(job: &mut Job, outcome: Result<bool, RunFailure>, lost: Option<String>
             };
         }
     }
+}
+
+/// Writes a trainer's job directory `work` (the contract of docs/trainers.md): the training
+/// rows and their schema, `params.json`, and the parent's manifest and model.
+async fn write_job_dir(
+    work: &Path,
+    dataset_csv: &[u8],
+    schema: &Value,
+    params: &Value,
+    parent: &edgefleet_common::ModelManifest,
+    parent_model: &Path,
+) -> HubResult<()> {
+    let dir = work.join("parent");
+    tokio::fs::create_dir_all(&dir).await?;
+    tokio::fs::write(work.join("dataset.csv"), dataset_csv).await?;
+    tokio::fs::write(work.join("dataset.schema.json"), pretty(schema)?).await?;
+    tokio::fs::write(work.join("params.json"), pretty(params)?).await?;
+    tokio::fs::write(dir.join("manifest.json"), pretty(parent)?).await?;
+    tokio::fs::copy(parent_model, dir.join("model.onnx")).await?;
+    Ok(())
 }
 
 fn dataset_ref(d: &Dataset) -> DatasetRef {

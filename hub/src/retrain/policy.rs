@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::trigger::{DriftTrigger, QualityTrigger};
+use crate::rollout::RolloutSpec;
 
 /// Largest `params` accepted, as JSON.
 pub const MAX_PARAMS_BYTES: usize = 16 * 1024;
@@ -52,6 +53,27 @@ pub struct PolicyRequest {
     /// champion's × (1 − margin).
     #[serde(default = "default_margin")]
     pub margin: f64,
+    /// What becomes of a version a job signs and publishes: `approval` (the default) leaves it
+    /// for an admin's `edgefleet approve-model`; `rollout` hands it to a staged rollout at
+    /// once.
+    #[serde(default)]
+    pub release: Release,
+    /// The staged rollout a published version gets (on approval, or at once): a rollout spec
+    /// without `model`, `version` and `supersedes`. Absent: every approved device, in the
+    /// rollout defaults' waves and gates.
+    #[serde(default)]
+    pub rollout: Option<Map<String, Value>>,
+}
+
+/// See [`PolicyRequest::release`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Release {
+    /// Signed and published, then waiting for an admin.
+    #[default]
+    Approval,
+    /// Signed, published and handed to a staged rollout.
+    Rollout,
 }
 
 fn default_cooldown() -> u64 {
@@ -83,6 +105,8 @@ impl Default for PolicyRequest {
             min_rows: default_min_rows(),
             holdout: default_holdout(),
             margin: default_margin(),
+            release: Release::default(),
+            rollout: None,
         }
     }
 }
@@ -124,11 +148,55 @@ impl PolicyRequest {
         if !(self.holdout > 0.0 && self.holdout <= 0.5) {
             errors.push("holdout: a share in (0, 0.5]".to_owned());
         }
+        if let Err(e) = self.rollout_spec("model", 1) {
+            errors.push(e);
+        }
         if errors.is_empty() {
             Ok(())
         } else {
             Err(errors.join("; "))
         }
+    }
+}
+
+impl PolicyRequest {
+    /// The rollout `model` `version` gets under this policy.
+    pub fn rollout_spec(&self, model: &str, version: u64) -> Result<RolloutSpec, String> {
+        rollout_spec(self.rollout.as_ref(), model, version)
+    }
+}
+
+/// The rollout `model` `version` gets from `template` (a rollout spec without `model`,
+/// `version` and `supersedes`; none: the defaults); every problem at once, each named
+/// `rollout.<key>`.
+pub fn rollout_spec(
+    template: Option<&Map<String, Value>>,
+    model: &str,
+    version: u64,
+) -> Result<RolloutSpec, String> {
+    let mut spec = template.cloned().unwrap_or_default();
+    let mut errors = Vec::new();
+    for key in ["model", "version", "supersedes"] {
+        if spec.contains_key(key) {
+            errors.push(format!("rollout.{key}: set by the job, not the policy"));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors.join("; "));
+    }
+    spec.insert("model".into(), Value::from(model));
+    spec.insert("version".into(), Value::from(version));
+    let spec: RolloutSpec =
+        serde_json::from_value(Value::Object(spec)).map_err(|e| format!("rollout: {e}"))?;
+    let problems = spec.problems();
+    if problems.is_empty() {
+        Ok(spec)
+    } else {
+        Err(problems
+            .iter()
+            .map(|p| format!("rollout.{p}"))
+            .collect::<Vec<_>>()
+            .join("; "))
     }
 }
 

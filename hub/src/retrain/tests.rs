@@ -407,6 +407,78 @@ echo '{{"rows": 1}}' > metrics.json"#,
         );
         assert_eq!(run.metrics, Some(json!({"rows": 1})));
         assert_eq!(r.runs("demand").expect("runs").len(), 1);
+        // The winner is version 2, signed by the hub's delegated key and waiting for an admin
+        // (the default release).
+        assert_eq!(
+            (
+                done.version,
+                run.version,
+                done.awaiting_approval,
+                done.rollout
+            ),
+            (Some(2), Some(2), true, None)
+        );
+        let (record, manifest) = kit.hub.registry.find("demand", "2").expect("v2");
+        let trust = kit.hub.config().trust.clone();
+        assert_eq!(
+            record.manifest.verify(&trust, now).expect("verifies"),
+            manifest
+        );
+        assert_eq!(record.manifest.signer, kit.hub_key.public());
+        assert_eq!(manifest.artifact.sha256, Digest::of(&model));
+        let l = &manifest.lineage;
+        assert_eq!(l.parent_version, Some(1));
+        assert_eq!(l.training_data_digest, Some(train.sha256));
+        assert_eq!(l.params["seed"], "7");
+        assert_eq!(l.params["model"], "ridge");
+        assert_eq!(l.params["edgefleet.run"], run.id.to_string());
+        assert_eq!(l.params["edgefleet.trigger"], "manual");
+        assert!(
+            l.code_revision
+                .as_deref()
+                .is_some_and(|c| c.starts_with("sh sha256:"))
+        );
+        assert!(
+            l.metrics["holdout_mae"] < 1e-3
+                && (l.metrics["champion_holdout_mae"] - 3.5).abs() < 1e-3
+        );
+        assert!(
+            manifest.description.contains("fuel prices jumped"),
+            "{}",
+            manifest.description
+        );
+        // Its reference: the six training rows' inputs, and the candidate's predictions on
+        // them (2 + temp for temps 0, 1, 2, 3, 0, 1).
+        let reference = edgefleet_common::sketch::Profile::from_bytes(
+            manifest.reference_profile.as_deref().expect("a reference"),
+        )
+        .expect("profile");
+        assert_eq!(reference.rows, 6);
+        let names: Vec<_> = reference.columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["price", "temp", "y"]);
+        let edgefleet_common::sketch::ColumnSketch::Numeric(y) = &reference.columns[2].sketch
+        else {
+            panic!("y is numeric")
+        };
+        let mean = y.mean().expect("mean");
+        assert!((mean - 19.0 / 6.0).abs() < 1e-2, "{mean}");
+        // Its smoke test: the two held-out rows with the candidate's answers (4 and 5), which
+        // the devices' engine reproduces.
+        let [smoke] = &manifest.smoke_tests[..] else {
+            panic!("one smoke test: {:?}", manifest.smoke_tests)
+        };
+        assert_eq!(smoke.inputs[0].shape, vec![2, 2]);
+        let expected = smoke.expected[0].data.to_f64();
+        assert!(
+            (expected[0] - 4.0).abs() < 1e-2 && (expected[1] - 5.0).abs() < 1e-2,
+            "{expected:?}"
+        );
+        edgefleet_engine::LoadedModel::load(
+            manifest.clone(),
+            &kit.hub.registry.artifact_path(&manifest.artifact.sha256),
+        )
+        .and_then(|m| m.smoke_test())
+        .expect("the new version passes its smoke test");
         // The run's directory is gone.
         let dir = kit.hub.config().config.data_dir.join("retrain");
         assert_eq!(std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0), 0);
@@ -710,5 +782,259 @@ echo '{{"rows": 1}}' > metrics.json"#,
             r.request("demand", "two\nlines", 0).await,
             Err(HubError::Invalid(_))
         ));
+    }
+
+    /// A fleet whose job 1 made v2 under `p` (the good candidate, trained by a script).
+    async fn retrained(tmp: &tempfile::TempDir, p: PolicyRequest) -> (Kit, crate::retrain::Job) {
+        let kit = fleet_with_samples(&checking(&file(tmp, "good.onnx", &good_model()))).await;
+        let r = &kit.hub.retrain;
+        let now = crate::now();
+        r.set_policy("demand", p, now).await.expect("policy");
+        let job = r.request("demand", "", now).await.expect("job");
+        r.tick(now).await.expect("tick");
+        let done = r.execute(job.id).await.expect("execute");
+        (kit, done)
+    }
+
+    #[tokio::test]
+    async fn an_approved_version_gets_its_rollout_and_the_lineage_shows_the_chain() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (kit, job) = retrained(&tmp, policy(4, 0)).await;
+        let r = &kit.hub.retrain;
+        assert_eq!((job.state, job.version), (JobState::Succeeded, Some(2)));
+        assert!(job.awaiting_approval, "{job:?}");
+        assert!(
+            job.release_note
+                .as_deref()
+                .is_some_and(|n| n.contains("edgefleet approve-model demand 2")),
+            "{job:?}"
+        );
+        assert!(
+            kit.hub.rollouts.list().expect("rollouts").is_empty(),
+            "nothing moves by itself"
+        );
+        // Only a waiting version of a job can be approved, and a bad rollout is refused.
+        assert!(matches!(
+            r.approve("demand", 1, None).await,
+            Err(HubError::NotFound(m)) if m.contains("no retraining job published demand v1")
+        ));
+        let bad = json!({"waves": [{"percent": 50.0}], "version": 9});
+        assert!(matches!(
+            r.approve("demand", 2, bad.as_object().cloned()).await,
+            Err(HubError::Invalid(m)) if m.contains("rollout.version")
+        ));
+        let spec = json!({"waves": [{"devices": 1}, {"percent": 100.0}], "bake_secs": 0});
+        let approved = r
+            .approve("demand", 2, spec.as_object().cloned())
+            .await
+            .expect("approve");
+        let id = approved.rollout.expect("a rollout");
+        assert!(!approved.awaiting_approval);
+        let rollout = kit.hub.rollouts.get(id).expect("rollout");
+        assert_eq!(
+            (rollout.spec.model.as_str(), rollout.spec.version),
+            ("demand", 2)
+        );
+        assert_eq!(rollout.spec.waves.len(), 2);
+        assert!(matches!(
+            r.approve("demand", 2, None).await,
+            Err(HubError::Conflict(m)) if m.contains(&format!("rollout {id}"))
+        ));
+        // The lineage: v2 with its trigger, run, gate and rollout; then v1, by hand.
+        let chain = r.lineage("demand", 2).expect("lineage");
+        assert_eq!(chain.iter().map(|s| s.version).collect::<Vec<_>>(), [2, 1]);
+        let v2 = &chain[0];
+        assert_eq!(
+            v2.job.as_ref().map(|j| j.trigger.kind.as_str()),
+            Some("manual")
+        );
+        let run = v2.run.as_ref().expect("run");
+        assert!(run.gate.as_ref().is_some_and(|g| g.wins));
+        assert!(run.log.is_empty(), "the log is left out of the lineage");
+        assert_eq!(v2.rollouts.len(), 1);
+        assert_eq!(v2.rollouts[0].id, id);
+        assert_eq!(v2.lineage.parent_version, Some(1));
+        assert!(chain[1].job.is_none() && chain[1].run.is_none());
+        assert!(matches!(r.lineage("demand", 9), Err(HubError::NotFound(_))));
+    }
+
+    #[tokio::test]
+    async fn a_rollout_policy_hands_the_version_to_a_staged_rollout_at_once() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut p = policy(4, 0);
+        p.release = crate::retrain::Release::Rollout;
+        p.rollout = json!({"waves": [{"percent": 100.0}], "bake_secs": 0})
+            .as_object()
+            .cloned();
+        let (kit, job) = retrained(&tmp, p).await;
+        let id = job.rollout.expect("a rollout at once");
+        assert!(!job.awaiting_approval);
+        let rollout = kit.hub.rollouts.get(id).expect("rollout");
+        assert_eq!(rollout.spec.version, 2);
+        assert_eq!(rollout.spec.waves.len(), 1);
+        // The next job's candidate is the same model: it does not beat the new champion.
+        let r = &kit.hub.retrain;
+        let second = r
+            .request("demand", "again", crate::now())
+            .await
+            .expect("job");
+        r.tick(crate::now()).await.expect("tick");
+        let done = r.execute(second.id).await.expect("execute");
+        assert_eq!(done.state, JobState::Rejected, "{done:?}");
+        assert_eq!(
+            kit.hub
+                .registry
+                .get("demand")
+                .expect("model")
+                .versions
+                .len(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn a_version_whose_rollout_would_overlap_a_running_one_waits_for_an_admin() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let kit = fleet_with_samples(&checking(&file(&tmp, "good.onnx", &good_model()))).await;
+        let running = kit
+            .hub
+            .rollouts
+            .create(crate::retrain::policy::rollout_spec(None, "demand", 1).expect("spec"))
+            .await
+            .expect("a rollout of v1");
+        let r = &kit.hub.retrain;
+        let now = crate::now();
+        let mut p = policy(4, 0);
+        p.release = crate::retrain::Release::Rollout;
+        r.set_policy("demand", p, now).await.expect("policy");
+        let job = r.request("demand", "", now).await.expect("job");
+        r.tick(now).await.expect("tick");
+        let done = r.execute(job.id).await.expect("execute");
+        assert_eq!(
+            (done.state, done.version, done.rollout),
+            (JobState::Succeeded, Some(2), None)
+        );
+        assert!(done.awaiting_approval);
+        let note = done.release_note.unwrap_or_default();
+        assert!(
+            note.contains(&format!("rollout {}", running.id))
+                && note.contains("approve-model demand 2"),
+            "{note}"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_rollout_templates_in_a_policy_are_refused() {
+        let kit = fleet_with_samples("exit 1").await;
+        let mut p = policy(4, 0);
+        p.rollout = json!({"waves": [{"percent": 50.0}], "model": "x", "colour": 1})
+            .as_object()
+            .cloned();
+        let err = kit
+            .hub
+            .retrain
+            .set_policy("demand", p.clone(), crate::now())
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("rollout.model"), "{err}");
+        p.rollout = json!({"waves": [{"percent": 50.0}], "colour": 1})
+            .as_object()
+            .cloned();
+        let err = kit
+            .hub
+            .retrain
+            .set_policy("demand", p, crate::now())
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_hub_not_delegated_for_the_model_publishes_nothing_and_says_how_to_fix_it() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut kit = fleet_with_samples(&checking(&file(&tmp, "good.onnx", &good_model()))).await;
+        kit.redelegate(&["demand"], &[edgefleet_common::Permission::Assignments]);
+        let r = &kit.hub.retrain;
+        let now = crate::now();
+        r.set_policy("demand", policy(4, 2), now)
+            .await
+            .expect("policy");
+        let job = r.request("demand", "", now).await.expect("job");
+        r.tick(now).await.expect("tick");
+        let failed = r.execute(job.id).await.expect("execute");
+        assert_eq!(
+            (failed.state, failed.attempts, failed.version),
+            (JobState::Failed, 1, None),
+            "no retry: {failed:?}"
+        );
+        let reason = failed.reason.unwrap_or_default();
+        assert!(
+            reason.contains("edgefleet delegate --models demand --permission manifests"),
+            "{reason}"
+        );
+        assert!(matches!(
+            r.run(failed.runs[0]).expect("run").failure,
+            Some(RunFailure::Signing { .. })
+        ));
+        assert_eq!(
+            kit.hub
+                .registry
+                .get("demand")
+                .expect("model")
+                .versions
+                .len(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_recorded_run_run_again_makes_the_same_bytes_and_a_changed_trainer_does_not() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (good, flat) = (
+            file(&tmp, "good.onnx", &good_model()),
+            file(&tmp, "flat.onnx", &flat_model()),
+        );
+        // The trainer's model depends on what it is given: the same inputs, the same bytes.
+        let script = format!(
+            r#"set -e
+grep -q '"seed": 7' params.json
+cmp -s dataset.schema.json '{schema}' 2>/dev/null || cp dataset.schema.json '{schema}'
+cp '{good}' model.onnx
+[ ! -e '{switch}' ] || cp '{flat}' model.onnx
+echo '{{}}' > metrics.json"#,
+            schema = tmp.path().join("schema").display(),
+            good = good.display(),
+            flat = flat.display(),
+            switch = tmp.path().join("switch").display(),
+        );
+        let kit = fleet_with_samples(&script).await;
+        let r = &kit.hub.retrain;
+        let now = crate::now();
+        r.set_policy("demand", policy(4, 0), now)
+            .await
+            .expect("policy");
+        let job = r.request("demand", "", now).await.expect("job");
+        r.tick(now).await.expect("tick");
+        let done = r.execute(job.id).await.expect("execute");
+        let run_id = done.runs[0];
+        let again = r.reproduce(run_id).await.expect("reproduce");
+        assert!(again.identical && again.same_trainer, "{again:?}");
+        assert_eq!(again.artifact.as_ref(), Some(&again.recorded));
+        // After the samples are gone the kept rows still serve.
+        std::fs::write(tmp.path().join("switch"), "").expect("switch");
+        let changed = r.reproduce(run_id).await.expect("reproduce");
+        assert!(!changed.identical, "{changed:?}");
+        assert_eq!(
+            changed.artifact.as_ref().map(|a| a.sha256),
+            Some(Digest::of(&flat_model()))
+        );
+        // A run that made nothing cannot be reproduced; an unknown one is not found.
+        assert!(matches!(
+            r.reproduce(9999).await,
+            Err(HubError::NotFound(_))
+        ));
+        // No directory is left behind.
+        let dir = kit.hub.config().config.data_dir.join("retrain");
+        assert_eq!(std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0), 0);
     }
 }
