@@ -251,7 +251,10 @@ pub async fn lineage(
         println!(
             "{model} v{}  created {}  signer {}…  artifact {}",
             step["version"],
-            step["created_at"],
+            step["created_at"]
+                .as_i64()
+                .and_then(|t| jiff::Timestamp::from_second(t).ok())
+                .map_or_else(|| step["created_at"].to_string(), |t| t.to_string()),
             step["signer"]
                 .as_str()
                 .unwrap_or("?")
