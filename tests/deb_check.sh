@@ -28,6 +28,7 @@ for c in agent hub; do
     grep -q " $f\$" <<<"$contents" || fail "$c: $f missing from the package"
   done
   [ "$c" = hub ] && { grep -q " ./usr/bin/edgefleet\$" <<<"$contents" || fail "hub: the admin CLI is missing"; }
+  [ "$c" = hub ] && { grep -q " ./usr/bin/edgefleet-train\$" <<<"$contents" || fail "hub: the reference trainer is missing"; }
   info=$(dpkg-deb -I "$deb")
   grep -q "/etc/edgefleet/$c.toml" <<<"$(dpkg-deb -f "$deb" Conffiles 2>/dev/null; dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles)" || fail "$c: config is not a conffile"
   grep -q "^ Depends:.*libc6" <<<"$info" || fail "$c: no libc6 dependency"
