@@ -352,6 +352,7 @@ fn every_crate_forbids_unsafe_code() {
         "sim/src/lib.rs",
         "tests/src/lib.rs",
         "trainer/src/lib.rs",
+        "demo/src/lib.rs",
     ] {
         assert!(read(lib).contains("#![forbid(unsafe_code)]"), "{lib}");
     }
@@ -365,6 +366,7 @@ fn binaries_are_thin() {
         ("hub/src/bin/edgefleet.rs", 40),
         ("sim/src/main.rs", 40),
         ("trainer/src/main.rs", 60),
+        ("demo/src/main.rs", 40),
     ] {
         let n = read(bin).lines().count();
         assert!(
@@ -372,6 +374,27 @@ fn binaries_are_thin() {
             "{bin} has {n} lines: move logic into the library"
         );
     }
+}
+
+/// The demo drives the hub and agents through their public entry points and APIs, as a user
+/// would; nothing we ship depends on it, so it can never become a back door into either.
+#[test]
+fn nothing_shipped_depends_on_the_demo() {
+    for package in [
+        "edgefleet-agent",
+        "edgefleet-hub",
+        "edgefleet-common",
+        "edgefleet-sim",
+    ] {
+        let (found, text) = depends_on(package, "edgefleet-demo");
+        assert!(!found, "{package} depends on the demo:\n{text}");
+    }
+    let ours = our_dependencies("demo/Cargo.toml");
+    assert_eq!(
+        ours,
+        ["edgefleet-agent", "edgefleet-common", "edgefleet-hub"],
+        "the demo's workspace dependencies"
+    );
 }
 
 /// The reference trainer is a separate program the hub runs through the trainer contract

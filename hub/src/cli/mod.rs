@@ -219,6 +219,14 @@ pub enum Command {
         #[command(subcommand)]
         command: RetrainCommand,
     },
+    /// The closed loop on this machine, in about a minute: a hub, a fleet of shops, a fuel-price
+    /// shock, drift, retraining, the champion/challenger gate, signing and a staged rollout,
+    /// printed as they happen (runs `edgefleet-demo`; `edgefleet demo -- --help` for its
+    /// options).
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// MODEL's training runs (the same as `edgefleet retrain runs MODEL`).
     Runs { model: String },
     /// Where MODEL VERSION came from, back to the first model: data digests, params, seed,
@@ -386,8 +394,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             version,
             out,
         } => rotate_root(old_key, new_key, *version, out, cli.json),
+        Command::Demo { args } => demo(args),
         _ => remote(&cli).await,
     }
+}
+
+/// `edgefleet demo …`: runs `edgefleet-demo` (beside this program, else on PATH) with the
+/// arguments, and ends as it ends.
+fn demo(args: &[String]) -> anyhow::Result<()> {
+    let program = std::env::current_exe()
+        .ok()
+        .map(|e| e.with_file_name("edgefleet-demo"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("edgefleet-demo"));
+    let status = std::process::Command::new(&program)
+        .args(args)
+        .status()
+        .with_context(|| {
+            format!(
+                "cannot run {} (build it: cargo build -p edgefleet-demo -p edgefleet-trainer)",
+                program.display()
+            )
+        })?;
+    if !status.success() {
+        bail!("the demo ended with {status}");
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

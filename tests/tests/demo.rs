@@ -1,0 +1,76 @@
+//! `edgefleet-demo`, the README's first command, run as a user runs it: every step of the
+//! closed loop happens, in order, the fleet's error recovers, and the new version's lineage
+//! names the trigger, the run, the gate and the rollout.
+
+mod support;
+
+use serde_json::Value;
+use support::bin;
+
+#[test]
+fn the_demo_closes_the_loop_in_order_and_the_error_recovers() {
+    let out = tempfile::tempdir().expect("tmp");
+    let run = std::process::Command::new(bin("edgefleet-demo"))
+        .arg("--out")
+        .arg(out.path())
+        .args(["--day-ms", "400"])
+        .output()
+        .expect("edgefleet-demo");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    eprintln!("{text}");
+    assert!(run.status.success(), "{text}");
+    let summary: Value = serde_json::from_slice(
+        &std::fs::read(out.path().join("summary.json")).expect("summary.json"),
+    )
+    .expect("json");
+    let day = |step: &str| {
+        summary[step]["day"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{step} did not happen: {summary}"))
+    };
+    let shock = summary["shock_day"].as_u64().expect("shock day");
+    let (drift, trigger, published, rolled_out) = (
+        day("first_drift"),
+        day("triggered"),
+        day("published"),
+        day("rolled_out"),
+    );
+    assert!(
+        shock <= drift && drift <= trigger && trigger <= published && published <= rolled_out,
+        "out of order: {summary}"
+    );
+    let (before, shocked, after) = (
+        summary["mae_before"].as_f64().expect("before"),
+        summary["mae_shocked"].as_f64().expect("shocked"),
+        summary["mae_after"].as_f64().expect("after"),
+    );
+    assert!(shocked > 2.0 * before, "the shock hurts: {summary}");
+    assert!(after <= 1.1 * before, "the error recovers: {summary}");
+    // The timeline said so as it happened, in the same order.
+    let at = |needle: &str| {
+        text.find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} not in the timeline"))
+    };
+    assert!(at("fuel prices jump") < at("drift: the hub sees fuel_price"));
+    assert!(at("drift: the hub sees fuel_price") < at("retraining job 1 (drift)"));
+    assert!(at("retraining job 1 (drift)") < at("candidate beats champion"));
+    assert!(at("candidate beats champion") < at("succeeded, wave 2/2"));
+    // The lineage of the new version: trigger, run, gate, rollout, back to v1.
+    let lineage: Value = serde_json::from_slice(
+        &std::fs::read(out.path().join("lineage.json")).expect("lineage.json"),
+    )
+    .expect("json");
+    let v2 = &lineage[0];
+    assert_eq!(v2["version"], 2, "{lineage}");
+    assert_eq!(v2["job"]["trigger"]["kind"], "drift", "{v2}");
+    assert_eq!(v2["run"]["gate"]["wins"], true, "{v2}");
+    assert_eq!(v2["rollouts"][0]["state"], "succeeded", "{v2}");
+    assert_eq!(v2["lineage"]["parent_version"], 1, "{v2}");
+    assert_eq!(lineage[1]["version"], 1, "{lineage}");
+    let csv = std::fs::read_to_string(out.path().join("mae.csv")).expect("mae.csv");
+    assert!(csv.lines().count() as u64 > rolled_out, "one line a day");
+}
