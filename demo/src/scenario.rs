@@ -503,21 +503,9 @@ async fn train_v1(work: &Path, trainer: &Path) -> anyhow::Result<(Vec<u8>, Vec<u
         csv += &format!("history,0,{i},{},0,{y}\n", cells.join(","));
     }
     std::fs::write(job.join("dataset.csv"), &csv)?;
-    let mut fields = vec![
-        json!({"name": "device", "type": "string", "role": "meta"}),
-        json!({"name": "version", "type": "integer", "role": "meta"}),
-        json!({"name": "made_at", "type": "integer", "role": "meta"}),
-    ];
-    fields.extend(
-        FEATURES
-            .iter()
-            .map(|f| json!({"name": f, "type": "number", "role": "input"})),
-    );
-    fields.push(json!({"name": "predicted_y", "type": "number", "role": "predicted"}));
-    fields.push(json!({"name": "truth_y", "type": "number", "role": "truth"}));
     std::fs::write(
         job.join("dataset.schema.json"),
-        json!({"fields": fields, "missingValues": [""], "primaryKey": []}).to_string(),
+        crate::shop::table_schema().to_string(),
     )?;
     std::fs::write(
         job.join("params.json"),

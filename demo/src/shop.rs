@@ -76,3 +76,23 @@ impl Shop {
         )
     }
 }
+
+/// The Table Schema of a shop's days as the hub's sample export writes them (`device`,
+/// `version`, `made_at`, the [`FEATURES`], `predicted_y`, `truth_y`): what a trainer's
+/// `dataset.schema.json` says.
+pub fn table_schema() -> serde_json::Value {
+    use serde_json::json;
+    let mut fields = vec![
+        json!({"name": "device", "type": "string", "role": "meta"}),
+        json!({"name": "version", "type": "integer", "role": "meta"}),
+        json!({"name": "made_at", "type": "integer", "role": "meta"}),
+    ];
+    fields.extend(
+        FEATURES
+            .iter()
+            .map(|f| json!({"name": f, "type": "number", "role": "input"})),
+    );
+    fields.push(json!({"name": "predicted_y", "type": "number", "role": "predicted"}));
+    fields.push(json!({"name": "truth_y", "type": "number", "role": "truth"}));
+    json!({"fields": fields, "missingValues": [""], "primaryKey": []})
+}

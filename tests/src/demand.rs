@@ -39,19 +39,7 @@ pub fn demand_csv(rows: usize, seed: u64) -> String {
 
 /// The Table Schema `edgefleet samples --export` writes for [`demand_csv`].
 pub fn schema() -> serde_json::Value {
-    let mut fields = vec![
-        json!({"name": "device", "type": "string", "role": "meta"}),
-        json!({"name": "version", "type": "integer", "role": "meta"}),
-        json!({"name": "made_at", "type": "integer", "role": "meta"}),
-    ];
-    fields.extend(
-        FEATURES
-            .iter()
-            .map(|f| json!({"name": f, "type": "number", "role": "input"})),
-    );
-    fields.push(json!({"name": "predicted_y", "type": "number", "role": "predicted"}));
-    fields.push(json!({"name": "truth_y", "type": "number", "role": "truth"}));
-    json!({"fields": fields, "missingValues": [""], "primaryKey": []})
+    edgefleet_demo::shop::table_schema()
 }
 
 /// The demand model's spec: one FP32 input of the [`FEATURES`], one FP32 output `y`.
