@@ -312,36 +312,11 @@ impl Retrain {
         let policies = self.policies()?;
         let judged = self.judge(&policies, now)?;
         for p in policies {
-            if jobs
-                .iter()
-                .any(|j| j.model == p.model && j.state.is_active())
-            {
-                continue;
-            }
-            let last = jobs
-                .iter()
-                .filter(|j| j.model == p.model)
-                .map(|j| j.created_at)
-                .max();
-            let cooled = last.is_none_or(|t| now >= t.saturating_add(p.policy.cooldown_secs));
-            if !cooled {
-                continue;
-            }
-            let scheduled = p.policy.every_secs.and_then(|every| {
-                let due = last.unwrap_or(p.set_at).saturating_add(every);
-                (now >= due).then(|| Trigger {
-                    kind: "schedule".into(),
-                    detail: format!("every {every} s"),
-                    values: json!({ "every_secs": every, "previous_job_at": last }),
-                })
-            });
-            // Drift and quality say why better than the clock: they go first.
             let fired = judged
                 .iter()
                 .find(|(m, _)| *m == p.model)
-                .map(|(_, t)| t.clone())
-                .or(scheduled);
-            if let Some(trigger) = fired
+                .map(|(_, t)| t.clone());
+            if let Some(trigger) = due(&p, &jobs, fired, now)
                 && let Err(error) = self.create_job(&p, trigger, now).await
             {
                 tracing::warn!(%error, model = %p.model, "a retraining job could not be made");
@@ -671,6 +646,30 @@ impl Retrain {
         }
         Ok(job)
     }
+}
+
+/// Whether `p`'s model gets a job now, and why: not while one of its jobs is queued or
+/// running, not within the cooldown after its last job started (however often a trigger
+/// fires), then a trigger that fired (`fired`: drift or quality, which say why better than the
+/// clock) or the schedule.
+fn due(p: &Policy, jobs: &[Job], fired: Option<Trigger>, now: u64) -> Option<Trigger> {
+    let mine = || jobs.iter().filter(|j| j.model == p.model);
+    if mine().any(|j| j.state.is_active()) {
+        return None;
+    }
+    let last = mine().map(|j| j.created_at).max();
+    if last.is_some_and(|t| now < t.saturating_add(p.policy.cooldown_secs)) {
+        return None;
+    }
+    let scheduled = p.policy.every_secs.and_then(|every| {
+        let due = last.unwrap_or(p.set_at).saturating_add(every);
+        (now >= due).then(|| Trigger {
+            kind: "schedule".into(),
+            detail: format!("every {every} s"),
+            values: json!({ "every_secs": every, "previous_job_at": last }),
+        })
+    });
+    fired.or(scheduled)
 }
 
 /// The job's state after an attempt's outcome (`lost`: why the candidate lost the gate).

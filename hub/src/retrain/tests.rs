@@ -1037,4 +1037,61 @@ echo '{{}}' > metrics.json"#,
         let dir = kit.hub.config().config.data_dir.join("retrain");
         assert_eq!(std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0), 0);
     }
+
+    /// A drift trigger that flaps — fires, clears, fires again every few minutes — starts one
+    /// job per cooldown, never one per flap.
+    #[test]
+    fn a_flapping_trigger_starts_one_job_per_cooldown() {
+        use crate::retrain::{Job, Policy, Trigger};
+        let p = Policy {
+            model: "demand".into(),
+            policy: PolicyRequest {
+                cooldown_secs: 3600,
+                ..PolicyRequest::default()
+            },
+            set_at: 0,
+        };
+        let drift = || Trigger {
+            kind: "drift".into(),
+            detail: "fuel_price".into(),
+            values: json!({}),
+        };
+        let mut jobs: Vec<Job> = Vec::new();
+        let t0 = 10_000;
+        for minute in 0..(3 * 60) {
+            let now = t0 + minute * 60;
+            // Drifted in odd minutes only: a trigger that flaps.
+            let fired = (minute % 2 == 1).then(drift);
+            if let Some(t) = super::super::due(&p, &jobs, fired, now) {
+                jobs.push(Job {
+                    id: jobs.len() as u64 + 1,
+                    model: "demand".into(),
+                    parent: 1,
+                    trigger: t,
+                    state: JobState::Rejected,
+                    attempts: 1,
+                    max_attempts: 1,
+                    created_at: now,
+                    updated_at: now,
+                    reason: None,
+                    runs: vec![],
+                    candidate: None,
+                    version: None,
+                    rollout: None,
+                    awaiting_approval: false,
+                    release_note: None,
+                });
+            }
+        }
+        let starts: Vec<u64> = jobs.iter().map(|j| j.created_at - t0).collect();
+        assert_eq!(
+            starts,
+            [60, 3660, 7260],
+            "one job an hour over 3 hours of flapping"
+        );
+        // While a job is under way nothing else starts, cooled down or not.
+        let mut busy = jobs.clone();
+        busy[2].state = JobState::Running;
+        assert!(super::super::due(&p, &busy, Some(drift()), t0 + 100_000).is_none());
+    }
 }
