@@ -8,9 +8,11 @@
 //!
 //! - [`shop`]: the generator;
 //! - [`fleet`]: keys, the hub, the agents;
-//! - [`scenario`]: the model, the policies, the traffic, the timeline and the summary.
+//! - [`scenario`]: the model, the policies, the traffic, the timeline and the summary;
+//! - [`chart`]: the MAE curve as a PNG.
 #![forbid(unsafe_code)]
 
+pub mod chart;
 pub mod fleet;
 pub mod scenario;
 pub mod shop;
@@ -52,7 +54,8 @@ pub struct DemoConfig {
     /// The trainer the hub runs (default: edgefleet-train beside this program, else on PATH).
     #[arg(long)]
     pub trainer: Option<PathBuf>,
-    /// Where the MAE curve (mae.csv) and the summary (summary.json) go.
+    /// Where the MAE curve (mae.csv, mae.png), the summary (summary.json) and the new
+    /// version's lineage (lineage.json) go.
     #[arg(long, default_value = "edgefleet-demo-out")]
     pub out: PathBuf,
     /// Keep the hub and the shops running after the summary, to look around (Ctrl-C ends it).

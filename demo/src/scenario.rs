@@ -451,6 +451,16 @@ fn finish(
         );
     }
     std::fs::write(cfg.out.join("mae.csv"), csv)?;
+    let curve: Vec<f64> = days
+        .iter()
+        .map(|d| d.abs_error / d.rows.max(1) as f64)
+        .collect();
+    crate::chart::write(
+        &cfg.out.join("mae.png"),
+        &curve,
+        cfg.shock_day,
+        s.rolled_out.map(|r| r.day),
+    )?;
     std::fs::write(
         cfg.out.join("summary.json"),
         serde_json::to_vec_pretty(&*s)?,
@@ -480,7 +490,8 @@ fn finish(
         }
     );
     println!(
-        "  the MAE curve: {}; the summary: {}",
+        "  the MAE curve: {} ({}); the summary: {}",
+        cfg.out.join("mae.png").display(),
         cfg.out.join("mae.csv").display(),
         cfg.out.join("summary.json").display()
     );

@@ -71,6 +71,8 @@ fn the_demo_closes_the_loop_in_order_and_the_error_recovers() {
     assert_eq!(v2["rollouts"][0]["state"], "succeeded", "{v2}");
     assert_eq!(v2["lineage"]["parent_version"], 1, "{v2}");
     assert_eq!(lineage[1]["version"], 1, "{lineage}");
+    let png = std::fs::read(out.path().join("mae.png")).expect("mae.png");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
     let csv = std::fs::read_to_string(out.path().join("mae.csv")).expect("mae.csv");
     assert!(csv.lines().count() as u64 > rolled_out, "one line a day");
 }
