@@ -118,7 +118,10 @@ impl Fleet {
             hub_url,
             token,
             root,
-            http: reqwest::Client::new(),
+            // Every call is bounded: a hung hub or shop ends the demo with an error, never a hang.
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?,
             shops: Vec::new(),
             hub,
             agents: Vec::new(),

@@ -330,6 +330,11 @@ impl Watch {
         for job in jobs.as_array().into_iter().flatten() {
             let id = job["id"].as_u64().unwrap_or(0);
             let state = job["state"].as_str().unwrap_or("?").to_owned();
+            // Read on every poll: the rollout may be made after the job is seen succeeded.
+            if let Some(r) = job["rollout"].as_u64() {
+                self.rollout_state
+                    .get_or_insert((r, String::new(), usize::MAX));
+            }
             if self.job_state.get(&id) == Some(&state) {
                 continue;
             }
@@ -381,10 +386,6 @@ impl Watch {
                         job["reason"].as_str().unwrap_or("")
                     ),
                 ),
-            }
-            if let Some(r) = job["rollout"].as_u64() {
-                self.rollout_state
-                    .get_or_insert((r, String::new(), usize::MAX));
             }
         }
         if let Some((id, last, wave)) = self.rollout_state.clone()

@@ -9,9 +9,12 @@ model being replaced); this writes JOB_DIR/model.onnx (the parent's input and ou
 missing values imputed inside the model) and JOB_DIR/metrics.json. Exit status 0 means
 model.onnx is complete.
 
-params.json: {"model": "gbt" | "ridge", "seed": N, "iterations": 100, "max_depth": 3,
-"learning_rate": 0.1, "alpha": 1.0, "validation": 0.2}. The newest `validation` share of the
-rows is kept out of fitting and scored in metrics.json.
+params.json takes the reference trainer's keys with its defaults and meanings: {"model":
+"ridge" | "gbt" (default ridge), "target": the truth column (default: the first `truth`
+column), "seed": 0, "validation": 0.2 (the newest share kept out of fitting and scored in
+metrics.json, [0, 0.9]), "alpha": 0.001 (ridge: the L2 penalty on standardised coefficients
+against the mean squared error), "iterations": 100, "learning_rate": 0.1, "max_depth": 5}.
+Unknown keys and values out of range are refused, all at once.
 
 To use it, point the hub at it (hub.toml):
     trainer_command = ["/opt/venv/bin/python", "/opt/edgefleet/train.py"]
@@ -23,14 +26,23 @@ import math
 import os
 import sys
 
-import numpy as np
+# One thread for every numeric library: a sum must not depend on how many cores the machine has
+# (the hub gives trainers an environment of PATH, HOME and LANG only).
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import numpy as np  # noqa: E402
 from onnx import helper
-from skl2onnx import convert_sklearn
+from skl2onnx import convert_sklearn  # noqa: E402
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.ensemble import GradientBoostingRegressor
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import Ridge
-from sklearn.pipeline import Pipeline
+from sklearn.pipeline import Pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+
+DEFAULTS = {"model": "ridge", "target": None, "seed": 0, "validation": 0.2, "alpha": 0.001,
+            "iterations": 100, "learning_rate": 0.1, "max_depth": 5}
 
 # skl2onnx 1.20 passes some INTS attributes as booleans, which onnx 1.23 refuses; the ONNX-ML
 # spec says ints (0/1).
@@ -53,9 +65,38 @@ def fail(message):
     sys.exit(2)
 
 
+def check_params(given):
+    """The params with their defaults; every problem at once."""
+    if not isinstance(given, dict):
+        fail("params.json must be a JSON object")
+    problems = [f"unknown parameter {k!r}" for k in sorted(given) if k not in DEFAULTS]
+    p = {**DEFAULTS, **given}
+    if p["model"] not in ("ridge", "gbt"):
+        problems.append(f"model {p['model']!r}: ridge or gbt")
+    checks = [("seed", int, 0, 2**64 - 1), ("validation", float, 0.0, 0.9),
+              ("alpha", float, 0.0, 1e12), ("iterations", int, 1, 100_000),
+              ("learning_rate", float, 1e-6, 10.0), ("max_depth", int, 1, 32)]
+    for key, kind, lo, hi in checks:
+        v = p[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and v != int(v)) \
+                or not (lo <= v <= hi):
+            problems.append(f"{key} {v!r} must be {kind.__name__} in [{lo}, {hi}]")
+    if problems:
+        fail("; ".join(problems))
+    return p
+
+
+def tensor_type(spec, what):
+    """A skl2onnx type for a parent tensor: FP32 [-1, n] or, for the output, [-1]."""
+    shape = spec.get("shape", [])
+    if spec.get("datatype") != "FP32" or not shape or shape[0] != -1:
+        fail(f"{what} {spec.get('name')!r} is {spec.get('datatype')} {shape}: FP32 [-1, …] only")
+    return FloatTensorType([None] + list(shape[1:]))
+
+
 def read_job(job):
     with open(os.path.join(job, "params.json")) as f:
-        params = json.load(f)
+        params = check_params(json.load(f))
     with open(os.path.join(job, "parent", "manifest.json")) as f:
         parent = json.load(f)
     inputs, outputs = parent.get("inputs", []), parent.get("outputs", [])
@@ -64,7 +105,7 @@ def read_job(job):
     features = inputs[0].get("feature_names") or []
     if not features:
         fail(f"input {inputs[0].get('name')!r} has no feature_names to find the columns by")
-    target = "truth_" + outputs[0]["name"]
+    target = params["target"] or "truth_" + outputs[0]["name"]
     x, y = [], []
     with open(os.path.join(job, "dataset.csv"), newline="") as f:
         for row in csv.DictReader(f):
@@ -81,21 +122,21 @@ def read_job(job):
     return params, parent, np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.float64)
 
 
-def model(params):
-    seed = int(params.get("seed", 0))
-    kind = params.get("model", "gbt")
-    if kind == "gbt":
+def model(params, rows):
+    # An all-missing column stays (as its fill value): the model keeps the parent's width.
+    impute = ("impute", SimpleImputer(strategy="median", keep_empty_features=True))
+    if params["model"] == "gbt":
         fit = GradientBoostingRegressor(
-            n_estimators=int(params.get("iterations", 100)),
-            max_depth=int(params.get("max_depth", 3)),
-            learning_rate=float(params.get("learning_rate", 0.1)),
-            random_state=seed,
+            n_estimators=int(params["iterations"]),
+            max_depth=int(params["max_depth"]),
+            learning_rate=float(params["learning_rate"]),
+            random_state=int(params["seed"]),
         )
-    elif kind == "ridge":
-        fit = Ridge(alpha=float(params.get("alpha", 1.0)))
-    else:
-        fail(f"model {kind!r}: gbt or ridge")
-    return Pipeline([("impute", SimpleImputer(strategy="median")), ("fit", fit)])
+        return Pipeline([impute, ("fit", fit)])
+    # The reference trainer's alpha weighs the penalty against the *mean* squared error on
+    # standardised features; scikit-learn's against the sum: scale it by the rows.
+    fit = Ridge(alpha=float(params["alpha"]) * max(rows, 1))
+    return Pipeline([impute, ("scale", StandardScaler()), ("fit", fit)])
 
 
 def scores(pipeline, x, y):
@@ -109,18 +150,17 @@ def main():
         fail("usage: train.py JOB_DIR")
     job = sys.argv[-1]
     params, parent, x, y = read_job(job)
-    share = float(params.get("validation", 0.2))
-    held = int(math.floor(len(y) * share)) if 0 < share < 1 else 0
+    held = int(math.floor(len(y) * float(params["validation"])))
     cut = len(y) - held
-    pipeline = model(params).fit(x[:cut], y[:cut])
+    pipeline = model(params, cut).fit(x[:cut], y[:cut])
     metrics = {"train": scores(pipeline, x[:cut], y[:cut]), "trainer": "examples/sklearn-trainer"}
     if held:
         metrics["validation"] = scores(pipeline, x[cut:], y[cut:])
     inp, out = parent["inputs"][0], parent["outputs"][0]
     onx = convert_sklearn(
         pipeline,
-        initial_types=[(inp["name"], FloatTensorType([None, x.shape[1]]))],
-        final_types=[(out["name"], FloatTensorType([None, 1]))],
+        initial_types=[(inp["name"], tensor_type(inp, "input"))],
+        final_types=[(out["name"], tensor_type(out, "output"))],
         target_opset={"": 17, "ai.onnx.ml": 3},
     )
     # skl2onnx names the graph with a random UUID: a fixed name, so the same inputs give the
@@ -137,7 +177,7 @@ def main():
     os.replace(tmp, os.path.join(job, "model.onnx"))
     with open(os.path.join(job, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2, sort_keys=True)
-    print(f"trained {params.get('model', 'gbt')} on {cut} rows; {metrics}")
+    print(f"trained {params['model']} on {cut} rows; {metrics}")
 
 
 if __name__ == "__main__":

@@ -10,12 +10,23 @@ use support::bin;
 #[test]
 fn the_demo_closes_the_loop_in_order_and_the_error_recovers() {
     let out = tempfile::tempdir().expect("tmp");
-    let run = std::process::Command::new(bin("edgefleet-demo"))
+    let child = std::process::Command::new(bin("edgefleet-demo"))
         .arg("--out")
         .arg(out.path())
         .args(["--day-ms", "400"])
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("edgefleet-demo");
+    // Bounded: the demo closes the loop in about half a minute; 5 minutes means it hung.
+    let pid = child.id();
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(300));
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+    });
+    let run = child.wait_with_output().expect("edgefleet-demo");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&run.stdout),

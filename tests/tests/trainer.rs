@@ -177,65 +177,84 @@ fn the_python_example_trainer_keeps_the_contract() {
     }
     let script = root.join("examples/sklearn-trainer/train.py");
     let csv = demand_csv(1_000, 4);
-    let params =
-        json!({"model": "gbt", "seed": 3, "iterations": 60, "max_depth": 3, "validation": 0.2});
-    let tmp = tempfile::tempdir().expect("tmp");
-    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    for d in [&a, &b] {
-        job(d, &csv, params.clone());
-        let out = Command::new(&python)
-            .arg(&script)
-            .arg(d)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .output()
-            .expect("python");
+    for params in [
+        json!({"model": "gbt", "seed": 3, "iterations": 60, "max_depth": 3, "validation": 0.2}),
+        json!({"model": "ridge", "alpha": 0.01, "validation": 0.2}),
+    ] {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        for d in [&a, &b] {
+            job(d, &csv, params.clone());
+            let out = Command::new(&python)
+                .arg(&script)
+                .arg(d)
+                .env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .output()
+                .expect("python");
+            assert!(
+                out.status.success(),
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let digest = |d: &Path| {
+            edgefleet_common::Digest::of(&std::fs::read(d.join("model.onnx")).expect("model.onnx"))
+        };
+        assert_eq!(digest(&a), digest(&b), "not reproducible");
+        let metrics: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(a.join("metrics.json")).expect("metrics"))
+                .expect("json");
+        let trainer_mae = metrics["validation"]["mae"]
+            .as_f64()
+            .expect("validation mae");
+        assert_eq!(metrics["validation"]["rows"], 200, "{metrics}");
+        // The agent serves it: its MAE on the same held-out rows is the trainer's.
+        let p: Params = serde_json::from_value(params.clone()).expect("params");
+        let rows = holdout(&csv, &p);
+        let model = serve(&a);
+        let x: Vec<f32> = rows.x.iter().map(|&v| v as f32).collect();
+        let out = model
+            .infer(
+                &[Tensor {
+                    name: "x".into(),
+                    shape: vec![rows.rows() as u64, 7],
+                    data: TensorData::Fp32(x),
+                }],
+                &[],
+            )
+            .expect("infer");
+        let served = out[0].data.to_f64();
+        let served_mae = served
+            .iter()
+            .zip(&rows.y)
+            .map(|(p, y)| (p - y).abs())
+            .sum::<f64>()
+            / rows.rows() as f64;
+        eprintln!("sklearn {params}: trainer MAE {trainer_mae:.4}, served MAE {served_mae:.4}");
+        assert!(trainer_mae < 6.0, "{params}: {metrics}");
         assert!(
-            out.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            (served_mae - trainer_mae).abs() <= 1e-3 * trainer_mae.max(1.0),
+            "served {served_mae}, trainer {trainer_mae}"
         );
     }
-    let digest = |d: &Path| {
-        edgefleet_common::Digest::of(&std::fs::read(d.join("model.onnx")).expect("model.onnx"))
-    };
-    assert_eq!(digest(&a), digest(&b), "not reproducible");
-    let metrics: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(a.join("metrics.json")).expect("metrics"))
-            .expect("json");
-    let trainer_mae = metrics["validation"]["mae"]
-        .as_f64()
-        .expect("validation mae");
-    assert_eq!(metrics["validation"]["rows"], 200, "{metrics}");
-    // The agent serves it: its MAE on the same held-out rows is the trainer's.
-    let p: Params = serde_json::from_value(params).expect("params");
-    let rows = holdout(&csv, &p);
-    let model = serve(&a);
-    let x: Vec<f32> = rows.x.iter().map(|&v| v as f32).collect();
-    let out = model
-        .infer(
-            &[Tensor {
-                name: "x".into(),
-                shape: vec![rows.rows() as u64, 7],
-                data: TensorData::Fp32(x),
-            }],
-            &[],
-        )
-        .expect("infer");
-    let served = out[0].data.to_f64();
-    let served_mae = served
-        .iter()
-        .zip(&rows.y)
-        .map(|(p, y)| (p - y).abs())
-        .sum::<f64>()
-        / rows.rows() as f64;
-    eprintln!("sklearn gbt: trainer MAE {trainer_mae:.4}, served MAE {served_mae:.4}");
-    assert!(trainer_mae < 6.0, "{metrics}");
+    // Bad params are refused, every problem at once, and leave no model.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path().join("bad");
+    job(&d, &csv, json!({"modle": "gbt", "max_depth": 99}));
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(&d)
+        .output()
+        .expect("python");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
     assert!(
-        (served_mae - trainer_mae).abs() <= 1e-3 * trainer_mae.max(1.0),
-        "served {served_mae}, trainer {trainer_mae}"
+        err.contains("unknown parameter 'modle'") && err.contains("max_depth 99"),
+        "{err}"
     );
+    assert!(!d.join("model.onnx").exists());
 }
 
 #[test]

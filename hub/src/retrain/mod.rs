@@ -131,6 +131,36 @@ impl Retrain {
             let failure = RunFailure::Interrupted {
                 message: "the hub stopped during the run".into(),
             };
+            // A run that got as far as publishing is a success whose hand-over was cut off.
+            let published = job
+                .runs
+                .last()
+                .and_then(|&id| self.run(id).ok())
+                .and_then(|r| r.version.map(|v| (v, r.artifact.map(|a| a.sha256))));
+            if let Some((version, candidate)) = published {
+                job.state = JobState::Succeeded;
+                job.reason = None;
+                job.version = Some(version);
+                job.candidate = candidate;
+                job.updated_at = now;
+                match self.rollout_of(&job.model, version)? {
+                    Some(r) => {
+                        job.rollout = Some(r);
+                        job.awaiting_approval = false;
+                        job.release_note = Some(format!("handed to rollout {r}"));
+                    }
+                    None => {
+                        job.awaiting_approval = true;
+                        job.release_note = Some(format!(
+                            "the hub stopped before handing v{version} on; {}",
+                            release::approval_note(&job.model, version)
+                        ));
+                    }
+                }
+                tracing::warn!(job = job.id, model = %job.model, version, "a hub restart cut off a published version's hand-over");
+                self.store.put_job(job.id, &to_json(&job)?)?;
+                continue;
+            }
             if let Some(&id) = job.runs.last()
                 && let Ok(mut run) = self.run(id)
                 && run.failure.is_none()
@@ -524,6 +554,23 @@ impl Retrain {
                 .await
                 .map_err(|message| RunFailure::Signing { message })?;
             run.version = Some(version);
+            // Recorded at once: a hub that stops from here on finds the version published and
+            // waiting for approval, not a run to retry (which would publish another).
+            let mut published = job.clone();
+            published.version = Some(version);
+            published.candidate = Some(digest);
+            published.awaiting_approval = true;
+            published.release_note = Some(release::approval_note(&job.model, version));
+            let unrecorded = |e: HubError| RunFailure::Signing {
+                message: format!("published as v{version} but not recorded: {e}"),
+            };
+            self.store
+                .put_run(run.id, &to_json(&*run).map_err(unrecorded)?)
+                .map_err(unrecorded)?;
+            self.store
+                .put_job(job.id, &to_json(&published).map_err(unrecorded)?)
+                .map_err(unrecorded)?;
+            self.store.flush().await.map_err(unrecorded)?;
         }
         Ok(wins)
     }
@@ -624,6 +671,10 @@ impl Retrain {
             Ok(true) => {
                 job.candidate = run.artifact.as_ref().map(|a| a.sha256);
                 job.version = run.version;
+                if let Some(v) = run.version {
+                    job.awaiting_approval = true;
+                    job.release_note = Some(release::approval_note(&job.model, v));
+                }
                 tracing::info!(job = job.id, run = run.id, model = %job.model, version = ?run.version, ms = run.duration_ms, "training run made a candidate that beat the champion: published");
             }
             Ok(false) => {}
@@ -637,8 +688,8 @@ impl Retrain {
         self.store.put_run(run.id, &to_json(&run)?)?;
         self.store.put_job(job.id, &to_json(&job)?)?;
         self.store.flush().await?;
-        // The version is recorded as published before any rollout is made of it: a hub that
-        // stops here leaves it waiting for approval, never rolled out twice.
+        // The version is recorded as published (and waiting for approval) before any rollout
+        // is made of it; a rollout that exists is adopted, never made twice.
         if job.version.is_some() {
             self.hand_over(&mut job).await;
             self.store.put_job(job.id, &to_json(&job)?)?;

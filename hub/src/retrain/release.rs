@@ -56,7 +56,8 @@ pub struct Reproduction {
     pub artifact: Option<Artifact>,
     /// The same bytes.
     pub identical: bool,
-    /// The trainer as configured now, and whether it is the same program the run used.
+    /// The trainer as configured now, and whether it is the same command and program (the
+    /// first word's file, hashed) the run used.
     pub trainer: TrainerRef,
     pub same_trainer: bool,
     pub failure: Option<String>,
@@ -174,8 +175,28 @@ impl Retrain {
             return;
         };
         let policy = self.policy(&job.model).ok().flatten();
-        let approve = format!("`edgefleet approve-model {} {version}`", job.model);
+        // A version published over one the candidate was never compared with waits for an
+        // admin, whatever the policy says.
+        let skipped: Vec<u64> = self
+            .registry
+            .get(&job.model)
+            .map(|m| {
+                m.versions
+                    .iter()
+                    .map(|v| v.version)
+                    .filter(|&v| v > job.parent && v < version)
+                    .collect()
+            })
+            .unwrap_or_default();
         match policy {
+            _ if !skipped.is_empty() => {
+                job.awaiting_approval = true;
+                job.release_note = Some(format!(
+                    "v{skipped:?} was published while the job ran and the candidate was judged against v{} only; {}",
+                    job.parent,
+                    approval_note(&job.model, version)
+                ));
+            }
             Some(p) if p.policy.release == Release::Rollout => {
                 match self
                     .start_rollout(&job.model, version, p.policy.rollout.as_ref())
@@ -183,6 +204,7 @@ impl Retrain {
                 {
                     Ok(id) => {
                         job.rollout = Some(id);
+                        job.awaiting_approval = false;
                         job.release_note = Some(format!(
                             "handed to rollout {id} by the policy (`edgefleet rollout status {id}`)"
                         ));
@@ -191,18 +213,27 @@ impl Retrain {
                         tracing::warn!(error = %e, model = %job.model, version, "a retrained version's rollout could not be made");
                         job.awaiting_approval = true;
                         job.release_note = Some(format!(
-                            "no rollout could be made ({e}); approve it with {approve} once that is fixed"
+                            "no rollout could be made ({e}); {}",
+                            approval_note(&job.model, version)
                         ));
                     }
                 }
             }
             _ => {
                 job.awaiting_approval = true;
-                job.release_note = Some(format!(
-                    "published; waiting for an admin: {approve} starts its rollout"
-                ));
+                job.release_note = Some(approval_note(&job.model, version));
             }
         }
+    }
+
+    /// A rollout of `model` `version` that exists already (made before a restart).
+    pub(super) fn rollout_of(&self, model: &str, version: u64) -> HubResult<Option<u64>> {
+        Ok(self
+            .rollouts
+            .list()?
+            .into_iter()
+            .find(|r| r.spec.model == model && r.spec.version == version)
+            .map(|r| r.id))
     }
 
     async fn start_rollout(
@@ -246,9 +277,13 @@ impl Retrain {
             Some(t) => Some(t),
             None => self.policy(model)?.and_then(|p| p.policy.rollout),
         };
-        let id = self
-            .start_rollout(model, version, template.as_ref())
-            .await?;
+        let id = match self.rollout_of(model, version)? {
+            Some(id) => id,
+            None => {
+                self.start_rollout(model, version, template.as_ref())
+                    .await?
+            }
+        };
         job.awaiting_approval = false;
         job.rollout = Some(id);
         job.updated_at = crate::now();
@@ -388,7 +423,9 @@ impl Retrain {
         Ok(Reproduction {
             run: run_id,
             identical: artifact.as_ref() == Some(&recorded),
-            same_trainer: program.is_some() && program == run.trainer.program_sha256,
+            same_trainer: program.is_some()
+                && program == run.trainer.program_sha256
+                && trainer.command == run.trainer.command,
             recorded,
             artifact,
             trainer: TrainerRef {
@@ -422,12 +459,8 @@ fn lineage_of(job: &Job, run: &Run) -> Lineage {
         params.insert("edgefleet.holdout_sha256".into(), h.sha256.to_hex());
     }
     let mut metrics = BTreeMap::new();
-    if let Some(Value::Object(m)) = &run.metrics {
-        for (k, v) in m {
-            if let Some(x) = v.as_f64().filter(|x| x.is_finite()) {
-                metrics.insert(k.clone(), x);
-            }
-        }
+    if let Some(m) = &run.metrics {
+        numbers("", m, 0, &mut metrics);
     }
     if let Some(g) = &run.gate {
         metrics.insert(format!("holdout_{}", g.metric), g.candidate);
@@ -446,4 +479,37 @@ fn lineage_of(job: &Job, run: &Run) -> Lineage {
         params,
         metrics,
     }
+}
+
+/// Most metrics a manifest's lineage keeps.
+const MAX_LINEAGE_METRICS: usize = 64;
+
+/// The numbers of a trainer's `metrics.json`, nested objects as dotted keys (`validation.mae`),
+/// three levels deep and [`MAX_LINEAGE_METRICS`] at most.
+fn numbers(prefix: &str, v: &Value, depth: usize, out: &mut BTreeMap<String, f64>) {
+    match v {
+        Value::Object(m) if depth < 3 => {
+            for (k, v) in m {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                numbers(&key, v, depth + 1, out);
+            }
+        }
+        Value::Number(n) if out.len() < MAX_LINEAGE_METRICS && !prefix.is_empty() => {
+            if let Some(x) = n.as_f64().filter(|x| x.is_finite()) {
+                out.insert(prefix.to_owned(), x);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// What a job's release note says of a version left for an admin.
+pub(super) fn approval_note(model: &str, version: u64) -> String {
+    format!(
+        "published; waiting for an admin: `edgefleet approve-model {model} {version}` starts its rollout"
+    )
 }

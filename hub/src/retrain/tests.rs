@@ -859,6 +859,55 @@ echo '{{"rows": 1}}' > metrics.json"#,
     }
 
     #[tokio::test]
+    async fn a_hub_stopped_after_publishing_finds_the_version_waiting_not_a_run_to_retry() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (kit, job) = retrained(&tmp, policy(4, 1)).await;
+        // The store as it was if the hub stopped right after publishing: the run records v2,
+        // the job is still running.
+        let mut cut = kit.hub.retrain.job(job.id).expect("job");
+        cut.state = JobState::Running;
+        cut.version = None;
+        cut.awaiting_approval = false;
+        cut.release_note = None;
+        kit.hub
+            .retrain
+            .store
+            .put_job(cut.id, &crate::retrain::to_json(&cut).expect("json"))
+            .expect("put");
+        kit.hub.flush().await.expect("flush");
+        let kit = kit.restart();
+        let r = &kit.hub.retrain;
+        let after = r.job(job.id).expect("job");
+        assert_eq!(
+            (after.state, after.version, after.awaiting_approval),
+            (JobState::Succeeded, Some(2), true),
+            "{after:?}"
+        );
+        assert!(
+            after
+                .release_note
+                .as_deref()
+                .is_some_and(|n| n.contains("stopped before handing v2 on")),
+            "{after:?}"
+        );
+        assert!(
+            r.tick(crate::now()).await.expect("tick").is_empty(),
+            "no retry"
+        );
+        assert_eq!(
+            kit.hub
+                .registry
+                .get("demand")
+                .expect("model")
+                .versions
+                .len(),
+            2
+        );
+        let approved = r.approve("demand", 2, None).await.expect("approve");
+        assert!(approved.rollout.is_some());
+    }
+
+    #[tokio::test]
     async fn a_rollout_policy_hands_the_version_to_a_staged_rollout_at_once() {
         let tmp = tempfile::tempdir().expect("tmp");
         let mut p = policy(4, 0);
@@ -994,19 +1043,21 @@ echo '{{"rows": 1}}' > metrics.json"#,
             file(&tmp, "good.onnx", &good_model()),
             file(&tmp, "flat.onnx", &flat_model()),
         );
-        // The trainer's model depends on what it is given: the same inputs, the same bytes.
+        // Each run leaves a copy of its whole job directory's inputs behind (seen-N), so the
+        // test can compare what the reproduction was given with what the run was.
         let script = format!(
             r#"set -e
-grep -q '"seed": 7' params.json
-cmp -s dataset.schema.json '{schema}' 2>/dev/null || cp dataset.schema.json '{schema}'
+n=$(ls '{seen}' | wc -l)
+mkdir -p '{seen}'/$n && cp -r dataset.csv dataset.schema.json params.json parent '{seen}'/$n/
 cp '{good}' model.onnx
 [ ! -e '{switch}' ] || cp '{flat}' model.onnx
 echo '{{}}' > metrics.json"#,
-            schema = tmp.path().join("schema").display(),
+            seen = tmp.path().join("seen").display(),
             good = good.display(),
             flat = flat.display(),
             switch = tmp.path().join("switch").display(),
         );
+        std::fs::create_dir_all(tmp.path().join("seen")).expect("mkdir");
         let kit = fleet_with_samples(&script).await;
         let r = &kit.hub.retrain;
         let now = crate::now();
@@ -1020,7 +1071,22 @@ echo '{{}}' > metrics.json"#,
         let again = r.reproduce(run_id).await.expect("reproduce");
         assert!(again.identical && again.same_trainer, "{again:?}");
         assert_eq!(again.artifact.as_ref(), Some(&again.recorded));
-        // After the samples are gone the kept rows still serve.
+        // The reproduction was given exactly the run's inputs, byte for byte.
+        let seen = tmp.path().join("seen");
+        for f in [
+            "dataset.csv",
+            "dataset.schema.json",
+            "params.json",
+            "parent/manifest.json",
+            "parent/model.onnx",
+        ] {
+            assert_eq!(
+                std::fs::read(seen.join("0").join(f)).expect("run"),
+                std::fs::read(seen.join("1").join(f)).expect("reproduction"),
+                "{f}"
+            );
+        }
+        // A trainer that now makes other bytes is caught.
         std::fs::write(tmp.path().join("switch"), "").expect("switch");
         let changed = r.reproduce(run_id).await.expect("reproduce");
         assert!(!changed.identical, "{changed:?}");
@@ -1028,7 +1094,7 @@ echo '{{}}' > metrics.json"#,
             changed.artifact.as_ref().map(|a| a.sha256),
             Some(Digest::of(&flat_model()))
         );
-        // A run that made nothing cannot be reproduced; an unknown one is not found.
+        // An unknown run is not found (one that made no model: tests/tests/trainer.rs).
         assert!(matches!(
             r.reproduce(9999).await,
             Err(HubError::NotFound(_))
