@@ -77,6 +77,15 @@ impl Document for Delegation {
 }
 
 impl Delegation {
+    /// Whether it lets its key sign `permission` documents for the model named `model`.
+    pub fn covers(&self, permission: Permission, model: &str) -> bool {
+        self.permissions.contains(&permission)
+            && self
+                .patterns
+                .iter()
+                .any(|p| name::pattern_matches(p, model))
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.patterns.is_empty() {
             return Err(Error::InvalidManifest(

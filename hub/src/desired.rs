@@ -146,12 +146,7 @@ impl Desired {
             )));
         }
         let delegation = self.config.load().delegation.decode_unverified()?;
-        if !delegation
-            .patterns
-            .iter()
-            .any(|p| name::pattern_matches(p, &req.model))
-            || !delegation.permissions.contains(&Permission::Assignments)
-        {
+        if !delegation.covers(Permission::Assignments, &req.model) {
             return Err(HubError::Forbidden(format!(
                 "the hub's delegation ({:?}) does not allow assigning {}; delegate it with `edgefleet delegate --permission assignments`",
                 delegation.patterns, req.model

@@ -498,6 +498,43 @@ async fn an_admin_sets_a_policy_and_retrains_through_the_cli() {
     );
     let (ok, out) = cli(&["lineage", "demand", "7"]);
     assert!(!ok && out.contains("no version 7"), "{out}");
+    // The new endpoints' bad input: a 400 that says what was wrong.
+    for (method, path, body, needle) in [
+        (
+            "POST",
+            "models/demand/versions/2/approve",
+            "{bad",
+            "approval",
+        ),
+        (
+            "POST",
+            "models/demand/versions/2/approve",
+            r#"{"rollout": {"waves": []}, "colour": 1}"#,
+            "colour",
+        ),
+        (
+            "GET",
+            "models/demand/versions/abc/lineage",
+            "",
+            "not a positive integer",
+        ),
+        (
+            "POST",
+            "models/demand/versions/-1/approve",
+            "",
+            "not a positive integer",
+        ),
+    ] {
+        let req = match method {
+            "GET" => hub.http.get(hub.api(path)),
+            _ => hub.http.post(hub.api(path)).body(body.to_owned()),
+        };
+        let r = req.bearer_auth(&hub.token).send().await.expect("send");
+        let status = r.status();
+        let text = r.text().await.unwrap_or_default();
+        assert_eq!(status, 400, "{method} {path} {body}: {text}");
+        assert!(text.contains(needle), "{method} {path}: {text}");
+    }
     let (ok, out) = cli(&["retrain", "policy", "demand", "--off"]);
     assert!(ok && out.contains("\"removed\": true"), "{out}");
 }

@@ -93,12 +93,7 @@ impl Retrain {
             .delegation
             .decode_unverified()
             .map_err(|e| e.to_string())?;
-        if !delegation.permissions.contains(&Permission::Manifests)
-            || !delegation
-                .patterns
-                .iter()
-                .any(|p| name::pattern_matches(p, &job.model))
-        {
+        if !delegation.covers(Permission::Manifests, &job.model) {
             return Err(format!(
                 "the hub's delegation (models {:?}, permissions {:?}) does not let it sign versions of {}: sign a new one with `edgefleet delegate --models {} --permission manifests --permission assignments` and reload the hub",
                 delegation.patterns, delegation.permissions, job.model, job.model
