@@ -26,7 +26,7 @@ pub use rollout::RolloutCommand;
     name = "edgefleet",
     version,
     about = "Edgefleet admin CLI: keys, signing, and the hub's admin API",
-    long_about = "Edgefleet admin CLI.\n\nOffline (no hub): keygen, delegate, sign, rotate-root.\nAgainst a hub (--hub/EDGEFLEET_HUB, --token/EDGEFLEET_TOKEN): push, models, devices, approve, assign, rollout, status, drift, fleet, capture, samples, retrain.\n\nTypical first run:\n  edgefleet keygen --role root --out keys/root.key\n  edgefleet keygen --role hub --out keys/hub.key\n  edgefleet delegate --root-key keys/root.key --to keys/hub.key.pub --out keys/hub.delegation\n  edgefleet sign --key keys/root.key --spec model.json --model model.onnx --out model.manifest\n  edgefleet push model.manifest model.onnx\n  edgefleet assign --device shop-1 demand 1"
+    long_about = "Edgefleet admin CLI.\n\nOffline (no hub): keygen, delegate, sign, profile, rotate-root, demo (the closed loop on this machine).\nAgainst a hub (--hub/EDGEFLEET_HUB, --token/EDGEFLEET_TOKEN): push, models, devices, approve, assign, rollout, status, drift, fleet, capture, samples, retrain, runs, lineage, approve-model.\n\nTypical first run:\n  edgefleet keygen --role root --out keys/root.key\n  edgefleet keygen --role hub --out keys/hub.key\n  edgefleet delegate --root-key keys/root.key --to keys/hub.key.pub --out keys/hub.delegation\n  edgefleet sign --key keys/root.key --spec model.json --model model.onnx --out model.manifest\n  edgefleet push model.manifest model.onnx\n  edgefleet assign --device shop-1 demand 1"
 )]
 pub struct Cli {
     /// Hub base URL.
