@@ -154,6 +154,22 @@ struct Queue {
 }
 
 impl Queue {
+    /// Empties the queue for reuse, keeping its buffers while they are of the size recording
+    /// needs: a burst's buffers are given back once the rounds are small again.
+    fn recycle(&mut self) {
+        let (entries, bytes) = (self.entries.len(), self.buf.len());
+        self.plans.clear();
+        self.entries.clear();
+        self.buf.clear();
+        self.done.clear();
+        if self.entries.capacity() > 4 * entries.max(64) {
+            self.entries.shrink_to(2 * entries.max(64));
+        }
+        if self.buf.capacity() > 4 * bytes.max(4096) {
+            self.buf.shrink_to(2 * bytes.max(4096));
+        }
+    }
+
     fn bytes(&self) -> usize {
         self.buf.len() + self.entries.len() * std::mem::size_of::<Entry>()
     }
@@ -244,6 +260,9 @@ struct Counters {
 pub struct Feedback {
     store: Mutex<Store>,
     queue: Mutex<Queue>,
+    /// The buffers of the queue the writer last drained, cleared: the next drain swaps them in,
+    /// so recording writes into pages already touched instead of faulting in fresh ones.
+    spare: Mutex<Queue>,
     book: QualityBook,
     capture: Arc<Capture>,
     /// The plans of model versions whose predictions kept inputs: a captured row's columns.
@@ -270,6 +289,7 @@ impl Feedback {
         let fb = Self {
             store: Mutex::new(store),
             queue: Mutex::new(Queue::default()),
+            spare: Mutex::new(Queue::default()),
             book: QualityBook::new(now_ms),
             capture: Arc::new(Capture::new(now_ms / 1000, now_ms)),
             captured_plans: Mutex::new(HashMap::new()),
@@ -370,15 +390,9 @@ impl Feedback {
     /// the agent's own crash at once, from power loss at the store's next WAL sync.
     pub fn drain(&self, now_ms: u64) -> AgentResult<store::Written> {
         let mut store = lock(&self.store);
-        let taken = {
-            let mut q = lock(&self.queue);
-            // The next buffers start at about this round's size: recording seldom grows them.
-            let fresh = Queue {
-                entries: Vec::with_capacity(q.entries.len().clamp(64, MAX_QUEUED)),
-                buf: Vec::with_capacity(q.buf.len().clamp(4096, MAX_QUEUED_BYTES)),
-                ..Queue::default()
-            };
-            std::mem::replace(&mut *q, fresh)
+        let mut taken = {
+            let fresh = std::mem::take(&mut *lock(&self.spare));
+            std::mem::replace(&mut *lock(&self.queue), fresh)
         };
         let mut result = Ok(());
         let mut new = Vec::with_capacity(taken.entries.len());
@@ -409,6 +423,8 @@ impl Feedback {
         }
         let lost = new.len() as u64;
         let written = result.and_then(|()| store.write(new, now_ms));
+        taken.recycle();
+        *lock(&self.spare) = taken;
         match &written {
             Ok(w) => {
                 if w.evicted.count + w.evicted.bytes > 0 {
