@@ -20,6 +20,9 @@ use crate::shop::{FEATURES, FUEL_AFTER, FUEL_BEFORE, Shop};
 
 const MODEL: &str = "demand";
 
+/// How long the first shop runs the new version before the gates judge it (wall seconds).
+const BAKE_SECS: u64 = 5;
+
 /// What the demo measured.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Summary {
@@ -37,6 +40,8 @@ pub struct Summary {
     pub rolled_out: Option<Step>,
     pub new_version: Option<u64>,
     pub gate: Option<Value>,
+    /// Each judged wave of the rollout: its outcome and the gates' verdicts.
+    pub waves: Vec<Value>,
     pub trigger: Option<Value>,
     pub days: u64,
 }
@@ -139,7 +144,25 @@ async fn drive(
         "cooldown_secs": 3600,
         "drift": {"features": ["fuel_price"], "min_device_share": 0.5, "windows": 2, "recent_secs": 60},
         "release": "rollout",
-        "rollout": {"waves": [{"devices": 1}, {"percent": 100.0}], "bake_secs": 0},
+        // One shop first, judged after a bake against the shops still on v1, then all. The
+        // quality gate decides (canary MAE no worse than the baseline's, from the feedback
+        // the shops report). A retrained model is meant to answer differently, so its outputs
+        // are not held against it; and v2 is a bigger ensemble than v1 (300 trees of depth 5
+        // against 60 of depth 4, about 4× the p95 in a debug build), so the latency gate
+        // allows 10×: the shops' budget is milliseconds, not v1's microseconds.
+        "rollout": {
+            "waves": [{"devices": 1}, {"percent": 100.0}],
+            "bake_secs": BAKE_SECS,
+            // The shops' own windows are short already (--window-secs).
+            "bake_window_secs": 0,
+            "gates": {
+                "min_requests": 4,
+                "min_feedback": 80,
+                "max_mae_ratio": 1.0,
+                "max_p95_ratio": 10.0,
+                "output_drift": false,
+            },
+        },
     });
     fleet
         .call(
@@ -152,7 +175,9 @@ async fn drive(
         .context("setting the retraining policy")?;
     say(
         0,
-        "v1 signed by root and assigned to every shop; sample capture on; retraining policy: drift on fuel_price in 2 windows on ≥ 50 % of shops → gbt, seed 7, 25 % held out → staged rollout (1 shop, then all)",
+        format!(
+            "v1 signed by root and assigned to every shop; sample capture on; retraining policy: drift on fuel_price in 2 windows on ≥ 50 % of shops → gbt, seed 7, 25 % held out → staged rollout (1 shop, baked {BAKE_SECS} s and gated on its MAE against the other shops', then all)"
+        ),
     );
     for (id, url) in &fleet.shops {
         wait_ready(&fleet.http, url)
@@ -178,6 +203,7 @@ async fn drive(
         rolled_out: None,
         new_version: None,
         gate: None,
+        waves: Vec::new(),
         trigger: None,
         days: 0,
     };
@@ -290,6 +316,8 @@ async fn drive(
 struct Watch {
     job_state: BTreeMap<u64, String>,
     rollout_state: Option<(u64, String, usize)>,
+    /// Waves whose verdicts were printed.
+    waves_judged: usize,
     drift_seen: bool,
 }
 
@@ -394,6 +422,7 @@ impl Watch {
             let state = r["state"].as_str().unwrap_or("?").to_owned();
             let w = r["wave"].as_u64().unwrap_or(0) as usize;
             let waves = r["spec"]["waves"].as_array().map_or(0, Vec::len);
+            self.report_waves(day, id, &r, summary);
             if state != last || w != wave {
                 say(
                     day,
@@ -407,6 +436,46 @@ impl Watch {
                 }
                 self.rollout_state = Some((id, state, w));
             }
+        }
+    }
+}
+
+impl Watch {
+    /// Prints each wave's gate verdicts once the wave is judged.
+    fn report_waves(&mut self, day: u64, id: u64, rollout: &Value, summary: &mut Summary) {
+        let Some(waves) = rollout["waves"].as_array() else {
+            return;
+        };
+        for w in waves.iter().skip(self.waves_judged) {
+            let Some(outcome) = w["outcome"].as_str() else {
+                break;
+            };
+            self.waves_judged += 1;
+            let verdicts: Vec<String> = w["verdicts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| {
+                    format!(
+                        "{} {}: {}",
+                        v["gate"].as_str().unwrap_or("?"),
+                        v["outcome"].as_str().unwrap_or("?"),
+                        v["detail"].as_str().unwrap_or("")
+                    )
+                })
+                .collect();
+            say(
+                day,
+                format!(
+                    "🚦 rollout {id} wave {} judged: {outcome}{}",
+                    w["index"].as_u64().unwrap_or(0) + 1,
+                    verdicts
+                        .iter()
+                        .map(|v| format!("\n              · {v}"))
+                        .collect::<String>()
+                ),
+            );
+            summary.waves.push(w.clone());
         }
     }
 }

@@ -69,7 +69,22 @@ fn the_demo_closes_the_loop_in_order_and_the_error_recovers() {
     assert!(at("fuel prices jump") < at("drift: the hub sees fuel_price"));
     assert!(at("drift: the hub sees fuel_price") < at("retraining job 1 (drift)"));
     assert!(at("retraining job 1 (drift)") < at("candidate beats champion"));
-    assert!(at("candidate beats champion") < at("succeeded, wave 2/2"));
+    assert!(at("candidate beats champion") < at("wave 1 judged: pass"));
+    assert!(at("wave 1 judged: pass") < at("succeeded, wave 2/2"));
+    // The first wave was baked and judged on ground truth: the one shop on the new version
+    // predicted better than the shops still on v1, on enough matched feedback.
+    let first = &summary["waves"][0];
+    assert_eq!(first["outcome"], "pass", "{summary}");
+    let quality = first["verdicts"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["gate"] == "quality"))
+        .unwrap_or_else(|| panic!("no quality verdict: {first}"));
+    assert_eq!(quality["outcome"], "pass", "{quality}");
+    let (canary, baseline) = (
+        quality["canary"].as_f64().expect("canary MAE"),
+        quality["baseline"].as_f64().expect("baseline MAE"),
+    );
+    assert!(canary < baseline, "{quality}");
     // The lineage of the new version: trigger, run, gate, rollout, back to v1.
     let lineage: Value = serde_json::from_slice(
         &std::fs::read(out.path().join("lineage.json")).expect("lineage.json"),

@@ -152,29 +152,127 @@ fn both_models_train_serve_as_predicted_and_repeat_byte_for_byte() {
     }
 }
 
+/// The pinned fixtures venv's Python (`tools/fixtures/check.sh` makes `target/fixtures-venv`),
+/// or `EDGEFLEET_SKLEARN_PYTHON`; without it a test is skipped, with a line saying so, unless
+/// `EDGEFLEET_REQUIRE_SKLEARN` is set (CI), which makes it a failure.
+fn pinned_venv(what: &str) -> Option<std::path::PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = std::env::var_os("EDGEFLEET_SKLEARN_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target/fixtures-venv/bin/python"));
+    if python.exists() {
+        return Some(python);
+    }
+    assert!(
+        std::env::var_os("EDGEFLEET_REQUIRE_SKLEARN").is_none(),
+        "no Python at {}: run tools/fixtures/check.sh first",
+        python.display()
+    );
+    eprintln!("{what} was not run: no venv at {}", python.display());
+    None
+}
+
+/// onnxruntime (the pinned wheel, the reference the agent's ONNX-ML operators are checked
+/// against) runs the reference trainer's models and answers as the trainer predicted, row for
+/// row, missing cells included. CI runs it after the fixture check with
+/// `EDGEFLEET_REQUIRE_SKLEARN=1`.
+#[test]
+fn pinned_venv_onnxruntime_agrees_with_the_reference_trainer() {
+    let Some(python) = pinned_venv("the onnxruntime check of the reference trainer") else {
+        return;
+    };
+    let csv = demand_csv(2_000, 5);
+    let parent_sig = ParentManifest::parse(parent().to_string().as_bytes())
+        .expect("parent")
+        .signature()
+        .expect("signature");
+    let data = Dataset::read(
+        csv.as_bytes(),
+        schema().to_string().as_bytes(),
+        &parent_sig,
+        None,
+    )
+    .expect("read");
+    for params in [
+        json!({"model": "ridge", "alpha": 0.1, "seed": 3, "validation": 0.2}),
+        json!({"model": "gbt", "seed": 3, "iterations": 60, "max_depth": 4, "validation": 0.2}),
+    ] {
+        let p: Params = serde_json::from_value(params.clone()).expect("params");
+        let trained = edgefleet_trainer::train(&data, &p, &parent_sig).expect("train");
+        let rows = holdout(&csv, &p);
+        let tmp = tempfile::tempdir().expect("tmp");
+        std::fs::write(tmp.path().join("model.onnx"), &trained.onnx).expect("write");
+        // JSON has no NaN: a missing cell travels as null.
+        let x: Vec<Vec<Option<f64>>> = (0..rows.rows())
+            .map(|i| {
+                rows.row(i)
+                    .iter()
+                    .map(|v| v.is_finite().then_some(*v))
+                    .collect()
+            })
+            .collect();
+        std::fs::write(
+            tmp.path().join("x.json"),
+            serde_json::to_vec(&x).expect("json"),
+        )
+        .expect("write");
+        let out = Command::new(&python)
+            .arg("-c")
+            .arg(ORT_PREDICT)
+            .arg(tmp.path())
+            .output()
+            .expect("python");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got: Vec<f64> = serde_json::from_slice(&out.stdout).expect("onnxruntime's answers");
+        assert_eq!(got.len(), rows.rows(), "{params}");
+        let mut missing_rows = 0;
+        for (i, got) in got.iter().enumerate() {
+            let want = trained.fitted.predict_row(rows.row(i));
+            missing_rows += usize::from(rows.row(i).iter().any(|v| v.is_nan()));
+            assert!(
+                (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                "{params} row {i}: onnxruntime {got}, trainer {want}"
+            );
+        }
+        assert!(missing_rows > 0, "the holdout has missing cells");
+        eprintln!(
+            "{params}: onnxruntime agrees on {} rows ({missing_rows} with missing cells)",
+            got.len()
+        );
+    }
+}
+
+/// Runs DIR/model.onnx on DIR/x.json (rows, null = missing) with onnxruntime, one thread, and
+/// prints the first output's values as JSON.
+const ORT_PREDICT: &str = r#"
+import json, sys
+import numpy as np
+import onnxruntime as ort
+d = sys.argv[1]
+rows = json.load(open(d + "/x.json"))
+x = np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=np.float32)
+o = ort.SessionOptions()
+o.intra_op_num_threads = 1
+s = ort.InferenceSession(d + "/model.onnx", o, providers=["CPUExecutionProvider"])
+y = s.run(None, {s.get_inputs()[0].name: x})[0]
+print(json.dumps([float(v) for v in np.asarray(y).reshape(len(rows), -1)[:, 0]]))
+"#;
+
 /// The Python example trainer (examples/sklearn-trainer: scikit-learn + skl2onnx, pinned) under
 /// the same contract: the same job gives the same bytes, and the agent's engine serves its model
 /// with the error the trainer measured on its held-out rows. Runs when the pinned venv is there
 /// (`tools/fixtures/check.sh` makes `target/fixtures-venv`); CI runs it again after that check
 /// with `EDGEFLEET_REQUIRE_SKLEARN=1`, which makes a missing venv a failure.
 #[test]
-fn the_python_example_trainer_keeps_the_contract() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let python = std::env::var_os("EDGEFLEET_SKLEARN_PYTHON")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| root.join("target/fixtures-venv/bin/python"));
-    if !python.exists() {
-        assert!(
-            std::env::var_os("EDGEFLEET_REQUIRE_SKLEARN").is_none(),
-            "no Python at {}: run tools/fixtures/check.sh first",
-            python.display()
-        );
-        eprintln!(
-            "the Python example trainer was not run: no venv at {}",
-            python.display()
-        );
+fn pinned_venv_the_python_example_trainer_keeps_the_contract() {
+    let Some(python) = pinned_venv("the Python example trainer") else {
         return;
-    }
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let script = root.join("examples/sklearn-trainer/train.py");
     let csv = demand_csv(1_000, 4);
     for params in [
