@@ -33,6 +33,43 @@ fn tensor(name: &str, shape: Vec<i64>, features: &[&str]) -> TensorSpec {
     }
 }
 
+/// A model of (price, temp) fitted by the reference trainer's own code on `rows` (price,
+/// temp, target), as ONNX with the kit's input `x`: a ridge regression with output `y`
+/// `[-1, 1]`, or with `classifier` a logistic regression with labels `y` (INT64 `[-1]`) and
+/// probabilities `p` (FP32 `[-1, 2]`).
+pub fn fit_price_temp(rows: &[(f64, f64, f64)], classifier: bool) -> Vec<u8> {
+    let data = edgefleet_trainer::Dataset {
+        x: rows.iter().flat_map(|r| [r.0, r.1]).collect(),
+        y: rows.iter().map(|r| r.2).collect(),
+        features: vec!["price".into(), "temp".into()],
+        target: "truth_y".into(),
+        skipped: 0,
+    };
+    let params = edgefleet_trainer::Params {
+        model: if classifier {
+            edgefleet_trainer::ModelKind::Logistic
+        } else {
+            edgefleet_trainer::ModelKind::Ridge
+        },
+        alpha: if classifier { 0.01 } else { 0.001 },
+        validation: 0.0,
+        ..Default::default()
+    };
+    let sig = edgefleet_trainer::Signature {
+        input: "x".into(),
+        features: 2,
+        feature_names: vec!["price".into(), "temp".into()],
+        output: "y".into(),
+        flat_output: classifier,
+        classifier: classifier.then(|| edgefleet_trainer::Classifier {
+            probabilities: Some("p".into()),
+        }),
+    };
+    edgefleet_trainer::train(&data, &params, &sig)
+        .expect("fit")
+        .onnx
+}
+
 impl Kit {
     pub fn new() -> Self {
         Self::with(|_| {})

@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
         let v = trained
             .metrics
             .validation
-            .map(|v| v.mae)
+            .and_then(|v| v.mae())
             .unwrap_or(f64::NAN);
         println!(
             "train {} on {rows} rows: {secs:.2} s (model {} bytes; validation MAE {v:.3})",

@@ -17,11 +17,50 @@ use support::bin;
 use edgefleet_tests::demand::{FEATURES, demand_csv, parent, schema};
 
 fn job(dir: &Path, csv: &str, params: serde_json::Value) {
+    job_of(dir, csv, params, &parent());
+}
+
+/// A job for a model whose manifest (tensors) is `parent`.
+fn job_of(dir: &Path, csv: &str, params: serde_json::Value, parent: &serde_json::Value) {
     std::fs::create_dir_all(dir.join("parent")).expect("mkdir");
     std::fs::write(dir.join("dataset.csv"), csv).expect("write");
     std::fs::write(dir.join("dataset.schema.json"), schema().to_string()).expect("write");
     std::fs::write(dir.join("params.json"), params.to_string()).expect("write");
-    std::fs::write(dir.join("parent/manifest.json"), parent().to_string()).expect("write");
+    std::fs::write(dir.join("parent/manifest.json"), parent.to_string()).expect("write");
+}
+
+/// The demand table as a binary question: is the day's demand above the table's median (1) or
+/// not (0)?
+fn busy_day_csv(rows: usize, seed: u64) -> String {
+    let csv = demand_csv(rows, seed);
+    let mut lines = csv.lines();
+    let header = lines.next().expect("header");
+    let rows: Vec<(&str, f64)> = lines
+        .map(|l| {
+            let (cells, truth) = l.rsplit_once(',').expect("a truth cell");
+            (cells, truth.parse().expect("a number"))
+        })
+        .collect();
+    let mut sorted: Vec<f64> = rows.iter().map(|r| r.1).collect();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let mut out = format!("{header}\n");
+    for (cells, demand) in rows {
+        out += &format!("{cells},{}\n", u8::from(demand > median));
+    }
+    out
+}
+
+/// A binary classifier with the demand model's input: labels `y` (INT64), probabilities `p`.
+fn classifier_parent() -> serde_json::Value {
+    json!({
+        "name": "busy", "version": 1,
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 7], "feature_names": FEATURES}],
+        "outputs": [
+            {"name": "y", "datatype": "INT64", "shape": [-1]},
+            {"name": "p", "datatype": "FP32", "shape": [-1, 2], "feature_names": ["0", "1"]},
+        ],
+    })
 }
 
 fn train(dir: &Path) -> (bool, String) {
@@ -33,6 +72,46 @@ fn train(dir: &Path) -> (bool, String) {
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs the binary on the same job in two directories under `tmp`: the first directory, the
+/// model's bytes (asserted the same both times) and its metrics.
+fn train_twice(
+    tmp: &Path,
+    csv: &str,
+    params: &serde_json::Value,
+    parent: &serde_json::Value,
+) -> (std::path::PathBuf, Vec<u8>, serde_json::Value) {
+    let (a, b) = (tmp.join("a"), tmp.join("b"));
+    for d in [&a, &b] {
+        job_of(d, csv, params.clone(), parent);
+        let (ok, err) = train(d);
+        assert!(ok, "{params}: {err}");
+    }
+    let bytes = std::fs::read(a.join("model.onnx")).expect("model");
+    assert_eq!(
+        bytes,
+        std::fs::read(b.join("model.onnx")).expect("model"),
+        "{params}: not reproducible"
+    );
+    let metrics = serde_json::from_slice(&std::fs::read(a.join("metrics.json")).expect("metrics"))
+        .expect("json");
+    (a, bytes, metrics)
+}
+
+/// Every output of `model` for `rows`, in one batch, as the agent serves them.
+fn infer(model: &LoadedModel, rows: &Dataset) -> Vec<Tensor> {
+    let x: Vec<f32> = rows.x.iter().map(|&v| v as f32).collect();
+    model
+        .infer(
+            &[Tensor {
+                name: "x".into(),
+                shape: vec![rows.rows() as u64, 7],
+                data: TensorData::Fp32(x),
+            }],
+            &[],
+        )
+        .expect("infer")
 }
 
 /// The rows the trainer held out, as the agent would get them.
@@ -76,22 +155,7 @@ fn both_models_train_serve_as_predicted_and_repeat_byte_for_byte() {
         json!({"model": "gbt", "seed": 3, "iterations": 60, "max_depth": 4}),
     ] {
         let tmp = tempfile::tempdir().expect("tmp");
-        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-        job(&a, &csv, params.clone());
-        job(&b, &csv, params.clone());
-        for d in [&a, &b] {
-            let (ok, err) = train(d);
-            assert!(ok, "{params}: {err}");
-        }
-        let bytes = std::fs::read(a.join("model.onnx")).expect("model");
-        assert_eq!(
-            bytes,
-            std::fs::read(b.join("model.onnx")).expect("model"),
-            "{params}: not reproducible"
-        );
-        let metrics: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(a.join("metrics.json")).expect("metrics"))
-                .expect("json");
+        let (a, bytes, metrics) = train_twice(tmp.path(), &csv, &params, &parent());
         let validation_mae = metrics["validation"]["mae"]
             .as_f64()
             .expect("validation mae");
@@ -124,17 +188,7 @@ fn both_models_train_serve_as_predicted_and_repeat_byte_for_byte() {
         .expect("train");
         assert_eq!(trained.onnx, bytes, "the library and the binary agree");
         let model = serve(&a);
-        let x: Vec<f32> = rows.x.iter().map(|&v| v as f32).collect();
-        let out = model
-            .infer(
-                &[Tensor {
-                    name: "x".into(),
-                    shape: vec![rows.rows() as u64, 7],
-                    data: TensorData::Fp32(x),
-                }],
-                &[],
-            )
-            .expect("infer");
+        let out = infer(&model, &rows);
         let TensorData::Fp32(served) = &out[0].data else {
             panic!("{:?}", out[0].data)
         };
@@ -181,25 +235,44 @@ fn pinned_venv_onnxruntime_agrees_with_the_reference_trainer() {
     let Some(python) = pinned_venv("the onnxruntime check of the reference trainer") else {
         return;
     };
-    let csv = demand_csv(2_000, 5);
-    let parent_sig = ParentManifest::parse(parent().to_string().as_bytes())
-        .expect("parent")
-        .signature()
-        .expect("signature");
-    let data = Dataset::read(
-        csv.as_bytes(),
-        schema().to_string().as_bytes(),
-        &parent_sig,
-        None,
-    )
-    .expect("read");
-    for params in [
-        json!({"model": "ridge", "alpha": 0.1, "seed": 3, "validation": 0.2}),
-        json!({"model": "gbt", "seed": 3, "iterations": 60, "max_depth": 4, "validation": 0.2}),
+    let (regression, classification) = (demand_csv(2_000, 5), busy_day_csv(2_000, 5));
+    for (params, csv, parent) in [
+        (
+            json!({"model": "ridge", "alpha": 0.1, "seed": 3, "validation": 0.2}),
+            &regression,
+            parent(),
+        ),
+        (
+            json!({"model": "gbt", "seed": 3, "iterations": 60, "max_depth": 4, "validation": 0.2}),
+            &regression,
+            parent(),
+        ),
+        (
+            json!({"model": "logistic", "alpha": 0.01, "validation": 0.2}),
+            &classification,
+            classifier_parent(),
+        ),
+        (
+            json!({"model": "gbt", "seed": 3, "iterations": 60, "max_depth": 4, "validation": 0.2}),
+            &classification,
+            classifier_parent(),
+        ),
     ] {
+        let parent_sig = ParentManifest::parse(parent.to_string().as_bytes())
+            .expect("parent")
+            .signature()
+            .expect("signature");
+        let data = Dataset::read(
+            csv.as_bytes(),
+            schema().to_string().as_bytes(),
+            &parent_sig,
+            None,
+        )
+        .expect("read");
         let p: Params = serde_json::from_value(params.clone()).expect("params");
         let trained = edgefleet_trainer::train(&data, &p, &parent_sig).expect("train");
-        let rows = holdout(&csv, &p);
+        let rows =
+            data.slice(data.rows() - (data.rows() as f64 * p.validation) as usize..data.rows());
         let tmp = tempfile::tempdir().expect("tmp");
         std::fs::write(tmp.path().join("model.onnx"), &trained.onnx).expect("write");
         // JSON has no NaN: a missing cell travels as null.
@@ -227,27 +300,59 @@ fn pinned_venv_onnxruntime_agrees_with_the_reference_trainer() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let got: Vec<f64> = serde_json::from_slice(&out.stdout).expect("onnxruntime's answers");
-        assert_eq!(got.len(), rows.rows(), "{params}");
+        // Each output, row by row.
+        let outputs: Vec<Vec<Vec<f64>>> =
+            serde_json::from_slice(&out.stdout).expect("onnxruntime's answers");
         let mut missing_rows = 0;
-        for (i, got) in got.iter().enumerate() {
-            let want = trained.fitted.predict_row(rows.row(i));
-            missing_rows += usize::from(rows.row(i).iter().any(|v| v.is_nan()));
-            assert!(
-                (got - want).abs() <= 1e-4 * want.abs().max(1.0),
-                "{params} row {i}: onnxruntime {got}, trainer {want}"
-            );
+        for i in 0..rows.rows() {
+            let row = rows.row(i);
+            missing_rows += usize::from(row.iter().any(|v| v.is_nan()));
+            agrees(&trained.fitted, row, &outputs, i, &params.to_string());
         }
         assert!(missing_rows > 0, "the holdout has missing cells");
         eprintln!(
             "{params}: onnxruntime agrees on {} rows ({missing_rows} with missing cells)",
-            got.len()
+            rows.rows()
         );
     }
 }
 
+/// Whether row `i` of a model's `outputs` (each output's rows) is what the trainer predicts
+/// for `row`: a regression's value within 1e-4 (relative above 1); a classifier's label (unless
+/// its log-odds are within 1e-4 of 0, where f32 and f64 may round apart) and its probabilities
+/// within 1e-5.
+fn agrees(
+    fitted: &edgefleet_trainer::Fitted,
+    row: &[f64],
+    outputs: &[Vec<Vec<f64>>],
+    i: usize,
+    what: &str,
+) {
+    let Some(s) = fitted.log_odds(row) else {
+        let (got, want) = (outputs[0][i][0], fitted.predict_row(row));
+        assert!(
+            (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+            "{what} row {i}: served {got}, trainer {want}"
+        );
+        return;
+    };
+    if s.abs() > 1e-4 {
+        assert_eq!(
+            outputs[0][i][0] as i64,
+            fitted.label_row(row).expect("a label"),
+            "{what} row {i}: log-odds {s}"
+        );
+    }
+    let p1 = fitted.predict_row(row);
+    let probs = &outputs[1][i];
+    assert!(
+        (probs[1] - p1).abs() <= 1e-5 && (probs[0] - (1.0 - p1)).abs() <= 1e-5,
+        "{what} row {i}: served {probs:?}, trainer P(1) {p1}"
+    );
+}
+
 /// Runs DIR/model.onnx on DIR/x.json (rows, null = missing) with onnxruntime, one thread, and
-/// prints the first output's values as JSON.
+/// prints each output's rows as JSON.
 const ORT_PREDICT: &str = r#"
 import json, sys
 import numpy as np
@@ -258,9 +363,108 @@ x = np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=np.f
 o = ort.SessionOptions()
 o.intra_op_num_threads = 1
 s = ort.InferenceSession(d + "/model.onnx", o, providers=["CPUExecutionProvider"])
-y = s.run(None, {s.get_inputs()[0].name: x})[0]
-print(json.dumps([float(v) for v in np.asarray(y).reshape(len(rows), -1)[:, 0]]))
+ys = s.run(None, {s.get_inputs()[0].name: x})
+print(json.dumps([np.asarray(y).reshape(len(rows), -1).astype(np.float64).tolist() for y in ys]))
 "#;
+
+/// The reference trainer's binary classifiers (logistic regression and trees with log-loss):
+/// the same job gives the same bytes; the agent's engine serves their labels and probabilities
+/// as the trainer predicted, row for row, missing cells included; a regression's model or a
+/// label other than 0 and 1 is refused with the reason.
+#[test]
+fn both_classifiers_train_serve_as_predicted_and_repeat_byte_for_byte() {
+    let csv = busy_day_csv(3_000, 1);
+    let parent = classifier_parent();
+    for params in [
+        json!({"model": "logistic", "alpha": 0.01, "seed": 3}),
+        json!({"model": "gbt", "seed": 3, "iterations": 60, "max_depth": 4}),
+    ] {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (a, bytes, metrics) = train_twice(tmp.path(), &csv, &params, &parent);
+        eprintln!("{params}: {metrics}");
+        let accuracy = metrics["validation"]["accuracy"]
+            .as_f64()
+            .expect("accuracy");
+        // Half the days are busy: a useless model is right half the time.
+        assert!(accuracy > 0.8, "{params}: {metrics}");
+        assert!(
+            metrics["validation"]["log_loss"]
+                .as_f64()
+                .expect("log-loss")
+                < 0.5,
+            "{metrics}"
+        );
+
+        let sig = ParentManifest::parse(parent.to_string().as_bytes())
+            .expect("parent")
+            .signature()
+            .expect("signature");
+        let data = Dataset::read(csv.as_bytes(), schema().to_string().as_bytes(), &sig, None)
+            .expect("read");
+        let p: Params = serde_json::from_value(params.clone()).expect("params");
+        let trained = edgefleet_trainer::train(&data, &p, &sig).expect("train");
+        assert_eq!(trained.onnx, bytes, "the library and the binary agree");
+        let held = (data.rows() as f64 * p.validation).floor() as usize;
+        let rows = data.slice(data.rows() - held..data.rows());
+        let manifest: edgefleet_common::ModelManifest = {
+            let mut m = edgefleet_tests::plain_manifest("busy", &bytes, vec![], vec![]);
+            let spec = |v: serde_json::Value| -> Vec<TensorSpec> {
+                serde_json::from_value(v).expect("specs")
+            };
+            m.inputs = spec(parent["inputs"].clone());
+            m.outputs = spec(parent["outputs"].clone());
+            m
+        };
+        let model = LoadedModel::load(manifest, &a.join("model.onnx")).expect("the agent loads it");
+        let out = infer(&model, &rows);
+        assert!(
+            matches!(out[0].data, TensorData::Int64(_)),
+            "{:?}",
+            out[0].data
+        );
+        let outputs: Vec<Vec<Vec<f64>>> = out
+            .iter()
+            .map(|t| {
+                let v = t.data.to_f64();
+                let width = v.len() / rows.rows();
+                v.chunks(width).map(<[f64]>::to_vec).collect()
+            })
+            .collect();
+        let mut missing_rows = 0;
+        for i in 0..rows.rows() {
+            missing_rows += usize::from(rows.row(i).iter().any(|v| v.is_nan()));
+            agrees(
+                &trained.fitted,
+                rows.row(i),
+                &outputs,
+                i,
+                &params.to_string(),
+            );
+        }
+        assert!(missing_rows > 0, "the holdout has missing cells");
+    }
+
+    // A regression's model for a classifier, and labels that are not 0 or 1: refused.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path().join("ridge");
+    job_of(&d, &csv, json!({"model": "ridge"}), &parent);
+    let (ok, err) = train(&d);
+    assert!(!ok && err.contains("use \"logistic\" or \"gbt\""), "{err}");
+    let d = tmp.path().join("logistic");
+    job(&d, &demand_csv(200, 1), json!({"model": "logistic"}));
+    let (ok, err) = train(&d);
+    assert!(!ok && err.contains("use \"ridge\" or \"gbt\""), "{err}");
+    let d = tmp.path().join("labels");
+    job_of(&d, &demand_csv(200, 1), json!({"model": "gbt"}), &parent);
+    let (ok, err) = train(&d);
+    assert!(
+        !ok && err.contains("a binary classifier's labels, 0 or 1"),
+        "{err}"
+    );
+    for d in ["ridge", "logistic", "labels"] {
+        assert!(!tmp.path().join(d).join("model.onnx").exists(), "{d}");
+    }
+}
 
 /// The Python example trainer (examples/sklearn-trainer: scikit-learn + skl2onnx, pinned) under
 /// the same contract: the same job gives the same bytes, and the agent's engine serves its model
@@ -312,17 +516,7 @@ fn pinned_venv_the_python_example_trainer_keeps_the_contract() {
         let p: Params = serde_json::from_value(params.clone()).expect("params");
         let rows = holdout(&csv, &p);
         let model = serve(&a);
-        let x: Vec<f32> = rows.x.iter().map(|&v| v as f32).collect();
-        let out = model
-            .infer(
-                &[Tensor {
-                    name: "x".into(),
-                    shape: vec![rows.rows() as u64, 7],
-                    data: TensorData::Fp32(x),
-                }],
-                &[],
-            )
-            .expect("infer");
+        let out = infer(&model, &rows);
         let served = out[0].data.to_f64();
         let served_mae = served
             .iter()
@@ -398,7 +592,7 @@ fn a_bad_job_fails_with_a_message_and_leaves_no_model() {
         (
             "a parent the trainer cannot fit",
             Box::new(|d: &Path| {
-                std::fs::write(d.join("parent/manifest.json"), r#"{"name":"c","version":1,"inputs":[{"name":"x","datatype":"FP32","shape":[-1,7]}],"outputs":[{"name":"label","datatype":"INT64","shape":[-1]}]}"#).expect("w")
+                std::fs::write(d.join("parent/manifest.json"), r#"{"name":"c","version":1,"inputs":[{"name":"x","datatype":"FP32","shape":[-1,7]}],"outputs":[{"name":"scores","datatype":"FP32","shape":[-1,3]}]}"#).expect("w")
             }),
             "fits a regression",
         ),

@@ -36,6 +36,18 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// Rows of `w` features named f0, f1, … with target `y` (tests).
+    #[cfg(test)]
+    pub(crate) fn of(x: Vec<f64>, y: Vec<f64>, w: usize) -> Dataset {
+        Dataset {
+            x,
+            y,
+            features: (0..w).map(|j| format!("f{j}")).collect(),
+            target: "y".into(),
+            skipped: 0,
+        }
+    }
+
     pub fn rows(&self) -> usize {
         self.y.len()
     }

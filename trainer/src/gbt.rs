@@ -1,6 +1,7 @@
-//! Gradient-boosted regression trees, fitted by forust-ml (seeded, single-threaded, so the same
-//! data and seed give the same trees) and read out into the form the ONNX
-//! `TreeEnsembleRegressor` takes.
+//! Gradient-boosted trees, fitted by forust-ml (seeded, single-threaded, so the same data and
+//! seed give the same trees) and read out into the form the ONNX `TreeEnsembleRegressor`
+//! takes: squared error for a regression, log-loss for a binary classifier (the ensemble's
+//! value is then the log-odds of label 1).
 
 use forust_ml::GradientBooster;
 use forust_ml::data::Matrix;
@@ -75,7 +76,9 @@ fn f32_at_or_above(t: f64) -> f32 {
     if f64::from(f) < t { f.next_up() } else { f }
 }
 
-pub fn fit(d: &Dataset, p: &Params) -> TrainResult<Ensemble> {
+/// Fits `p`'s trees on `d`: a binary classifier's (labels 0 and 1, log-loss) when
+/// `classifier`, else a regression's.
+pub fn fit(d: &Dataset, p: &Params, classifier: bool) -> TrainResult<Ensemble> {
     let (n, w) = (d.rows(), d.width());
     // forust reads column-major.
     let mut columns = vec![0.0; n * w];
@@ -89,7 +92,13 @@ pub fn fit(d: &Dataset, p: &Params) -> TrainResult<Ensemble> {
     }
     let data = Matrix::new(&columns, n, w);
     let mut b = GradientBooster::default();
-    b.objective_type = ObjectiveType::SquaredLoss;
+    if classifier {
+        b.objective_type = ObjectiveType::LogLoss;
+        // Start from the base rate's log-odds rather than forust's fixed 0.5.
+        b.initialize_base_score = true;
+    } else {
+        b.objective_type = ObjectiveType::SquaredLoss;
+    }
     b.iterations = p.iterations;
     b.learning_rate = p.learning_rate;
     b.max_depth = p.max_depth;

@@ -73,8 +73,12 @@ pub(crate) fn read_bounded(path: &Path, max: u64) -> TrainResult<Vec<u8>> {
 pub enum ModelKind {
     /// Ridge regression on standardised features (missing values imputed with the mean).
     Ridge,
-    /// Gradient-boosted regression trees (forust-ml; missing values follow the learned side).
+    /// Gradient-boosted trees (forust-ml; missing values follow the learned side): squared
+    /// error for a regression, log-loss for a binary classifier.
     Gbt,
+    /// Logistic regression (binary classifiers) on standardised features (missing values
+    /// imputed with the mean), `alpha` its L2 penalty.
+    Logistic,
 }
 
 /// `params.json`.
@@ -199,6 +203,15 @@ pub struct Signature {
     pub output: String,
     /// The output is `[batch]` rather than `[batch, 1]`.
     pub flat_output: bool,
+    /// A binary classifier: `output` holds each row's label, 0 or 1 (INT64 `[batch]`).
+    pub classifier: Option<Classifier>,
+}
+
+/// What a binary classifier serves besides its labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Classifier {
+    /// An FP32 `[batch, 2]` output of each row's probabilities of label 0 and label 1.
+    pub probabilities: Option<String>,
 }
 
 impl ParentManifest {
@@ -233,14 +246,15 @@ impl ParentManifest {
         let Some(output) = self.outputs.first() else {
             return Err(invalid(PARENT_MANIFEST, "the parent has no output"));
         };
-        let flat_output = match (output.datatype, &output.shape[..]) {
-            (DataType::Fp32, [b]) if *b < 0 => true,
-            (DataType::Fp32, [b, 1]) if *b < 0 => false,
+        let (flat_output, classifier) = match (output.datatype, &output.shape[..]) {
+            (DataType::Fp32, [b]) if *b < 0 => (true, None),
+            (DataType::Fp32, [b, 1]) if *b < 0 => (false, None),
+            (DataType::Int64, [b]) if *b < 0 => (true, Some(self.probabilities()?)),
             _ => {
                 return Err(invalid(
                     PARENT_MANIFEST,
                     format!(
-                        "output {:?} is {:?} {:?}: the reference trainer fits a regression, FP32 [-1, 1] or [-1]",
+                        "output {:?} is {:?} {:?}: the reference trainer fits a regression (FP32 [-1, 1] or [-1]) or a binary classifier (INT64 labels [-1], then optionally FP32 probabilities [-1, 2])",
                         output.name, output.datatype, output.shape
                     ),
                 ));
@@ -262,6 +276,33 @@ impl ParentManifest {
             feature_names: input.feature_names.clone(),
             output: output.name.clone(),
             flat_output,
+            classifier,
         })
+    }
+
+    /// A binary classifier's outputs after its labels: none, or its probabilities.
+    fn probabilities(&self) -> TrainResult<Classifier> {
+        match &self.outputs[1..] {
+            [] => Ok(Classifier {
+                probabilities: None,
+            }),
+            [p] if p.datatype == DataType::Fp32 && matches!(p.shape[..], [b, 2] if b < 0) => {
+                Ok(Classifier {
+                    probabilities: Some(p.name.clone()),
+                })
+            }
+            other => Err(invalid(
+                PARENT_MANIFEST,
+                format!(
+                    "after its labels a binary classifier may have one output, FP32 probabilities [-1, 2]; {} has {}",
+                    self.name,
+                    other
+                        .iter()
+                        .map(|o| format!("{:?} {:?} {:?}", o.name, o.datatype, o.shape))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+        }
     }
 }

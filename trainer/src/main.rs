@@ -4,8 +4,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// The Edgefleet reference trainer: fits ridge regression or gradient-boosted trees on a job
-/// directory's dataset and writes model.onnx and metrics.json beside it.
+/// The Edgefleet reference trainer: fits ridge regression, logistic regression (a binary
+/// classifier) or gradient-boosted trees (either) on a job directory's dataset and writes
+/// model.onnx and metrics.json beside it. The parent's outputs say which: FP32 [-1, 1] or [-1]
+/// is a regression; INT64 labels [-1] (0 or 1), then optionally FP32 probabilities [-1, 2], a
+/// binary classifier.
 ///
 /// The job directory holds dataset.csv, dataset.schema.json, params.json and
 /// parent/manifest.json, as the hub prepares it (docs/trainers.md). Example params.json:
@@ -25,14 +28,14 @@ fn main() -> ExitCode {
         Ok(t) => {
             let m = &t.metrics;
             eprintln!(
-                "trained {:?} on {} rows ({} skipped) in {:.1} s: train MAE {:.4}{}",
+                "trained {:?} on {} rows ({} skipped) in {:.1} s: train {}{}",
                 m.model,
-                m.train.rows,
+                m.train.rows(),
                 m.skipped,
                 started.elapsed().as_secs_f64(),
-                m.train.mae,
+                m.train,
                 m.validation
-                    .map(|v| format!(", validation MAE {:.4} on {} rows", v.mae, v.rows))
+                    .map(|v| format!(", validation {v}"))
                     .unwrap_or_default()
             );
             ExitCode::SUCCESS

@@ -5,7 +5,10 @@
 //!   `Add`;
 //! - trees: `TreeEnsembleRegressor` (ai.onnx.ml), missing values along each split's learned side.
 //!
-//! A `[batch]` output (the parent's shape) is the `[batch, 1]` result reshaped.
+//! A `[batch]` output (the parent's shape) is the `[batch, 1]` result reshaped. A binary
+//! classifier's models compute the log-odds of label 1 the same way, then its labels
+//! (`Greater` than 0, `Cast` to INT64, `[batch]`) and, when the parent serves them, its
+//! probabilities (`Sigmoid`, `[1 − p, p]` by `Concat`).
 
 use prost::Message;
 use tract_onnx::pb::{
@@ -125,7 +128,8 @@ fn attr_strings(name: &str, v: Vec<&str>) -> AttributeProto {
     }
 }
 
-/// Wraps `nodes` (whose last writes `result`, `[N, 1]`) into a model of signature `sig`.
+/// Wraps `nodes` (whose last writes `result`, `[N, 1]`: a regression's prediction, a
+/// classifier's log-odds of label 1) into a model of signature `sig`.
 fn model(
     sig: &Signature,
     name: &str,
@@ -133,7 +137,7 @@ fn model(
     mut initializer: Vec<TensorProto>,
     result: &str,
 ) -> Vec<u8> {
-    let output_dims: &[Option<i64>] = if sig.flat_output {
+    if sig.flat_output {
         initializer.push(TensorProto {
             name: "flat_shape".into(),
             dims: vec![1],
@@ -141,6 +145,42 @@ fn model(
             int64_data: vec![-1],
             ..Default::default()
         });
+    }
+    let mut output = Vec::new();
+    if let Some(classifier) = &sig.classifier {
+        // Label 1 where the log-odds are above 0 (a probability above ½), as the trainer
+        // labels; the probabilities are the sigmoid's, [1 − p, p].
+        initializer.push(floats("zero", &[1], vec![0.0]));
+        nodes.push(node("Greater", "", &[result, "zero"], "positive", vec![]));
+        nodes.push(node(
+            "Cast",
+            "",
+            &["positive"],
+            "labels",
+            vec![attr_int("to", DataType::Int64 as i64)],
+        ));
+        nodes.push(node(
+            "Reshape",
+            "",
+            &["labels", "flat_shape"],
+            &sig.output,
+            vec![],
+        ));
+        output.push(value_info(&sig.output, DataType::Int64, &[None]));
+        if let Some(probabilities) = &classifier.probabilities {
+            initializer.push(floats("one", &[1], vec![1.0]));
+            nodes.push(node("Sigmoid", "", &[result], "p1", vec![]));
+            nodes.push(node("Sub", "", &["one", "p1"], "p0", vec![]));
+            nodes.push(node(
+                "Concat",
+                "",
+                &["p0", "p1"],
+                probabilities,
+                vec![attr_int("axis", 1)],
+            ));
+            output.push(value_info(probabilities, DataType::Float, &[None, Some(2)]));
+        }
+    } else if sig.flat_output {
         nodes.push(node(
             "Reshape",
             "",
@@ -148,11 +188,11 @@ fn model(
             &sig.output,
             vec![],
         ));
-        &[None]
+        output.push(value_info(&sig.output, DataType::Float, &[None]));
     } else {
         nodes.push(node("Identity", "", &[result], &sig.output, vec![]));
-        &[None, Some(1)]
-    };
+        output.push(value_info(&sig.output, DataType::Float, &[None, Some(1)]));
+    }
     let graph = GraphProto {
         name: name.into(),
         node: nodes,
@@ -162,7 +202,7 @@ fn model(
             DataType::Float,
             &[None, Some(sig.features as i64)],
         )],
-        output: vec![value_info(&sig.output, DataType::Float, output_dims)],
+        output,
         ..Default::default()
     };
     ModelProto {

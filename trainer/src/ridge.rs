@@ -26,12 +26,10 @@ impl Linear {
     }
 }
 
-pub fn fit(d: &Dataset, alpha: f64) -> TrainResult<Linear> {
+/// Each feature's mean over the values present and its standard deviation with a missing value
+/// counted as the mean (what imputation makes of it); an infinite value is an error.
+pub(crate) fn moments(d: &Dataset) -> TrainResult<(Vec<f64>, Vec<f64>)> {
     let (n, w) = (d.rows(), d.width());
-    if n == 0 {
-        return Err(TrainError::Fit("no rows".into()));
-    }
-    // Means and standard deviations over the values present.
     let mut means = vec![0.0; w];
     let mut stds = vec![0.0; w];
     for j in 0..w {
@@ -57,18 +55,31 @@ pub fn fit(d: &Dataset, alpha: f64) -> TrainResult<Linear> {
             var += (v - mean) * (v - mean);
         }
         means[j] = mean;
-        stds[j] = (var / n as f64).sqrt();
+        stds[j] = (var / n.max(1) as f64).sqrt();
     }
+    Ok((means, stds))
+}
+
+/// Feature `j` of row `i` standardised with [`moments`]: a missing value reads as the mean
+/// (0), a constant feature is 0.
+pub(crate) fn standardised(d: &Dataset, means: &[f64], stds: &[f64], i: usize, j: usize) -> f64 {
+    if stds[j] == 0.0 {
+        return 0.0;
+    }
+    let v = d.x[i * d.width() + j];
+    let v = if v.is_nan() { means[j] } else { v };
+    (v - means[j]) / stds[j]
+}
+
+pub fn fit(d: &Dataset, alpha: f64) -> TrainResult<Linear> {
+    let (n, w) = (d.rows(), d.width());
+    if n == 0 {
+        return Err(TrainError::Fit("no rows".into()));
+    }
+    let (means, stds) = moments(d)?;
     let y_mean = d.y.iter().sum::<f64>() / n as f64;
     // Normal equations on the standardised features; a constant feature gets weight 0.
-    let z = |i: usize, j: usize| -> f64 {
-        if stds[j] == 0.0 {
-            return 0.0;
-        }
-        let v = d.x[i * w + j];
-        let v = if v.is_nan() { means[j] } else { v };
-        (v - means[j]) / stds[j]
-    };
+    let z = |i: usize, j: usize| standardised(d, &means, &stds, i, j);
     let mut a = vec![0.0; w * w];
     let mut b = vec![0.0; w];
     let mut row = vec![0.0; w];
@@ -112,7 +123,7 @@ pub fn fit(d: &Dataset, alpha: f64) -> TrainResult<Linear> {
 
 /// Solves `A x = b` for a symmetric positive definite `A` (row-major, n×n; overwritten with
 /// its Cholesky factor). None if `A` is not positive definite.
-fn solve_spd(a: &mut [f64], b: &[f64], n: usize) -> Option<Vec<f64>> {
+pub(crate) fn solve_spd(a: &mut [f64], b: &[f64], n: usize) -> Option<Vec<f64>> {
     for j in 0..n {
         let mut d = a[j * n + j];
         for k in 0..j {
@@ -155,16 +166,6 @@ fn solve_spd(a: &mut [f64], b: &[f64], n: usize) -> Option<Vec<f64>> {
 mod tests {
     use super::*;
 
-    fn dataset(x: Vec<f64>, y: Vec<f64>, w: usize) -> Dataset {
-        Dataset {
-            x,
-            y,
-            features: (0..w).map(|j| format!("f{j}")).collect(),
-            target: "y".into(),
-            skipped: 0,
-        }
-    }
-
     #[test]
     fn recovers_an_exact_linear_relation_with_no_penalty() {
         // y = 3 + 2 a − 0.5 b, a constant column c.
@@ -175,7 +176,7 @@ mod tests {
             x.extend([a, b, 4.0]);
             y.push(3.0 + 2.0 * a - 0.5 * b);
         }
-        let m = fit(&dataset(x, y, 3), 0.0).expect("fit");
+        let m = fit(&Dataset::of(x, y, 3), 0.0).expect("fit");
         assert!((m.weights[0] - 2.0).abs() < 1e-9, "{m:?}");
         assert!((m.weights[1] + 0.5).abs() < 1e-9, "{m:?}");
         assert_eq!(m.weights[2], 0.0);
@@ -189,10 +190,10 @@ mod tests {
         let x: Vec<f64> = (0..20).flat_map(|i| [i as f64, 2.0 * i as f64]).collect();
         let y: Vec<f64> = (0..20).map(|i| i as f64).collect();
         assert!(matches!(
-            fit(&dataset(x.clone(), y.clone(), 2), 0.0),
+            fit(&Dataset::of(x.clone(), y.clone(), 2), 0.0),
             Err(TrainError::Fit(_))
         ));
-        let m = fit(&dataset(x, y, 2), 0.01).expect("fit");
+        let m = fit(&Dataset::of(x, y, 2), 0.01).expect("fit");
         assert!((m.predict_row(&[10.0, 20.0]) - 10.0).abs() < 0.1, "{m:?}");
     }
 }

@@ -14,7 +14,8 @@ const BATCH: usize = 1024;
 /// The gate's judgement, kept with the run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GateVerdict {
-    /// `mae`: mean absolute error on the held-out rows (lower is better).
+    /// `mae`: mean absolute error on the held-out rows (a regression; lower is better);
+    /// `accuracy`: the share of rows labelled right (a classifier; higher is better).
     pub metric: String,
     pub champion: f64,
     pub candidate: f64,
@@ -27,13 +28,16 @@ pub struct GateVerdict {
 
 impl GateVerdict {
     pub fn detail(&self) -> String {
+        let (name, bound) = if self.metric == ACCURACY {
+            ("accuracy".to_owned(), format!("≥ {:.4}", self.bound()))
+        } else {
+            (self.metric.to_uppercase(), format!("≤ {:.4}", self.bound()))
+        };
         format!(
-            "{} on {} held-out rows: candidate {:.4}, champion {:.4} (the candidate must be ≤ {:.4}){}",
-            self.metric.to_uppercase(),
+            "{name} on {} held-out rows: candidate {:.4}, champion {:.4} (the candidate must be {bound}){}",
             self.rows,
             self.candidate,
             self.champion,
-            self.champion * (1.0 - self.margin),
             if self.wins {
                 ""
             } else {
@@ -41,7 +45,20 @@ impl GateVerdict {
             }
         )
     }
+
+    /// What the candidate must reach: an error (MAE, or a classifier's share of wrong labels)
+    /// at most the champion's × (1 − margin).
+    fn bound(&self) -> f64 {
+        if self.metric == ACCURACY {
+            1.0 - (1.0 - self.champion) * (1.0 - self.margin)
+        } else {
+            self.champion * (1.0 - self.margin)
+        }
+    }
 }
+
+const MAE: &str = "mae";
+const ACCURACY: &str = "accuracy";
 
 /// The held-out rows as the gate scores them: the model input's features in its order (NaN
 /// where a value is missing), and the first true value.
@@ -54,12 +71,12 @@ pub(super) struct Rows {
     pub len: usize,
 }
 
-/// What the gate can score: one FP32 input `[batch, features]` and a numeric first output
-/// (a regression), the shape the reference trainer fits.
+/// What the gate can score: one FP32 input `[batch, features]` and a first output, a
+/// floating-point one (a regression) or labels (a classifier), the shapes the reference
+/// trainer fits.
 pub(super) fn signature(m: &ModelManifest) -> Result<(String, Vec<String>, String), String> {
-    let no = |why: String| {
-        format!("the gate scores regressions with one FP32 input [-1, features]: {why}")
-    };
+    let no =
+        |why: String| format!("the gate scores models with one FP32 input [-1, features]: {why}");
     let [input] = &m.inputs[..] else {
         return Err(no(format!("{} has {} inputs", m.name, m.inputs.len())));
     };
@@ -142,17 +159,53 @@ pub fn judge(
         .map_err(|e| format!("the champion: {e}"))?;
     let challenger = LoadedModel::load(candidate.clone(), candidate_model)
         .map_err(|e| format!("the candidate does not load with the parent's tensors: {e}"))?;
-    let (c, n) = mae(&champion, &input, &output, &rows)?;
-    let (k, _) =
-        mae(&challenger, &input, &output, &rows).map_err(|e| format!("the candidate: {e}"))?;
+    // A first output of labels (integers, BOOL) makes the model a classifier, as on the
+    // devices (their feedback scores it the same way).
+    let classifier = parent
+        .outputs
+        .first()
+        .is_some_and(|o| !matches!(o.datatype, DataType::Fp16 | DataType::Fp32 | DataType::Fp64));
+    let score = |m: &LoadedModel| {
+        if classifier {
+            accuracy(m, &input, &output, &rows)
+        } else {
+            mae(m, &input, &output, &rows)
+        }
+    };
+    let (c, n) = score(&champion)?;
+    let (k, _) = score(&challenger).map_err(|e| format!("the candidate: {e}"))?;
+    // Judged on the error either way: the candidate's at most the champion's × (1 − margin).
+    let wins = if classifier {
+        1.0 - k <= (1.0 - c) * (1.0 - margin)
+    } else {
+        k <= c * (1.0 - margin)
+    };
     Ok(GateVerdict {
-        metric: "mae".into(),
+        metric: if classifier { ACCURACY } else { MAE }.into(),
         champion: c,
         candidate: k,
         rows: n,
         margin,
-        wins: k <= c * (1.0 - margin),
+        wins,
     })
+}
+
+/// The share of `rows` whose label (the first value of `output` in a row) is the true one,
+/// and the rows scored.
+fn accuracy(m: &LoadedModel, input: &str, output: &str, rows: &Rows) -> Result<(f64, u64), String> {
+    let predicted = predict(m, input, output, rows)?;
+    if predicted.len() != rows.len {
+        return Err(format!("{} labels for {} rows", predicted.len(), rows.len));
+    }
+    let right = predicted
+        .iter()
+        .zip(&rows.y)
+        .filter(|(p, y)| p == y)
+        .count();
+    if rows.len == 0 {
+        return Err("no held-out row has a numeric label to score against".into());
+    }
+    Ok((right as f64 / rows.len as f64, rows.len as u64))
 }
 
 /// The model's values of `output` for every row of `rows`, row after row (a row's values
@@ -214,4 +267,117 @@ fn mae(m: &LoadedModel, input: &str, output: &str, rows: &Rows) -> Result<(f64, 
         return Err("no held-out row has a numeric truth to score against".into());
     }
     Ok((sum / n as f64, n))
+}
+
+#[cfg(test)]
+mod tests {
+    use edgefleet_common::manifest::{ArtifactRef, ModelFormat};
+    use edgefleet_common::{Digest, Lineage, TensorSpec};
+
+    use super::*;
+
+    /// A binary classifier of (price, temp) with labels `y` and probabilities `p` (the
+    /// reference trainer's logistic regression on `rows`: price, temp, label).
+    fn classifier(rows: &[(f64, f64, f64)]) -> Vec<u8> {
+        crate::testkit::fit_price_temp(rows, true)
+    }
+
+    fn manifest(artifact: &[u8]) -> ModelManifest {
+        let spec = |name: &str, datatype, shape: Vec<i64>, names: &[&str]| TensorSpec {
+            name: name.into(),
+            datatype,
+            shape,
+            feature_names: names.iter().map(|n| (*n).into()).collect(),
+        };
+        ModelManifest {
+            name: "busy".into(),
+            version: 1,
+            artifact: ArtifactRef {
+                sha256: Digest::of(artifact),
+                size: artifact.len() as u64,
+                format: ModelFormat::Onnx,
+            },
+            inputs: vec![spec("x", DataType::Fp32, vec![-1, 2], &["price", "temp"])],
+            outputs: vec![
+                spec("y", DataType::Int64, vec![-1], &[]),
+                spec("p", DataType::Fp32, vec![-1, 2], &["0", "1"]),
+            ],
+            smoke_tests: vec![],
+            created_at: 0,
+            lineage: Lineage::default(),
+            reference_profile: None,
+            description: String::new(),
+        }
+    }
+
+    /// A classifier is judged on its accuracy over the held-out labels: a model that learned
+    /// "busy when it is warmer than the price" beats one that learned the opposite, and not
+    /// the other way round.
+    #[test]
+    fn a_classifier_is_judged_on_accuracy() {
+        let grid: Vec<(f64, f64)> = (0..20)
+            .flat_map(|i| (0..20).map(move |j| (f64::from(i) * 0.5, f64::from(j) * 0.5 + 0.25)))
+            .collect();
+        let label = |(p, t): (f64, f64), warm: bool| (p, t, f64::from((t > p) == warm));
+        let good = classifier(&grid.iter().map(|&r| label(r, true)).collect::<Vec<_>>());
+        let wrong = classifier(&grid.iter().map(|&r| label(r, false)).collect::<Vec<_>>());
+        let dir = tempfile::tempdir().expect("tmp");
+        let (good_path, wrong_path) = (dir.path().join("good.onnx"), dir.path().join("wrong.onnx"));
+        std::fs::write(&good_path, &good).expect("write");
+        std::fs::write(&wrong_path, &wrong).expect("write");
+        let mut csv = String::from("price,temp,truth_y\n");
+        for i in 0..50 {
+            let (p, t) = (f64::from(i % 7) + 0.3, f64::from(i % 11) * 0.7);
+            csv += &format!("{p},{t},{}\n", u8::from(t > p));
+        }
+        let (good_m, wrong_m) = (manifest(&good), manifest(&wrong));
+        let v = judge(
+            &wrong_m,
+            &wrong_path,
+            &good_m,
+            &good_path,
+            csv.as_bytes(),
+            0.02,
+        )
+        .expect("judged");
+        assert_eq!(v.metric, "accuracy");
+        assert_eq!(v.rows, 50);
+        assert!(v.candidate > 0.9 && v.champion < 0.1, "{v:?}");
+        assert!(v.wins, "{}", v.detail());
+        assert!(
+            v.detail().starts_with("accuracy on 50 held-out rows"),
+            "{}",
+            v.detail()
+        );
+        let back = judge(
+            &good_m,
+            &good_path,
+            &wrong_m,
+            &wrong_path,
+            csv.as_bytes(),
+            0.02,
+        )
+        .expect("judged");
+        assert!(!back.wins, "{back:?}");
+        assert!(
+            back.detail().ends_with("the champion stays"),
+            "{}",
+            back.detail()
+        );
+        // The same model against itself wins with no margin and loses with one.
+        let same = |margin| {
+            judge(
+                &good_m,
+                &good_path,
+                &good_m,
+                &good_path,
+                csv.as_bytes(),
+                margin,
+            )
+            .expect("judged")
+            .wins
+        };
+        assert!(same(0.0));
+        assert!(!same(0.02) || (1.0 - v.candidate) == 0.0);
+    }
 }

@@ -49,8 +49,8 @@ pub struct PolicyRequest {
     /// candidate against the champion.
     #[serde(default = "default_holdout")]
     pub holdout: f64,
-    /// How much better the candidate must be on the held-out rows: its MAE at most the
-    /// champion's × (1 − margin).
+    /// How much better the candidate must be on the held-out rows: its error (a regression's
+    /// MAE, a classifier's share of wrong labels) at most the champion's × (1 − margin).
     #[serde(default = "default_margin")]
     pub margin: f64,
     /// What becomes of a version a job signs and publishes: `approval` (the default) leaves it

@@ -210,27 +210,7 @@ echo '{{"rows": 1}}' > metrics.json"#,
     /// A ridge regression of `y` on (price, temp) fitted by the reference trainer's own code,
     /// as ONNX with the kit's tensors.
     fn fit(rows: &[(f64, f64, f64)]) -> Vec<u8> {
-        let data = edgefleet_trainer::Dataset {
-            x: rows.iter().flat_map(|r| [r.0, r.1]).collect(),
-            y: rows.iter().map(|r| r.2).collect(),
-            features: vec!["price".into(), "temp".into()],
-            target: "truth_y".into(),
-            skipped: 0,
-        };
-        let params = edgefleet_trainer::Params {
-            validation: 0.0,
-            ..Default::default()
-        };
-        let sig = edgefleet_trainer::Signature {
-            input: "x".into(),
-            features: 2,
-            feature_names: vec!["price".into(), "temp".into()],
-            output: "y".into(),
-            flat_output: false,
-        };
-        edgefleet_trainer::train(&data, &params, &sig)
-            .expect("fit")
-            .onnx
+        crate::testkit::fit_price_temp(rows, false)
     }
 
     /// `bytes` in a file of `dir`, for a trainer to copy.
@@ -712,6 +692,7 @@ echo '{{"rows": 1}}' > metrics.json"#,
                 feature_names: vec![],
                 output: "y".into(),
                 flat_output: false,
+                classifier: None,
             };
             let params = edgefleet_trainer::Params {
                 validation: 0.0,
