@@ -111,14 +111,6 @@ impl Scores {
             Scores::Classification { .. } => None,
         }
     }
-
-    /// A classifier's accuracy.
-    pub fn accuracy(&self) -> Option<f64> {
-        match self {
-            Scores::Classification { accuracy, .. } => Some(*accuracy),
-            Scores::Regression { .. } => None,
-        }
-    }
 }
 
 impl std::fmt::Display for Scores {

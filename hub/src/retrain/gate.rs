@@ -46,14 +46,19 @@ impl GateVerdict {
         )
     }
 
-    /// What the candidate must reach: an error (MAE, or a classifier's share of wrong labels)
-    /// at most the champion's × (1 − margin).
-    fn bound(&self) -> f64 {
+    /// The error a score stands for: the MAE itself, a classifier's share of wrong labels.
+    fn error(&self, score: f64) -> f64 {
         if self.metric == ACCURACY {
-            1.0 - (1.0 - self.champion) * (1.0 - self.margin)
+            1.0 - score
         } else {
-            self.champion * (1.0 - self.margin)
+            score
         }
+    }
+
+    /// What the candidate must reach: an error at most the champion's × (1 − margin), as a
+    /// score (the error function is its own inverse).
+    fn bound(&self) -> f64 {
+        self.error(self.error(self.champion) * (1.0 - self.margin))
     }
 }
 
@@ -159,12 +164,9 @@ pub fn judge(
         .map_err(|e| format!("the champion: {e}"))?;
     let challenger = LoadedModel::load(candidate.clone(), candidate_model)
         .map_err(|e| format!("the candidate does not load with the parent's tensors: {e}"))?;
-    // A first output of labels (integers, BOOL) makes the model a classifier, as on the
-    // devices (their feedback scores it the same way).
-    let classifier = parent
-        .outputs
-        .first()
-        .is_some_and(|o| !matches!(o.datatype, DataType::Fp16 | DataType::Fp32 | DataType::Fp64));
+    // The devices' rule (their feedback scores the model the same way).
+    let classifier = edgefleet_common::quality::Task::of(parent)
+        == Some(edgefleet_common::quality::Task::Classification);
     let score = |m: &LoadedModel| {
         if classifier {
             accuracy(m, &input, &output, &rows)
@@ -174,25 +176,25 @@ pub fn judge(
     };
     let (c, n) = score(&champion)?;
     let (k, _) = score(&challenger).map_err(|e| format!("the candidate: {e}"))?;
-    // Judged on the error either way: the candidate's at most the champion's × (1 − margin).
-    let wins = if classifier {
-        1.0 - k <= (1.0 - c) * (1.0 - margin)
-    } else {
-        k <= c * (1.0 - margin)
-    };
-    Ok(GateVerdict {
+    let mut verdict = GateVerdict {
         metric: if classifier { ACCURACY } else { MAE }.into(),
         champion: c,
         candidate: k,
         rows: n,
         margin,
-        wins,
-    })
+        wins: false,
+    };
+    // Judged on the error either way: the candidate's at most the champion's × (1 − margin).
+    verdict.wins = verdict.error(k) <= verdict.error(c) * (1.0 - margin);
+    Ok(verdict)
 }
 
 /// The share of `rows` whose label (the first value of `output` in a row) is the true one,
 /// and the rows scored.
 fn accuracy(m: &LoadedModel, input: &str, output: &str, rows: &Rows) -> Result<(f64, u64), String> {
+    if rows.len == 0 {
+        return Err("no held-out row has a numeric label to score against".into());
+    }
     let predicted = predict(m, input, output, rows)?;
     if predicted.len() != rows.len {
         return Err(format!("{} labels for {} rows", predicted.len(), rows.len));
@@ -202,9 +204,6 @@ fn accuracy(m: &LoadedModel, input: &str, output: &str, rows: &Rows) -> Result<(
         .zip(&rows.y)
         .filter(|(p, y)| p == y)
         .count();
-    if rows.len == 0 {
-        return Err("no held-out row has a numeric label to score against".into());
-    }
     Ok((right as f64 / rows.len as f64, rows.len as u64))
 }
 
