@@ -597,6 +597,13 @@ fn a_bad_job_fails_with_a_message_and_leaves_no_model() {
             "fits a regression",
         ),
         (
+            "a classifier with an output the trainer cannot make",
+            Box::new(|d: &Path| {
+                std::fs::write(d.join("parent/manifest.json"), r#"{"name":"c","version":1,"inputs":[{"name":"x","datatype":"FP32","shape":[-1,7]}],"outputs":[{"name":"y","datatype":"INT64","shape":[-1]},{"name":"p","datatype":"FP32","shape":[-1,3]}]}"#).expect("w")
+            }),
+            "may have one output, FP32 probabilities [-1, 2]",
+        ),
+        (
             "no dataset",
             Box::new(|d: &Path| std::fs::remove_file(d.join("dataset.csv")).expect("rm")),
             "dataset.csv",
