@@ -172,6 +172,34 @@ impl Kit {
 
     /// [`Kit::publish`] with `artifact` as the model file.
     pub async fn publish_artifact(&self, model: &str, version: u64, artifact: Vec<u8>) {
+        self.publish_outputs(
+            model,
+            version,
+            artifact,
+            vec![tensor("y", vec![-1, 1], &[])],
+        )
+        .await;
+    }
+
+    /// [`Kit::publish_artifact`] of a binary classifier ([`fit_price_temp`]'s): labels `y`
+    /// (INT64 `[-1]`) and probabilities `p` (FP32 `[-1, 2]`).
+    pub async fn publish_classifier(&self, model: &str, version: u64, artifact: Vec<u8>) {
+        let labels = TensorSpec {
+            datatype: DataType::Int64,
+            ..tensor("y", vec![-1], &[])
+        };
+        let probabilities = tensor("p", vec![-1, 2], &["0", "1"]);
+        self.publish_outputs(model, version, artifact, vec![labels, probabilities])
+            .await;
+    }
+
+    async fn publish_outputs(
+        &self,
+        model: &str,
+        version: u64,
+        artifact: Vec<u8>,
+        outputs: Vec<TensorSpec>,
+    ) {
         let digest = Digest::of(&artifact);
         let chunks = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(artifact.clone())]);
         self.hub
@@ -188,7 +216,7 @@ impl Kit {
                 format: ModelFormat::Onnx,
             },
             inputs: vec![tensor("x", vec![-1, 2], &["price", "temp"])],
-            outputs: vec![tensor("y", vec![-1, 1], &[])],
+            outputs,
             smoke_tests: vec![],
             created_at: crate::now(),
             lineage: Lineage::default(),

@@ -172,7 +172,7 @@ async fn only_the_end_of_a_flood_of_output_is_kept() {
 mod jobs {
     use edgefleet_common::sample::{SampleBatch, SampleRow, Value};
     use edgefleet_common::telemetry::pack_record;
-    use edgefleet_common::{Digest, SecretKey, Signed};
+    use edgefleet_common::{DataType, Digest, SecretKey, Signed};
     use serde_json::json;
 
     use std::path::Path;
@@ -248,37 +248,66 @@ echo '{{"rows": 1}}' > metrics.json"#,
 
     /// Uploads `n` captured rows of `demand` v1 from `device`, in one window ending at `end`.
     async fn capture(kit: &Kit, key: &SecretKey, device: &str, seq: u64, end: u64, n: usize) {
+        let rows = (0..n)
+            .map(|i| SampleRow {
+                made_at: end - 60 + i as u64,
+                inputs: vec![seq as f64, i as f64],
+                predicted: vec![Value::Number(1.0)],
+                truth: vec![Value::Number(2.0 + i as f64)],
+            })
+            .collect();
+        capture_rows(kit, key, device, seq, end, rows).await;
+    }
+
+    /// Uploads `rows` of `demand` v1 from `device` as one window ending at `end`.
+    async fn capture_rows(
+        kit: &Kit,
+        key: &SecretKey,
+        device: &str,
+        seq: u64,
+        end: u64,
+        rows: Vec<SampleRow>,
+    ) {
         let batch = SampleBatch {
             device_id: device.into(),
             seq,
             model: "demand".into(),
             version: 1,
-            window_start: end - 60,
+            window_start: rows
+                .iter()
+                .map(|r| r.made_at)
+                .min()
+                .unwrap_or(end)
+                .min(end - 60),
             window_end: end,
-            offered: n as u64,
+            offered: rows.len() as u64,
             inputs: vec!["price".into(), "temp".into()],
             outputs: vec!["y".into()],
-            rows: (0..n)
-                .map(|i| SampleRow {
-                    made_at: end - 60 + i as u64,
-                    inputs: vec![seq as f64, i as f64],
-                    predicted: vec![Value::Number(1.0)],
-                    truth: vec![Value::Number(2.0 + i as f64)],
-                })
-                .collect(),
+            rows,
         };
+        deliver(kit, key, device, seq, &batch, |device, payload| {
+            Message::Samples { device, payload }
+        })
+        .await;
+    }
+
+    /// Signs `body` as `device` and hands it to the hub's telemetry consumer as the message
+    /// `kind` makes; the hub must ack it.
+    async fn deliver<T: edgefleet_common::encoding::Document>(
+        kit: &Kit,
+        key: &SecretKey,
+        device: &str,
+        seq: u64,
+        body: &T,
+        kind: impl FnOnce(String, Vec<u8>) -> Message,
+    ) {
         let payload = pack_record(
-            &Signed::sign(&batch, key, None)
+            &Signed::sign(body, key, None)
                 .and_then(|s| s.to_bytes())
                 .expect("sign"),
         );
         let mut accept = kit.hub.telemetry.accept();
-        let out = accept
-            .batch(vec![Message::Samples {
-                device: device.into(),
-                payload,
-            }])
-            .await;
+        let out = accept.batch(vec![kind(device.into(), payload)]).await;
         assert_eq!(out.acks[device], vec![seq]);
     }
 
@@ -977,6 +1006,240 @@ echo '{{"rows": 1}}' > metrics.json"#,
             .await
             .expect_err("refused");
         assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    /// A window's telemetry from `device` whose ground truth scored `right` of `rows` labels of
+    /// `demand` v1 right.
+    async fn report_accuracy(
+        kit: &Kit,
+        key: &SecretKey,
+        device: &str,
+        seq: u64,
+        end: u64,
+        (right, rows): (u64, u64),
+    ) {
+        use edgefleet_common::quality::ModelQuality;
+        use edgefleet_common::sketch::{ColumnKind, ColumnSpec, DEFAULT_K, LatencySketch, Profile};
+        use edgefleet_common::telemetry::{ModelWindow, TelemetryRecord};
+        let mut quality = ModelQuality::new("demand", 1);
+        for i in 0..rows {
+            let (predicted, p_true) = if i < right { ("1", 0.8) } else { ("0", 0.3) };
+            quality
+                .score_label(predicted, "1", Some(p_true), false)
+                .expect("score");
+        }
+        // The columns the devices profile for v1 (its inputs, labels and probabilities).
+        let (_, manifest) = kit.hub.registry.find("demand", "1").expect("v1");
+        let specs: Vec<_> = edgefleet_common::sketch::model_columns(&manifest)
+            .into_iter()
+            .map(|c| ColumnSpec {
+                name: c.name,
+                kind: ColumnKind::Numeric,
+            })
+            .collect();
+        let mut profile = Profile::new(&specs, DEFAULT_K).expect("profile");
+        profile.update_row(&vec![1.0; specs.len()]).expect("row");
+        let mut latency = LatencySketch::default();
+        latency.record_us(100.0);
+        let record = TelemetryRecord {
+            device_id: device.into(),
+            seq,
+            window_start: end - 60,
+            window_end: end,
+            models: vec![ModelWindow {
+                model: "demand".into(),
+                version: 1,
+                profile: profile.to_bytes(),
+                latency: latency.into(),
+                requests: rows,
+                errors: 0,
+            }],
+            health: Default::default(),
+            outbox: Default::default(),
+            agent_version: "test".into(),
+            quality: vec![quality],
+        };
+        deliver(kit, key, device, seq, &record, |device, payload| {
+            Message::Record { device, payload }
+        })
+        .await;
+    }
+
+    /// A classifier's loop at the job level: its accuracy from ground truth falls (the shop's
+    /// rule for a busy day moved: busy when it is 3° warmer than the price, no longer when
+    /// warmer at all), the quality trigger starts a job with the values that fired it, the
+    /// candidate (a logistic regression of the new rule) beats the champion on the held-out
+    /// labels' accuracy, and the signed version, a classifier with its labels and probabilities
+    /// and a smoke test the engine passes, goes straight to a staged rollout.
+    #[tokio::test]
+    async fn a_classifiers_accuracy_drop_retrains_it_and_the_winner_is_rolled_out() {
+        let grid: Vec<(f64, f64)> = (0..10)
+            .flat_map(|i| (0..20).map(move |j| (f64::from(i) * 0.5, f64::from(j) * 0.5 + 0.25)))
+            .collect();
+        let rule =
+            |shift: f64| move |&(p, t): &(f64, f64)| (p, t, f64::from(u8::from(t > p + shift)));
+        let champion =
+            crate::testkit::fit_price_temp(&grid.iter().map(rule(0.0)).collect::<Vec<_>>(), true);
+        let candidate =
+            crate::testkit::fit_price_temp(&grid.iter().map(rule(3.0)).collect::<Vec<_>>(), true);
+        let tmp = tempfile::tempdir().expect("tmp");
+        let kit = kit(&checking(&file(&tmp, "candidate.onnx", &candidate)));
+        kit.publish_classifier("demand", 1, champion).await;
+        let key = kit.enroll("shop-1", &[], true).await;
+        let now = crate::now();
+        // The captured days, spread over the grid, with the champion's labels and the truth.
+        let label = |b: bool| Value::Label(if b { "1" } else { "0" }.into());
+        let half = grid.len() as u64 / 2;
+        let rows: Vec<SampleRow> = (0..grid.len() as u64)
+            .map(|k| {
+                let (p, t) = grid[(k * 37) as usize % grid.len()];
+                SampleRow {
+                    // The older half in a window ending at now - 300, the newer one at now.
+                    made_at: if k < half {
+                        now - 300 - half + k
+                    } else {
+                        now - half + (k - half)
+                    },
+                    inputs: vec![p, t],
+                    predicted: vec![label(t > p)],
+                    truth: vec![label(t > p + 3.0)],
+                }
+            })
+            .collect();
+        let (older, newer) = rows.split_at(rows.len() / 2);
+        capture_rows(&kit, &key, "shop-1", 1, now - 300, older.to_vec()).await;
+        capture_rows(&kit, &key, "shop-1", 2, now, newer.to_vec()).await;
+        // Two hours ago 9 in 10 labels were right; this hour, half.
+        report_accuracy(
+            &kit,
+            &key,
+            "shop-1",
+            3,
+            now - 2 * crate::telemetry::HOUR,
+            (270, 300),
+        )
+        .await;
+        report_accuracy(&kit, &key, "shop-1", 4, now, (150, 300)).await;
+        let held = kit
+            .hub
+            .telemetry
+            .store()
+            .quality("demand", 1, crate::telemetry::ALL, 0, u64::MAX)
+            .expect("read")
+            .expect("the hub holds the devices' accuracy");
+        assert_eq!((held.matched, held.accuracy()), (600, Some(0.7)));
+
+        let r = &kit.hub.retrain;
+        let mut p = policy(100, 0);
+        p.params = json!({"model": "logistic"})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        p.quality = Some(crate::retrain::QualityTrigger {
+            metric: crate::retrain::QualityMetric::Accuracy,
+            ratio: 1.3,
+            min_matched: 200,
+            hours: 1,
+            baseline_hours: 24,
+        });
+        p.release = crate::retrain::Release::Rollout;
+        p.rollout = json!({"waves": [{"percent": 50.0}, {"percent": 100.0}], "bake_secs": 60})
+            .as_object()
+            .cloned();
+        r.set_policy("demand", p, now).await.expect("policy");
+        let started = r.tick(now).await.expect("tick");
+        let [id] = started[..] else {
+            panic!("one job: {started:?}")
+        };
+        let job = r.job(id).expect("job");
+        assert_eq!(job.trigger.kind, "quality", "{:?}", job.trigger);
+        let v = &job.trigger.values;
+        assert_eq!(v["metric"], "accuracy");
+        assert!(
+            (v["baseline"].as_f64().unwrap_or(0.0) - 0.9).abs() < 1e-9,
+            "{v}"
+        );
+        assert!((v["now"].as_f64().unwrap_or(0.0) - 0.5).abs() < 1e-9, "{v}");
+        assert_eq!(
+            (v["baseline_matched"].as_u64(), v["now_matched"].as_u64()),
+            (Some(300), Some(300))
+        );
+        assert!(
+            job.trigger
+                .detail
+                .starts_with("accuracy of version 1 went from 0.9000 to 0.5000"),
+            "{}",
+            job.trigger.detail
+        );
+
+        let done = r.execute(id).await.expect("execute");
+        let run = r.run(done.runs[0]).expect("run");
+        assert_eq!(
+            done.state,
+            JobState::Succeeded,
+            "{:?} {}",
+            run.failure,
+            run.log
+        );
+        assert_eq!(run.log, "training on 150 rows\n");
+        // Judged on accuracy over the 50 newest labels, which the champion's old rule gets
+        // wrong wherever it is warmer than the price by less than 3°.
+        let gate = run.gate.as_ref().expect("gate");
+        assert_eq!(
+            (gate.metric.as_str(), gate.rows),
+            ("accuracy", 50),
+            "{gate:?}"
+        );
+        assert!(
+            gate.wins && gate.candidate > 0.95 && gate.champion < 0.85,
+            "{gate:?}"
+        );
+        // Version 2 is a classifier like its parent, signed, with a smoke test of held-out
+        // rows and the candidate's own labels and probabilities, which the engine reproduces.
+        assert_eq!(done.version, Some(2));
+        let (record, manifest) = kit.hub.registry.find("demand", "2").expect("v2");
+        assert_eq!(
+            record
+                .manifest
+                .verify(&kit.hub.config().trust, now)
+                .expect("verifies"),
+            manifest
+        );
+        let outputs: Vec<_> = manifest
+            .outputs
+            .iter()
+            .map(|o| (o.name.as_str(), o.datatype, o.shape.clone()))
+            .collect();
+        assert_eq!(
+            outputs,
+            [
+                ("y", DataType::Int64, vec![-1]),
+                ("p", DataType::Fp32, vec![-1, 2])
+            ]
+        );
+        assert!(
+            manifest.lineage.metrics["holdout_accuracy"] > 0.95,
+            "{:?}",
+            manifest.lineage.metrics
+        );
+        let [smoke] = &manifest.smoke_tests[..] else {
+            panic!("one smoke test: {:?}", manifest.smoke_tests)
+        };
+        assert_eq!(smoke.expected.len(), 2, "labels and probabilities");
+        edgefleet_engine::LoadedModel::load(
+            manifest.clone(),
+            &kit.hub.registry.artifact_path(&manifest.artifact.sha256),
+        )
+        .and_then(|m| m.smoke_test())
+        .expect("the new version passes its smoke test");
+        // The policy's rollout: two waves, at once, no admin needed.
+        assert!(!done.awaiting_approval);
+        let rollout = kit
+            .hub
+            .rollouts
+            .get(done.rollout.expect("a rollout"))
+            .expect("rollout");
+        assert_eq!((rollout.spec.version, rollout.spec.waves.len()), (2, 2));
     }
 
     #[tokio::test]
