@@ -50,3 +50,37 @@ pub fn parent() -> serde_json::Value {
         "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}],
     })
 }
+
+/// The demand table as a binary question: is the day's demand above the table's median (1) or
+/// not (0)?
+pub fn busy_day_csv(rows: usize, seed: u64) -> String {
+    let csv = demand_csv(rows, seed);
+    let mut lines = csv.lines();
+    let header = lines.next().expect("header");
+    let rows: Vec<(&str, f64)> = lines
+        .map(|l| {
+            let (cells, truth) = l.rsplit_once(',').expect("a truth cell");
+            (cells, truth.parse().expect("a number"))
+        })
+        .collect();
+    let mut sorted: Vec<f64> = rows.iter().map(|r| r.1).collect();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let mut out = format!("{header}\n");
+    for (cells, demand) in rows {
+        out += &format!("{cells},{}\n", u8::from(demand > median));
+    }
+    out
+}
+
+/// A binary classifier with the demand model's input: labels `y` (INT64), probabilities `p`.
+pub fn classifier_parent() -> serde_json::Value {
+    json!({
+        "name": "busy", "version": 1,
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 7], "feature_names": FEATURES}],
+        "outputs": [
+            {"name": "y", "datatype": "INT64", "shape": [-1]},
+            {"name": "p", "datatype": "FP32", "shape": [-1, 2], "feature_names": ["0", "1"]},
+        ],
+    })
+}
