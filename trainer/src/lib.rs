@@ -68,7 +68,7 @@ impl Fitted {
     /// A classifier's label for `row`: 1 when its log-odds are above 0 (as served); none for a
     /// regression.
     pub fn label_row(&self, row: &[f64]) -> Option<i64> {
-        self.log_odds(row).map(|s| i64::from(s > 0.0))
+        self.log_odds(row).map(label)
     }
 
     pub fn to_onnx(&self, sig: &Signature) -> Vec<u8> {
@@ -131,15 +131,21 @@ impl std::fmt::Display for Scores {
     }
 }
 
+/// The label the served model gives for `log_odds` (its Greater-than-0 node).
+fn label(log_odds: f64) -> i64 {
+    i64::from(log_odds > 0.0)
+}
+
 pub fn score(m: &Fitted, d: &Dataset) -> Scores {
     let n = d.rows().max(1) as f64;
     if m.is_classifier() {
         let (mut right, mut loss) = (0usize, 0.0);
         for i in 0..d.rows() {
-            let row = d.row(i);
-            let p = m.predict_row(row).clamp(1e-15, 1.0 - 1e-15);
+            // One evaluation per row: the label and the probability both come from the log-odds.
+            let s = m.log_odds(d.row(i)).unwrap_or(0.0);
+            let p = logistic::sigmoid(s).clamp(1e-15, 1.0 - 1e-15);
             let y = d.y[i];
-            right += usize::from(m.label_row(row) == Some(y as i64));
+            right += usize::from(label(s) == y as i64);
             loss -= if y == 1.0 { p.ln() } else { (1.0 - p).ln() };
         }
         return Scores::Classification {

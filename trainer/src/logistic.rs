@@ -87,19 +87,7 @@ pub fn fit(d: &Dataset, alpha: f64) -> TrainResult<Linear> {
             break;
         }
         if largest < TOLERANCE {
-            let mut weights = vec![0.0; w];
-            let mut bias = beta[w];
-            for j in 0..w {
-                if stds[j] > 0.0 {
-                    weights[j] = beta[j] / stds[j];
-                    bias -= weights[j] * means[j];
-                }
-            }
-            return Ok(Linear {
-                means,
-                weights,
-                bias,
-            });
+            return Ok(Linear::unstandardise(&beta[..w], beta[w], means, &stds));
         }
     }
     Err(TrainError::Fit(format!(

@@ -17,6 +17,30 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// The model on raw features of the one fitted on standardised ones: `beta` the weights
+    /// of the standardised features, `intercept` its value at the means (a constant
+    /// feature's weight is 0).
+    pub(crate) fn unstandardise(
+        beta: &[f64],
+        intercept: f64,
+        means: Vec<f64>,
+        stds: &[f64],
+    ) -> Self {
+        let mut weights = vec![0.0; stds.len()];
+        let mut bias = intercept;
+        for (j, (w, s)) in weights.iter_mut().zip(stds).enumerate() {
+            if *s > 0.0 {
+                *w = beta[j] / s;
+                bias -= *w * means[j];
+            }
+        }
+        Linear {
+            means,
+            weights,
+            bias,
+        }
+    }
+
     pub fn predict_row(&self, row: &[f64]) -> f64 {
         let mut y = self.bias;
         for ((x, m), w) in row.iter().zip(&self.means).zip(&self.weights) {
@@ -106,19 +130,7 @@ pub fn fit(d: &Dataset, alpha: f64) -> TrainResult<Linear> {
     }
     let beta = solve_spd(&mut a, &b, w)
         .ok_or_else(|| TrainError::Fit("the features are collinear: raise alpha".into()))?;
-    let mut weights = vec![0.0; w];
-    let mut bias = y_mean;
-    for j in 0..w {
-        if stds[j] > 0.0 {
-            weights[j] = beta[j] / stds[j];
-            bias -= weights[j] * means[j];
-        }
-    }
-    Ok(Linear {
-        means,
-        weights,
-        bias,
-    })
+    Ok(Linear::unstandardise(&beta, y_mean, means, &stds))
 }
 
 /// Solves `A x = b` for a symmetric positive definite `A` (row-major, n×n; overwritten with
