@@ -109,6 +109,27 @@ pub struct SimConfig {
     /// …on exactly this fraction of the devices (rounded), chosen by --seed.
     #[arg(long, value_name = "P", requires = "fail_install_version", value_parser = fraction)]
     pub fail_install_fraction: Option<f64>,
+    /// Input shift: from SECS after the start (at once without @SECS), the values of input
+    /// column COLUMN are moved by DELTA on every device (repeat for more columns or later
+    /// steps; a later step of a column replaces the earlier one). Drifts the devices'
+    /// sketches away from the model's training reference, e.g. --shift fuel_price=0.8@600.
+    #[arg(long = "shift", value_name = "COLUMN=DELTA[@SECS]", value_parser = parse_shift)]
+    pub shifts: Vec<Shift>,
+    /// Simulated ground truth: this fraction of requests gets its true value back, scored in
+    /// the window's quality as the agent scores feedback (regression models; the first
+    /// output). The truth is off from the prediction by --error-per-iqr for every
+    /// interquartile range an input falls outside the served version's training range, plus
+    /// --truth-sd of noise.
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = fraction)]
+    pub feedback: f64,
+    /// Standard deviation of the simulated truth around the prediction.
+    #[arg(long, value_name = "SD", default_value_t = 1.0, value_parser = non_negative)]
+    pub truth_sd: f64,
+    /// Error added per interquartile range that an input lies outside the served version's
+    /// training range (its reference's 1st–99th percentiles): a model errs where it never
+    /// learned.
+    #[arg(long, value_name = "K", default_value_t = 1.0, value_parser = non_negative)]
+    pub error_per_iqr: f64,
     /// Stop after SECS (default: run until Ctrl-C).
     #[arg(long, value_name = "SECS")]
     pub run_secs: Option<u64>,
@@ -119,6 +140,41 @@ pub struct SimConfig {
     /// Where the devices' shared outbox database lives (default: a temporary directory).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+}
+
+/// One `--shift`: from `after_secs` on, `column`'s values move by `delta`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shift {
+    pub column: String,
+    pub delta: f64,
+    pub after_secs: u64,
+}
+
+fn parse_shift(s: &str) -> Result<Shift, String> {
+    let (column, rest) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: give COLUMN=DELTA or COLUMN=DELTA@SECS"))?;
+    if column.is_empty() || column.len() > 128 {
+        return Err(format!(
+            "{s:?}: the column name must be 1 to 128 characters"
+        ));
+    }
+    let (delta, after) = match rest.split_once('@') {
+        Some((d, a)) => (d, Some(a)),
+        None => (rest, None),
+    };
+    let delta = number(delta.strip_prefix('+').unwrap_or(delta))?;
+    let after_secs = match after {
+        Some(a) => a
+            .parse()
+            .map_err(|_| format!("{s:?}: {a:?} after @ is not a whole number of seconds"))?,
+        None => 0,
+    };
+    Ok(Shift {
+        column: column.to_owned(),
+        delta,
+        after_secs,
+    })
 }
 
 fn number(s: &str) -> Result<f64, String> {
@@ -209,5 +265,45 @@ impl SimConfig {
 
     pub fn window(&self) -> Duration {
         Duration::from_secs(self.window_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shift_reads_column_delta_and_start() {
+        let s = parse_shift("fuel_price=+0.8@600").expect("shift");
+        assert_eq!(
+            s,
+            Shift {
+                column: "fuel_price".into(),
+                delta: 0.8,
+                after_secs: 600
+            }
+        );
+        let s = parse_shift("x[3]=-2").expect("shift");
+        assert_eq!(
+            (s.column.as_str(), s.delta, s.after_secs),
+            ("x[3]", -2.0, 0)
+        );
+    }
+
+    #[test]
+    fn a_bad_shift_says_what_is_wrong() {
+        for (bad, says) in [
+            ("fuel_price", "COLUMN=DELTA"),
+            ("=1", "column name"),
+            ("fuel_price=up", "not a number"),
+            ("fuel_price=NaN", "finite"),
+            ("fuel_price=1@soon", "whole number of seconds"),
+            ("fuel_price=1@-5", "whole number of seconds"),
+        ] {
+            let e = parse_shift(bad).expect_err(bad);
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let long = format!("{}=1", "c".repeat(129));
+        assert!(parse_shift(&long).is_err());
     }
 }

@@ -18,6 +18,7 @@ use edgefleet_agent::window::{Window, WindowRecorder};
 use edgefleet_common::device::{
     AssignmentBundle, BUNDLE_FORMAT, DeviceStatus, InstallPhase, InstallStatus, ModelRef,
 };
+use edgefleet_common::quality::ModelQuality;
 use edgefleet_common::telemetry::{self, Health, Heartbeat, TelemetryAck, topic};
 use edgefleet_common::trust::Permission;
 use edgefleet_common::{Assignment, ModelManifest, SecretKey, Signed, TrustRoot};
@@ -61,6 +62,8 @@ pub(crate) struct Device {
     active: BTreeMap<String, Slot>,
     /// Windows of versions swapped out since the last close.
     retired: Vec<(String, u64, Window)>,
+    /// This window's simulated feedback, per model version.
+    quality: BTreeMap<(String, u64), ModelQuality>,
     last_error: Option<String>,
     outbox: Arc<Outbox>,
     rng: Rng,
@@ -124,6 +127,7 @@ impl Device {
             serials: BTreeMap::new(),
             active: BTreeMap::new(),
             retired: Vec::new(),
+            quality: BTreeMap::new(),
             last_error: None,
             outbox,
             started_at: now(),
@@ -380,14 +384,26 @@ impl Device {
             return;
         }
         let n = self.rng.poisson(self.shared.config.rate);
-        let slots: Vec<&Slot> = self.active.values().collect();
-        let (mut ok, mut failed) = (0u64, 0u64);
+        let shifts = self.shared.shifts();
+        let slots: Vec<(&String, &Slot)> = self.active.iter().collect();
+        let (mut ok, mut failed, mut scored) = (0u64, 0u64, 0u64);
         for _ in 0..n {
-            let slot = slots[self.rng.below(slots.len() as u64) as usize];
-            match slot.plan.request(&mut self.rng) {
-                Ok((inputs, outputs, latency_us)) => {
-                    slot.recorder.record(&inputs, &outputs, latency_us);
+            let (model, slot) = slots[self.rng.below(slots.len() as u64) as usize];
+            match slot.plan.request(&mut self.rng, &shifts) {
+                Ok(served) => {
+                    slot.recorder
+                        .record(&served.inputs, &served.outputs, served.latency_us);
                     ok += 1;
+                    if let Some((predicted, truth)) = served.feedback {
+                        let q = self
+                            .quality
+                            .entry((model.clone(), slot.version))
+                            .or_insert_with(|| ModelQuality::new(model.as_str(), slot.version));
+                        // Finite by construction; a failure would only leave the row unscored.
+                        if q.score_values(&predicted, &truth, false).is_ok() {
+                            scored += 1;
+                        }
+                    }
                 }
                 Err(()) => {
                     slot.recorder.record_error();
@@ -395,12 +411,13 @@ impl Device {
                 }
             }
         }
-        for s in &slots {
+        for (_, s) in &slots {
             s.recorder.fold();
         }
         let stats = &self.shared.stats;
         stats.requests.fetch_add(ok, Ordering::Relaxed);
         stats.errors.fetch_add(failed, Ordering::Relaxed);
+        stats.feedback.fetch_add(scored, Ordering::Relaxed);
     }
 
     /// Closes every window (retired ones too) into one signed record in the outbox, as the
@@ -438,6 +455,10 @@ impl Device {
         if windows.is_empty() {
             return;
         }
+        let quality: Vec<ModelQuality> = std::mem::take(&mut self.quality)
+            .into_values()
+            .filter(|q| !q.is_empty())
+            .collect();
         let start = windows.values().map(|w| w.started_at).min().unwrap_or(now);
         let models = windows
             .into_iter()
@@ -452,7 +473,7 @@ impl Device {
                 stats,
                 Contents {
                     models,
-                    quality: Vec::new(),
+                    quality,
                     bounds: (start.min(now), now),
                 },
                 health,

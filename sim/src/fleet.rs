@@ -31,6 +31,8 @@ pub struct Snapshot {
     /// Telemetry records published (once each; resends not counted) and acked by the hub.
     pub records_sent: u64,
     pub records_acked: u64,
+    /// Requests whose simulated truth came back (`--feedback`).
+    pub feedback: u64,
     /// Records in the outboxes, waiting for an ack.
     pub outbox_backlog: u64,
     pub outbox_dropped: u64,
@@ -57,10 +59,11 @@ impl std::fmt::Display for Snapshot {
         }
         write!(
             f,
-            "; failing {}; requests {} (errors {}); records sent {} acked {}; outbox backlog {} dropped {}",
+            "; failing {}; requests {} (errors {}, feedback {}); records sent {} acked {}; outbox backlog {} dropped {}",
             self.failing,
             self.requests,
             self.errors,
+            self.feedback,
             self.records_sent,
             self.records_acked,
             self.outbox_backlog,
@@ -74,6 +77,8 @@ pub struct Fleet {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The `--shift` steps still to come.
+    shift_timers: Vec<tokio::task::JoinHandle<()>>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -134,12 +139,32 @@ impl Fleet {
             let device = Device::new(shared.clone(), i)?;
             tasks.push(tokio::spawn(device.run(stop_rx.clone())));
         }
+        let shift_timers = shared
+            .config
+            .shifts
+            .iter()
+            .map(|s| {
+                let (shared, s) = (shared.clone(), s.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(s.after_secs)).await;
+                    tracing::info!(column = %s.column, delta = s.delta, "input shift");
+                    shared.set_shift(&s.column, s.delta);
+                })
+            })
+            .collect();
         Ok(Fleet {
             shared,
             stop,
             tasks,
+            shift_timers,
             _tmp: tmp,
         })
+    }
+
+    /// From now on, every device's values of input column `column` move by `delta` (0: back
+    /// to the world the fleet started in), as `--shift` does at its time.
+    pub fn shift(&self, column: &str, delta: f64) {
+        self.shared.set_shift(column, delta);
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -161,6 +186,7 @@ impl Fleet {
             errors: s.errors.load(Ordering::Relaxed),
             records_sent: s.records_sent.load(Ordering::Relaxed),
             records_acked: s.records_acked.load(Ordering::Relaxed),
+            feedback: s.feedback.load(Ordering::Relaxed),
             outbox_backlog: backlog,
             outbox_dropped: dropped,
         }
@@ -170,6 +196,9 @@ impl Fleet {
     /// and returns the last snapshot.
     pub async fn stop(mut self) -> Snapshot {
         let _ = self.stop.send(true);
+        for t in self.shift_timers.drain(..) {
+            t.abort();
+        }
         let tasks = std::mem::take(&mut self.tasks);
         let all = async {
             for t in tasks {

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use edgefleet_agent::download::{self, Limits};
@@ -17,7 +17,7 @@ use edgefleet_common::{Digest, ModelManifest, TrustRoot};
 use tokio::sync::{OnceCell, Semaphore};
 
 use crate::config::SimConfig;
-use crate::traffic::Plan;
+use crate::traffic::{Plan, Shifts};
 
 /// Counters the devices keep, read by [`crate::Fleet::snapshot`].
 #[derive(Debug, Default)]
@@ -27,6 +27,8 @@ pub(crate) struct Stats {
     pub errors: AtomicU64,
     pub records_sent: AtomicU64,
     pub records_acked: AtomicU64,
+    /// Requests whose simulated truth came back (`--feedback`).
+    pub feedback: AtomicU64,
     /// Devices whose last update failed (their `last_error` is set).
     pub failing: AtomicI64,
     /// Devices serving each model version.
@@ -78,6 +80,10 @@ pub(crate) struct Shared {
     artifacts: Mutex<HashMap<Digest, Arc<Download>>>,
     /// One traffic plan per model version.
     plans: Mutex<HashMap<(String, u64), Arc<Plan>>>,
+    /// Per model, the plan of the first version served: the world its inputs come from.
+    worlds: Mutex<HashMap<String, Arc<Plan>>>,
+    /// The input shifts in force.
+    shifts: RwLock<Shifts>,
 }
 
 impl Shared {
@@ -107,18 +113,51 @@ impl Shared {
             staging,
             artifacts: Mutex::default(),
             plans: Mutex::default(),
+            worlds: Mutex::default(),
+            shifts: RwLock::default(),
             config,
         }
     }
 
+    /// `m`'s plan (made once per version): its requests come from the world of the model's
+    /// first version served.
     pub fn plan(&self, m: &ModelManifest) -> Arc<Plan> {
+        let world = self
+            .worlds
+            .lock()
+            .ok()
+            .and_then(|w| w.get(&m.name).cloned());
         let key = (m.name.clone(), m.version);
-        match self.plans.lock() {
+        let plan = match self.plans.lock() {
             Ok(mut plans) => plans
                 .entry(key)
-                .or_insert_with(|| Arc::new(Plan::new(m, &self.config)))
+                .or_insert_with(|| Arc::new(Plan::new(m, world.as_deref(), &self.config)))
                 .clone(),
-            Err(_) => Arc::new(Plan::new(m, &self.config)),
+            Err(_) => Arc::new(Plan::new(m, world.as_deref(), &self.config)),
+        };
+        if world.is_none()
+            && let Ok(mut w) = self.worlds.lock()
+        {
+            w.entry(m.name.clone()).or_insert_with(|| plan.clone());
+        }
+        plan
+    }
+
+    /// The input shifts in force now.
+    pub fn shifts(&self) -> Shifts {
+        self.shifts
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// From now on, `column`'s values move by `delta` (0: back to the world as it was).
+    pub fn set_shift(&self, column: &str, delta: f64) {
+        let mut s = self.shifts.write().unwrap_or_else(|p| p.into_inner());
+        if delta == 0.0 {
+            s.remove(column);
+        } else {
+            s.insert(column.to_owned(), delta);
         }
     }
 

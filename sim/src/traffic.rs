@@ -1,8 +1,20 @@
-//! Synthetic, seeded traffic for one model version: inputs drawn around the manifest's
-//! reference profile (its quantiles, or its categories by frequency; a standard normal for a
-//! column without a reference), outputs that depend on the inputs and the version, and the
-//! version's error rate and latency as the fault profile sets them.
+//! Synthetic, seeded traffic for one model version: inputs drawn around a reference profile
+//! (its quantiles, or its categories by frequency; a standard normal for a column without a
+//! reference), outputs that depend on the inputs and the version, and the version's error rate
+//! and latency as the fault profile sets them.
+//!
+//! The inputs come from the *world*, not from the version: the reference profile of the first
+//! version of the model the fleet served, moved by the input shifts in force (`--shift`,
+//! [`crate::Fleet::shift`]). A later version's own reference decides only how well it predicts:
+//! with `--feedback`, a request's simulated truth moves away from the prediction by
+//! `--error-per-iqr` for every interquartile range an input falls outside that version's
+//! training range (its 1st–99th percentiles), plus `--truth-sd` of noise. So a shift drifts
+//! the devices' sketches and raises their error, and a version trained on the shifted world
+//! brings the error back down.
 
+use std::collections::BTreeMap;
+
+use edgefleet_common::quality::Task;
 use edgefleet_common::sketch::{ColumnSketch, Profile, model_columns};
 use edgefleet_common::{DataType, ModelManifest, Tensor, TensorData};
 
@@ -84,6 +96,52 @@ struct TensorPlan {
     shape: Vec<u64>,
     datatype: DataType,
     draws: Vec<Draw>,
+    /// Each element's column name (what a shift names), where the manifest names one.
+    columns: Vec<Option<String>>,
+}
+
+/// Where a version's training reference puts one input: its 1st and 99th percentiles, and the
+/// unit its simulated error counts distance outside them in (the interquartile range).
+#[derive(Debug, Clone, Copy)]
+struct Range {
+    lo: f64,
+    hi: f64,
+    unit: f64,
+}
+
+impl Range {
+    fn of(profile: Option<&Profile>, name: &str) -> Option<Range> {
+        let ColumnSketch::Numeric(s) = &profile?.column(name)?.sketch else {
+            return None;
+        };
+        let view = s.view();
+        let (lo, hi) = (view.quantile(0.01)?, view.quantile(0.99)?);
+        let iqr = view.quantile(0.75)? - view.quantile(0.25)?;
+        // A column that is mostly one value (a 0/1 flag) has no interquartile range.
+        let unit = [iqr, hi - lo, 1.0]
+            .into_iter()
+            .find(|u| u.is_finite() && *u > 1e-9)?;
+        (lo.is_finite() && hi.is_finite()).then_some(Range { lo, hi, unit })
+    }
+
+    /// How many units `x` lies outside the range.
+    fn outside(&self, x: f64) -> f64 {
+        (self.lo - x).max(x - self.hi).max(0.0) / self.unit
+    }
+}
+
+/// Input shifts in force: column name → offset added to its values.
+pub type Shifts = BTreeMap<String, f64>;
+
+/// One simulated request that succeeded.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub inputs: Vec<Tensor>,
+    pub outputs: Vec<Tensor>,
+    pub latency_us: f64,
+    /// With `--feedback`, for the requests whose truth comes back: the prediction and the
+    /// truth, element by element of the first output (regression models only).
+    pub feedback: Option<(Vec<f64>, Vec<f64>)>,
 }
 
 /// How requests to one model version look and behave.
@@ -94,6 +152,13 @@ pub struct Plan {
     outputs: Vec<TensorPlan>,
     error_rate: f64,
     latency_us: f64,
+    /// Per input tensor and element: this version's training range, where it has one.
+    ranges: Vec<Vec<Option<Range>>>,
+    /// Whether requests get simulated truth back (`--feedback`, regression models).
+    scored: bool,
+    feedback: f64,
+    truth_sd: f64,
+    error_per_iqr: f64,
 }
 
 fn shape_of(spec: &[i64]) -> Vec<u64> {
@@ -113,27 +178,34 @@ fn data(datatype: DataType, values: &[f64]) -> TensorData {
 }
 
 impl Plan {
-    pub fn new(m: &ModelManifest, config: &SimConfig) -> Plan {
+    /// The plan of `m`. `world`: the plan of the model's first version the fleet served, whose
+    /// inputs this version's requests share when its input tensors look the same.
+    pub fn new(m: &ModelManifest, world: Option<&Plan>, config: &SimConfig) -> Plan {
         let reference = m
             .reference_profile
             .as_deref()
             .and_then(|b| Profile::from_bytes(b).ok());
         let columns = model_columns(m);
-        let inputs = m
+        let column = |t: usize, e: usize| {
+            columns
+                .iter()
+                .find(|c| c.tensor == t && c.element == e)
+                .map(|c| c.name.clone())
+        };
+        let own: Vec<TensorPlan> = m
             .inputs
             .iter()
             .enumerate()
             .map(|(t, spec)| {
                 let shape = shape_of(&spec.shape);
                 let n = shape.iter().product::<u64>().max(1) as usize;
-                let draws = (0..n)
-                    .map(|e| {
-                        columns
-                            .iter()
-                            .find(|c| c.tensor == t && c.element == e)
-                            .map_or(Draw::Normal, |c| {
-                                Draw::from_reference(reference.as_ref(), &c.name)
-                            })
+                let columns: Vec<Option<String>> = (0..n).map(|e| column(t, e)).collect();
+                let draws = columns
+                    .iter()
+                    .map(|c| {
+                        c.as_deref().map_or(Draw::Normal, |c| {
+                            Draw::from_reference(reference.as_ref(), c)
+                        })
                     })
                     .collect();
                 TensorPlan {
@@ -141,9 +213,30 @@ impl Plan {
                     shape,
                     datatype: spec.datatype,
                     draws,
+                    columns,
                 }
             })
             .collect();
+        let ranges = own
+            .iter()
+            .map(|t| {
+                t.columns
+                    .iter()
+                    .map(|c| c.as_deref().and_then(|c| Range::of(reference.as_ref(), c)))
+                    .collect()
+            })
+            .collect();
+        let same_shape = |w: &Plan| {
+            w.inputs.len() == own.len()
+                && w.inputs
+                    .iter()
+                    .zip(&own)
+                    .all(|(a, b)| a.name == b.name && a.shape == b.shape && a.columns == b.columns)
+        };
+        let inputs = match world {
+            Some(w) if same_shape(w) => w.inputs.clone(),
+            _ => own,
+        };
         let outputs = m
             .outputs
             .iter()
@@ -152,6 +245,7 @@ impl Plan {
                 shape: shape_of(&spec.shape),
                 datatype: spec.datatype,
                 draws: vec![],
+                columns: vec![],
             })
             .collect();
         let error_rate = config.base_error_rate
@@ -169,22 +263,41 @@ impl Plan {
             outputs,
             error_rate: error_rate.min(1.0),
             latency_us: config.latency_ms * 1000.0 * slow,
+            ranges,
+            scored: config.feedback > 0.0 && Task::of(m) == Some(Task::Regression),
+            feedback: config.feedback,
+            truth_sd: config.truth_sd,
+            error_per_iqr: config.error_per_iqr,
         }
     }
 
-    /// One request: `Ok((inputs, outputs, latency µs))`, or `Err(())` for a failed one.
+    /// One request under `shifts`, or `Err(())` for a failed one.
     #[allow(clippy::result_unit_err)]
-    pub fn request(&self, rng: &mut Rng) -> Result<(Vec<Tensor>, Vec<Tensor>, f64), ()> {
+    pub fn request(&self, rng: &mut Rng, shifts: &Shifts) -> Result<Served, ()> {
         if rng.f64() < self.error_rate {
             return Err(());
         }
         let mut sum = 0.0;
         let mut count = 0usize;
+        // How far outside this version's training range the inputs fall, in units.
+        let mut outside = 0.0;
         let inputs = self
             .inputs
             .iter()
-            .map(|t| {
-                let values: Vec<f64> = t.draws.iter().map(|d| d.sample(rng)).collect();
+            .zip(&self.ranges)
+            .map(|(t, ranges)| {
+                let values: Vec<f64> = t
+                    .draws
+                    .iter()
+                    .zip(&t.columns)
+                    .zip(ranges.iter().chain(std::iter::repeat(&None)))
+                    .map(|((d, c), range)| {
+                        let shift = c.as_ref().and_then(|c| shifts.get(c)).copied();
+                        let x = d.sample(rng) + shift.unwrap_or(0.0);
+                        outside += range.map_or(0.0, |r| r.outside(x));
+                        x
+                    })
+                    .collect();
                 sum += values.iter().sum::<f64>();
                 count += values.len();
                 Tensor {
@@ -196,10 +309,12 @@ impl Plan {
             .collect();
         // The "model": the inputs' mean, shifted a little by the version, plus noise.
         let mean = sum / count.max(1) as f64;
+        let mut predicted = Vec::new();
         let outputs = self
             .outputs
             .iter()
-            .map(|t| {
+            .enumerate()
+            .map(|(i, t)| {
                 let n = t.shape.iter().product::<u64>().max(1) as usize;
                 let values: Vec<f64> = (0..n)
                     .map(|j| {
@@ -207,6 +322,10 @@ impl Plan {
                         y + 0.1 * rng.normal()
                     })
                     .collect();
+                // The first output is what feedback scores, as on the agent.
+                if self.scored && i == 0 {
+                    predicted.extend(data_values(t.datatype, &values));
+                }
                 Tensor {
                     name: t.name.clone(),
                     shape: t.shape.clone(),
@@ -215,7 +334,31 @@ impl Plan {
             })
             .collect();
         // Log-normal around the median latency.
-        let latency = self.latency_us * (0.25 * rng.normal()).exp();
-        Ok((inputs, outputs, latency))
+        let latency_us = self.latency_us * (0.25 * rng.normal()).exp();
+        // The world's truth: the model is off by how far it is outside what it learned.
+        let feedback = (self.scored && rng.f64() < self.feedback).then(|| {
+            let truth = predicted
+                .iter()
+                .map(|p| p - self.error_per_iqr * outside + self.truth_sd * rng.normal())
+                .collect();
+            (predicted, truth)
+        });
+        Ok(Served {
+            inputs,
+            outputs,
+            latency_us,
+            feedback,
+        })
+    }
+}
+
+/// `values` as the served tensor carries them (rounded to its datatype), as numbers.
+fn data_values(datatype: DataType, values: &[f64]) -> Vec<f64> {
+    match data(datatype, values) {
+        TensorData::Fp32(v) => v.into_iter().map(f64::from).collect(),
+        TensorData::Int64(v) => v.into_iter().map(|x| x as f64).collect(),
+        TensorData::Int32(v) => v.into_iter().map(f64::from).collect(),
+        TensorData::Bool(v) => v.into_iter().map(|b| f64::from(u8::from(b))).collect(),
+        TensorData::Fp64(v) => v,
     }
 }

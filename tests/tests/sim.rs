@@ -415,3 +415,71 @@ async fn a_slower_version_fails_its_latency_gate_and_the_fleet_rolls_back() {
     all_on(&fleet, 1).await;
     fleet.stop().await;
 }
+
+/// Input shifts and simulated ground truth: a version with a training reference (every
+/// feature uniform on [0, 1]); the devices' requests come from it and their truth is close to
+/// the prediction, until `fuel_price` moves by 2. Then the hub sees `fuel_price` drift from
+/// the reference, and the error the devices report grows with how far outside the training
+/// range the inputs fall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shifted_input_drifts_and_the_simulated_truth_shows_the_error_growing() {
+    let mut hub = Hub::start_mqtt().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let csv = dir.path().join("train.csv");
+    let mut rows = edgefleet_tests::FEATURE_NAMES.join(",") + "\n";
+    for i in 0..2_000u64 {
+        let cells: Vec<String> = (0..edgefleet_tests::FEATURES as u64)
+            .map(|j| format!("{}", ((i * 7919 + j * 104_729) % 1000) as f64 / 1000.0))
+            .collect();
+        rows += &(cells.join(",") + "\n");
+    }
+    std::fs::write(&csv, rows).expect("write");
+    let profile =
+        edgefleet_hub::reference::profile_csv(&csv, None, edgefleet_common::sketch::DEFAULT_K)
+            .expect("profile");
+    let mlp = edgefleet_tests::Mlp::new(1);
+    let artifact = mlp.to_onnx();
+    let mut m = hub.manifest("demand", 1, &mlp, &artifact);
+    m.reference_profile = Some(profile.to_bytes());
+    hub.push(&m, &artifact).await;
+    assign_tag(&hub, 1).await;
+    let fleet = Fleet::start(config(&hub, |c| {
+        c.devices = 10;
+        c.feedback = 1.0;
+        c.truth_sd = 1.0;
+        c.error_per_iqr = 4.0;
+    }))
+    .await
+    .expect("fleet");
+    // Before the shift: scored feedback, a small error (|N(0, 1)| averages 0.8), no drift.
+    let calm = eventually("feedback of the unshifted world at the hub", || async {
+        let d = get(&hub, "models/demand/versions/1/drift").await?;
+        when(d["quality"]["matched"].as_u64() >= Some(500), d)
+    })
+    .await;
+    let calm_mae = calm["quality"]["mae"].as_f64().expect("mae");
+    assert!((0.5..1.2).contains(&calm_mae), "{calm}");
+    assert!(
+        !calm["drifted"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c == "fuel_price")),
+        "{calm}"
+    );
+    fleet.shift("fuel_price", 2.0);
+    let shifted = eventually("fuel_price drift and a grown error at the hub", || async {
+        let d = get(&hub, "models/demand/versions/1/drift").await?;
+        let drifted = d["drifted"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c == "fuel_price"));
+        when(
+            drifted && d["quality"]["mae"].as_f64() > Some(3.0 * calm_mae),
+            d,
+        )
+    })
+    .await;
+    // Only the shifted column drifts.
+    assert_eq!(shifted["drifted"], json!(["fuel_price"]), "{shifted}");
+    let s = fleet.stop().await;
+    assert!(s.feedback >= 500, "{s}");
+    hub.stop().await;
+}
