@@ -1,5 +1,6 @@
 //! The demo's fleet on this machine: keys made for the occasion, an embedded hub (its broker on
-//! loopback), and real agents, each in this process on a port of its own.
+//! loopback), real agents, each in this process on a port of its own, and simulated shops from
+//! the fleet simulator (`edgefleet-sim`) in this process too.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,6 +34,9 @@ pub struct Fleet {
     pub http: reqwest::Client,
     /// Each shop's id and OIP base URL.
     pub shops: Vec<(String, String)>,
+    /// The simulated shops' ids, and the simulator running them.
+    pub sim_shops: Vec<String>,
+    pub sim: Option<edgefleet_sim::Fleet>,
     hub: Running,
     agents: Vec<Running>,
 }
@@ -50,11 +54,13 @@ fn write_private(path: &Path, key: &SecretKey) -> anyhow::Result<()> {
 }
 
 impl Fleet {
-    /// Starts the hub in `dir` (keys, data) with `trainer` as its trainer, then `shops` agents.
+    /// Starts the hub in `dir` (keys, data) with `trainer` as its trainer, then `shops` agents
+    /// and `sim_shops` simulated ones.
     pub async fn start(
         dir: &Path,
         trainer: PathBuf,
         shops: usize,
+        sim_shops: usize,
         window_secs: u64,
     ) -> anyhow::Result<Self> {
         let root = SecretKey::generate()?;
@@ -123,6 +129,8 @@ impl Fleet {
                 .timeout(Duration::from_secs(30))
                 .build()?,
             shops: Vec::new(),
+            sim_shops: Vec::new(),
+            sim: None,
             hub,
             agents: Vec::new(),
         };
@@ -156,6 +164,22 @@ impl Fleet {
             });
             fleet.shops.push((id, url));
         }
+        if sim_shops > 0 {
+            let config = sim_config(
+                &fleet.hub_url,
+                &mqtt,
+                &root_pub,
+                dir,
+                sim_shops,
+                window_secs,
+            );
+            fleet.sim_shops = (0..sim_shops).map(|i| config.device_id(i)).collect();
+            fleet.sim = Some(
+                edgefleet_sim::Fleet::start(config)
+                    .await
+                    .context("starting the simulated shops")?,
+            );
+        }
         Ok(fleet)
     }
 
@@ -179,11 +203,52 @@ impl Fleet {
     }
 
     pub async fn stop(self) {
+        if let Some(sim) = self.sim {
+            sim.stop().await;
+        }
         for a in self.agents {
             a.stop().await;
         }
         self.hub.stop().await;
     }
+}
+
+/// The simulated shops: the agent's own enrollment, assignment, telemetry and rollout code
+/// without tract, 20 requests a second each with their truth at once. Their inputs come from
+/// v1's training reference until the scenario's shock moves fuel prices as the real shops' move;
+/// their error grows with how far the inputs fall outside the served version's training range
+/// (the simulator's `--error-per-iqr`), so, like the real shops, they err on v1 after the shock
+/// and recover on a version trained on it.
+fn sim_config(
+    hub_url: &str,
+    mqtt: &str,
+    root_pub: &Path,
+    dir: &Path,
+    devices: usize,
+    window_secs: u64,
+) -> edgefleet_sim::SimConfig {
+    let mut c =
+        edgefleet_sim::SimConfig::new(hub_url, mqtt, root_pub.to_path_buf(), devices as u32);
+    c.enroll_token = Some(ENROLL_TOKEN.into());
+    c.tags = vec!["shops".into()];
+    c.id_prefix = "sim-shop".into();
+    c.seed = 7;
+    c.rate = 20.0;
+    c.window_secs = window_secs;
+    c.heartbeat_secs = 1;
+    c.poll_secs = 2;
+    c.resend_secs = 2;
+    c.report_every = 0;
+    // About a shop's own latency, so the rollout's latency gate compares like with like.
+    c.latency_ms = 5.0;
+    c.base_error_rate = 0.0;
+    c.feedback = 1.0;
+    // The real shops' demand noise (±2 units) and their v1 error after the shock (fuel 0.4–0.8
+    // above what v1 saw, its reference's interquartile range 0.2: 2–4 units of 4).
+    c.truth_sd = 1.2;
+    c.error_per_iqr = 4.0;
+    c.data_dir = Some(dir.join("sim"));
+    c
 }
 
 /// Polls `f` every 100 ms until it gives a value or `within` passes.

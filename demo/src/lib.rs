@@ -1,5 +1,5 @@
 //! `edgefleet-demo`: the closed loop on one machine, accelerated. An embedded hub, a fleet of
-//! shops (real agents in this process), and a deterministic food-demand generator driving their
+//! shops (real agents in this process, and simulated ones from the fleet simulator), and a deterministic food-demand generator driving their
 //! inference traffic and, a day later, the true demand. Part way through, fuel prices jump:
 //! the devices' sketches drift from the model's training reference and its error grows; the
 //! hub notices, retrains on the ground truth the shops captured, checks the candidate against
@@ -33,6 +33,10 @@ pub struct DemoConfig {
     /// Shops (real agents, each on its own loopback port).
     #[arg(long, default_value_t = 3)]
     pub shops: usize,
+    /// Simulated shops beside them (the fleet simulator, in this process): they enroll, drift,
+    /// report simulated ground truth and take part in the rollout's waves like the real ones.
+    #[arg(long, default_value_t = 20)]
+    pub sim_shops: usize,
     /// Wall-clock milliseconds per simulated day.
     #[arg(long, default_value_t = 500)]
     pub day_ms: u64,
@@ -69,6 +73,9 @@ impl DemoConfig {
         let mut errors = Vec::new();
         if !(1..=20).contains(&self.shops) {
             errors.push("--shops: 1..=20".to_owned());
+        }
+        if self.sim_shops > 1000 {
+            errors.push("--sim-shops: 0..=1000".to_owned());
         }
         if !(50..=60_000).contains(&self.day_ms) {
             errors.push("--day-ms: 50..=60000".to_owned());

@@ -44,6 +44,8 @@ pub struct Summary {
     pub waves: Vec<Value>,
     pub trigger: Option<Value>,
     pub days: u64,
+    /// The simulated shops at the end: how many serve each version.
+    pub sim_shops: BTreeMap<u64, u64>,
 }
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -76,13 +78,21 @@ pub async fn run(cfg: DemoConfig) -> anyhow::Result<Summary> {
         .tempdir()?;
     let trainer = cfg.trainer();
     println!(
-        "edgefleet demo: {} shops, a day every {} ms, fuel prices jump on day {}; data in {}",
+        "edgefleet demo: {} shops and {} simulated ones, a day every {} ms, fuel prices jump on day {}; data in {}",
         cfg.shops,
+        cfg.sim_shops,
         cfg.day_ms,
         cfg.shock_day,
         work.path().display()
     );
-    let fleet = Fleet::start(work.path(), trainer.clone(), cfg.shops, cfg.window_secs).await?;
+    let fleet = Fleet::start(
+        work.path(),
+        trainer.clone(),
+        cfg.shops,
+        cfg.sim_shops,
+        cfg.window_secs,
+    )
+    .await?;
     let outcome = drive(&cfg, &fleet, work.path(), &trainer).await;
     if cfg.keep && outcome.is_ok() {
         println!(
@@ -114,7 +124,7 @@ async fn drive(
     );
     let (artifact, reference) = train_v1(work, trainer).await?;
     publish_v1(fleet, &artifact, reference).await?;
-    for (id, _) in &fleet.shops {
+    for id in fleet.shops.iter().map(|s| &s.0).chain(&fleet.sim_shops) {
         fleet
             .call(
                 fleet
@@ -142,7 +152,11 @@ async fn drive(
         "holdout": 0.25,
         "retries": 1,
         "cooldown_secs": 3600,
-        "drift": {"features": ["fuel_price"], "min_device_share": 0.5, "windows": 2, "recent_secs": 60},
+        // Four drifted windows in a row on half the shops (about 30 days after the shock): a
+        // shop's demand after the shock must be in the data before a retrained model can learn
+        // it (with two, the simulated shops' quick drift started the job 11 days after the
+        // shock, and v2, fitted on ~500 post-shock rows, erred 25 % more than v1 had before).
+        "drift": {"features": ["fuel_price"], "min_device_share": 0.5, "windows": 4, "recent_secs": 60},
         "release": "rollout",
         // One shop first, judged after a bake against the shops still on v1, then all. The
         // quality gate decides (canary MAE no worse than the baseline's, from the feedback
@@ -176,7 +190,7 @@ async fn drive(
     say(
         0,
         format!(
-            "v1 signed by root and assigned to every shop; sample capture on; retraining policy: drift on fuel_price in 2 windows on ≥ 50 % of shops → gbt, seed 7, 25 % held out → staged rollout (1 shop, baked {BAKE_SECS} s and gated on its MAE against the other shops', then all)"
+            "v1 signed by root and assigned to every shop; sample capture on; retraining policy: drift on fuel_price in 4 windows in a row on ≥ 50 % of shops → gbt, seed 7, 25 % held out → staged rollout (1 shop, baked {BAKE_SECS} s and gated on its MAE against the other shops', then all)"
         ),
     );
     for (id, url) in &fleet.shops {
@@ -184,7 +198,27 @@ async fn drive(
             .await
             .with_context(|| format!("{id} never served v1"))?;
     }
-    say(0, format!("{} shops serve v1", fleet.shops.len()));
+    if let Some(sim) = &fleet.sim {
+        let n = fleet.sim_shops.len() as u64;
+        crate::fleet::wait_for(Duration::from_secs(60), || {
+            (sim.snapshot().active(MODEL, 1) == n).then_some(())
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "the simulated shops never all served v1: {}",
+                sim.snapshot()
+            )
+        })?;
+    }
+    say(
+        0,
+        format!(
+            "{} shops and {} simulated shops serve v1",
+            fleet.shops.len(),
+            fleet.sim_shops.len()
+        ),
+    );
 
     let mut shops: Vec<Shop> = (0..fleet.shops.len())
         .map(|i| Shop::new(100 + i as u64, FUEL_BEFORE))
@@ -206,6 +240,7 @@ async fn drive(
         waves: Vec::new(),
         trigger: None,
         days: 0,
+        sim_shops: BTreeMap::new(),
     };
     let mut watch = Watch::default();
     let mut shock_at: Option<Instant> = None;
@@ -216,6 +251,10 @@ async fn drive(
         if day == cfg.shock_day {
             for s in &mut shops {
                 s.set_fuel(FUEL_AFTER);
+            }
+            // The simulated shops' world moves the same way.
+            if let Some(sim) = &fleet.sim {
+                sim.shift("fuel_price", f64::from(FUEL_AFTER.0 - FUEL_BEFORE.0));
             }
             shock_at = Some(Instant::now());
             say(day, "⚡ fuel prices jump: 1.4–1.8 → 2.2–2.6");
@@ -252,16 +291,28 @@ async fn drive(
         }
         let mae = today.abs_error / today.rows.max(1) as f64;
         if day % 5 == 0 || day == cfg.shock_day {
+            let sim = sim_versions(fleet);
             say(
                 day,
                 format!(
-                    "fleet MAE {mae:6.2}  versions {}",
+                    "fleet MAE {mae:6.2}  versions {}{}",
                     today
                         .versions
                         .iter()
                         .map(|(v, n)| format!("v{v}×{n}"))
                         .collect::<Vec<_>>()
-                        .join(" ")
+                        .join(" "),
+                    if sim.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "  simulated {}",
+                            sim.iter()
+                                .map(|(v, n)| format!("v{v}×{n}"))
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        )
+                    }
                 ),
             );
         }
@@ -289,6 +340,7 @@ async fn drive(
         tokio::time::sleep_until(next).await;
         summary.days = day;
     }
+    summary.sim_shops = sim_versions(fleet);
     finish(cfg, &days, &mut summary, settled_since)?;
     if let Some(v) = summary.new_version {
         // Why v2 exists, kept beside the curve (the hub stops with the demo).
@@ -309,6 +361,18 @@ async fn drive(
         );
     }
     Ok(summary)
+}
+
+/// How many simulated shops serve each version of the model now.
+fn sim_versions(fleet: &Fleet) -> BTreeMap<u64, u64> {
+    fleet.sim.as_ref().map_or_else(BTreeMap::new, |sim| {
+        sim.snapshot()
+            .active
+            .into_iter()
+            .filter(|((m, _), _)| m == MODEL)
+            .map(|((_, v), n)| (v, n))
+            .collect()
+    })
 }
 
 /// What the monitor has already reported.
@@ -559,6 +623,16 @@ fn finish(
             "NOT recovered"
         }
     );
+    if !s.sim_shops.is_empty() {
+        println!(
+            "  simulated shops at the end: {}",
+            s.sim_shops
+                .iter()
+                .map(|(v, n)| format!("{n} on v{v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     println!(
         "  the MAE curve: {} ({}); the summary: {}",
         cfg.out.join("mae.png").display(),

@@ -392,7 +392,12 @@ fn nothing_shipped_depends_on_the_demo() {
     let ours = our_dependencies("demo/Cargo.toml");
     assert_eq!(
         ours,
-        ["edgefleet-agent", "edgefleet-common", "edgefleet-hub"],
+        [
+            "edgefleet-agent",
+            "edgefleet-common",
+            "edgefleet-hub",
+            "edgefleet-sim"
+        ],
         "the demo's workspace dependencies"
     );
 }

@@ -18,7 +18,7 @@ fn the_demo_closes_the_loop_in_order_and_the_error_recovers() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("edgefleet-demo");
-    // Bounded: the demo closes the loop in about half a minute; 5 minutes means it hung.
+    // Bounded: the demo closes the loop in about a minute; 5 minutes means it hung.
     let pid = child.id();
     std::thread::spawn(move || {
         std::thread::sleep(std::time::Duration::from_secs(300));
@@ -97,6 +97,11 @@ fn the_demo_closes_the_loop_in_order_and_the_error_recovers() {
     assert_eq!(v2["rollouts"][0]["state"], "succeeded", "{v2}");
     assert_eq!(v2["lineage"]["parent_version"], 1, "{v2}");
     assert_eq!(lineage[1]["version"], 1, "{lineage}");
+    // The simulated shops went through the same rollout: every one ends on the new version.
+    let sims = summary["sim_shops"].as_object().expect("sim_shops");
+    assert_eq!(sims.len(), 1, "{summary}");
+    assert!(sims["2"].as_u64().is_some_and(|n| n > 0), "{summary}");
+    assert!(at("simulated v1×") < at("simulated v2×"), "{text}");
     let png = std::fs::read(out.path().join("mae.png")).expect("mae.png");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
     let csv = std::fs::read_to_string(out.path().join("mae.csv")).expect("mae.csv");
