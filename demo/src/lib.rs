@@ -1,13 +1,14 @@
 //! `edgefleet-demo`: the closed loop on one machine, accelerated. An embedded hub, a fleet of
-//! shops (real agents in this process, and simulated ones from the fleet simulator), and a deterministic food-demand generator driving their
-//! inference traffic and, a day later, the true demand. Part way through, fuel prices jump:
+//! shops (real agents in this process, and simulated ones from the fleet simulator), and a
+//! deterministic food-demand generator driving the real shops' inference traffic and, a day
+//! later, the true demand. Part way through, fuel prices jump:
 //! the devices' sketches drift from the model's training reference and its error grows; the
 //! hub notices, retrains on the ground truth the shops captured, checks the candidate against
 //! the champion on rows it never saw, signs it and rolls it out in waves; the error recovers.
 //! The demo prints each step as it happens, with its figures, and a summary.
 //!
 //! - [`shop`]: the generator;
-//! - [`fleet`]: keys, the hub, the agents;
+//! - [`fleet`]: keys, the hub, the agents, the simulated shops;
 //! - [`scenario`]: the model, the policies, the traffic, the timeline and the summary;
 //! - [`chart`]: the MAE curve as a PNG.
 #![forbid(unsafe_code)]
@@ -40,7 +41,7 @@ pub struct DemoConfig {
     /// Wall-clock milliseconds per simulated day.
     #[arg(long, default_value_t = 500)]
     pub day_ms: u64,
-    /// Products each shop predicts each day (rows per request).
+    /// Products each real shop predicts each day (rows per request).
     #[arg(long, default_value_t = 40)]
     pub products: usize,
     /// The day fuel prices jump from 1.4–1.8 to 2.2–2.6.

@@ -292,26 +292,20 @@ async fn drive(
         let mae = today.abs_error / today.rows.max(1) as f64;
         if day % 5 == 0 || day == cfg.shock_day {
             let sim = sim_versions(fleet);
+            let real: BTreeMap<u64, u64> = today
+                .versions
+                .iter()
+                .map(|(v, n)| (*v, *n as u64))
+                .collect();
             say(
                 day,
                 format!(
                     "fleet MAE {mae:6.2}  versions {}{}",
-                    today
-                        .versions
-                        .iter()
-                        .map(|(v, n)| format!("v{v}×{n}"))
-                        .collect::<Vec<_>>()
-                        .join(" "),
+                    version_list(&real),
                     if sim.is_empty() {
                         String::new()
                     } else {
-                        format!(
-                            "  simulated {}",
-                            sim.iter()
-                                .map(|(v, n)| format!("v{v}×{n}"))
-                                .collect::<Vec<_>>()
-                                .join(" ")
-                        )
+                        format!("  simulated {}", version_list(&sim))
                     }
                 ),
             );
@@ -361,6 +355,15 @@ async fn drive(
         );
     }
     Ok(summary)
+}
+
+/// `v1×3 v2×1`: how many devices serve each version.
+fn version_list(versions: &BTreeMap<u64, u64>) -> String {
+    versions
+        .iter()
+        .map(|(v, n)| format!("v{v}×{n}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// How many simulated shops serve each version of the model now.

@@ -13,7 +13,8 @@ use clap::Parser;
 /// poll as fallback), verifies it against the pinned root key (delegation, expiry, serial
 /// policy, manifest signature and digest), "installs" the version (no tract; the artifact is
 /// downloaded once per digest with --download), reports its status, serves synthetic seeded
-/// traffic around the manifest's reference profile, and sends signed telemetry windows
+/// traffic around the reference profile of the model's first version served (moved by
+/// --shift; with --feedback, simulated ground truth), and sends signed telemetry windows
 /// through an outbox over MQTT QoS 1 until the hub acks them.
 ///
 /// Example: 1,000 shops, one request per second each, version 3 slower and failing half of

@@ -395,11 +395,13 @@ impl Device {
                         .record(&served.inputs, &served.outputs, served.latency_us);
                     ok += 1;
                     if let Some((predicted, truth)) = served.feedback {
+                        let key = (model.clone(), slot.version);
                         let q = self
                             .quality
-                            .entry((model.clone(), slot.version))
+                            .entry(key)
                             .or_insert_with(|| ModelQuality::new(model.as_str(), slot.version));
-                        // Finite by construction; a failure would only leave the row unscored.
+                        // A row that is not finite (an extreme --shift or --error-per-iqr) is
+                        // left unscored, as the agent refuses such feedback.
                         if q.score_values(&predicted, &truth, false).is_ok() {
                             scored += 1;
                         }

@@ -77,7 +77,7 @@ pub struct Fleet {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// The `--shift` steps still to come.
+    /// The task applying the `--shift` steps still to come.
     shift_timers: Vec<tokio::task::JoinHandle<()>>,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -133,25 +133,17 @@ impl Fleet {
         let shared = Arc::new(Shared::new(
             config, root, broker, http, failing, db, staging,
         ));
+        // Steps at 0 s are in force before any device draws a request.
+        for s in shared.config.shifts.iter().filter(|s| s.after_secs == 0) {
+            shared.set_shift(&s.column, s.delta);
+        }
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::with_capacity(shared.config.devices as usize);
         for i in 0..shared.config.devices as usize {
             let device = Device::new(shared.clone(), i)?;
             tasks.push(tokio::spawn(device.run(stop_rx.clone())));
         }
-        let shift_timers = shared
-            .config
-            .shifts
-            .iter()
-            .map(|s| {
-                let (shared, s) = (shared.clone(), s.clone());
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(s.after_secs)).await;
-                    tracing::info!(column = %s.column, delta = s.delta, "input shift");
-                    shared.set_shift(&s.column, s.delta);
-                })
-            })
-            .collect();
+        let shift_timers = shift_steps(&shared).into_iter().collect();
         Ok(Fleet {
             shared,
             stop,
@@ -212,6 +204,32 @@ impl Fleet {
         let _ = tokio::task::spawn_blocking(move || db.flush()).await;
         self.snapshot()
     }
+}
+
+/// The task that applies the later `--shift` steps in order of time, steps of the same time
+/// in the order given (the later one wins); none if there are none.
+fn shift_steps(shared: &Arc<Shared>) -> Option<tokio::task::JoinHandle<()>> {
+    let mut steps: Vec<_> = shared
+        .config
+        .shifts
+        .iter()
+        .filter(|s| s.after_secs > 0)
+        .cloned()
+        .collect();
+    if steps.is_empty() {
+        return None;
+    }
+    // Stable: steps of the same time keep their command-line order.
+    steps.sort_by_key(|s| s.after_secs);
+    let shared = shared.clone();
+    let start = tokio::time::Instant::now();
+    Some(tokio::spawn(async move {
+        for s in steps {
+            tokio::time::sleep_until(start + Duration::from_secs(s.after_secs)).await;
+            tracing::info!(column = %s.column, delta = s.delta, "input shift");
+            shared.set_shift(&s.column, s.delta);
+        }
+    }))
 }
 
 /// Each device holds one MQTT connection (and HTTP ones while it talks to the hub): raises the

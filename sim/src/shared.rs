@@ -1,6 +1,6 @@
 //! What every device of a fleet shares: the configuration, the trust root, the HTTP client and
 //! its concurrency bound, the outbox database, one download per artifact digest, one traffic
-//! plan per model version, and the counters a [`crate::Fleet`] snapshot reads.
+//! plan per model version and each model's world, the input shifts in force, and the counters a [`crate::Fleet`] snapshot reads.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -60,6 +60,13 @@ impl Stats {
     }
 }
 
+#[derive(Default)]
+struct Plans {
+    by_version: HashMap<(String, u64), Arc<Plan>>,
+    /// Per model, the plan of the first version a device of this process served: the world.
+    worlds: HashMap<String, Arc<Plan>>,
+}
+
 /// The outcome of one artifact's download, shared by every device that installs it.
 type Download = OnceCell<Result<(), String>>;
 
@@ -78,10 +85,8 @@ pub(crate) struct Shared {
     staging: PathBuf,
     /// One download per artifact digest, whatever the number of devices.
     artifacts: Mutex<HashMap<Digest, Arc<Download>>>,
-    /// One traffic plan per model version.
-    plans: Mutex<HashMap<(String, u64), Arc<Plan>>>,
-    /// Per model, the plan of the first version served: the world its inputs come from.
-    worlds: Mutex<HashMap<String, Arc<Plan>>>,
+    /// One traffic plan per model version, and the world each model's requests come from.
+    plans: Mutex<Plans>,
     /// The input shifts in force.
     shifts: RwLock<Shifts>,
 }
@@ -113,33 +118,27 @@ impl Shared {
             staging,
             artifacts: Mutex::default(),
             plans: Mutex::default(),
-            worlds: Mutex::default(),
             shifts: RwLock::default(),
             config,
         }
     }
 
     /// `m`'s plan (made once per version): its requests come from the world of the model's
-    /// first version served.
+    /// first version served (the first a device of this process activated).
     pub fn plan(&self, m: &ModelManifest) -> Arc<Plan> {
-        let world = self
-            .worlds
-            .lock()
-            .ok()
-            .and_then(|w| w.get(&m.name).cloned());
+        let mut plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
+        let Plans { by_version, worlds } = &mut *plans;
         let key = (m.name.clone(), m.version);
-        let plan = match self.plans.lock() {
-            Ok(mut plans) => plans
-                .entry(key)
-                .or_insert_with(|| Arc::new(Plan::new(m, world.as_deref(), &self.config)))
-                .clone(),
-            Err(_) => Arc::new(Plan::new(m, world.as_deref(), &self.config)),
-        };
-        if world.is_none()
-            && let Ok(mut w) = self.worlds.lock()
-        {
-            w.entry(m.name.clone()).or_insert_with(|| plan.clone());
+        if let Some(p) = by_version.get(&key) {
+            return p.clone();
         }
+        let plan = Arc::new(Plan::new(
+            m,
+            worlds.get(&m.name).map(|w| &**w),
+            &self.config,
+        ));
+        worlds.entry(m.name.clone()).or_insert_with(|| plan.clone());
+        by_version.insert(key, plan.clone());
         plan
     }
 

@@ -3,14 +3,15 @@
 //! reference), outputs that depend on the inputs and the version, and the version's error rate
 //! and latency as the fault profile sets them.
 //!
-//! The inputs come from the *world*, not from the version: the reference profile of the first
-//! version of the model the fleet served, moved by the input shifts in force (`--shift`,
-//! [`crate::Fleet::shift`]). A later version's own reference decides only how well it predicts:
-//! with `--feedback`, a request's simulated truth moves away from the prediction by
-//! `--error-per-iqr` for every interquartile range an input falls outside that version's
-//! training range (its 1st–99th percentiles), plus `--truth-sd` of noise. So a shift drifts
-//! the devices' sketches and raises their error, and a version trained on the shifted world
-//! brings the error back down.
+//! The inputs come from the *world*, not from the version: each column is drawn from the
+//! reference profile of the first version of the model the fleet served (where that version's
+//! reference has the column; else from the served version's own), moved by the input shifts in
+//! force (`--shift`, [`crate::Fleet::shift`]; numeric columns). A later version's own reference
+//! decides only how well it predicts: with `--feedback`, a request's simulated truth moves away
+//! from the prediction by `--error-per-iqr` for every interquartile range an input falls
+//! outside that version's training range (its 1st–99th percentiles), plus `--truth-sd` of
+//! noise. So a shift drifts the devices' sketches and raises their error, and a version trained
+//! on the shifted world brings the error back down.
 
 use std::collections::BTreeMap;
 
@@ -178,8 +179,9 @@ fn data(datatype: DataType, values: &[f64]) -> TensorData {
 }
 
 impl Plan {
-    /// The plan of `m`. `world`: the plan of the model's first version the fleet served, whose
-    /// inputs this version's requests share when its input tensors look the same.
+    /// The plan of `m`. `world`: the plan of the model's first version the fleet served; each
+    /// input column it drew from a reference is drawn as it drew it (the world does not change
+    /// with the version served), every other element from `m`'s own reference.
     pub fn new(m: &ModelManifest, world: Option<&Plan>, config: &SimConfig) -> Plan {
         let reference = m
             .reference_profile
@@ -192,7 +194,7 @@ impl Plan {
                 .find(|c| c.tensor == t && c.element == e)
                 .map(|c| c.name.clone())
         };
-        let own: Vec<TensorPlan> = m
+        let inputs: Vec<TensorPlan> = m
             .inputs
             .iter()
             .enumerate()
@@ -202,10 +204,12 @@ impl Plan {
                 let columns: Vec<Option<String>> = (0..n).map(|e| column(t, e)).collect();
                 let draws = columns
                     .iter()
-                    .map(|c| {
-                        c.as_deref().map_or(Draw::Normal, |c| {
-                            Draw::from_reference(reference.as_ref(), c)
-                        })
+                    .map(|c| match c.as_deref() {
+                        Some(c) => world
+                            .and_then(|w| w.world_draw(c))
+                            .cloned()
+                            .unwrap_or_else(|| Draw::from_reference(reference.as_ref(), c)),
+                        None => Draw::Normal,
                     })
                     .collect();
                 TensorPlan {
@@ -217,7 +221,7 @@ impl Plan {
                 }
             })
             .collect();
-        let ranges = own
+        let ranges = inputs
             .iter()
             .map(|t| {
                 t.columns
@@ -226,17 +230,6 @@ impl Plan {
                     .collect()
             })
             .collect();
-        let same_shape = |w: &Plan| {
-            w.inputs.len() == own.len()
-                && w.inputs
-                    .iter()
-                    .zip(&own)
-                    .all(|(a, b)| a.name == b.name && a.shape == b.shape && a.columns == b.columns)
-        };
-        let inputs = match world {
-            Some(w) if same_shape(w) => w.inputs.clone(),
-            _ => own,
-        };
         let outputs = m
             .outputs
             .iter()
@@ -271,7 +264,19 @@ impl Plan {
         }
     }
 
-    /// One request under `shifts`, or `Err(())` for a failed one.
+    /// How this plan draws `column`, if it draws it from a reference.
+    fn world_draw(&self, column: &str) -> Option<&Draw> {
+        self.inputs.iter().find_map(|t| {
+            t.columns
+                .iter()
+                .zip(&t.draws)
+                .find(|(c, d)| c.as_deref() == Some(column) && !matches!(d, Draw::Normal))
+                .map(|(_, d)| d)
+        })
+    }
+
+    /// One request under `shifts` (numeric columns only: a category moved by a fraction is no
+    /// category), or `Err(())` for a failed one.
     #[allow(clippy::result_unit_err)]
     pub fn request(&self, rng: &mut Rng, shifts: &Shifts) -> Result<Served, ()> {
         if rng.f64() < self.error_rate {
@@ -292,8 +297,11 @@ impl Plan {
                     .zip(&t.columns)
                     .zip(ranges.iter().chain(std::iter::repeat(&None)))
                     .map(|((d, c), range)| {
-                        let shift = c.as_ref().and_then(|c| shifts.get(c)).copied();
-                        let x = d.sample(rng) + shift.unwrap_or(0.0);
+                        let x = d.sample(rng);
+                        let x = match c.as_ref().and_then(|c| shifts.get(c)) {
+                            Some(s) if !matches!(d, Draw::Categories(_)) => x + s,
+                            _ => x,
+                        };
                         outside += range.map_or(0.0, |r| r.outside(x));
                         x
                     })
@@ -323,13 +331,14 @@ impl Plan {
                     })
                     .collect();
                 // The first output is what feedback scores, as on the agent.
+                let data = data(t.datatype, &values);
                 if self.scored && i == 0 {
-                    predicted.extend(data_values(t.datatype, &values));
+                    predicted = data.to_f64();
                 }
                 Tensor {
                     name: t.name.clone(),
                     shape: t.shape.clone(),
-                    data: data(t.datatype, &values),
+                    data,
                 }
             })
             .collect();
@@ -349,16 +358,5 @@ impl Plan {
             latency_us,
             feedback,
         })
-    }
-}
-
-/// `values` as the served tensor carries them (rounded to its datatype), as numbers.
-fn data_values(datatype: DataType, values: &[f64]) -> Vec<f64> {
-    match data(datatype, values) {
-        TensorData::Fp32(v) => v.into_iter().map(f64::from).collect(),
-        TensorData::Int64(v) => v.into_iter().map(|x| x as f64).collect(),
-        TensorData::Int32(v) => v.into_iter().map(f64::from).collect(),
-        TensorData::Bool(v) => v.into_iter().map(|b| f64::from(u8::from(b))).collect(),
-        TensorData::Fp64(v) => v,
     }
 }

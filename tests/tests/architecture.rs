@@ -376,8 +376,8 @@ fn binaries_are_thin() {
     }
 }
 
-/// The demo drives the hub and agents through their public entry points and APIs, as a user
-/// would; nothing we ship depends on it, so it can never become a back door into either.
+/// The demo drives the hub, agents and simulator through their public entry points and APIs,
+/// as a user would; nothing we ship depends on it, so it can never become a back door into either.
 #[test]
 fn nothing_shipped_depends_on_the_demo() {
     for package in [

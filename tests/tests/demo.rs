@@ -100,7 +100,7 @@ fn the_demo_closes_the_loop_in_order_and_the_error_recovers() {
     // The simulated shops went through the same rollout: every one ends on the new version.
     let sims = summary["sim_shops"].as_object().expect("sim_shops");
     assert_eq!(sims.len(), 1, "{summary}");
-    assert!(sims["2"].as_u64().is_some_and(|n| n > 0), "{summary}");
+    assert_eq!(sims["2"], 20, "{summary}");
     assert!(at("simulated v1×") < at("simulated v2×"), "{text}");
     let png = std::fs::read(out.path().join("mae.png")).expect("mae.png");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
